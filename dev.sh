@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# contrastkit's two commands, each installing what it needs into ./.venv first:
+#   ./dev.sh train [FLAGS...]   run `contrastkit train` (default: SimCLR on the embedded digits data set)
+#   ./dev.sh test  [PYTEST ARGS] lint with ruff and run the test suite
+# Any other command runs inside the environment, e.g. ./dev.sh contrastkit eval runs/NAME
+# TORCH_SPEC overrides the PyTorch requirement (default torch==2.13.0, the local CPU build).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${CONTRASTKIT_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+
+quiet_pip() {  # pip, without the noise of unreachable extra-index locations
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored" >&2)
+}
+
+setup() {  # $1: extras ("" or "test")
+  local extras="$1" stamp
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  stamp="$VENV/.installed-${extras:-base}-$(cat pyproject.toml | cksum | cut -d' ' -f1)"
+  [ -f "$stamp" ] && return 0
+  echo "setting up $VENV (${extras:-base}) ..." >&2
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || quiet_pip "$TORCH_SPEC"
+  if [ -n "$extras" ]; then quiet_pip -e ".[$extras]"; else quiet_pip -e .; fi
+  touch "$stamp"
+}
+
+cmd="${1:-train}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  train)
+    setup ""
+    exec "$VENV/bin/contrastkit" train "$@" ;;
+  test)
+    setup "test"
+    "$VENV/bin/ruff" check src tests benchmarks
+    "$VENV/bin/ruff" format --check src tests benchmarks
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  *)
+    setup "test"
+    PATH="$PWD/$VENV/bin:$PATH" exec "$cmd" "$@" ;;
+esac

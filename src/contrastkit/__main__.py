@@ -1,0 +1,7 @@
+"""``python -m contrastkit`` is the ``contrastkit`` command."""
+
+import sys
+
+from contrastkit.cli import main
+
+sys.exit(main())

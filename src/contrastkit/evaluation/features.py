@@ -1,0 +1,34 @@
+"""Feature extraction for evaluation: a frozen network over a uint8 image tensor, in batches, on a device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def extract_features(
+    fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    *,
+    transform: Callable[[Tensor], Tensor],
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    autocast_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Apply ``fn(transform(batch))`` to ``images`` (N, C, H, W) uint8 in batches; returns float32 (N, D).
+
+    The caller puts the network in eval mode; results stay on ``device``.
+    """
+    device = torch.device(device)
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = transform(images[start : start + batch_size].to(device, non_blocking=True))
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
+            feats = fn(batch)
+        out.append(feats.flatten(1).float())
+    return torch.cat(out)

@@ -1,0 +1,99 @@
+"""What a negative source hands to a score: anchors, their positives, and candidate negatives.
+
+A source answers "where do negatives come from, and how many": the batch, a queue, synthetic mixtures,
+an index. It never computes a loss. Its output, :class:`Candidates`, holds *prepared* embeddings (see
+:meth:`contrastkit.scores.Score.prepare`); :func:`score_candidates` turns them into the
+``(pos, neg, neg_mask)`` triple every objective takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.scores import Score
+
+
+@dataclass
+class Candidates:
+    """Anchors with one positive each and N candidate negatives.
+
+    Attributes:
+        anchors: (M, D) prepared anchor embeddings.
+        positives: (M, D) prepared positive embeddings, row i is the positive of anchor i.
+        negatives: (N, D) negatives shared by every anchor, or (M, N, D) negatives per anchor.
+        neg_mask: optional bool (M, N); True marks a candidate that is *not* a negative of that anchor
+            (for in-batch negatives: the anchor itself and its positive).
+        anchor_labels: optional (M,) labels or instance ids of the anchors (for oracle / supervised masks).
+        negative_labels: optional (N,) or (M, N) labels of the candidates, same meaning.
+    """
+
+    anchors: Tensor
+    positives: Tensor
+    negatives: Tensor
+    neg_mask: Tensor | None = None
+    anchor_labels: Tensor | None = None
+    negative_labels: Tensor | None = None
+
+    @property
+    def num_negatives(self) -> int:
+        """N, the number of candidate columns (masked ones included)."""
+        return self.negatives.shape[-2]
+
+
+@dataclass
+class Contrast:
+    """Scores ready for an objective: ``loss = objective(pos, neg, neg_mask)``."""
+
+    pos: Tensor
+    neg: Tensor
+    neg_mask: Tensor | None = None
+
+    def valid_negatives(self) -> Tensor:
+        """Number of negatives each anchor really has, shape (M,)."""
+        if self.neg_mask is None:
+            return torch.full_like(self.pos, self.neg.shape[1], dtype=torch.long)
+        return (~self.neg_mask).sum(dim=1)
+
+
+def oracle_mask(candidates: Candidates) -> Tensor:
+    """Mask of candidates that share the anchor's label: the false negatives (Chuang et al. 2020).
+
+    With true class labels this gives the "unbiased" oracle of Debiased Contrastive Learning: same-class
+    samples are removed from the negatives. Returns a bool (M, N) tensor.
+    """
+    if candidates.anchor_labels is None or candidates.negative_labels is None:
+        raise ValueError("the oracle mask needs anchor_labels and negative_labels on the candidates")
+    neg_labels = candidates.negative_labels
+    if neg_labels.ndim == 1:
+        neg_labels = neg_labels.unsqueeze(0)
+    return candidates.anchor_labels.unsqueeze(1) == neg_labels
+
+
+def score_candidates(candidates: Candidates, score: Score, *, oracle: bool = False) -> Contrast:
+    """Score anchors against positives and negatives; merge the source's mask with the oracle mask."""
+    pos = score.pairs(candidates.anchors, candidates.positives)
+    neg = score.against(candidates.anchors, candidates.negatives)
+    mask = candidates.neg_mask
+    if oracle:
+        extra = oracle_mask(candidates)
+        mask = extra if mask is None else mask | extra
+    return Contrast(pos=pos, neg=neg, neg_mask=mask)
+
+
+class NegativeSource(nn.Module):
+    """Base class of negative sources.
+
+    ``forward(anchors, positives, labels=None)`` receives prepared embeddings of two views, shape
+    (B, D) each, and returns :class:`Candidates`. Stateful sources (queues, indexes) update their state in
+    :meth:`update`, which the training step calls *after* the loss has been computed.
+    """
+
+    def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> None:
+        """Update internal state after the loss (no-op for stateless sources)."""

@@ -1,0 +1,212 @@
+"""A queue of past keys as negatives: MoCo's dictionary.
+
+He, Fan, Wu, Xie, Girshick 2020, "Momentum Contrast for Unsupervised Visual Representation Learning",
+Sec. 3.2 ("Dictionary as a queue"): the keys of the current mini-batch are enqueued and the oldest are
+dequeued, so the number of negatives K is decoupled from the batch size; MoCo v2 (Chen, Fan, Girshick,
+He 2020) keeps the same queue (K = 65536 on ImageNet). Keys come from a slowly evolving momentum encoder
+(:class:`contrastkit.negatives.momentum.MomentumEncoder`) so that the queue stays consistent.
+
+:class:`KeyQueue` is the state: a FIFO ring buffer held in persistent buffers, so it is saved with the
+module's ``state_dict`` (and in checkpoints that store it). Beside each key it keeps the key's label and
+dataset index (``-1`` = unknown), so oracle / supervised masks also work on queued negatives. Slots that
+have never been written are reported by :meth:`KeyQueue.valid_mask` and masked out, never used as zero
+vectors.
+
+:class:`QueueNegatives` is the negative source: each anchor (query) is contrasted with its positive (its
+key) and with every key in the queue; :meth:`QueueNegatives.update` enqueues the current keys *after* the
+loss (MoCo Algorithm 1: the current keys are not negatives of the current step).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.negatives.base import Candidates, NegativeSource
+from contrastkit.negatives.distributed import all_gather_no_grad, world_size
+
+
+class KeyQueue(nn.Module):
+    """FIFO ring buffer of the ``size`` most recent keys, with their labels and dataset indices.
+
+    Buffers (all persistent, so they are in ``state_dict``):
+
+    * ``keys`` (K, D), float32 by default; written detached and cast to this dtype, so bf16 keys produced
+      under autocast are stored in float32.
+    * ``labels`` (K,) int64 and ``indices`` (K,) int64, ``-1`` when unknown or not yet written.
+    * ``ptr`` (), int64: the slot the next key is written to (when full, the oldest key).
+    * ``filled`` (), int64: how many slots hold a key (at most K).
+
+    ``dim=None`` allocates ``keys`` lazily from the first batch (``keys`` has shape (K, 0) until then).
+    Loading a ``state_dict`` into a queue that is still unallocated allocates it with the saved shape, so
+    a lazily built queue can be restored before it has seen a batch. Moving the module (``.to(device)``)
+    moves the buffers; a lazily allocated queue is created on the device of the first batch.
+    """
+
+    keys: Tensor
+    labels: Tensor
+    indices: Tensor
+    ptr: Tensor
+    filled: Tensor
+
+    def __init__(self, size: int, dim: int | None = None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"queue size must be a positive integer, got {size!r}")
+        if dim is not None and (not isinstance(dim, int) or dim <= 0):
+            raise ValueError(f"queue dim must be a positive integer or None (lazy), got {dim!r}")
+        self.size = size
+        self.register_buffer("keys", torch.zeros(size, dim or 0, dtype=dtype))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("indices", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @property
+    def dim(self) -> int | None:
+        """D, or None while a lazily built queue has not been allocated."""
+        return self.keys.shape[1] or None
+
+    @property
+    def is_full(self) -> bool:
+        return int(self.filled) >= self.size
+
+    def allocate(self, dim: int, device: torch.device | str | None = None) -> None:
+        """Allocate the (K, D) key buffer of a lazily built queue (no-op if it already has dim D)."""
+        if self.dim == dim:
+            return
+        if self.dim is not None:
+            raise ValueError(f"the queue holds keys of dimension {self.dim}; got keys of dimension {dim}")
+        device = self.keys.device if device is None else torch.device(device)
+        self.keys = torch.zeros(self.size, dim, dtype=self.keys.dtype, device=device)
+        self.labels = self.labels.to(device)
+        self.indices = self.indices.to(device)
+        self.ptr = self.ptr.to(device)
+        self.filled = self.filled.to(device)
+
+    def valid_mask(self) -> Tensor:
+        """Bool (K,): True for slots that hold a key.
+
+        The queue fills slots 0, 1, 2, ... in order from empty (``ptr == filled`` until it is full), so the
+        written slots are exactly the first ``filled``.
+        """
+        return torch.arange(self.size, device=self.keys.device) < self.filled
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, labels: Tensor | None = None, indices: Tensor | None = None) -> None:
+        """Write a batch of keys (B, D) over the oldest ones.
+
+        Any B works (no ``K % B == 0`` requirement): a batch that crosses the end of the buffer wraps around
+        to the start, and a batch larger than K keeps only its newest (last) K rows.
+        """
+        if keys.ndim != 2:
+            raise ValueError(f"keys must have shape (B, D), got {tuple(keys.shape)}")
+        b = keys.shape[0]
+        for name, t in (("labels", labels), ("indices", indices)):
+            if t is not None and tuple(t.shape) != (b,):
+                raise ValueError(f"{name} must have shape ({b},) to match the keys, got {tuple(t.shape)}")
+        if b == 0:
+            return
+        self.allocate(keys.shape[1], keys.device if self.dim is None else None)
+        if b > self.size:
+            keys = keys[-self.size :]
+            labels = None if labels is None else labels[-self.size :]
+            indices = None if indices is None else indices[-self.size :]
+            b = self.size
+        device = self.keys.device
+        slots = (self.ptr + torch.arange(b, device=device)) % self.size
+        self.keys[slots] = keys.detach().to(device=device, dtype=self.keys.dtype)
+        self.labels[slots] = -1 if labels is None else labels.detach().to(device=device, dtype=torch.long)
+        self.indices[slots] = -1 if indices is None else indices.detach().to(device=device, dtype=torch.long)
+        self.ptr.copy_((self.ptr + b) % self.size)
+        self.filled.copy_(torch.clamp(self.filled + b, max=self.size))
+
+    def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The stored ``(keys, labels, indices)``, oldest first (only written slots)."""
+        n = int(self.filled)
+        start = int(self.ptr) if n == self.size else 0
+        order = (torch.arange(n, device=self.keys.device) + start) % self.size
+        return self.keys[order], self.labels[order], self.indices[order]
+
+    def reset(self) -> None:
+        """Empty the queue (keeps the allocation)."""
+        self.keys.zero_()
+        self.labels.fill_(-1)
+        self.indices.fill_(-1)
+        self.ptr.zero_()
+        self.filled.zero_()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
+    ):
+        saved = state_dict.get(prefix + "keys")
+        if saved is not None and self.dim is None and saved.ndim == 2 and saved.shape[1] > 0:
+            self.allocate(saved.shape[1])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
+        )
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.dim}"
+
+
+class QueueNegatives(NegativeSource):
+    """MoCo negatives: anchors ``z1`` (queries), positives ``z2`` (keys), negatives = the queued keys.
+
+    ``forward(z1, z2, labels=None)`` returns shared negatives ``queue.keys`` (K, D) with ``neg_mask``
+    (an expanded (M, K) view) marking the slots not yet written -- always given, so that reading the fill
+    count never syncs a GPU -- and, when labels are given, the queue's labels as ``negative_labels``.
+    ``update(z1, z2, labels=None, indices=None)`` enqueues ``z2``, the keys, after the loss. Keys should
+    come from a momentum encoder (MoCo) and be prepared like the queries; they are stored detached. Using
+    the two views symmetrically is the learner's job: call ``forward`` for (q1, k2) and for (q2, k1), then
+    ``update`` once with both keys (``update(torch.cat([q1, q2]), torch.cat([k2, k1]), ...)``), so that
+    neither half sees the current batch's keys as negatives.
+
+    ``dim=None`` (the default) takes D from the first batch; see :class:`KeyQueue` for checkpoints. On the
+    very first step the queue is empty, every negative is masked, and InfoNCE's loss is 0 for that step.
+
+    When ``torch.distributed`` is initialised with several processes, :meth:`update` all-gathers the keys
+    (and labels, indices) of every rank before enqueueing, as MoCo does, so that all ranks hold the same
+    queue (this also keeps DDP's buffer broadcast from rank 0 harmless).
+    """
+
+    def __init__(self, size: int = 4096, dim: int | None = None) -> None:
+        super().__init__()
+        self.queue = KeyQueue(size, dim)
+
+    def forward(
+        self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
+    ) -> Candidates:
+        if z1.ndim != 2 or z1.shape != z2.shape:
+            raise ValueError(
+                f"queries and keys must both have shape (B, D); got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            )
+        q = self.queue
+        if q.dim is None:
+            q.allocate(z1.shape[1], z1.device)
+        elif q.dim != z1.shape[1]:
+            raise ValueError(
+                f"the queue holds keys of dimension {q.dim}; got embeddings of dimension {z1.shape[1]}"
+            )
+        return Candidates(
+            anchors=z1,
+            positives=z2,
+            negatives=q.keys,
+            neg_mask=(~q.valid_mask()).unsqueeze(0).expand(z1.shape[0], q.size),
+            anchor_labels=labels,
+            negative_labels=None if labels is None else q.labels,
+        )
+
+    @torch.no_grad()
+    def update(
+        self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
+    ) -> None:
+        keys = z2.detach()
+        if world_size() > 1:
+            keys = all_gather_no_grad(keys)
+            labels = None if labels is None else all_gather_no_grad(labels)
+            indices = None if indices is None else all_gather_no_grad(indices)
+        self.queue.enqueue(keys, labels, indices)
+
+    def extra_repr(self) -> str:
+        return f"size={self.queue.size}"

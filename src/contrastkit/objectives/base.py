@@ -1,0 +1,98 @@
+"""The contract every objective keeps.
+
+``loss = objective(pos, neg, neg_mask=None)`` where ``pos`` (B,) holds the score of each anchor with its
+positive, ``neg`` (B, N) its scores with N negatives (similarity scores, *not* divided by a temperature),
+and ``neg_mask`` (B, N), optional and boolean, marks negatives to ignore. The result is the mean loss over
+anchors. Objectives compute in float32 (or float64 if given) even under bf16 autocast, in log space.
+
+Masked negatives are excluded everywhere, including from counts: where an objective uses "N", it is the
+number of *unmasked* negatives of that anchor.
+
+Supervised objectives (``needs_labels = True``) also take ``pos_mask`` (B, N), boolean: True marks a
+column of ``neg`` that is another positive of that anchor (same class). The training step builds it from
+labels and passes it only to objectives that declare ``needs_labels``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.errors import ContrastkitError
+
+
+class ShapeError(ContrastkitError, ValueError):
+    """Scores or masks with shapes that do not fit together."""
+
+
+def _check_mask(name: str, mask: Tensor, neg: Tensor, meaning: str) -> None:
+    if mask.shape != neg.shape:
+        raise ShapeError(
+            f"{name} must have the shape of neg; got {name} {tuple(mask.shape)} and neg {tuple(neg.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        raise ShapeError(f"{name} must be a bool tensor ({meaning}), got {mask.dtype}")
+
+
+def check_scores(
+    pos: Tensor, neg: Tensor, neg_mask: Tensor | None, pos_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate shapes (and ``pos_mask`` if given) and upcast low-precision scores to float32."""
+    if pos.ndim != 1:
+        raise ShapeError(f"pos must have shape (B,), got {tuple(pos.shape)}")
+    if neg.ndim != 2 or neg.shape[0] != pos.shape[0]:
+        raise ShapeError(
+            "neg must have shape (B, N) with B = len(pos); "
+            f"got pos {tuple(pos.shape)} and neg {tuple(neg.shape)}"
+        )
+    if neg_mask is not None:
+        _check_mask("neg_mask", neg_mask, neg, "True = ignore")
+    if pos_mask is not None:
+        _check_mask("pos_mask", pos_mask, neg, "True = an extra positive")
+    if pos.dtype not in (torch.float32, torch.float64):
+        pos = pos.float()
+    if neg.dtype not in (torch.float32, torch.float64):
+        neg = neg.float()
+    return pos, neg, neg_mask
+
+
+class Objective(nn.Module):
+    """Base class: subclasses implement :meth:`per_anchor`, the loss of each anchor, shape (B,).
+
+    An objective whose loss is not the plain mean over anchors (e.g. a mean over triplets) overrides
+    :meth:`compute` instead. ``per_anchor`` may take a ``pos_mask`` keyword; only objectives whose
+    ``per_anchor`` accepts it are given one.
+    """
+
+    #: Whether the training step must build ``pos_mask`` from class labels for this objective.
+    needs_labels: ClassVar[bool] = False
+    _takes_pos_mask: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._takes_pos_mask = "pos_mask" in inspect.signature(cls.per_anchor).parameters
+
+    def per_anchor(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def compute(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None, **extra: Tensor) -> Tensor:
+        """The scalar loss from validated float scores: by default the mean of :meth:`per_anchor`."""
+        return self.per_anchor(pos, neg, neg_mask, **extra).mean()
+
+    def forward(
+        self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None, pos_mask: Tensor | None = None
+    ) -> Tensor:
+        pos, neg, neg_mask = check_scores(pos, neg, neg_mask, pos_mask)
+        extra: dict[str, Tensor] = {}
+        if pos_mask is not None:
+            if not self._takes_pos_mask:
+                raise TypeError(
+                    f"{type(self).__name__} does not use pos_mask; only supervised objectives "
+                    "(needs_labels = True) take extra positives"
+                )
+            extra["pos_mask"] = pos_mask
+        with torch.autocast(device_type=pos.device.type, enabled=False):
+            return self.compute(pos, neg, neg_mask, **extra)

@@ -1,0 +1,37 @@
+"""Decoupled contrastive loss.
+
+Yeh, Hong, Hsu, Liu, Chen, LeCun 2021, "Decoupled Contrastive Learning" (ECCV 2022), Eq. 6: InfoNCE with
+the positive removed from the denominator, which removes the negative-positive coupling of its gradient:
+
+    L_i = -log  e^{s+/t} / Σ_j e^{s_j/t}  =  -s+/t + logsumexp_j(s_j / t)
+
+over the anchor's unmasked negatives. Unlike InfoNCE the loss is not bounded below by 0. An anchor whose
+negatives are all masked contributes 0 (there is nothing to contrast with). This is lightly's ``DCLLoss``
+without its optional weighting (DCLW); it is unrelated to the *debiased* loss of Chuang et al. 2020
+(:mod:`.debiased`), despite the shared acronym.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from contrastkit.objectives._common import check_positive, masked_logsumexp, valid_negatives
+from contrastkit.objectives.base import Objective
+
+
+class Decoupled(Objective):
+    """Decoupled contrastive loss with temperature ``t``."""
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+
+    def per_anchor(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None) -> Tensor:
+        t = self.temperature
+        valid = valid_negatives(neg, neg_mask)
+        loss = masked_logsumexp(neg / t, valid) - pos / t
+        return torch.where(valid.any(dim=1), loss, torch.zeros_like(loss))
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

@@ -1,0 +1,55 @@
+"""Supervised contrastive loss.
+
+Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan 2020, "Supervised Contrastive
+Learning" (NeurIPS), Eq. 2 (L^sup_out, the average over positives outside the log):
+
+    L_i = -1/|P(i)| Σ_{p ∈ P(i)} log  e^{s_ip/t} / Σ_{a ∈ A(i)} e^{s_ia/t}
+        = logsumexp_{a ∈ A(i)}(s_ia / t)  -  1/|P(i)| Σ_{p ∈ P(i)} s_ip / t
+
+In the contract's terms, for anchor i:
+
+* P(i) = {its positive} ∪ {columns j of ``neg`` with ``pos_mask[i, j]``} (same-class samples),
+* A(i) = {its positive} ∪ {columns j not in ``neg_mask``} (everything but the anchor itself).
+
+Masked columns are excluded everywhere: a column in both masks is not a positive either. Without
+``pos_mask``, P(i) is the positive alone and the loss is InfoNCE. The paper sums L_i over anchors; like
+its official code (and pytorch-metric-learning's ``SupConLoss``) this returns the mean (and has no
+``temperature / base_temperature`` factor, i.e. base_temperature = temperature).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from contrastkit.objectives._common import check_positive
+from contrastkit.objectives.base import Objective
+
+
+class SupervisedContrastive(Objective):
+    """SupCon L_out with temperature ``t``: ``obj(pos, neg, neg_mask=None, pos_mask=None)``."""
+
+    needs_labels: ClassVar[bool] = True
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+
+    def per_anchor(
+        self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None, pos_mask: Tensor | None = None
+    ) -> Tensor:
+        t = self.temperature
+        p, x = pos / t, neg / t
+        contrast = x if neg_mask is None else x.masked_fill(neg_mask, float("-inf"))
+        log_denominator = torch.logsumexp(torch.cat([p.unsqueeze(1), contrast], dim=1), dim=1)
+        if pos_mask is None:
+            return log_denominator - p
+        extra = pos_mask if neg_mask is None else pos_mask & ~neg_mask
+        positives = 1 + extra.sum(dim=1)
+        total = p + torch.where(extra, x, torch.zeros_like(x)).sum(dim=1)
+        return log_denominator - total / positives
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

@@ -1,0 +1,67 @@
+"""Checkpoints: written atomically (temporary file + rename), read with a clear error when unusable."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contrastkit.errors import ContrastkitError
+
+FORMAT = "contrastkit-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """Accept a run folder (uses its checkpoint.pt) or a checkpoint file."""
+    p = Path(run_or_checkpoint)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+        if not p.is_file():
+            raise ContrastkitError(
+                f"run folder {str(p.parent)!r} has no {CHECKPOINT_NAME}; did the run finish?"
+            )
+    elif not p.is_file():
+        raise ContrastkitError(f"{str(p)!r} does not exist; give a run folder or a checkpoint file")
+    return p
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    p = find_checkpoint(path)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ContrastkitError(
+            f"checkpoint {str(p)!r} cannot be read ({exc.__class__.__name__}: {exc})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ContrastkitError(f"{str(p)!r} is not a contrastkit checkpoint")
+    if state.get("version", 0) > VERSION:
+        raise ContrastkitError(
+            f"checkpoint {str(p)!r} has format version {state['version']}; this contrastkit reads up to "
+            f"{VERSION}: upgrade contrastkit"
+        )
+    return state

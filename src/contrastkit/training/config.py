@@ -1,0 +1,206 @@
+"""The training configuration: one dataclass, the single source of defaults, help texts and checks.
+
+The command line builds its flags from these fields; a TOML or YAML file may set any of them; flags win
+over the file, the file over the defaults. The resolved configuration is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from contrastkit.errors import ConfigError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    # data
+    data: str = _opt("digits", "'digits' (embedded, 1,797 8x8 images) or a folder/.zip with train/<class>/*")
+    image_size: int | None = _opt(None, "resize images to this square size (default: keep; must all match)")
+    limit: int | None = _opt(None, "use at most this many images per split (class-balanced, seeded)")
+    # model
+    encoder: str = _opt("auto", "resnet18 | resnet50 | small_cnn | mlp | auto (small_cnn below 32 px)")
+    stem: str = _opt("auto", "ResNet stem: cifar | imagenet | auto (cifar up to 64 px)")
+    proj_hidden_dim: int = _opt(512, "hidden width of the projection head")
+    proj_dim: int = _opt(128, "output dimension of the projection head")
+    # contrast
+    objective: str = _opt("infonce", "objective that turns scores into a loss")
+    temperature: float = _opt(0.2, "temperature of the objective")
+    tau_plus: float = _opt(0.1, "class prior τ+ of the debiased and hard-negative objectives")
+    beta: float = _opt(1.0, "hardness β of the hard-negative objective")
+    margin: float = _opt(0.5, "margin of the triplet and margin objectives")
+    mining: str = _opt("semi-hard", "negative selection of the triplet objective: all | hardest | semi-hard")
+    score: str = _opt("cosine", "similarity score: cosine | dot")
+    negatives: str = _opt("in-batch", "where negatives come from")
+    oracle: bool = _opt(False, "mask same-class negatives using the labels (the DCL 'unbiased' oracle)")
+    # views
+    crop_min_scale: float | None = _opt(
+        None, "random-resized-crop minimum area (default 0.08; 0.5 below 32 px)"
+    )
+    flip_p: float | None = _opt(
+        None, "horizontal flip probability (default 0.5; 0 for digits, not mirror-symmetric)"
+    )
+    jitter: float = _opt(0.4, "colour jitter strength (brightness, contrast, saturation; hue = jitter/4)")
+    jitter_p: float = _opt(0.8, "probability of applying colour jitter")
+    grayscale_p: float = _opt(0.2, "probability of converting a view to grayscale")
+    # optimisation
+    epochs: int = _opt(40, "training epochs")
+    batch_size: int = _opt(256, "images per batch (each gives two views)")
+    optimizer: str = _opt("sgd", "sgd | lars | adamw")
+    lr: float | None = _opt(
+        None, "peak learning rate (default: sgd 0.06, lars 0.3, adamw 1e-3, times batch/256)"
+    )
+    weight_decay: float | None = _opt(None, "weight decay (default: sgd 5e-4, lars 1e-6, adamw 0.05)")
+    momentum: float = _opt(0.9, "momentum of sgd and lars")
+    warmup_epochs: float | None = _opt(
+        None, "linear warm-up before the cosine decay (default: a tenth of the epochs)"
+    )
+    # run
+    seed: int = _opt(0, "random seed (data split, init, views)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    compile: bool = _opt(False, "torch.compile the model")
+    knn_k: int = _opt(200, "k of the weighted kNN evaluation")
+    knn_temperature: float = _opt(0.1, "temperature of the weighted kNN evaluation")
+    knn_every: int = _opt(10, "run the kNN monitor every this many epochs (0: only at the end)")
+    progress: bool = _opt(True, "show a progress bar")
+    out: str | None = _opt(None, "run folder (default runs/<data>-<objective>-<time>)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid value."""
+        for name in ("epochs", "batch_size", "proj_hidden_dim", "proj_dim", "knn_k"):
+            _check(
+                isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "a positive integer"
+            )
+        for name in ("image_size", "limit"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
+        _check(isinstance(self.knn_every, int) and self.knn_every >= 0, "knn_every", "an integer >= 0")
+        for name in ("temperature", "knn_temperature"):
+            _check(_positive(getattr(self, name)), name, "a positive number")
+        for name in ("lr",):
+            _check(getattr(self, name) is None or _positive(getattr(self, name)), name, "a positive number")
+        for name in ("weight_decay", "warmup_epochs"):
+            v = getattr(self, name)
+            _check(v is None or (_number(v) and v >= 0), name, "a number >= 0")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "momentum"):
+            v = getattr(self, name)
+            _check(
+                (v is None and name == "flip_p") or (_number(v) and 0 <= v <= 1), name, "a number in [0, 1]"
+            )
+        _check(_number(self.jitter) and self.jitter >= 0, "jitter", "a number >= 0")
+        v = self.crop_min_scale
+        _check(v is None or (_number(v) and 0 < v <= 1), "crop_min_scale", "a number in (0, 1]")
+        _check(_number(self.tau_plus) and 0 <= self.tau_plus < 1, "tau_plus", "a number in [0, 1)")
+        _check(_number(self.beta) and self.beta >= 0, "beta", "a number >= 0")
+        _check(_positive(self.margin), "margin", "a positive number")
+        _check(self.mining in ("all", "hardest", "semi-hard"), "mining", "one of: all, hardest, semi-hard")
+        _check(self.optimizer in ("sgd", "lars", "adamw"), "optimizer", "one of: sgd, lars, adamw")
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "one of: auto, fp32, bf16")
+        dev = self.device
+        _check(
+            dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+            "device",
+            "one of: auto, cpu, cuda, cuda:N",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from a mapping; unknown keys are an error that names them."""
+        known = {f.name for f in fields(cls)}
+        norm = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(norm) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
+            )
+        return cls(**_coerce(norm, source))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (.toml) or YAML (.yaml/.yml) file into a flat mapping of options."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {str(p)!r}: use a .toml, .yaml/.yml or .json file")
+    except ConfigError:
+        raise
+    except Exception as exc:  # parse errors of three libraries
+        raise ConfigError(f"config file {str(p)!r} cannot be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of option = value")
+    return data
+
+
+def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Type-check values read from a file against the field types (ints stay ints, etc.)."""
+    out = {}
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    for name, v in values.items():
+        t = str(types[name])
+        if v is None:
+            out[name] = v
+            continue
+        if t.startswith("bool"):
+            ok = isinstance(v, bool)
+        elif t.startswith("int"):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif t.startswith("float"):
+            ok = _number(v)
+            v = float(v) if ok else v
+        else:
+            ok = isinstance(v, str)
+        if not ok:
+            raise ConfigError(
+                f"{source}: option {name} has the wrong type ({type(v).__name__}); expected {t}"
+            )
+        out[name] = v
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
+def _check(ok: bool, name: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"option {name} (--{name.replace('_', '-')}) must be {what}")

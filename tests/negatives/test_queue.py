@@ -1,0 +1,125 @@
+import io
+
+import pytest
+import torch
+
+from contrastkit.negatives import oracle_mask, score_candidates
+from contrastkit.negatives.queue import KeyQueue, QueueNegatives
+from contrastkit.objectives import InfoNCE
+from contrastkit.scores import CosineSimilarity, DotProduct
+
+
+def rows(start: int, n: int, d: int = 2) -> torch.Tensor:
+    """Keys whose first coordinate is their insertion number."""
+    return torch.arange(start, start + n, dtype=torch.float32).unsqueeze(1).repeat(1, d)
+
+
+def test_fifo_order_and_fill_count():
+    q = KeyQueue(5, 2)
+    assert q.valid_mask().tolist() == [False] * 5
+    q.enqueue(rows(0, 2), labels=torch.tensor([10, 11]), indices=torch.tensor([100, 101]))
+    assert int(q.ptr) == 2 and int(q.filled) == 2 and not q.is_full
+    assert q.valid_mask().tolist() == [True, True, False, False, False]
+    q.enqueue(rows(2, 2))
+    keys, labels, indices = q.ordered()
+    assert keys[:, 0].tolist() == [0, 1, 2, 3]
+    assert labels.tolist() == [10, 11, -1, -1] and indices.tolist() == [100, 101, -1, -1]
+
+
+def test_wrap_around_overwrites_oldest_and_keeps_labels_beside_keys():
+    q = KeyQueue(5, 2)
+    q.enqueue(rows(0, 3), labels=torch.arange(3), indices=torch.arange(3) + 100)
+    q.enqueue(rows(3, 4), labels=torch.arange(3, 7), indices=torch.arange(3, 7) + 100)  # slots 3, 4, 0, 1
+    assert int(q.ptr) == 2 and int(q.filled) == 5 and q.is_full
+    assert q.keys[:, 0].tolist() == [5, 6, 2, 3, 4]
+    keys, labels, indices = q.ordered()
+    assert keys[:, 0].tolist() == [2, 3, 4, 5, 6]
+    assert labels.tolist() == [2, 3, 4, 5, 6] and indices.tolist() == [102, 103, 104, 105, 106]
+    assert torch.equal(q.labels, q.keys[:, 0].long()) and torch.equal(q.indices, q.keys[:, 0].long() + 100)
+
+
+def test_batch_larger_than_queue_keeps_newest():
+    q = KeyQueue(5, 2)
+    q.enqueue(rows(0, 2))
+    q.enqueue(rows(2, 8), labels=torch.arange(2, 10))
+    keys, labels, _ = q.ordered()
+    assert keys[:, 0].tolist() == [5, 6, 7, 8, 9] and labels.tolist() == [5, 6, 7, 8, 9]
+    assert int(q.filled) == 5
+    q.enqueue(rows(10, 1))
+    assert q.ordered()[0][:, 0].tolist() == [6, 7, 8, 9, 10]
+
+
+def test_keys_stored_detached_in_float32_under_autocast():
+    lin = torch.nn.Linear(4, 3)
+    q = KeyQueue(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k = lin(torch.randn(2, 4))
+        assert k.dtype == torch.bfloat16 and k.requires_grad
+        q.enqueue(k)
+    assert q.keys.dtype == torch.float32 and not q.keys.requires_grad
+    assert q.dim == 3
+    torch.testing.assert_close(q.keys[:2], k.detach().float(), rtol=0, atol=0)
+
+
+def test_bad_shapes():
+    q = KeyQueue(4, 3)
+    with pytest.raises(ValueError, match="dimension 3"):
+        q.enqueue(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="labels"):
+        q.enqueue(torch.randn(2, 3), labels=torch.zeros(3))
+    with pytest.raises(ValueError):
+        KeyQueue(0)
+
+
+def test_state_dict_round_trip_into_lazy_queue():
+    src = QueueNegatives(size=6)
+    src.update(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), indices=torch.arange(4))
+    src.update(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([4, 5, 6, 7]), indices=torch.arange(4, 8))
+    state = src.state_dict()
+    assert set(state) == {"queue.keys", "queue.labels", "queue.indices", "queue.ptr", "queue.filled"}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    dst = QueueNegatives(size=6)  # lazy: dim unknown until loaded
+    dst.load_state_dict(torch.load(buf, weights_only=True))
+    for name, value in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[name], value), name
+    new = torch.randn(3, 3)
+    src.update(new, new)
+    dst.update(new, new)
+    for a, b in zip(src.queue.ordered(), dst.queue.ordered(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_queue_negatives_masks_unfilled_and_enqueues_keys_after_loss():
+    torch.manual_seed(0)
+    src = QueueNegatives(size=8)
+    score = CosineSimilarity()
+    q1 = score.prepare(torch.randn(3, 4)).requires_grad_()
+    k1 = score.prepare(torch.randn(3, 4))
+    c = src(q1, k1)
+    assert c.negatives.shape == (8, 4) and c.neg_mask.shape == (3, 8) and bool(c.neg_mask.all())
+    contrast = score_candidates(c, score)
+    loss = InfoNCE(0.1)(contrast.pos, contrast.neg, contrast.neg_mask)
+    loss.backward()  # empty queue: no negatives, loss 0 and a finite gradient
+    assert loss.item() == 0 and torch.isfinite(q1.grad).all()
+    src.update(q1.detach(), k1)
+    q2, k2 = score.prepare(torch.randn(3, 4)), score.prepare(torch.randn(3, 4))
+    c = src(q2, k2)
+    assert (~c.neg_mask).sum(1).tolist() == [3, 3, 3]
+    torch.testing.assert_close(c.negatives[:3], k1)  # the previous keys, not the current ones
+    contrast = score_candidates(c, DotProduct())
+    torch.testing.assert_close(contrast.neg[:, :3], q2 @ k1.T)
+    torch.testing.assert_close(contrast.pos, (q2 * k2).sum(1))
+
+
+def test_queue_labels_feed_the_oracle_mask():
+    src = QueueNegatives(size=4, dim=2)
+    src.update(torch.randn(3, 2), torch.randn(3, 2), torch.tensor([0, 1, 0]))
+    c = src(torch.randn(2, 2), torch.randn(2, 2), torch.tensor([0, 1]))
+    same = oracle_mask(c)
+    assert same.tolist() == [[True, False, True, False], [False, True, False, False]]
+    contrast = score_candidates(c, DotProduct(), oracle=True)
+    assert contrast.valid_negatives().tolist() == [1, 2]
+    with pytest.raises(ValueError, match="dimension 2"):
+        src(torch.randn(2, 5), torch.randn(2, 5))

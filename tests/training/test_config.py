@@ -1,0 +1,47 @@
+import pytest
+
+from contrastkit.errors import ConfigError
+from contrastkit.training.config import TrainConfig, load_config_file
+
+
+def test_defaults_are_valid():
+    c = TrainConfig()
+    assert c.data == "digits" and c.objective == "infonce" and c.temperature == 0.2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": -3}, "--batch-size"),
+        ({"temperature": 0.0}, "--temperature"),
+        ({"flip_p": 1.5}, "--flip-p"),
+        ({"optimizer": "rmsprop"}, "sgd, lars, adamw"),
+        ({"device": "tpu"}, "cuda:N"),
+        ({"crop_min_scale": 0}, "crop-min-scale"),
+    ],
+)
+def test_bad_values_are_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_files_toml_yaml_and_unknown_keys(tmp_path):
+    toml = tmp_path / "a.toml"
+    toml.write_text('epochs = 3\nbatch-size = 64\noptimizer = "lars"\n')
+    yml = tmp_path / "a.yaml"
+    yml.write_text("epochs: 4\ntemperature: 0.2\n")
+    assert TrainConfig.from_dict(load_config_file(toml)).batch_size == 64
+    assert TrainConfig.from_dict(load_config_file(yml)).temperature == 0.2
+    with pytest.raises(ConfigError, match=r"unknown option.*epoch_count"):
+        TrainConfig.from_dict({"epoch_count": 3})
+    with pytest.raises(ConfigError, match="wrong type"):
+        TrainConfig.from_dict({"epochs": "ten"})
+    bad = tmp_path / "b.toml"
+    bad.write_text("epochs = = 3")
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        load_config_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"\.toml"):
+        load_config_file(tmp_path.joinpath("c.ini").write_text("x") and tmp_path / "c.ini")
