@@ -42,3 +42,24 @@ def test_oracle_needs_labels_and_bad_shapes():
         InBatchNegatives()(torch.randn(2, 3), torch.randn(3, 3))
     with pytest.raises(ConfigError, match="in-batch"):
         build_negatives("bank")
+
+
+def test_oracle_mask_never_matches_unknown_labels():
+    from contrastkit.negatives import Candidates
+
+    z = torch.randn(3, 4)
+    c = Candidates(
+        anchors=z,
+        positives=z,
+        negatives=torch.randn(4, 4),
+        anchor_labels=torch.tensor([0, -1, 1]),
+        negative_labels=torch.tensor([0, -1, -1, 1]),
+    )
+    m = oracle_mask(c)
+    expected = torch.tensor(
+        [[True, False, False, False], [False, False, False, False], [False, False, False, True]]
+    )
+    assert torch.equal(m, expected)
+    # per-anchor labels (M, N), e.g. MoCHi's synthetic points labelled -1
+    c.negative_labels = torch.tensor([[0, -1, 0, -1], [-1, -1, -1, -1], [1, 1, -1, 0]])
+    assert oracle_mask(c).sum(1).tolist() == [2, 0, 2]

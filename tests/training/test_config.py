@@ -45,3 +45,27 @@ def test_files_toml_yaml_and_unknown_keys(tmp_path):
         load_config_file(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"\.toml"):
         load_config_file(tmp_path.joinpath("c.ini").write_text("x") and tmp_path / "c.ini")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"queue_size": 0}, "--queue-size"),
+        ({"key_momentum": 1.5}, "--key-momentum"),
+        ({"mix_start_epoch": -1}, "--mix-start-epoch"),
+        ({"shuffle_bn_groups": 0}, "--shuffle-bn-groups"),
+        ({"oracle": True, "objective": "supcon"}, "--oracle.*--objective supcon"),
+    ],
+)
+def test_negative_source_options_are_checked(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_key_momentum_defaults_to_queue_sources_only():
+    assert TrainConfig(negatives="queue").resolved_key_momentum() == 0.99
+    assert TrainConfig(negatives="queue+mochi").resolved_key_momentum() == 0.99
+    assert TrainConfig(negatives="in-batch").resolved_key_momentum() == 0.0
+    assert TrainConfig(negatives="queue", key_momentum=0).resolved_key_momentum() == 0.0
+    assert TrainConfig(negatives="in-batch", key_momentum=0.9).resolved_key_momentum() == 0.9
+    assert TrainConfig.from_dict({"mix_start_epoch": 2, "key_momentum": 0.5}).mix_start_epoch == 2.0

@@ -63,13 +63,17 @@ def oracle_mask(candidates: Candidates) -> Tensor:
 
     With true class labels this gives the "unbiased" oracle of Debiased Contrastive Learning: same-class
     samples are removed from the negatives. Returns a bool (M, N) tensor.
+
+    A label of ``-1`` means unknown (an unfilled queue slot, a synthetic MoCHi point): it never counts as
+    same-class, even against an anchor whose label is also ``-1``.
     """
     if candidates.anchor_labels is None or candidates.negative_labels is None:
         raise ValueError("the oracle mask needs anchor_labels and negative_labels on the candidates")
     neg_labels = candidates.negative_labels
     if neg_labels.ndim == 1:
         neg_labels = neg_labels.unsqueeze(0)
-    return candidates.anchor_labels.unsqueeze(1) == neg_labels
+    anchors = candidates.anchor_labels.unsqueeze(1)
+    return (anchors == neg_labels) & (anchors >= 0)
 
 
 def score_candidates(candidates: Candidates, score: Score, *, oracle: bool = False) -> Contrast:

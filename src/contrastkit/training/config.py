@@ -39,15 +39,32 @@ class TrainConfig:
     proj_hidden_dim: int = _opt(512, "hidden width of the projection head")
     proj_dim: int = _opt(128, "output dimension of the projection head")
     # contrast
-    objective: str = _opt("infonce", "objective that turns scores into a loss")
+    objective: str = _opt(
+        "infonce",
+        "objective that turns scores into a loss: infonce | debiased | hard-negative (alias hcl) | decoupled "
+        "| triplet | margin | supcon (supervised: uses the labels)",
+    )
     temperature: float = _opt(0.2, "temperature of the objective")
     tau_plus: float = _opt(0.1, "class prior τ+ of the debiased and hard-negative objectives")
     beta: float = _opt(1.0, "hardness β of the hard-negative objective")
     margin: float = _opt(0.5, "margin of the triplet and margin objectives")
     mining: str = _opt("semi-hard", "negative selection of the triplet objective: all | hardest | semi-hard")
     score: str = _opt("cosine", "similarity score: cosine | dot")
-    negatives: str = _opt("in-batch", "where negatives come from")
+    negatives: str = _opt(
+        "in-batch",
+        "where negatives come from: in-batch (SimCLR) | queue (MoCo) | gather (across GPUs, needs torchrun) "
+        "| queue+mochi | in-batch+mochi (MoCHi hard negative mixing)",
+    )
     oracle: bool = _opt(False, "mask same-class negatives using the labels (the DCL 'unbiased' oracle)")
+    queue_size: int = _opt(4096, "negatives in the momentum queue (queue, queue+mochi)")
+    key_momentum: float | None = _opt(
+        None,
+        "EMA momentum of the key encoder (MoCo); default 0.99 with a queue source, off otherwise; 0 disables",
+    )
+    shuffle_bn_groups: int = _opt(
+        4, "shuffled BatchNorm groups of the key encoder's batch (MoCo Sec. 3.3); 1 disables"
+    )
+    mix_start_epoch: float = _opt(0, "MoCHi: epochs before mixing starts")
     # views
     crop_min_scale: float | None = _opt(
         None, "random-resized-crop minimum area (default 0.08; 0.5 below 32 px)"
@@ -86,7 +103,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid value."""
-        for name in ("epochs", "batch_size", "proj_hidden_dim", "proj_dim", "knn_k"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "proj_hidden_dim",
+            "proj_dim",
+            "knn_k",
+            "queue_size",
+            "shuffle_bn_groups",
+        ):
             _check(
                 isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "a positive integer"
             )
@@ -107,6 +132,11 @@ class TrainConfig:
                 (v is None and name == "flip_p") or (_number(v) and 0 <= v <= 1), name, "a number in [0, 1]"
             )
         _check(_number(self.jitter) and self.jitter >= 0, "jitter", "a number >= 0")
+        v = self.key_momentum
+        _check(v is None or (_number(v) and 0 <= v <= 1), "key_momentum", "a number in [0, 1]")
+        _check(
+            _number(self.mix_start_epoch) and self.mix_start_epoch >= 0, "mix_start_epoch", "a number >= 0"
+        )
         v = self.crop_min_scale
         _check(v is None or (_number(v) and 0 < v <= 1), "crop_min_scale", "a number in (0, 1]")
         _check(_number(self.tau_plus) and 0 <= self.tau_plus < 1, "tau_plus", "a number in [0, 1)")
@@ -121,6 +151,17 @@ class TrainConfig:
             "device",
             "one of: auto, cpu, cuda, cuda:N",
         )
+        if self.oracle and self.objective == "supcon":
+            raise ConfigError(
+                "options --oracle and --objective supcon cannot be combined: supcon already makes same-class "
+                "samples positives, and the oracle would remove them; drop --oracle"
+            )
+
+    def resolved_key_momentum(self) -> float:
+        """The key encoder's momentum: ``key_momentum``, or 0.99 for queue sources and 0 (off) otherwise."""
+        if self.key_momentum is not None:
+            return float(self.key_momentum)
+        return 0.99 if self.negatives in ("queue", "queue+mochi") else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

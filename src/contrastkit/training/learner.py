@@ -2,28 +2,45 @@
 
 :class:`ContrastiveLearner` is a plain ``nn.Module`` that wires the swappable pieces together; it holds
 no training-loop state. The negative source's state (a queue, an index) is updated *after* the loss.
+
+With a ``key_encoder`` (a :class:`~contrastkit.negatives.MomentumEncoder`, MoCo) the step is symmetrised
+as in MoCo v2's common practice: queries ``q1, q2`` come from the model, keys ``k1, k2`` from the key
+encoder (no gradient), the loss is the mean of ``L(q1, k2)`` and ``L(q2, k1)``, and both key sets are
+enqueued once, after both losses, so neither half sees the current batch's keys as negatives. The
+caller updates the key encoder (``key_encoder.update(model)``) after the optimizer step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from contrastkit.negatives import NegativeSource, oracle_mask, score_candidates
+from contrastkit.negatives import (
+    Contrast,
+    MomentumEncoder,
+    NegativeSource,
+    oracle_mask,
+    score_candidates,
+)
 from contrastkit.objectives import Objective, mutual_information_bound
 from contrastkit.scores import Score
 
 
 @dataclass
 class StepOutput:
-    """Loss of one step and cheap statistics (tensors: reading them is left to the caller)."""
+    """Loss of one step and cheap statistics (tensors: reading them is left to the caller).
+
+    ``extra`` holds the negative source's own statistics when it has any (MoCHi's ``last_stats``:
+    proxy-task accuracy, share of synthetic points among the hardest), as 0-d tensors.
+    """
 
     loss: Tensor
     mi_bound: Tensor
     pos_score: Tensor
     neg_score: Tensor
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
 
 class ContrastiveLearner(nn.Module):
@@ -37,6 +54,7 @@ class ContrastiveLearner(nn.Module):
         objective: Objective,
         *,
         oracle: bool = False,
+        key_encoder: MomentumEncoder | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -44,20 +62,19 @@ class ContrastiveLearner(nn.Module):
         self.score = score
         self.objective = objective
         self.oracle = oracle
+        self.key_encoder = key_encoder
 
     @property
     def uses_labels(self) -> bool:
         """Whether a step needs class labels (the oracle mask, or a supervised objective)."""
         return self.oracle or getattr(self.objective, "needs_labels", False)
 
-    def forward(self, view1: Tensor, view2: Tensor, labels: Tensor | None = None) -> StepOutput:
-        if self.uses_labels and labels is None:
-            raise ValueError("the oracle mask and supervised objectives need labels")
-        b = view1.shape[0]
-        z = self.model(torch.cat([view1, view2], dim=0))
-        z = self.score.prepare(z.float())
-        z1, z2 = z[:b], z[b:]
-        candidates = self.negatives(z1, z2, labels if self.uses_labels else None)
+    def _loss(self, anchors: Tensor, positives: Tensor, labels: Tensor | None) -> tuple[Tensor, Contrast]:
+        candidates = self.negatives(anchors, positives, labels if self.uses_labels else None)
+        if not candidates.negatives.requires_grad:
+            # Negatives without graph may be the source's state (a queue's buffer) that ``update`` writes in
+            # place before ``backward`` reads them for the anchors' gradient: score a copy (K x D, cheap).
+            candidates.negatives = candidates.negatives.clone()
         contrast = score_candidates(candidates, self.score, oracle=self.oracle)
         if getattr(self.objective, "needs_labels", False):
             same = oracle_mask(candidates)
@@ -65,19 +82,68 @@ class ContrastiveLearner(nn.Module):
             loss = self.objective(contrast.pos, contrast.neg, contrast.neg_mask, pos_mask=pos_mask)
         else:
             loss = self.objective(contrast.pos, contrast.neg, contrast.neg_mask)
+        return loss, contrast
+
+    def _source_stats(self) -> dict[str, Tensor]:
+        stats = getattr(self.negatives, "last_stats", None)
+        return {k: v.detach() for k, v in stats.items()} if stats else {}
+
+    def forward(self, view1: Tensor, view2: Tensor, labels: Tensor | None = None) -> StepOutput:
+        if self.uses_labels and labels is None:
+            raise ValueError("the oracle mask and supervised objectives need labels")
+        if self.key_encoder is not None:
+            return self._forward_momentum(view1, view2, labels)
+        b = view1.shape[0]
+        z = self.model(torch.cat([view1, view2], dim=0))
+        z = self.score.prepare(z.float())
+        z1, z2 = z[:b], z[b:]
+        loss, contrast = self._loss(z1, z2, labels)
+        extra = self._source_stats()
         self.negatives.update(z1.detach(), z2.detach(), labels)
         with torch.no_grad():
-            neg = contrast.neg.float()
-            valid = contrast.valid_negatives()
-            mean_neg = (
-                neg.mean()
-                if contrast.neg_mask is None
-                else neg.masked_fill(contrast.neg_mask, 0).sum() / valid.sum().clamp_min(1)
-            )
-            stats = StepOutput(
-                loss=loss,
-                mi_bound=mutual_information_bound(loss.detach(), valid),
-                pos_score=contrast.pos.float().mean(),
-                neg_score=mean_neg,
-            )
-        return stats
+            return _step_output(loss, [contrast], extra)
+
+    def _forward_momentum(self, view1: Tensor, view2: Tensor, labels: Tensor | None) -> StepOutput:
+        assert self.key_encoder is not None
+        b = view1.shape[0]
+        both = torch.cat([view1, view2], dim=0)
+        q = self.score.prepare(self.model(both).float())
+        with torch.no_grad():
+            k = self.score.prepare(self.key_encoder(both).float())
+        q1, q2 = q[:b], q[b:]
+        k1, k2 = k[:b], k[b:]
+        loss_a, contrast_a = self._loss(q1, k2, labels)
+        stats_a = self._source_stats()
+        loss_b, contrast_b = self._loss(q2, k1, labels)
+        stats_b = self._source_stats()
+        loss = (loss_a + loss_b) / 2
+        extra = {key: (v + stats_b[key]) / 2 for key, v in stats_a.items() if key in stats_b}
+        self.negatives.update(
+            torch.cat([q1, q2]).detach(),
+            torch.cat([k2, k1]),
+            None if labels is None else torch.cat([labels, labels]),
+        )
+        with torch.no_grad():
+            return _step_output(loss, [contrast_a, contrast_b], extra)
+
+
+def _step_output(loss: Tensor, contrasts: list[Contrast], extra: dict[str, Tensor]) -> StepOutput:
+    """Statistics of a step from the contrasts it scored (averaged over them; call under no_grad)."""
+    pos, neg, valid = [], [], []
+    for contrast in contrasts:
+        n = contrast.neg.float()
+        v = contrast.valid_negatives()
+        neg.append(
+            n.mean()
+            if contrast.neg_mask is None
+            else n.masked_fill(contrast.neg_mask, 0).sum() / v.sum().clamp_min(1)
+        )
+        pos.append(contrast.pos.float().mean())
+        valid.append(v)
+    return StepOutput(
+        loss=loss,
+        mi_bound=mutual_information_bound(loss.detach(), torch.cat(valid)),
+        pos_score=torch.stack(pos).mean(),
+        neg_score=torch.stack(neg).mean(),
+        extra=extra,
+    )

@@ -2,8 +2,11 @@
 
 :func:`build_run` turns a :class:`TrainConfig` into the pieces of the spine; :func:`train` runs it,
 monitors kNN accuracy, and writes ``metrics.json``, ``config.yaml`` and ``checkpoint.pt`` into the run
-folder. The loop reads the loss from the device only every ``log_every`` steps, so it does not
-synchronise with the GPU on every step.
+folder. The checkpoint holds the model (all ``contrastkit eval`` needs) and, to resume, the optimizer,
+the scheduler, the negative source's state (``negatives``: queue buffers, MoCHi's step) and the momentum
+key encoder (``key_encoder``, None without one). The loop reads the loss (and the negative source's
+statistics) from the device only every ``log_every`` steps, so it does not synchronise with the GPU on
+every step.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from contrastkit.data import DataSplits, channel_stats, load_dataset
 from contrastkit.encoders import ContrastiveModel, ProjectionHead, build_encoder
 from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
-from contrastkit.negatives import build_negatives
+from contrastkit.negatives import MomentumEncoder, build_negatives
+from contrastkit.negatives.distributed import is_distributed
 from contrastkit.objectives import build_objective
 from contrastkit.scores import build_score
 from contrastkit.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
@@ -201,6 +205,7 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
             f"run folder {str(run_dir)!r} already holds a run ({CHECKPOINT_NAME}); choose another --out or remove it"
         )
     config = config.replace(out=str(run_dir))
+    check_combinations(config)
 
     splits, eval_note = load_splits(config)
     train_set, test_set = splits.train, splits.test
@@ -226,9 +231,20 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     views = build_views(config, info).to(device)
+    steps_per_epoch = len(train_set) // config.batch_size
+    key_momentum = config.resolved_key_momentum()
+    key_encoder = (
+        MomentumEncoder(model, key_momentum, shuffle_groups=min(config.shuffle_bn_groups, config.batch_size))
+        if key_momentum > 0
+        else None
+    )
     learner = ContrastiveLearner(
         model,
-        build_negatives(config.negatives),
+        build_negatives(
+            config.negatives,
+            queue_size=config.queue_size,
+            mix_start_step=round(config.mix_start_epoch * steps_per_epoch),
+        ),
         build_score(config.score),
         build_objective(
             config.objective,
@@ -239,10 +255,10 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
             mining=config.mining,
         ),
         oracle=config.oracle,
+        key_encoder=key_encoder,
     ).to(device)
     step_fn = torch.compile(learner) if config.compile else learner
 
-    steps_per_epoch = len(train_set) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     optimizer = build_optimizer(
@@ -258,7 +274,8 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
         f"contrastkit train: data={splits.name} ({len(train_set)} train / {len(test_set)} eval [{eval_note}], "
         f"{c}x{h}x{w}, {n_classes} classes)\n"
         f"  encoder={type(model.backbone).__name__} objective={config.objective}(temperature={config.temperature}) "
-        f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}\n"
+        f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}"
+        f"{_negatives_note(config, key_momentum)}\n"
         f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, {config.optimizer} "
         f"lr={config.lr:g} wd={config.weight_decay:g}, device={device}, precision={'bf16' if use_bf16 else 'fp32'}"
         f"\n  run folder: {run_dir}",
@@ -280,7 +297,7 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
     for epoch in range(config.epochs):
         t_epoch = time.perf_counter()
         order = torch.randperm(len(train_set), device=device, generator=gen)
-        pending: list[tuple[int, Tensor, Tensor]] = []
+        pending: list[tuple[int, dict[str, Tensor]]] = []
         for i in range(steps_per_epoch):
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
             batch = images[idx]
@@ -294,9 +311,13 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             optimizer.step()
+            if key_encoder is not None:
+                key_encoder.update(model)
             scheduler.step()
             step += 1
-            pending.append((step, result.loss.detach(), result.mi_bound))
+            pending.append(
+                (step, {"loss": result.loss.detach(), "mi_bound": result.mi_bound, **result.extra})
+            )
             if step % log_every == 0 or i == steps_per_epoch - 1:
                 last_loss = _drain(pending, history, epoch, run_dir)
                 bar.set_postfix(
@@ -349,6 +370,8 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
             "config": config.to_dict(),
             "data_info": info.to_dict(),
             "model": model.state_dict(),
+            "negatives": learner.negatives.state_dict(),
+            "key_encoder": None if key_encoder is None else key_encoder.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": config.epochs,
@@ -364,19 +387,48 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
 
 
 def _drain(
-    pending: list[tuple[int, Tensor, Tensor]], history: list[dict[str, float]], epoch: int, run_dir: Path
+    pending: list[tuple[int, dict[str, Tensor]]], history: list[dict[str, float]], epoch: int, run_dir: Path
 ) -> float:
-    """Read the queued losses from the device (one synchronisation) and stop on a non-finite one."""
-    values = torch.stack([torch.stack([loss.float(), mi.float()]) for _, loss, mi in pending]).cpu().tolist()
-    for (step, _, _), (loss, mi) in zip(pending, values):
+    """Read the queued step statistics from the device (one synchronisation); stop on a non-finite loss.
+
+    Each pending entry maps names to 0-d tensors: ``loss``, ``mi_bound`` and any statistics of the
+    negative source (MoCHi's proxy accuracy, ...); all of them go into ``history``.
+    """
+    flat = torch.stack([t.detach().float().reshape(()) for _, stats in pending for t in stats.values()])
+    values = iter(flat.cpu().tolist())
+    loss = float("nan")
+    for step, stats in pending:
+        row = {name: next(values) for name in stats}
+        loss = row["loss"]
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss} at step {step} (epoch {epoch + 1}); no checkpoint was written for this "
                 f"run ({run_dir}). Try a lower --lr, a higher --temperature or --precision fp32."
             )
-        history.append({"step": step, "epoch": epoch + 1, "loss": loss, "mi_bound": mi})
+        history.append({"step": step, "epoch": epoch + 1, **row})
     pending.clear()
-    return values[-1][0]
+    return loss
+
+
+def check_combinations(config: TrainConfig) -> None:
+    """Refuse option combinations that cannot work, naming the options (the config checks single values)."""
+    if config.negatives == "gather" and not is_distributed():
+        raise ConfigError(
+            "--negatives gather gathers negatives across processes, but torch.distributed is not initialised: "
+            "launch with torchrun (e.g. torchrun --nproc-per-node 2 -m contrastkit train ...), or use "
+            "--negatives in-batch on one process"
+        )
+
+
+def _negatives_note(config: TrainConfig, key_momentum: float) -> str:
+    parts = []
+    if "queue" in config.negatives:
+        parts.append(f"queue_size={config.queue_size}")
+    if key_momentum > 0:
+        parts.append(f"key_momentum={key_momentum:g} shuffle_bn_groups={config.shuffle_bn_groups}")
+    if config.negatives.endswith("+mochi"):
+        parts.append(f"mix_start_epoch={config.mix_start_epoch:g}")
+    return (" " + " ".join(parts)) if parts else ""
 
 
 class _NoBar:

@@ -1,0 +1,89 @@
+"""`contrastkit train` end to end (subprocesses, run side by side) for the negative sources and objectives
+beyond the default, and clean refusals of option combinations that cannot work."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from contrastkit.training.checkpoint import load_checkpoint
+
+COMMON = ("--epochs", "1", "--batch-size", "128", "--no-progress")
+RUNS = {
+    "queue": ("--negatives", "queue", "--queue-size", "512"),
+    "mochi": ("--negatives", "queue+mochi", "--queue-size", "512"),
+    "debiased": ("--objective", "debiased"),
+    "supcon": ("--objective", "supcon"),
+    "oracle": ("--oracle",),
+}
+REFUSED = {
+    "oracle-supcon": (("--oracle", "--objective", "supcon"), ("--oracle", "--objective supcon")),
+    "gather": (("--negatives", "gather"), ("--negatives gather", "torchrun")),
+    "queue-size": (("--negatives", "queue", "--queue-size", "0"), ("--queue-size",)),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Start every run at once (one thread each: the machine may have 2 CPUs) and wait for all."""
+    root = tmp_path_factory.mktemp("variants")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {}
+    for name, args in RUNS.items():
+        cmd = [sys.executable, "-m", "contrastkit", "train", *COMMON, *args, "--out", str(root / name)]
+        procs[name] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+    for name, (args, _) in REFUSED.items():
+        cmd = [sys.executable, "-m", "contrastkit", "train", *COMMON, *args, "--out", str(root / name)]
+        procs[name] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+    results = {}
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        results[name] = (p.returncode, out, err, root / name)
+    return results
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_variant_trains_and_writes_metrics(runs, name):
+    rc, _, err, run_dir = runs[name]
+    assert rc == 0, err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["knn_top1"] <= 1 and metrics["steps"] > 0
+    assert metrics["final_loss"] == metrics["final_loss"]  # not NaN
+
+
+@pytest.mark.parametrize("name", ["queue", "mochi"])
+def test_queue_checkpoint_holds_queue_and_key_encoder(runs, name):
+    _, out, _, run_dir = runs[name]
+    assert "queue_size=512" in out and "key_momentum=0.99" in out
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    prefix = "source." if name == "mochi" else ""
+    assert int(state["negatives"][prefix + "queue.filled"]) == 512
+    assert state["negatives"][prefix + "queue.keys"].shape == (512, 128)
+    assert state["key_encoder"] is not None
+    key = {k.removeprefix("model."): v for k, v in state["key_encoder"].items()}
+    moved = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.equal(v, key[k])]
+    assert moved  # the key encoder is an EMA of the model, not a copy
+    if name == "mochi":
+        assert state["negatives"]["_extra_state"]["step"] == state["step"]
+
+
+def test_in_batch_checkpoint_has_no_key_encoder(runs):
+    state = load_checkpoint(runs["oracle"][3] / "checkpoint.pt")
+    assert state["key_encoder"] is None and state["negatives"] == {}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_impossible_combinations_exit_2_naming_the_options(runs, name):
+    rc, _, err, run_dir = runs[name]
+    assert rc == 2, err
+    assert "Traceback" not in err
+    for needle in REFUSED[name][1]:
+        assert needle in err, err
+    assert not (run_dir / "checkpoint.pt").exists()
