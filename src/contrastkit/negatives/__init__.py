@@ -6,8 +6,6 @@ Every source returns :class:`Candidates`; a :class:`~contrastkit.scores.Score` t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from contrastkit.errors import ConfigError
 from contrastkit.negatives.base import (
     Candidates,
@@ -23,33 +21,23 @@ from contrastkit.negatives.mixing import HardNegativeMixing
 from contrastkit.negatives.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.negatives.queue import KeyQueue, QueueNegatives
 
-
-def _mochi(inner: Callable[[], NegativeSource]) -> Callable[..., NegativeSource]:
-    def make(*, queue_size: int = 4096, mix_start_step: int = 0) -> NegativeSource:
-        src = inner() if inner is InBatchNegatives else QueueNegatives(size=queue_size)
-        return HardNegativeMixing(src, start_step=mix_start_step)
-
-    return make
-
-
-NEGATIVES: dict[str, Callable[..., NegativeSource]] = {
-    "in-batch": InBatchNegatives,
-    "queue": QueueNegatives,
-    "gather": GatherNegatives,
-    "queue+mochi": _mochi(QueueNegatives),
-    "in-batch+mochi": _mochi(InBatchNegatives),
-}
+NEGATIVES: tuple[str, ...] = ("in-batch", "queue", "gather", "queue+mochi", "in-batch+mochi")
+"""Source names for ``--negatives``; ``+mochi`` wraps the base source in :class:`HardNegativeMixing`."""
 
 
 def build_negatives(name: str, *, queue_size: int = 4096, mix_start_step: int = 0) -> NegativeSource:
     """Make a negative source by name (see :data:`NEGATIVES`)."""
     if name not in NEGATIVES:
         raise ConfigError(f"unknown negatives source {name!r}; choose one of: {', '.join(NEGATIVES)}")
-    if name == "queue":
-        return QueueNegatives(size=queue_size)
-    if name.endswith("+mochi"):
-        return NEGATIVES[name](queue_size=queue_size, mix_start_step=mix_start_step)
-    return NEGATIVES[name]()
+    base, _, mixing = name.partition("+")
+    source: NegativeSource
+    if base == "queue":
+        source = QueueNegatives(size=queue_size)
+    elif base == "gather":
+        source = GatherNegatives()
+    else:
+        source = InBatchNegatives()
+    return HardNegativeMixing(source, start_step=mix_start_step) if mixing == "mochi" else source
 
 
 __all__ = [
