@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile-views",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="also torch.compile ImageViews.render (sampling stays eager; the trainer does not do this)",
+        help="also torch.compile ImageViews.render (sampling stays eager), as the trainer does with --compile",
     )
     p.add_argument(
         "--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA, fp32 on CPU"
@@ -210,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed + 1)
 
-    def make_view(batch: torch.Tensor) -> torch.Tensor:
-        v = render(batch, views.sample(batch, generator=gen))
-        return v.contiguous(memory_format=torch.channels_last) if channels_last else v
+    def make_views(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # as the trainer does: both views sampled and rendered as one batch of 2B
+        both = torch.cat([batch, batch], dim=0)
+        v = render(both, views.sample(both, generator=gen))
+        v = v.contiguous(memory_format=torch.channels_last) if channels_last else v
+        v1, v2 = v.chunk(2, dim=0)
+        return v1, v2
 
     def autocast() -> torch.autocast:
         return torch.autocast(device.type, dtype=amp_dtype, enabled=use_bf16)
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     # (a) compute only: fixed pre-made float views, made exactly as the full step makes them
     with autocast():
         fixed = random_batch()
-        pre1, pre2 = make_view(fixed), make_view(fixed)
+        pre1, pre2 = make_views(fixed)
 
     def compute_step() -> None:
         train_on(pre1, pre2)
@@ -245,15 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     # (b) augmentation only: index a batch, make two views
     def augment_step() -> None:
         with autocast():
-            batch = random_batch()
-            make_view(batch)
-            make_view(batch)
+            make_views(random_batch())
 
     # (c) the full step
     def full_step() -> None:
         with autocast():
-            batch = random_batch()
-            v1, v2 = make_view(batch), make_view(batch)
+            v1, v2 = make_views(random_batch())
         train_on(v1, v2)
 
     device_name = torch.cuda.get_device_name(device) if on_cuda else (platform.processor() or "cpu")

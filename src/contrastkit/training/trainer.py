@@ -39,6 +39,7 @@ from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, w
 from contrastkit.views import ImageViews, eval_transform
 
 HELD_OUT_FRACTION = 0.2
+HISTORY_NAME = "history.jsonl"
 
 
 @dataclass
@@ -105,11 +106,15 @@ def _hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
     )
 
 
+def _encoder_name(config: TrainConfig, image_size: int) -> str:
+    if config.encoder != "auto":
+        return config.encoder
+    return "small_cnn" if image_size < 32 else "resnet18"
+
+
 def build_model(config: TrainConfig, channels: int, image_size: int) -> ContrastiveModel:
     """Backbone + SimCLR projection head, chosen by the config."""
-    name = config.encoder
-    if name == "auto":
-        name = "small_cnn" if image_size < 32 else "resnet18"
+    name = _encoder_name(config, image_size)
     backbone = build_encoder(name, in_channels=channels, image_size=image_size, stem=config.stem)
     head = ProjectionHead(backbone.feature_dim, hidden_dim=config.proj_hidden_dim, out_dim=config.proj_dim)
     return ContrastiveModel(backbone, head)
@@ -206,6 +211,7 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
         )
     config = config.replace(out=str(run_dir))
     check_combinations(config)
+    (run_dir / HISTORY_NAME).unlink(missing_ok=True)  # left by a run that stopped before its checkpoint
 
     splits, eval_note = load_splits(config)
     train_set, test_set = splits.train, splits.test
@@ -258,6 +264,18 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
         key_encoder=key_encoder,
     ).to(device)
     step_fn = torch.compile(learner) if config.compile else learner
+    # Sampling the views' random parameters stays eager (dynamo cannot trace an explicit generator); the
+    # pixel work is compiled with the learner when --compile is on.
+    render = torch.compile(views.render) if config.compile else views.render
+
+    def make_views(batch: Tensor) -> tuple[Tensor, Tensor]:
+        """Two views of every image, sampled and rendered as one batch of 2B."""
+        both = torch.cat([batch, batch], dim=0)
+        v = render(both, views.sample(both, generator=gen))
+        if device.type == "cuda":
+            v = v.contiguous(memory_format=torch.channels_last)
+        v1, v2 = v.chunk(2, dim=0)
+        return v1, v2
 
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
@@ -273,7 +291,7 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
     print(
         f"contrastkit train: data={splits.name} ({len(train_set)} train / {len(test_set)} eval [{eval_note}], "
         f"{c}x{h}x{w}, {n_classes} classes)\n"
-        f"  encoder={type(model.backbone).__name__} objective={config.objective}(temperature={config.temperature}) "
+        f"  encoder={_encoder_name(config, h)} objective={config.objective}(temperature={config.temperature}) "
         f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}"
         f"{_negatives_note(config, key_momentum)}\n"
         f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, {config.optimizer} "
@@ -302,24 +320,30 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
             batch = images[idx]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_bf16):
-                v1 = views(batch, generator=gen)
-                v2 = views(batch, generator=gen)
-                if device.type == "cuda":
-                    v1 = v1.contiguous(memory_format=torch.channels_last)
-                    v2 = v2.contiguous(memory_format=torch.channels_last)
+                v1, v2 = make_views(batch)
                 result = step_fn(v1, v2, labels_all[idx] if learner.uses_labels else None)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
+            lr_used = optimizer.param_groups[0]["lr"]
             optimizer.step()
             if key_encoder is not None:
                 key_encoder.update(model)
             scheduler.step()
             step += 1
             pending.append(
-                (step, {"loss": result.loss.detach(), "mi_bound": result.mi_bound, **result.extra})
+                (
+                    step,
+                    {
+                        "loss": result.loss.detach(),
+                        "mi_bound": result.mi_bound,
+                        "lr": torch.tensor(lr_used),
+                        **result.extra,
+                    },
+                )
             )
             if step % log_every == 0 or i == steps_per_epoch - 1:
-                last_loss = _drain(pending, history, epoch, run_dir)
+                seconds = train_seconds + time.perf_counter() - t_epoch
+                last_loss = _drain(pending, history, epoch, run_dir, seconds)
                 bar.set_postfix(
                     loss=f"{last_loss:.3f}",
                     img_s=f"{step * config.batch_size / max(train_seconds + time.perf_counter() - t_epoch, 1e-9):.0f}",
@@ -387,12 +411,18 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
 
 
 def _drain(
-    pending: list[tuple[int, dict[str, Tensor]]], history: list[dict[str, float]], epoch: int, run_dir: Path
+    pending: list[tuple[int, dict[str, Tensor]]],
+    history: list[dict[str, float]],
+    epoch: int,
+    run_dir: Path,
+    seconds: float,
 ) -> float:
     """Read the queued step statistics from the device (one synchronisation); stop on a non-finite loss.
 
-    Each pending entry maps names to 0-d tensors: ``loss``, ``mi_bound`` and any statistics of the
-    negative source (MoCHi's proxy accuracy, ...); all of them go into ``history``.
+    Each pending entry maps names to 0-d tensors: ``loss``, ``mi_bound``, ``lr`` and any statistics of
+    the negative source (MoCHi's proxy accuracy, ...); all of them go into ``history`` and are appended to
+    ``history.jsonl`` in the run folder, one JSON object per step, with ``seconds`` (training wall-clock
+    so far, the same for every step of one drain).
     """
     flat = torch.stack([t.detach().float().reshape(()) for _, stats in pending for t in stats.values()])
     values = iter(flat.cpu().tolist())
@@ -405,7 +435,13 @@ def _drain(
                 f"the loss became {loss} at step {step} (epoch {epoch + 1}); no checkpoint was written for this "
                 f"run ({run_dir}). Try a lower --lr, a higher --temperature or --precision fp32."
             )
-        history.append({"step": step, "epoch": epoch + 1, **row})
+        history.append({"step": step, "epoch": epoch + 1, "seconds": seconds, **row})
+    if pending:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rows = history[-len(pending) :]
+        with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
     pending.clear()
     return loss
 
