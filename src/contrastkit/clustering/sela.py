@@ -1,0 +1,289 @@
+"""Self-labelling by clustering: SeLa (Asano et al. 2020, ICLR) and its cross-modal form SeLaVi (Asano et al.
+2020, NeurIPS).
+
+Instead of contrasting with negatives, an encoder ``Φ`` with ``H`` clustering heads ``h_1..h_H`` (each K
+clusters) is trained with cross-entropy to pseudo-labels ``y_i^(h)``; the labels are re-estimated every
+``refresh_every`` epochs over the whole training set by the Sinkhorn-Knopp assignment of
+:func:`contrastkit.clustering.sinkhorn.sinkhorn` (equipartition, or any cluster marginal), one transport
+problem per head (SeLa Sec. 3.1 and "multiple heads", Sec. 3.2). The labels start as a random
+equipartition, as in the reference code.
+
+Cross-view / cross-modal (SeLaVi Sec. 3): two views of an item (``encoder_b=None``: the same encoder and
+heads see both) or two modalities (``encoder_b`` given: each encoder has its own heads) *share* one
+assignment. The transport problem is solved on the combined posteriors ``P^a ⊙ P^b`` raised to λ/2, i.e.
+``log P = (log P^a + log P^b) / 2``, and both branches are trained towards the same labels.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastkit.clustering.sinkhorn import gaussian_marginal, sinkhorn
+from contrastkit.errors import ConfigError, TrainingError
+
+__all__ = ["ClusteringHeads", "SelaHistory", "SelfLabelling", "random_equipartition", "train_self_labelling"]
+
+View = Callable[[Tensor, "torch.Generator | None"], Tensor]
+
+
+class ClusteringHeads(nn.Module):
+    """``num_heads`` classifiers of ``num_clusters`` each on ``in_dim`` features: ``(B, D) -> (H, B, K)``.
+
+    Linear heads (SeLa) by default; ``hidden_dim`` puts a ``Linear-BN-ReLU`` in front of each (SeLaVi's MLP
+    heads).
+    """
+
+    def __init__(self, in_dim: int, num_clusters: int, num_heads: int = 1, hidden_dim: int | None = None) -> None:
+        super().__init__()
+        for name, v in (("in_dim", in_dim), ("num_clusters", num_clusters), ("num_heads", num_heads)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if num_clusters < 2:
+            raise ConfigError(f"num_clusters must be at least 2, got {num_clusters}")
+        self.num_heads, self.num_clusters = num_heads, num_clusters
+        self.heads = nn.ModuleList()
+        for _ in range(num_heads):
+            if hidden_dim:
+                self.heads.append(
+                    nn.Sequential(
+                        nn.Linear(in_dim, hidden_dim, bias=False),
+                        nn.BatchNorm1d(hidden_dim),
+                        nn.ReLU(inplace=True),
+                        nn.Linear(hidden_dim, num_clusters),
+                    )
+                )
+            else:
+                self.heads.append(nn.Linear(in_dim, num_clusters))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.stack([head(h) for head in self.heads])
+
+
+def random_equipartition(num_heads: int, n: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """Initial labels (H, N): ``i mod K`` randomly permuted per head, as in the SeLa reference code."""
+    base = torch.arange(n) % k
+    return torch.stack([base[torch.randperm(n, generator=generator)] for _ in range(num_heads)])
+
+
+class SelfLabelling(nn.Module):
+    """An encoder (or two tied ones) with clustering heads and the pseudo-labels they are trained on.
+
+    ``encoder_a`` (and ``encoder_b``) map a batch to ``(B, feature_dim)`` features and expose
+    ``feature_dim``. ``lam`` is SeLa's λ; ``cluster_marginal`` a fixed cluster prior ``r`` (K,);
+    ``marginal_std`` > 0 uses SeLaVi's Gaussian prior instead (drawn once, re-sorted to the current cluster
+    sizes at each refresh). ``labels`` (H, N) holds the current pseudo-labels (see :meth:`init_labels`).
+    """
+
+    def __init__(
+        self,
+        encoder_a: nn.Module,
+        encoder_b: nn.Module | None = None,
+        *,
+        num_clusters: int = 10,
+        num_heads: int = 1,
+        lam: float = 25.0,
+        hidden_dim: int | None = None,
+        cluster_marginal: Tensor | None = None,
+        marginal_std: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, enc in (("encoder_a", encoder_a), ("encoder_b", encoder_b)):
+            if enc is not None and not isinstance(getattr(enc, "feature_dim", None), int):
+                raise ConfigError(f"{name} needs an integer feature_dim attribute (its output size)")
+        if not (isinstance(lam, (int, float)) and lam > 0):
+            raise ConfigError(f"lam must be positive, got {lam!r}")
+        if cluster_marginal is not None and marginal_std:
+            raise ConfigError("give either cluster_marginal or marginal_std (SeLaVi's Gaussian prior), not both")
+        self.encoder_a = encoder_a
+        self.encoder_b = encoder_b
+        self.heads_a = ClusteringHeads(int(encoder_a.feature_dim), num_clusters, num_heads, hidden_dim)
+        self.heads_b = (
+            self.heads_a
+            if encoder_b is None
+            else ClusteringHeads(int(encoder_b.feature_dim), num_clusters, num_heads, hidden_dim)
+        )
+        self.lam = float(lam)
+        self.num_clusters, self.num_heads = num_clusters, num_heads
+        self.marginal_std = float(marginal_std)
+        self.register_buffer("labels", torch.zeros(num_heads, 0, dtype=torch.long))
+        self.register_buffer(
+            "cluster_marginal", None if cluster_marginal is None else torch.as_tensor(cluster_marginal, dtype=torch.float64)
+        )
+        self._prior: Tensor | None = None
+
+    @property
+    def encoder_b_or_a(self) -> nn.Module:
+        return self.encoder_a if self.encoder_b is None else self.encoder_b
+
+    def init_labels(self, n: int, generator: torch.Generator | None = None) -> None:
+        """Start from a random equipartition of ``n`` items for every head."""
+        self.labels = random_equipartition(self.num_heads, n, self.num_clusters, generator).to(self.labels.device)
+
+    def logits(self, x: Tensor, branch: str = "a") -> Tensor:
+        """Head outputs ``(H, B, K)`` of branch ``"a"`` or ``"b"``."""
+        if branch == "a":
+            return self.heads_a(self.encoder_a(x))
+        return self.heads_b(self.encoder_b_or_a(x))
+
+    def forward(self, x_a: Tensor, x_b: Tensor | None, index: Tensor) -> Tensor:
+        """Cross-entropy of every head (and both branches) to the pseudo-labels of items ``index``."""
+        if self.labels.shape[1] == 0:
+            raise TrainingError("no pseudo-labels yet: call init_labels(n) or refresh the assignment first")
+        target = self.labels[:, index]  # (H, B)
+        losses = [F.cross_entropy(self.logits(x_a, "a").float().flatten(0, 1), target.flatten())]
+        if x_b is not None:
+            losses.append(F.cross_entropy(self.logits(x_b, "b").float().flatten(0, 1), target.flatten()))
+        return torch.stack(losses).mean()
+
+    def prior(self, log_p: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
+        """The cluster marginal for one head's ``log_p`` (N, K): fixed, Gaussian (SeLaVi) or None (uniform)."""
+        if self.cluster_marginal is not None:
+            return self.cluster_marginal
+        if not self.marginal_std:
+            return None
+        if self._prior is None:
+            self._prior = gaussian_marginal(self.num_clusters, self.marginal_std, generator=generator)
+        sizes = log_p.exp().sum(0)
+        order = torch.argsort(sizes.cpu().double())
+        out = torch.empty_like(self._prior)
+        out[order] = torch.sort(self._prior).values
+        return out
+
+    @torch.no_grad()
+    def assign(self, log_p_a: Tensor, log_p_b: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """New labels ``(H, N)`` from log-posteriors ``(H, N, K)`` of one or two branches (SeLaVi's shared
+        assignment: ``(log P^a + log P^b) / 2``)."""
+        log_p = log_p_a if log_p_b is None else (log_p_a + log_p_b) / 2
+        labels = []
+        for h in range(log_p.shape[0]):
+            marginal = self.prior(log_p[h], generator)
+            res = sinkhorn(log_p[h], self.lam, cluster_marginal=marginal)
+            labels.append(res.labels)
+        return torch.stack(labels).to(self.labels.device)
+
+
+@dataclass
+class SelaHistory:
+    """Per-epoch loss, and per refresh: the epoch, seconds and how many labels changed (fraction)."""
+
+    losses: list[float] = field(default_factory=list)
+    refreshes: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+@torch.no_grad()
+def log_posteriors(
+    model: SelfLabelling,
+    data: Tensor,
+    view: View,
+    branch: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``log_softmax`` of every head over the whole ``data`` (through ``view``), float64 ``(H, N, K)``."""
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, data.shape[0], batch_size):
+            x = view(data[start : start + batch_size].to(device), generator)
+            out.append(F.log_softmax(model.logits(x, branch).double(), dim=-1))
+    finally:
+        model.train(was)
+    return torch.cat(out, dim=1)
+
+
+def train_self_labelling(
+    model: SelfLabelling,
+    data_a: Tensor,
+    views_a: View,
+    *,
+    data_b: Tensor | None = None,
+    views_b: View | None = None,
+    cross_view: bool = True,
+    epochs: int = 10,
+    batch_size: int = 256,
+    refresh_every: int = 1,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any = None,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SelaHistory:
+    """Train ``model`` by self-labelling on ``data_a`` (e.g. uint8 images, or ``(N, 1, T)`` waveforms).
+
+    Each step takes a batch of items, renders ``views_a(x, generator)`` and, with ``cross_view``, a second
+    view (``views_b`` of ``data_b`` for a second modality, else another draw of ``views_a``), and minimises
+    the cross-entropy to the items' pseudo-labels. Every ``refresh_every`` epochs (from epoch 0) the labels
+    of all N items are re-solved from the heads' posteriors over the whole training set (computed in eval
+    mode on views of the same kind). ``scheduler`` (optional) is stepped after every optimizer step.
+    """
+    device = torch.device(device)
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    n = data_a.shape[0]
+    if data_b is not None and data_b.shape[0] != n:
+        raise ConfigError(f"the two modalities must have as many items: {n} vs {data_b.shape[0]}")
+    if (data_b is None) != (views_b is None):
+        raise ConfigError("give data_b and views_b together (a second modality), or neither")
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ConfigError(f"batch_size must be between 1 and the number of items ({n}), got {batch_size!r}")
+    if not isinstance(refresh_every, int) or refresh_every < 1:
+        raise ConfigError(f"refresh_every must be a positive integer (epochs), got {refresh_every!r}")
+    second_data = data_a if data_b is None else data_b
+    second_view = views_a if views_b is None else views_b
+    model.to(device)
+    model.init_labels(n, generator=_cpu_generator(generator))
+    history = SelaHistory()
+    steps = n // batch_size
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        if epoch % refresh_every == 0:
+            kw: dict[str, Any] = dict(batch_size=max(batch_size, 512), device=device, generator=generator)
+            lp_a = log_posteriors(model, data_a, views_a, "a", **kw)
+            lp_b = log_posteriors(model, second_data, second_view, "b", **kw) if cross_view else None
+            old = model.labels.clone()
+            model.labels = model.assign(lp_a, lp_b, generator=_cpu_generator(generator))
+            changed = float((model.labels != old).float().mean())
+            history.refreshes.append({"epoch": epoch, "seconds": time.perf_counter() - t0, "changed": changed})
+        model.train()
+        order = torch.randperm(n, generator=_cpu_generator(generator))
+        total = 0.0
+        for i in range(steps):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x_a = views_a(data_a[idx].to(device), generator)
+            x_b = second_view(second_data[idx].to(device), generator) if cross_view else None
+            loss = model(x_a, x_b, idx.to(model.labels.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += float(loss.detach())
+        mean_loss = total / max(steps, 1)
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"the self-labelling loss became {mean_loss} at epoch {epoch + 1}; lower the lr")
+        history.losses.append(mean_loss)
+        history.train_seconds += time.perf_counter() - t0
+        changed = history.refreshes[-1]["changed"] if history.refreshes else float("nan")
+        log(f"epoch {epoch + 1}/{epochs}  loss {mean_loss:.4f}  labels changed at last refresh {changed:.1%}")
+    return history
+
+
+def _cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A CPU generator for permutations, derived from ``generator`` (which may live on a GPU)."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    g = torch.Generator()
+    g.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()))
+    return g

@@ -1,0 +1,337 @@
+"""Contrastive training on spoken digits (FSDD) through the shared spine, and its evaluation.
+
+``contrastkit audio-train`` = :func:`train_audio` (:class:`AudioTrainConfig`): waveforms ``(B, 1, T)`` ->
+:class:`~contrastkit.views.audio.AudioViews` (two random views, log-mel) -> :class:`AudioCNN` + SimCLR
+projection head -> :class:`~contrastkit.training.learner.ContrastiveLearner` with any negative source,
+score and objective. Evaluation on the conventional split (takes 0-4 are the test set): weighted kNN
+(Wu et al. 2018) and a linear probe (:func:`contrastkit.evaluation.linear.linear_probe`) on the backbone's
+features, next to two references: the same encoder at random initialisation and plain MFCCs (20
+coefficients of the log-mel, mean and standard deviation over time: 40 numbers per clip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from contrastkit.data.audio import AudioSplits, load_fsdd
+from contrastkit.encoders import ContrastiveModel, ProjectionHead
+from contrastkit.encoders.audio import AudioCNN
+from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.evaluation import extract_features, knn_accuracy
+from contrastkit.negatives import build_negatives
+from contrastkit.objectives import build_objective
+from contrastkit.scores import build_score
+from contrastkit.training.learner import ContrastiveLearner
+from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+from contrastkit.views.audio import AudioViews, LogMel, mfcc
+
+__all__ = [
+    "AudioTrainConfig",
+    "add_config_flags",
+    "config_from_flags",
+    "default_fsdd_path",
+    "evaluate_features",
+    "linear_probe_top1",
+    "mfcc_features",
+    "train_audio",
+]
+
+
+def default_fsdd_path() -> str:
+    """``$CONTRASTKIT_SHARED_DATA/audio/fsdd.zip``, the shared data beside the repository by default."""
+    root = os.environ.get("CONTRASTKIT_SHARED_DATA")
+    if root is None:
+        root = str(Path(__file__).resolve().parents[3].parent / "shared" / "data")
+    return str(Path(root) / "audio" / "fsdd.zip")
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class AudioTrainConfig:
+    """Everything that defines an ``audio-train`` run (the CLI flags come from these fields)."""
+
+    data: str = _opt("", "path to fsdd.zip (default: $CONTRASTKIT_SHARED_DATA/audio/fsdd.zip)")
+    clip_seconds: float = _opt(1.0, "clip length: shorter clips are zero-padded centred, longer centre-cropped")
+    resample: bool = _opt(False, "resample WAVs at another rate to 8 kHz (linear interpolation) instead of failing")
+    limit: int | None = _opt(None, "use at most this many clips per split (quick runs)")
+    width: int = _opt(16, "AudioCNN width (feature_dim = 4 x width)")
+    n_mels: int = _opt(40, "mel bands of the log-mel spectrogram")
+    proj_hidden_dim: int = _opt(512, "hidden width of the projection head")
+    proj_dim: int = _opt(128, "output dimension of the projection head")
+    objective: str = _opt("infonce", "objective (as in 'contrastkit train')")
+    temperature: float = _opt(0.2, "temperature of the objective")
+    negatives: str = _opt("in-batch", "negative source: in-batch | queue | ...")
+    score: str = _opt("cosine", "similarity score: cosine | dot")
+    max_shift: float = _opt(0.1, "random shift of the clip, seconds either way")
+    noise_p: float = _opt(0.5, "probability of additive white noise (SNR uniform in 10-40 dB)")
+    stretch_p: float = _opt(0.5, "probability of a time stretch (rate uniform in 0.85-1.15)")
+    freq_mask: int = _opt(8, "SpecAugment F (widest frequency mask, mel bands)")
+    time_mask: int = _opt(20, "SpecAugment T (widest time mask, frames of 10 ms)")
+    epochs: int = _opt(30, "training epochs")
+    batch_size: int = _opt(256, "clips per batch (each gives two views)")
+    optimizer: str = _opt("adamw", "sgd | lars | adamw")
+    lr: float | None = _opt(None, "peak learning rate (default: the optimizer's base rate x batch/256)")
+    weight_decay: float | None = _opt(None, "weight decay (default: the optimizer's)")
+    seed: int = _opt(0, "random seed")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    knn_k: int = _opt(200, "k of the weighted kNN evaluation")
+    knn_temperature: float = _opt(0.1, "temperature of the weighted kNN evaluation")
+    out: str | None = _opt(None, "run folder (default runs/fsdd-<objective>-<time>)")
+
+    def __post_init__(self) -> None:
+        for name in ("width", "n_mels", "proj_hidden_dim", "proj_dim", "epochs", "batch_size", "knn_k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("clip_seconds", "temperature", "knn_temperature"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        for name in ("noise_p", "stretch_p"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {v!r}")
+        if self.optimizer not in BASE_LR:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(BASE_LR)}")
+
+
+# ------------------------------------------------------------------------------ CLI flags from a dataclass
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per dataclass field (bools as ``--x/--no-x``), help text and default from the field."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        t = str(f.type)
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if t.startswith("bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        kind: Any = int if t.startswith("int") else float if t.startswith("float") else str
+        parser.add_argument(flag, type=kind, default=None, metavar={int: "N", float: "X", str: "S"}[kind], help=help_text)
+
+
+def config_from_flags(cls: type, args: argparse.Namespace) -> Any:
+    """The dataclass with the flags that were given (the others keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def linear_probe_top1(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, seed: int = 0) -> float:
+    """Linear-probe top-1 with :func:`contrastkit.evaluation.linear.linear_probe` (L-BFGS logistic
+    regression on standardised features, weight decay chosen on held-out train data)."""
+    from contrastkit.evaluation.linear import linear_probe
+
+    return float(linear_probe(train_f, train_y, test_f, test_y, seed=seed).top1)
+
+
+def evaluate_features(
+    train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, *, knn_k: int = 200, knn_temperature: float = 0.1, seed: int = 0
+) -> dict[str, float]:
+    """kNN top-1 (Wu et al. 2018) and linear-probe top-1 of fixed features."""
+    train_f, test_f = train_f.float().cpu(), test_f.float().cpu()
+    return {
+        "knn_top1": knn_accuracy(train_f, train_y.cpu(), test_f, test_y.cpu(), k=knn_k, temperature=knn_temperature),
+        "linear_top1": linear_probe_top1(train_f, train_y.cpu(), test_f, test_y.cpu(), seed=seed),
+    }
+
+
+@torch.no_grad()
+def mfcc_features(waves: Tensor, logmel: LogMel, n_mfcc: int = 20, batch_size: int = 512) -> Tensor:
+    """The MFCC baseline: ``n_mfcc`` MFCCs (DCT-II of the log-mel), mean and std over time: ``(N, 2 n_mfcc)``."""
+    out = []
+    for start in range(0, waves.shape[0], batch_size):
+        m = mfcc(logmel(waves[start : start + batch_size]), n_mfcc)[:, 0]  # (B, n_mfcc, frames)
+        out.append(torch.cat([m.mean(dim=-1), m.std(dim=-1)], dim=1))
+    return torch.cat(out)
+
+
+def encoder_features(fn: Any, waves: Tensor, views: AudioViews, device: torch.device) -> Tensor:
+    """Features ``fn(views.eval_view(x))`` of every clip, in batches, on ``device``."""
+    return extract_features(fn, waves, transform=views.eval_view, device=device, batch_size=256).cpu()
+
+
+def logmel_stats(waves: Tensor, logmel: LogMel) -> tuple[float, float]:
+    """Scalar mean and standard deviation of the training log-mels (for normalisation)."""
+    with torch.no_grad():
+        lm = torch.cat([logmel(waves[i : i + 512]) for i in range(0, waves.shape[0], 512)])
+    return float(lm.mean()), float(lm.std())
+
+
+def build_audio_views(config: AudioTrainConfig, splits: AudioSplits) -> AudioViews:
+    logmel = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
+    mean, std = logmel_stats(splits.train.waveforms, logmel)
+    return AudioViews(
+        sample_rate=splits.train.sample_rate,
+        max_shift_seconds=config.max_shift,
+        noise_p=config.noise_p,
+        stretch_p=config.stretch_p,
+        freq_mask=config.freq_mask,
+        time_mask=config.time_mask,
+        mean=mean,
+        std=std,
+        logmel=logmel,
+    )
+
+
+# -------------------------------------------------------------------------------------------- training
+def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
+    """Train on FSDD train with the shared learner; evaluate; write ``metrics.json``; return the metrics."""
+    from contrastkit.training.trainer import resolve_device
+
+    out = out or sys.stdout
+    t_start = time.perf_counter()
+    device = resolve_device(config.device)
+    data = config.data or default_fsdd_path()
+    splits = load_fsdd(data, clip_seconds=config.clip_seconds, resample=config.resample, limit=config.limit, seed=config.seed)
+    n = len(splits.train)
+    if config.batch_size > n:
+        raise ConfigError(f"batch size {config.batch_size} is larger than the training set ({n} clips); lower it")
+    lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
+    wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
+    run_dir = Path(config.out) if config.out else Path("runs") / f"fsdd-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
+
+    torch.manual_seed(config.seed)
+    views = build_audio_views(config, splits).to(device)
+    backbone = AudioCNN(width=config.width)
+    model = ContrastiveModel(backbone, ProjectionHead(backbone.feature_dim, config.proj_hidden_dim, config.proj_dim)).to(device)
+    learner = ContrastiveLearner(
+        model,
+        build_negatives(config.negatives),
+        build_score(config.score),
+        build_objective(config.objective, temperature=config.temperature),
+    ).to(device)
+    if learner.uses_labels:
+        raise ConfigError(f"objective {config.objective!r} needs labels; audio-train is unsupervised")
+    steps_per_epoch = n // config.batch_size
+    total = steps_per_epoch * config.epochs
+    optimizer = build_optimizer(config.optimizer, learner, lr=lr, weight_decay=wd)
+    scheduler = warmup_cosine(optimizer, warmup_steps=round(0.1 * total), total_steps=total)
+
+    train_w, test_w = splits.train.waveforms, splits.test.waveforms
+    ytr, yte = splits.train.labels, splits.test.labels
+    ev = dict(knn_k=config.knn_k, knn_temperature=config.knn_temperature, seed=config.seed)
+    model.eval()
+    random_init = evaluate_features(
+        encoder_features(model.features, train_w, views, device), ytr,
+        encoder_features(model.features, test_w, views, device), yte, **ev,
+    )
+    logmel_cpu = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
+    mfcc_ref = evaluate_features(mfcc_features(train_w, logmel_cpu), ytr, mfcc_features(test_w, logmel_cpu), yte, **ev)
+    print(
+        f"contrastkit audio-train: data={splits.name} ({n} train / {len(splits.test)} test clips, "
+        f"{config.clip_seconds:g} s at {splits.train.sample_rate} Hz)\n"
+        f"  encoder=AudioCNN(width={config.width}) on {config.n_mels}-mel log spectrograms, "
+        f"objective={config.objective}(temperature={config.temperature}) negatives={config.negatives}\n"
+        f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, {config.optimizer} "
+        f"lr={lr:g} wd={wd:g}, device={device}",
+        file=out,
+        flush=True,
+    )
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed + 1)
+    waves_dev = train_w.to(device)
+    learner.train()
+    train_seconds, history = 0.0, []
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=gen)
+        losses = []
+        for i in range(steps_per_epoch):
+            batch = waves_dev[order[i * config.batch_size : (i + 1) * config.batch_size]]
+            result = learner(views(batch, gen), views(batch, gen))
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(result.loss.detach())
+        loss = float(torch.stack(losses).mean())
+        if not torch.isfinite(torch.tensor(loss)):
+            raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}; lower --lr")
+        train_seconds += time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, "loss": loss})
+        print(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  ({train_seconds:.0f} s)", file=sys.stderr, flush=True)
+    model.eval()
+    learned = evaluate_features(
+        encoder_features(model.features, train_w, views, device), ytr,
+        encoder_features(model.features, test_w, views, device), yte, **ev,
+    )
+    metrics = {
+        "learned": learned,
+        "random_init": random_init,
+        "mfcc": mfcc_ref,
+        "protocol": {
+            "train_clips": n,
+            "test_clips": len(splits.test),
+            "split": "FSDD takes 0-4 test, the rest train",
+            "features": "AudioCNN backbone (before the projection head), centred clip, no augmentation",
+            "mfcc": "20 MFCCs (orthonormal DCT-II of the 40-band log-mel), mean and std over frames",
+            "knn": {"k": config.knn_k, "temperature": config.knn_temperature},
+            "linear_probe": "contrastkit.evaluation.linear.linear_probe (L-BFGS logistic regression, standardised)",
+        },
+        "history": history,
+        "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - t_start,
+        "device": str(device),
+        "config": asdict(config) | {"data": data, "lr": lr, "weight_decay": wd},
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    torch.save({"model": model.state_dict(), "config": metrics["config"], "views": {"mean": views.mean, "std": views.std}}, run_dir / "checkpoint.pt")
+    rows = [("learned encoder", learned), ("same encoder, random", random_init), ("MFCC mean+std", mfcc_ref)]
+    lines = [f"FSDD test ({len(splits.test)} clips)        kNN top-1   linear top-1"]
+    lines += [f"  {name:<28} {m['knn_top1']:.4f}      {m['linear_top1']:.4f}" for name, m in rows]
+    lines.append(f"time: {metrics['total_seconds']:.1f} s total, {train_seconds:.1f} s training on {device}")
+    lines.append(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'checkpoint.pt'}")
+    print("\n".join(lines), file=out, flush=True)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ CLI wiring
+def add_parsers(sub: Any) -> None:
+    """The ``audio-train`` and ``sela`` subcommands (flags from their config dataclasses)."""
+    from contrastkit.clustering.run import SelaConfig
+
+    add_config_flags(
+        sub.add_parser(
+            "audio-train",
+            help="contrastive training on spoken digits (FSDD); kNN and linear probe vs random init and MFCCs",
+            description="Train AudioCNN on log-mel views of FSDD (takes 5-49) with the contrastive spine; "
+            "evaluate on takes 0-4 with kNN and a linear probe, next to the random-init encoder and MFCCs. "
+            "Writes metrics.json and checkpoint.pt into the run folder.",
+        ),
+        AudioTrainConfig,
+    )
+    add_config_flags(
+        sub.add_parser(
+            "sela",
+            help="self-labelling by clustering (SeLa, Sinkhorn pseudo-labels; SeLaVi cross-view) on images or audio",
+            description="Train an encoder with clustering heads on Sinkhorn-Knopp pseudo-labels (Asano et al. "
+            "2020); --data digits | image folder/zip | FSDD zip of WAVs. Reports NMI/ARI of the clusters and "
+            "kNN / linear probe of the features against references; writes metrics.json.",
+        ),
+        SelaConfig,
+    )
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Run ``audio-train`` or ``sela`` from parsed flags."""
+    if args.command == "audio-train":
+        train_audio(config_from_flags(AudioTrainConfig, args))
+    else:
+        from contrastkit.clustering.run import SelaConfig, run_sela
+
+        run_sela(config_from_flags(SelaConfig, args))
