@@ -1,6 +1,28 @@
-"""Evaluation: how good the learned embeddings are downstream."""
+"""Evaluation: how good the learned embeddings are downstream.
+
+kNN (:mod:`~contrastkit.evaluation.knn`), the linear probe (:mod:`~contrastkit.evaluation.linear`),
+few-label fine-tuning (:mod:`~contrastkit.evaluation.finetune`) and the geometry of the embedding
+(:mod:`~contrastkit.evaluation.geometry`: alignment, uniformity, k-means NMI/ARI).
+"""
 
 from contrastkit.evaluation.features import extract_features
+from contrastkit.evaluation.finetune import FinetuneResult, few_label_subset, finetune, finetune_few_labels
+from contrastkit.evaluation.geometry import alignment, cluster_scores, embedding_geometry, uniformity
 from contrastkit.evaluation.knn import knn_accuracy, knn_predict
+from contrastkit.evaluation.linear import LinearProbeResult, linear_probe
 
-__all__ = ["extract_features", "knn_accuracy", "knn_predict"]
+__all__ = [
+    "FinetuneResult",
+    "LinearProbeResult",
+    "alignment",
+    "cluster_scores",
+    "embedding_geometry",
+    "extract_features",
+    "few_label_subset",
+    "finetune",
+    "finetune_few_labels",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "uniformity",
+]

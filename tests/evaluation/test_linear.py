@@ -1,0 +1,116 @@
+"""Linear probe against scikit-learn's LogisticRegression on the same standardised features."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.evaluation import linear_probe
+from contrastkit.evaluation.linear import (
+    fit_logistic_regression,
+    heldout_split,
+    logistic_objective,
+    standardisation,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine (no effect on results)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def mixture(n, d=24, k=4, seed=0, spread=0.35):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, d, generator=g) * spread
+    y = torch.randint(0, k, (n,), generator=g)
+    x = (centers[y] + torch.randn(n, d, generator=g)) * 3.0 + 5.0  # not standardised on purpose
+    return x, y
+
+
+def sklearn_fit(x, y, wd):
+    """sklearn's objective is C * sum CE + ||W||^2 / 2; C = 1 / (wd * n) gives ours times C * n."""
+    return LogisticRegression(C=1.0 / (wd * x.shape[0]), tol=1e-10, max_iter=20_000).fit(
+        x.double().numpy(), y.numpy()
+    )
+
+
+@pytest.mark.parametrize("wd", [1e-3, 3e-2, 0.3])
+def test_fit_reaches_sklearns_optimum(wd):
+    x, y = mixture(800)
+    mean, std = standardisation(x)
+    z = (x - mean) / std
+    w, b, _ = fit_logistic_regression(z, y, 4, wd)
+    clf = sklearn_fit(z, y, wd)
+    zd = z.double()
+    ours = logistic_objective(w.double(), b.double(), zd, y, wd).item()
+    theirs = logistic_objective(
+        torch.from_numpy(clf.coef_), torch.from_numpy(clf.intercept_), zd, y, wd
+    ).item()
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    assert ours <= theirs * (1 + 1e-5)
+    agree = ((z @ w.T + b).argmax(1).numpy() == clf.predict(zd.numpy())).mean()
+    assert agree >= 0.995
+    np.testing.assert_allclose(w.double().numpy(), clf.coef_, atol=2e-3 * max(1.0, np.abs(clf.coef_).max()))
+
+
+def test_probe_matches_sklearn_selection_and_refit():
+    x, y = mixture(900, seed=1)
+    xt, yt = mixture(1200, seed=1)  # same class centres, other draws
+    xt, yt = xt[900:], yt[900:]
+    grid = (1e-4, 1e-2, 1.0)
+    res = linear_probe(x, y, xt, yt, weight_decays=grid, heldout_fraction=0.25, seed=3)
+    assert set(res.grid) == set(grid)
+    assert res.weight_decay == max(grid, key=lambda v: (res.grid[v], v))
+    # the same protocol with scikit-learn: train statistics, the same held-out split, then refit on all train
+    mean, std = x.double().mean(0), x.double().std(0, unbiased=False)
+    z, zt = (x.double() - mean) / std, (xt.double() - mean) / std
+    fit_idx, val_idx = heldout_split(y, 0.25, 3)
+    for wd in grid:
+        clf = sklearn_fit(z[fit_idx], y[fit_idx], wd)
+        assert res.grid[wd] == pytest.approx(clf.score(z[val_idx].numpy(), y[val_idx].numpy()), abs=0.01)
+    clf = sklearn_fit(z, y, res.weight_decay)
+    assert res.top1 == pytest.approx(clf.score(zt.numpy(), yt.numpy()), abs=0.01)
+    assert res.protocol["train_size"] == 900 and res.protocol["test_size"] == 300
+    assert res.protocol["fit_size"] + res.protocol["heldout_size"] == 900
+    assert (res.predict(xt).cpu() == yt).float().mean().item() == pytest.approx(res.top1)
+    d = res.to_dict()
+    assert d["top1"] == res.top1 and d["protocol"]["weight_decay_grid"] == sorted(grid)
+
+
+def test_standardisation_uses_train_statistics_and_survives_constant_dims():
+    x, y = mixture(300)
+    x[:, 3] = 7.0  # a dead unit
+    xt, yt = mixture(100, seed=5)
+    res = linear_probe(x, y, xt, yt, weight_decays=(1e-2,))
+    torch.testing.assert_close(res.mean, x.mean(0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        res.std[torch.arange(24) != 3], x.std(0, unbiased=False)[torch.arange(24) != 3], rtol=1e-4, atol=1e-4
+    )
+    assert res.std[3] == 1.0 and torch.isfinite(res.weight).all()
+
+
+def test_heldout_split_is_stratified_and_seeded():
+    y = torch.arange(1000) % 5
+    a_fit, a_val = heldout_split(y, 0.2, 0)
+    _, b_val = heldout_split(y, 0.2, 0)
+    _, c_val = heldout_split(y, 0.2, 1)
+    assert torch.equal(a_val, b_val) and not torch.equal(a_val, c_val)
+    assert torch.bincount(y[a_val]).tolist() == [40] * 5
+    assert len(set(a_fit.tolist()) & set(a_val.tolist())) == 0 and len(a_fit) + len(a_val) == 1000
+
+
+def test_bad_inputs():
+    x, y = mixture(50)
+    with pytest.raises(DataError, match="dimension"):
+        linear_probe(x, y, x[:, :5], y)
+    with pytest.raises(DataError, match="unknown"):
+        linear_probe(x, torch.full_like(y, -1), x, y)
+    with pytest.raises(ConfigError, match="weight_decays"):
+        linear_probe(x, y, x, y, weight_decays=(-1.0,))
+    with pytest.raises(ConfigError, match="heldout_fraction"):
+        linear_probe(x, y, x, y, heldout_fraction=1.5)
