@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--knn-temperature", type=float, metavar="X", help="kNN temperature (default: as trained)"
     )
+    from contrastkit.training.text import add_arguments as text_train_flags
+
+    text_train_flags(
+        sub.add_parser(
+            "text-train",
+            help="train a sentence encoder on unlabeled sentences (SimCSE-style); STS-B Spearman before/after",
+            description="Contrastive training of a sentence encoder (pretrained all-MiniLM-L6-v2 or a small "
+            "transformer from scratch) on one-sentence-a-line text; writes metrics.json with STS-B "
+            "Spearman x100 before and after training and a TF-IDF reference.",
+        )
+    )
     return parser
 
 
@@ -114,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 knn_k=args.knn_k,
                 knn_temperature=args.knn_temperature,
             )
+        elif args.command == "text-train":
+            from contrastkit.training.text import config_from_args as text_config
+            from contrastkit.training.text import train_text
+
+            train_text(text_config(args))
     except ContrastkitError as exc:
         print(f"contrastkit: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,103 @@
+"""Semantic textual similarity: STS Benchmark Spearman correlation ×100 of cosine similarity vs gold.
+
+The protocol of Cer et al. 2017 ("SemEval-2017 Task 1") as used by Sentence-BERT (Reimers & Gurevych
+2019, Sec. 4.1) and SimCSE (Gao et al. 2021, Sec. 6.1, Appendix B): embed both sentences of every pair,
+score the pair by the cosine of the embeddings, and report Spearman's rank correlation ρ between these
+scores and the gold scores over the whole file (``sts-test.csv``), ×100.
+
+:func:`tfidf_spearman` is the bag-of-words reference: cosine of TF-IDF vectors (scikit-learn's
+``TfidfVectorizer``, words from :func:`~contrastkit.encoders.text.split_words`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastkit.data.text import StsPairs
+from contrastkit.encoders.text import TextTokenizer, split_words
+
+
+def spearman(x: Tensor | Sequence[float], y: Tensor | Sequence[float]) -> float:
+    """Spearman's ρ × 100 (ties get average ranks), via ``scipy.stats.spearmanr``."""
+    from scipy.stats import spearmanr
+
+    a = torch.as_tensor(x, dtype=torch.float64).flatten().cpu().numpy()
+    b = torch.as_tensor(y, dtype=torch.float64).flatten().cpu().numpy()
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"spearman needs two equally long sequences of 2+ values, got {a.size} and {b.size}")
+    return float(spearmanr(a, b).statistic) * 100
+
+
+def cosine_scores(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise cosine similarity of (N, D) and (N, D), in float32 or wider."""
+    return F.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-8)
+
+
+@torch.no_grad()
+def embed_sentences(
+    encoder: Callable[[Tensor], Tensor],
+    tokenizer: TextTokenizer,
+    sentences: Sequence[str],
+    *,
+    batch_size: int = 128,
+    max_length: int = 128,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Embeddings ``(N, D)`` of ``sentences`` in their order, batched by length (less padding).
+
+    ``encoder`` maps padded ids ``(B, L)`` to ``(B, D)``; an ``nn.Module`` is put in eval mode for the call
+    (dropout off) and restored afterwards.
+    """
+    module = encoder if isinstance(encoder, nn.Module) else getattr(encoder, "__self__", None)
+    was_training = module.training if isinstance(module, nn.Module) else None
+    if isinstance(module, nn.Module):
+        module.eval()
+    try:
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        chunks: list[Tensor] = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids = tokenizer.encode([sentences[i] for i in idx], max_length).to(device)
+            chunks.append(encoder(ids).float().cpu())
+        out = torch.cat(chunks)
+        result = torch.empty_like(out)
+        result[torch.tensor(order)] = out
+        return result
+    finally:
+        if isinstance(module, nn.Module) and was_training is not None:
+            module.train(was_training)
+
+
+def sts_spearman(
+    encoder: Callable[[Tensor], Tensor],
+    tokenizer: TextTokenizer,
+    pairs: StsPairs,
+    *,
+    batch_size: int = 128,
+    max_length: int = 128,
+    device: torch.device | str = "cpu",
+) -> float:
+    """STS Spearman ×100 of the cosine of ``encoder``'s sentence embeddings against the gold scores."""
+    kw = dict(batch_size=batch_size, max_length=max_length, device=device)
+    e1 = embed_sentences(encoder, tokenizer, pairs.sentences1, **kw)
+    e2 = embed_sentences(encoder, tokenizer, pairs.sentences2, **kw)
+    return spearman(cosine_scores(e1, e2), pairs.scores)
+
+
+def tfidf_spearman(pairs: StsPairs, fit_sentences: Sequence[str] | None = None) -> float:
+    """STS Spearman ×100 of TF-IDF cosine; IDF from ``fit_sentences`` (default: the pairs' sentences)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(tokenizer=split_words, lowercase=False, token_pattern=None)
+    vec.fit(list(fit_sentences) if fit_sentences is not None else pairs.sentences1 + pairs.sentences2)
+    a = vec.transform(pairs.sentences1)
+    b = vec.transform(pairs.sentences2)
+    cos = torch.as_tensor(a.multiply(b).sum(axis=1).A1)  # rows are L2-normalised: dot product = cosine
+    return spearman(cos, pairs.scores)
+
+
+__all__ = ["cosine_scores", "embed_sentences", "spearman", "sts_spearman", "tfidf_spearman"]

@@ -1,0 +1,521 @@
+"""Contrastive training of sentence encoders on unlabeled sentences, evaluated on STS Benchmark.
+
+The same spine as images: text views (:class:`~contrastkit.views.text.TextViews`, padded token ids) ->
+encoder (+ optional head) -> negatives (in-batch or a queue) -> cosine score -> objective, assembled by
+:class:`~contrastkit.training.learner.ContrastiveLearner`. With the default identity views this is
+unsupervised SimCSE (Gao et al. 2021, Sec. 3, Eq. 4): each sentence is encoded twice in one batch and the
+encoder's dropout makes the two views differ; temperature 0.05, max length 32, batch 64, lr 3e-5 for a
+pretrained encoder are SimCSE's (Sec. 3 and Appendix A).
+
+:func:`train_text` writes ``metrics.json`` (STS Spearman ×100 before and after training, the TF-IDF
+bag-of-words reference, the loss curve, timings) and ``config.yaml`` into the run folder. For the
+from-scratch encoder "before" is the same encoder at random initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from argparse import ArgumentParser, BooleanOptionalAction, Namespace
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from contrastkit.data.text import load_sentences, load_sts_split, shared_data_dir
+from contrastkit.encoders import ContrastiveModel
+from contrastkit.encoders.text import (
+    TransformerTextEncoder,
+    WordPieceTokenizer,
+    WordTokenizer,
+    load_minilm,
+)
+from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.evaluation.sts import sts_spearman, tfidf_spearman
+from contrastkit.negatives import MomentumEncoder, build_negatives
+from contrastkit.objectives import OBJECTIVES, build_objective
+from contrastkit.scores import CosineSimilarity
+from contrastkit.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
+from contrastkit.training.learner import ContrastiveLearner
+from contrastkit.training.optim import build_optimizer, warmup_cosine
+from contrastkit.training.trainer import _progress, resolve_device
+from contrastkit.views.text import TextViews, trim_padding
+
+DEFAULT_LR = {"pretrained": 3e-5, "scratch": 5e-4}
+TEXT_NEGATIVES = ("in-batch", "queue")
+
+
+@dataclass
+class TextTrainConfig:
+    """Everything that defines a text training run (``contrastkit text-train``)."""
+
+    # data
+    sentences: str | None = _opt(
+        None, "training sentences, one a line, plain or .gz (default: <shared data>/text/sentences.txt.gz)"
+    )
+    sts: str | None = _opt(
+        None, "folder of sts-{train,dev,test}.csv (default: <shared data>/text/stsbenchmark)"
+    )
+    eval_split: str = _opt("test", "STS-B split to report: train | dev | test")
+    limit: int | None = _opt(None, "train on this many sentences (a seeded random subset; default: all)")
+    skip_empty: bool = _opt(False, "drop empty lines of the sentence file instead of stopping")
+    # model
+    encoder: str = _opt("pretrained", "pretrained (all-MiniLM-L6-v2, needs contrastkit[text]) | scratch")
+    tokenizer: str = _opt(
+        "words", "tokenizer of the scratch encoder: words (built from the sentences) | wordpiece"
+    )
+    vocab_size: int = _opt(30000, "largest word vocabulary (words tokenizer)")
+    min_freq: int = _opt(2, "words seen fewer times map to [UNK] (words tokenizer)")
+    dim: int = _opt(256, "width of the scratch transformer")
+    depth: int = _opt(4, "layers of the scratch transformer")
+    heads: int = _opt(4, "attention heads of the scratch transformer")
+    dropout: float = _opt(0.1, "dropout of the scratch transformer (SimCSE's noise)")
+    head: str = _opt(
+        "none", "projection head for the loss: none | mlp (SimCSE's Linear+Tanh, dropped at eval)"
+    )
+    # views
+    crop_p: float = _opt(0.0, "probability of cropping a sentence to a span")
+    crop_min_ratio: float = _opt(0.7, "smallest share of tokens a crop keeps")
+    delete_p: float = _opt(0.0, "probability of applying token deletion to a sentence")
+    delete_rate: float = _opt(0.1, "share of tokens token deletion removes")
+    shuffle_p: float = _opt(0.0, "probability of word-order noise")
+    shuffle_window: int = _opt(3, "largest displacement of word-order noise")
+    # contrast
+    objective: str = _opt("infonce", "infonce | debiased | hard-negative | decoupled | triplet | margin")
+    temperature: float = _opt(0.05, "temperature of the objective (SimCSE: 0.05)")
+    tau_plus: float = _opt(0.1, "class prior of the debiased and hard-negative objectives")
+    beta: float = _opt(1.0, "hardness of the hard-negative objective")
+    margin: float = _opt(0.5, "margin of the triplet and margin objectives")
+    negatives: str = _opt("in-batch", "in-batch (SimCSE) | queue (MoCo)")
+    queue_size: int = _opt(4096, "negatives in the queue")
+    key_momentum: float | None = _opt(
+        None, "EMA momentum of the key encoder; default 0.99 with a queue, off otherwise; 0 disables"
+    )
+    # optimisation
+    batch_size: int = _opt(64, "sentences per batch (each gives two views)")
+    steps: int | None = _opt(None, "training steps (default: the epochs over the sentences)")
+    epochs: int = _opt(1, "passes over the sentences when --steps is not given")
+    lr: float | None = _opt(None, "peak AdamW learning rate (default: pretrained 3e-5, scratch 5e-4)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    warmup: float | None = _opt(None, "share of steps of linear warm-up (default: pretrained 0, scratch 0.1)")
+    max_length: int = _opt(32, "tokens per training sentence (longer ones are truncated)")
+    # run
+    eval_max_length: int = _opt(128, "tokens per sentence at evaluation")
+    eval_batch_size: int = _opt(128, "sentences per evaluation batch")
+    seed: int = _opt(0, "random seed (subset, init, order, views)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    log_every: int = _opt(50, "print the loss every this many steps")
+    save_model: bool = _opt(False, "also write checkpoint.pt (the trained encoder and tokenizer)")
+    progress: bool = _opt(True, "show a progress bar")
+    out: str | None = _opt(None, "run folder (default runs/text-<encoder>-<time>)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid value."""
+        for name in (
+            "vocab_size",
+            "min_freq",
+            "dim",
+            "depth",
+            "heads",
+            "shuffle_window",
+            "queue_size",
+            "epochs",
+            "max_length",
+            "eval_max_length",
+            "eval_batch_size",
+            "log_every",
+        ):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "a positive integer")
+        for name in ("limit", "steps"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size", "an integer >= 2")
+        choices = {
+            "eval_split": ("train", "dev", "test"),
+            "encoder": ("pretrained", "scratch"),
+            "tokenizer": ("words", "wordpiece"),
+            "head": ("none", "mlp"),
+            "negatives": TEXT_NEGATIVES,
+            "precision": ("auto", "fp32", "bf16"),
+        }
+        for name, allowed in choices.items():
+            _check(getattr(self, name) in allowed, name, "one of: " + ", ".join(allowed))
+        text_objectives = [k for k, cls in OBJECTIVES.items() if not getattr(cls, "needs_labels", False)]
+        _check(self.objective in text_objectives, "objective", "one of: " + ", ".join(text_objectives))
+        for name in ("crop_p", "delete_p", "shuffle_p", "dropout"):
+            v = getattr(self, name)
+            _check(_number(v) and 0 <= v <= 1, name, "a number in [0, 1]")
+        _check(_number(self.delete_rate) and 0 <= self.delete_rate < 1, "delete_rate", "a number in [0, 1)")
+        _check(_number(self.crop_min_ratio) and 0 < self.crop_min_ratio <= 1, "crop_min_ratio", "in (0, 1]")
+        for name in ("temperature", "margin"):
+            _check(_positive(getattr(self, name)), name, "a positive number")
+        _check(self.lr is None or _positive(self.lr), "lr", "a positive number")
+        _check(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        _check(self.warmup is None or (_number(self.warmup) and 0 <= self.warmup < 1), "warmup", "in [0, 1)")
+        _check(_number(self.tau_plus) and 0 <= self.tau_plus < 1, "tau_plus", "a number in [0, 1)")
+        _check(_number(self.beta) and self.beta >= 0, "beta", "a number >= 0")
+        v = self.key_momentum
+        _check(v is None or (_number(v) and 0 <= v <= 1), "key_momentum", "a number in [0, 1]")
+        dev = self.device
+        _check(
+            dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+            "device",
+            "one of: auto, cpu, cuda, cuda:N",
+        )
+        if self.dim % self.heads:
+            raise ConfigError(f"option dim ({self.dim}) must be divisible by heads ({self.heads})")
+
+    def resolved(self) -> TextTrainConfig:
+        """Fill the defaults that depend on the encoder (lr, warm-up) and the negatives (key momentum)."""
+        lr = self.lr if self.lr is not None else DEFAULT_LR[self.encoder]
+        warmup = self.warmup if self.warmup is not None else (0.0 if self.encoder == "pretrained" else 0.1)
+        km = (
+            self.key_momentum
+            if self.key_momentum is not None
+            else (0.99 if self.negatives == "queue" else 0.0)
+        )
+        return dataclasses.replace(self, lr=lr, warmup=warmup, key_momentum=km)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TextTrainConfig:
+        """Build from a mapping (keys with ``-`` or ``_``); unknown keys and wrong types name themselves."""
+        known = {f.name: str(f.type) for f in fields(cls)}
+        norm = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(norm) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
+            )
+        for name, v in norm.items():
+            t = known[name]
+            ok = (
+                v is None
+                or (t.startswith("bool") and isinstance(v, bool))
+                or (t.startswith("int") and isinstance(v, int) and not isinstance(v, bool))
+                or (t.startswith("float") and _number(v))
+                or (t.startswith("str") and isinstance(v, str))
+            )
+            if not ok:
+                raise ConfigError(
+                    f"{source}: option {name} has the wrong type ({type(v).__name__}); expected {t}"
+                )
+            if t.startswith("float") and v is not None:
+                norm[name] = float(v)
+        return cls(**norm)
+
+
+def add_arguments(parser: ArgumentParser) -> None:
+    """The ``text-train`` flags, one per :class:`TextTrainConfig` field, plus ``--config FILE``."""
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML or YAML file of options (keys as below); flags win"
+    )
+    for f in fields(TextTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        t = str(f.type)
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if t.startswith("bool"):
+            parser.add_argument(flag, action=BooleanOptionalAction, default=None, help=help_text)
+            continue
+        kind: Any = int if t.startswith("int") else float if t.startswith("float") else str
+        parser.add_argument(
+            flag, type=kind, default=None, metavar={int: "N", float: "X", str: "NAME"}[kind], help=help_text
+        )
+
+
+def config_from_args(args: Namespace) -> TextTrainConfig:
+    """Defaults < config file < flags."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update({k.replace("-", "_"): v for k, v in load_config_file(args.config).items()})
+        TextTrainConfig.from_dict(values, source=args.config)
+    for f in fields(TextTrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return TextTrainConfig.from_dict(values, source=getattr(args, "config", None) or "command line")
+
+
+class SimCSEHead(nn.Module):
+    """SimCSE's training-only MLP over the sentence embedding: ``tanh(W h + b)`` (Gao et al. 2021, Sec. 3)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.tanh(self.linear(h))
+
+
+@dataclass
+class TextTrainResult:
+    """What :func:`train_text` returns."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    model: ContrastiveModel
+    tokenizer: Any
+
+
+def build_text_encoder(config: TextTrainConfig, sentences: list[str]) -> tuple[nn.Module, Any]:
+    """The encoder and tokenizer the config asks for (a words vocabulary is built from ``sentences``)."""
+    if config.encoder == "pretrained":
+        return load_minilm()
+    tokenizer: Any
+    if config.tokenizer == "wordpiece":
+        tokenizer = WordPieceTokenizer()
+    else:
+        tokenizer = WordTokenizer.build(sentences, min_freq=config.min_freq, max_size=config.vocab_size)
+    encoder = TransformerTextEncoder(
+        tokenizer.vocab_size,
+        dim=config.dim,
+        depth=config.depth,
+        heads=config.heads,
+        max_length=max(config.max_length, config.eval_max_length),
+        dropout=config.dropout,
+        pad_id=tokenizer.pad_id,
+    )
+    return encoder, tokenizer
+
+
+def _paths(config: TextTrainConfig) -> tuple[Path, Path]:
+    root = shared_data_dir() / "text"
+    sentences = Path(config.sentences) if config.sentences else root / "sentences.txt.gz"
+    sts = Path(config.sts) if config.sts else root / "stsbenchmark"
+    return sentences, sts
+
+
+def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
+    """Train a sentence encoder as ``config`` says; report STS Spearman ×100 before and after."""
+    out = out or sys.stdout
+    t_start = time.perf_counter()
+    config = config.resolved()
+    device = resolve_device(config.device)
+    run_dir = (
+        Path(config.out)
+        if config.out
+        else Path("runs") / (f"text-{config.encoder}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    )
+    if (run_dir / "metrics.json").exists():
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} already holds a run; choose another --out or remove it"
+        )
+    config = dataclasses.replace(config, out=str(run_dir))
+
+    sentences_path, sts_dir = _paths(config)
+    sentences = load_sentences(sentences_path, skip_empty=config.skip_empty)
+    torch.manual_seed(config.seed)
+    if config.limit is not None and config.limit < len(sentences):
+        pick = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(config.seed))
+        sentences = [sentences[i] for i in pick[: config.limit].tolist()]
+    pairs = load_sts_split(sts_dir, config.eval_split)
+    if config.batch_size > len(sentences):
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than the {len(sentences)} training sentences; "
+            f"use --batch-size {len(sentences)} or less"
+        )
+
+    encoder, tokenizer = build_text_encoder(config, sentences)
+    head: nn.Module = SimCSEHead(encoder.feature_dim) if config.head == "mlp" else nn.Identity()
+    model = ContrastiveModel(encoder, head).to(device)
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+    def evaluate(m: ContrastiveModel) -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return sts_spearman(
+                m.features,
+                tokenizer,
+                pairs,
+                batch_size=config.eval_batch_size,
+                max_length=config.eval_max_length,
+                device=device,
+            )
+
+    t_eval = time.perf_counter()
+    before = evaluate(model)
+    eval_seconds = time.perf_counter() - t_eval
+    tfidf = tfidf_spearman(pairs)
+
+    tokens = tokenizer.encode(sentences, config.max_length).to(device)
+    steps_per_epoch = len(sentences) // config.batch_size
+    total_steps = config.steps if config.steps is not None else steps_per_epoch * config.epochs
+    views = TextViews(
+        pad_id=tokenizer.pad_id,
+        special_ids=tokenizer.special_ids,
+        crop_p=config.crop_p,
+        crop_min_ratio=config.crop_min_ratio,
+        delete_p=config.delete_p,
+        delete_rate=config.delete_rate,
+        shuffle_p=config.shuffle_p,
+        shuffle_window=config.shuffle_window,
+    ).to(device)
+    key_momentum = float(config.key_momentum or 0.0)
+    key_encoder = MomentumEncoder(model, key_momentum) if key_momentum > 0 else None
+    learner = ContrastiveLearner(
+        model,
+        build_negatives(config.negatives, queue_size=config.queue_size),
+        CosineSimilarity(),
+        build_objective(
+            config.objective,
+            temperature=config.temperature,
+            tau_plus=config.tau_plus,
+            beta=config.beta,
+            margin=config.margin,
+        ),
+        key_encoder=key_encoder,
+    ).to(device)
+    assert config.lr is not None and config.warmup is not None
+    optimizer = build_optimizer("adamw", learner, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = warmup_cosine(
+        optimizer, warmup_steps=round(config.warmup * total_steps), total_steps=total_steps
+    )
+
+    name = (
+        "all-MiniLM-L6-v2"
+        if config.encoder == "pretrained"
+        else (
+            f"scratch transformer {config.depth}x{config.dim} ({config.tokenizer} tokenizer, {tokenizer.vocab_size} ids)"
+        )
+    )
+    print(
+        f"contrastkit text-train: {len(sentences)} sentences from {sentences_path}, STS-B {config.eval_split} "
+        f"({len(pairs)} pairs)\n"
+        f"  encoder={name} head={config.head} views={_views_note(views)}\n"
+        f"  objective={config.objective}(temperature={config.temperature}) negatives={config.negatives}"
+        f"{f' key_momentum={key_momentum:g}' if key_encoder is not None else ''}\n"
+        f"  {total_steps} steps, batch {config.batch_size}, adamw lr={config.lr:g}, max_length {config.max_length}, "
+        f"device={device}, precision={'bf16' if use_bf16 else 'fp32'}\n"
+        f"  STS-B {config.eval_split} Spearman x100 before training: {before:.2f} (TF-IDF reference {tfidf:.2f})",
+        file=out,
+        flush=True,
+    )
+
+    gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    loss_curve: list[dict[str, float]] = []
+    pending: list[Tensor] = []
+    bar = _progress(total_steps, config.progress)
+    order = torch.empty(0, dtype=torch.long, device=device)
+    learner.train()
+    t_train = time.perf_counter()
+    for step in range(1, total_steps + 1):
+        i = (step - 1) % steps_per_epoch
+        if i == 0:
+            order = torch.randperm(len(sentences), device=device, generator=gen)
+        ids = trim_padding(
+            tokens[order[i * config.batch_size : (i + 1) * config.batch_size]], tokenizer.pad_id
+        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            result = learner(views(ids, generator=gen), views(ids, generator=gen))
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        optimizer.step()
+        if key_encoder is not None:
+            key_encoder.update(model)
+        scheduler.step()
+        pending.append(result.loss.detach())
+        if step % config.log_every == 0 or step == total_steps:
+            losses = torch.stack(pending).float().cpu().tolist()
+            pending.clear()
+            mean_loss = sum(losses) / len(losses)
+            if not all(math.isfinite(v) for v in losses):
+                raise TrainingError(
+                    f"the loss became non-finite by step {step}; try a lower --lr or a higher --temperature"
+                )
+            seconds = time.perf_counter() - t_train
+            loss_curve.append({"step": step, "loss": mean_loss, "seconds": seconds})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            bar.write(f"step {step}/{total_steps}  loss {mean_loss:.4f}  {seconds:.0f} s", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - t_train
+    after = evaluate(model)
+
+    metrics = {
+        "sts_split": config.eval_split,
+        "sts_pairs": len(pairs),
+        "sts_spearman_before": before,
+        "sts_spearman_after": after,
+        "sts_spearman_tfidf": tfidf,
+        "before_is": "pretrained all-MiniLM-L6-v2"
+        if config.encoder == "pretrained"
+        else "random initialisation",
+        "encoder": name,
+        "train_sentences": len(sentences),
+        "steps": total_steps,
+        "final_loss": loss_curve[-1]["loss"] if loss_curve else float("nan"),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "sentences_per_second": total_steps * config.batch_size / max(train_seconds, 1e-9),
+        "total_seconds": time.perf_counter() - t_start,
+        "device": str(device),
+        "loss_curve": loss_curve,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    written = [run_dir / "metrics.json", run_dir / "config.yaml"]
+    if config.save_model:
+        to_dict = getattr(tokenizer, "to_dict", None)
+        save_checkpoint(
+            {
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "tokenizer": to_dict() if to_dict else None,
+                "metrics": {k: v for k, v in metrics.items() if k != "loss_curve"},
+            },
+            run_dir / CHECKPOINT_NAME,
+        )
+        written.append(run_dir / CHECKPOINT_NAME)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(
+        f"STS-B {config.eval_split} Spearman x100 ({len(pairs)} pairs, cosine):\n"
+        f"  before training ({metrics['before_is']})  {before:.2f}\n"
+        f"  after {total_steps} steps                {after:.2f}\n"
+        f"  TF-IDF bag of words                {tfidf:.2f}\n"
+        f"time: {metrics['total_seconds']:.1f} s total, {train_seconds:.1f} s training, "
+        f"{metrics['sentences_per_second']:.0f} sentences/s on {device}\n"
+        f"wrote {', '.join(str(p) for p in written)}",
+        file=out,
+        flush=True,
+    )
+    return TextTrainResult(run_dir=run_dir, metrics=metrics, model=model, tokenizer=tokenizer)
+
+
+def _views_note(views: TextViews) -> str:
+    if views.is_identity:
+        return "identity (dropout only, SimCSE)"
+    parts = []
+    if views.crop_p:
+        parts.append(f"crop(p={views.crop_p:g}, min_ratio={views.crop_min_ratio:g})")
+    if views.delete_p:
+        parts.append(f"delete(p={views.delete_p:g}, rate={views.delete_rate:g})")
+    if views.shuffle_p:
+        parts.append(f"shuffle(p={views.shuffle_p:g}, window={views.shuffle_window})")
+    return "+".join(parts)
+
+
+__all__ = [
+    "SimCSEHead",
+    "TextTrainConfig",
+    "TextTrainResult",
+    "add_arguments",
+    "build_text_encoder",
+    "config_from_args",
+    "train_text",
+]

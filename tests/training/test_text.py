@@ -1,0 +1,165 @@
+"""Text training through the shared spine: SimCSE steps, the run folder, the CLI and the config checks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastkit.cli import main
+from contrastkit.encoders import ContrastiveModel
+from contrastkit.encoders.text import TransformerTextEncoder, WordTokenizer
+from contrastkit.errors import ConfigError
+from contrastkit.negatives import InBatchNegatives
+from contrastkit.objectives import InfoNCE
+from contrastkit.scores import CosineSimilarity
+from contrastkit.training.learner import ContrastiveLearner
+from contrastkit.training.text import TextTrainConfig, train_text
+from contrastkit.views.text import TextViews
+
+WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+    return [
+        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (k,), generator=g).tolist()) for k in lengths
+    ]
+
+
+@pytest.fixture
+def text_data(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "sentences.txt").write_text("\n".join(sentences(48)) + "\n", encoding="utf-8")
+    sts = tmp_path / "sts"
+    sts.mkdir()
+    a, b = sentences(12, seed=1), sentences(12, seed=2)
+    rows = [f"g\tf\t2012\t{i:04d}\t{(i * 7) % 11 / 2:.3f}\t{x}\t{y}" for i, (x, y) in enumerate(zip(a, b))]
+    (sts / "sts-test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {"sentences": str(tmp_path / "sentences.txt"), "sts": str(sts)}
+
+
+TINY = dict(
+    encoder="scratch", dim=16, depth=2, heads=2, min_freq=1, batch_size=8, steps=4, max_length=12,
+    eval_max_length=12, log_every=2, progress=False, device="cpu",
+)  # fmt: skip
+
+
+def test_simcse_identity_views_differ_by_dropout_and_the_loss_falls() -> None:
+    texts = sentences(16)
+    tok = WordTokenizer.build(texts, min_freq=1)
+    torch.manual_seed(0)
+    enc = TransformerTextEncoder(tok.vocab_size, dim=32, depth=2, heads=2, max_length=12, dropout=0.1)
+    learner = ContrastiveLearner(
+        ContrastiveModel(enc, torch.nn.Identity()), InBatchNegatives(), CosineSimilarity(), InfoNCE(0.05)
+    )
+    views = TextViews(pad_id=tok.pad_id)
+    ids = tok.encode(texts, 12)
+    opt = torch.optim.AdamW(learner.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        out = learner(views(ids), views(ids))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert out.pos_score.item() < 0.9999  # same input, different dropout masks
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_train_text_writes_metrics_and_is_reproducible(tmp_path: Path, text_data: dict[str, str]) -> None:
+    cfg = TextTrainConfig(**TINY, **text_data, out=str(tmp_path / "run1"))
+    result = train_text(cfg)
+    metrics = json.loads((tmp_path / "run1" / "metrics.json").read_text())
+    assert (tmp_path / "run1" / "config.yaml").is_file()
+    for key in ("sts_spearman_before", "sts_spearman_after", "sts_spearman_tfidf", "final_loss"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["before_is"] == "random initialisation" and metrics["steps"] == 4
+    assert [row["step"] for row in metrics["loss_curve"]] == [2, 4]
+    assert metrics["train_sentences"] == 48 and metrics["sts_pairs"] == 12
+    again = train_text(cfg.__class__(**{**cfg.to_dict(), "out": str(tmp_path / "run2")}))
+    assert again.metrics["sts_spearman_after"] == result.metrics["sts_spearman_after"]
+    assert again.metrics["final_loss"] == result.metrics["final_loss"]
+
+
+def test_queue_negatives_views_head_and_checkpoint(tmp_path: Path, text_data: dict[str, str]) -> None:
+    cfg = TextTrainConfig(
+        **{**TINY, "steps": 3},
+        **text_data,
+        negatives="queue",
+        queue_size=16,
+        head="mlp",
+        crop_p=0.5,
+        delete_p=0.5,
+        shuffle_p=0.5,
+        save_model=True,
+        limit=40,
+        out=str(tmp_path / "run"),
+    )
+    result = train_text(cfg)
+    assert result.metrics["train_sentences"] == 40
+    assert math.isfinite(result.metrics["sts_spearman_after"])
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert saved["tokenizer"]["kind"] == "words" and "backbone.tokens.weight" in saved["model"]
+
+
+def test_cli_text_train_and_its_one_line_errors(
+    tmp_path: Path, text_data: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--encoder", "scratch", "--dim", "16", "--depth", "2", "--heads", "2", "--min-freq", "1"]
+    flags += [
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--max-length",
+        "12",
+        "--eval-max-length",
+        "12",
+        "--no-progress",
+    ]
+    flags += ["--device", "cpu", "--sentences", text_data["sentences"], "--sts", text_data["sts"]]
+    assert main(["text-train", *flags, "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
+    capsys.readouterr()
+    assert (
+        main(["text-train", *flags, "--sentences", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r2")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.txt" in err and "does not exist" in err
+    assert main(["text-train", *flags, "--batch-size", "100", "--out", str(tmp_path / "r3")]) == 2
+    assert "larger than the 48 training sentences" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    from contrastkit.cli import build_parser
+    from contrastkit.training.text import config_from_args
+
+    path = tmp_path / "text.toml"
+    path.write_text('encoder = "scratch"\nbatch-size = 32\ntemperature = 0.1\n', encoding="utf-8")
+    args = build_parser().parse_args(["text-train", "--config", str(path), "--batch-size", "16"])
+    cfg = config_from_args(args)
+    assert (cfg.encoder, cfg.batch_size, cfg.temperature) == ("scratch", 16, 0.1)
+    path.write_text("batch-size = 'many'\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="option batch_size has the wrong type"):
+        config_from_args(build_parser().parse_args(["text-train", "--config", str(path)]))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(objective="supcon"), "objective .* must be one of: infonce"),
+        (dict(negatives="gather"), "negatives .* must be one of: in-batch, queue"),
+        (dict(batch_size=1), "batch_size .* an integer >= 2"),
+        (dict(dim=30, heads=4), "dim .* divisible by heads"),
+        (dict(delete_rate=1.0), r"delete_rate .* in \[0, 1\)"),
+        (dict(encoder="bert"), "encoder .* one of: pretrained, scratch"),
+    ],
+)
+def test_bad_config_values_name_the_option(kw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TextTrainConfig(**kw)
