@@ -1,26 +1,100 @@
-"""Re-evaluate a trained run or checkpoint on a data set (``contrastkit eval``)."""
+"""Re-evaluate a trained run or checkpoint on a data set (``contrastkit eval``).
+
+Always the weighted kNN of the skeleton (with its random-init and raw-pixel references); on request the
+linear probe, few-label fine-tuning and the embedding's geometry (see :mod:`contrastkit.evaluation`).
+Backbone features are extracted once (no augmentation) and shared by the kNN and the linear probe.
+Every result, with its protocol parameters and the data it was measured on, is merged into the run
+folder's ``metrics.json`` under ``"evaluation"`` (written atomically); a later ``eval`` replaces only the
+results it recomputes.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.evaluation import embedding_geometry, extract_features, finetune_few_labels, knn_accuracy
+from contrastkit.evaluation import linear_probe as run_linear_probe
 from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.trainer import (
     DataInfo,
     KnnEvaluator,
     build_model,
+    build_views,
     format_summary,
     load_splits,
     resolve_device,
 )
+
+DEFAULT_FEW_LABEL_FRACTIONS = (0.01, 0.1)
+METRICS_NAME = "metrics.json"
+
+
+def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
+    """``"0.01,0.1"`` (or a sequence) -> ``(0.01, 0.1)``; each must lie in (0, 1]."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        values = tuple(float(v) for v in items if str(v).strip())
+    except ValueError:
+        values = ()
+    if not values or any(not (0 < v <= 1) or not math.isfinite(v) for v in values):
+        raise ConfigError(
+            f"--few-label takes comma-separated label fractions in (0, 1], e.g. 0.01,0.1; got {text!r}"
+        )
+    return values
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON to ``path`` via a temporary file and a rename (never a half-written file)."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge_evaluation(run_dir: Path, results: dict[str, Any]) -> Path:
+    """Merge ``results`` into ``run_dir/metrics.json`` under ``"evaluation"`` (few-label per fraction)."""
+    target = run_dir / METRICS_NAME
+    metrics: dict[str, Any] = {}
+    if target.is_file():
+        try:
+            metrics = json.loads(target.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ContrastkitError(
+                f"{str(target)!r} cannot be read as JSON ({exc}); move it away and run eval again"
+            ) from None
+        if not isinstance(metrics, dict):
+            raise ContrastkitError(
+                f"{str(target)!r} does not hold a JSON object; move it away and run eval again"
+            )
+    evaluation = metrics.get("evaluation")
+    evaluation = dict(evaluation) if isinstance(evaluation, dict) else {}
+    for key, value in results.items():
+        if key == "few_label" and isinstance(evaluation.get(key), dict):
+            evaluation[key] = {**evaluation[key], **value}
+        else:
+            evaluation[key] = value
+    metrics["evaluation"] = evaluation
+    write_json_atomic(target, metrics)
+    return target
 
 
 def evaluate_checkpoint(
@@ -31,16 +105,23 @@ def evaluate_checkpoint(
     device: str = "auto",
     knn_k: int | None = None,
     knn_temperature: float | None = None,
+    linear_probe: bool = False,
+    few_label: Sequence[float] | None = None,
+    geometry: bool = False,
     out: Any = None,
     write: bool = True,
 ) -> dict[str, Any]:
-    """kNN top-1 of the checkpoint's encoder on ``data`` (default: the data it was trained on).
+    """Evaluate the checkpoint's encoder on ``data`` (default: the data it was trained on).
 
-    Images are resized to the size the encoder was trained at and normalised with its training statistics.
-    Results are printed and, with ``write``, saved as ``eval.json`` beside the checkpoint.
+    kNN top-1 always; ``linear_probe``, ``few_label`` (label fractions, e.g. ``(0.01, 0.1)``) and
+    ``geometry`` on request. Images are resized to the size the encoder was trained at and normalised with
+    its training statistics. Results are printed and, with ``write``, merged into ``metrics.json`` beside
+    the checkpoint (key ``"evaluation"``). Returns the kNN figures at the top level (as ``train`` reports
+    them) and every result under ``"evaluation"``.
     """
     out = out or sys.stdout
     t0 = time.perf_counter()
+    fractions = parse_fractions(few_label) if few_label is not None else None
     path = find_checkpoint(run_or_checkpoint)
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"], source=str(path))
@@ -55,6 +136,7 @@ def evaluate_checkpoint(
     config = config.replace(**changes)
     dev = resolve_device(config.device)
     splits, note = load_splits(config)
+    assert splits.test is not None
     c = splits.train.image_shape[0]
     if c != info.channels:
         raise ConfigError(
@@ -62,30 +144,128 @@ def evaluate_checkpoint(
         )
     model = build_model(config, info.channels, info.image_size)
     model.load_state_dict(state["model"])
-    model.to(dev)
+    model.to(dev).eval()
     evaluator = KnnEvaluator(splits, info, config, dev)
     torch.manual_seed(config.seed)
     fresh = build_model(config, info.channels, info.image_size).to(dev)
-    metrics = {
+    amp = (
+        torch.bfloat16
+        if config.precision == "bf16" or (config.precision == "auto" and dev.type == "cuda")
+        else None
+    )
+    context = {
         "checkpoint": str(path),
         "data": splits.name,
-        "knn_top1": evaluator.model_accuracy(model),
+        "limit": limit,
+        "train_images": len(splits.train),
+        "eval_images": len(splits.test),
+        "eval_split": note,
+        "device": str(dev),
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    print(f"contrastkit eval: {path} on {splits.name}", file=out, flush=True)
+
+    # kNN on backbone features extracted once (no augmentation), shared with the linear probe
+    t = time.perf_counter()
+    with torch.no_grad():
+        kw: dict[str, Any] = dict(transform=evaluator.transform, device=dev)
+        train_f = extract_features(model.features, evaluator.train_images, **kw)
+        test_f = extract_features(model.features, evaluator.test_images, **kw)
+    train_y, test_y = splits.train.labels.to(dev), splits.test.labels.to(dev)
+    knn_protocol = {
+        "k": config.knn_k,
+        "temperature": config.knn_temperature,
+        "features": "backbone, L2-normalised",
+        "train_images": len(splits.train),
+        "eval_images": len(splits.test),
+        "eval_split": note,
+    }
+    metrics: dict[str, Any] = {
+        "checkpoint": str(path),
+        "data": splits.name,
+        "knn_top1": knn_accuracy(
+            train_f, train_y, test_f, test_y, k=config.knn_k, temperature=config.knn_temperature
+        ),
         "knn_top1_random_init": evaluator.model_accuracy(fresh),
         "knn_top1_raw_pixels": evaluator.raw_pixels(),
-        "knn_protocol": {
-            "k": config.knn_k,
-            "temperature": config.knn_temperature,
-            "features": "backbone, L2-normalised",
-            "train_images": len(splits.train),
-            "eval_images": len(splits.test or []),
-            "eval_split": note,
-        },
-        "seconds": time.perf_counter() - t0,
+        "knn_protocol": knn_protocol,
     }
-    print(f"contrastkit eval: {path} on {splits.name}", file=out)
+    results: dict[str, Any] = {
+        "knn": {
+            "top1": metrics["knn_top1"],
+            "top1_random_init": metrics["knn_top1_random_init"],
+            "top1_raw_pixels": metrics["knn_top1_raw_pixels"],
+            "protocol": {"method": "weighted kNN (Wu et al. 2018, Sec. 3.4)", **knn_protocol},
+            **context,
+            "seconds": time.perf_counter() - t,
+        }
+    }
     print(format_summary(metrics), file=out, flush=True)
+
+    if linear_probe:
+        probe = run_linear_probe(train_f, train_y, test_f, test_y, seed=config.seed)
+        results["linear_probe"] = {**probe.to_dict(), **context, "seconds": probe.protocol["seconds"]}
+        print(
+            f"linear probe top-1 {probe.top1:.4f} (weight decay {probe.weight_decay:.3g} chosen on "
+            f"{probe.protocol['heldout_size']} held-out train images from {len(probe.grid)} values; "
+            f"{probe.protocol['seconds']:.1f} s)",
+            file=out,
+            flush=True,
+        )
+    del train_f, test_f
+
+    if fractions is not None:
+        views = build_views(config, info)
+        tuned = finetune_few_labels(
+            model.backbone,
+            splits.train.images,
+            splits.train.labels,
+            splits.test.images,
+            splits.test.labels,
+            fractions=fractions,
+            num_classes=len(info.classes),
+            crop_scale=views.scale,
+            flip_p=views.flip_p,
+            mean=info.mean,
+            std=info.std,
+            seed=config.seed,
+            device=dev,
+            autocast_dtype=amp,
+        )
+        results["few_label"] = {f"{r.fraction:g}": {**r.to_dict(), **context} for r in tuned}
+        for r in tuned:
+            p = r.protocol
+            print(
+                f"few-label fine-tuning top-1 {r.top1:.4f} with {r.fraction:.0%} of the labels "
+                f"({p['labelled_images']} images, {p['epochs']} epochs, {p['optimizer'].split()[0]} lr {p['lr']:.3g}, "
+                f"batch {p['batch_size']}; {p['seconds']:.1f} s)",
+                file=out,
+                flush=True,
+            )
+
+    if geometry:
+        t = time.perf_counter()
+        geo = embedding_geometry(
+            model,
+            splits.test.images,
+            splits.test.labels,
+            views=build_views(config, info).to(dev),
+            transform=evaluator.transform,
+            device=dev,
+            seed=config.seed,
+        )
+        results["geometry"] = {**geo, **context, "seconds": time.perf_counter() - t}
+        print(
+            f"geometry on {len(splits.test)} eval images: alignment {geo['alignment']:.4f} (alpha=2), "
+            f"uniformity {geo['uniformity']:.4f} (t=2), k-means NMI {geo['kmeans_nmi']:.4f} "
+            f"ARI {geo['kmeans_ari']:.4f}",
+            file=out,
+            flush=True,
+        )
+
+    metrics["seconds"] = time.perf_counter() - t0
+    metrics["evaluation"] = results
     if write:
-        target = path.parent / "eval.json"
-        target.write_text(json.dumps(metrics, indent=2))
-        print(f"wrote {target}", file=out)
+        target = merge_evaluation(path.parent, results)
+        print(f'wrote {target} ("evaluation": {", ".join(results)})', file=out, flush=True)
     return metrics

@@ -1,0 +1,88 @@
+"""`contrastkit eval --all` end to end on a tiny digits run: one metrics.json, merged, with protocols."""
+
+import io
+import json
+
+import pytest
+import torch
+
+from contrastkit.cli import main
+from contrastkit.training import TrainConfig, evaluate_checkpoint, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine (no effect on results)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(
+            TrainConfig(
+                epochs=1, batch_size=128, limit=400, knn_every=0, progress=False, device="cpu", out=str(out)
+            )
+        )
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+def test_eval_all_merges_every_result_into_metrics_json(run_dir, capsys):
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert main(["eval", str(run_dir), "--all", "--limit", "400", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for needle in (
+        "learned encoder",
+        "linear probe top-1",
+        "few-label fine-tuning top-1",
+        "uniformity",
+        "wrote",
+    ):
+        assert needle in printed, printed
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the training metrics are kept; the evaluation sits beside them
+    assert {k: metrics[k] for k in trained} == trained
+    ev = metrics["evaluation"]
+    assert set(ev) == {"knn", "linear_probe", "few_label", "geometry"}
+    assert ev["knn"]["top1"] == pytest.approx(trained["knn_top1"], abs=1e-6)  # same data, same limit
+    for entry in (ev["knn"], ev["linear_probe"], ev["geometry"], *ev["few_label"].values()):
+        assert entry["data"] == "digits" and entry["limit"] == 400 and "protocol" in entry
+    lp = ev["linear_probe"]
+    assert 0.2 < lp["top1"] <= 1.0  # chance is 0.1
+    assert lp["weight_decay"] in lp["protocol"]["weight_decay_grid"]
+    assert len(lp["heldout_top1_per_weight_decay"]) == len(lp["protocol"]["weight_decay_grid"])
+    assert set(ev["few_label"]) == {"0.01", "0.1"}
+    one = ev["few_label"]["0.01"]
+    assert (
+        one["fraction"] == 0.01
+        and one["protocol"]["labelled_images"] == 4
+        and one["protocol"]["epochs"] == 60
+    )
+    assert ev["few_label"]["0.1"]["protocol"]["labelled_images"] == 40
+    geo = ev["geometry"]
+    assert 0 <= geo["alignment"] <= 4 and -4 <= geo["uniformity"] <= 0 and 0 <= geo["kmeans_nmi"] <= 1
+    assert not (run_dir / "eval.json").exists()
+    assert not list(run_dir.glob("*.tmp"))
+
+    # a later eval replaces only what it recomputes; few-label results merge per fraction
+    before = ev["geometry"]
+    result = evaluate_checkpoint(run_dir, limit=400, device="cpu", few_label=[0.05], out=io.StringIO())
+    assert set(result["evaluation"]) == {"knn", "few_label"}
+    ev2 = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
+    assert set(ev2["few_label"]) == {"0.01", "0.1", "0.05"}
+    assert ev2["geometry"] == before and ev2["linear_probe"] == lp
+
+
+def test_bad_fractions_are_a_clean_error(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--few-label", "0.01,two"]) == 2
+    err = capsys.readouterr().err
+    assert "--few-label" in err and "0.01,0.1" in err and "Traceback" not in err
+    assert main(["eval", str(run_dir), "--few-label", "1.5"]) == 2
