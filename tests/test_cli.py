@@ -74,9 +74,9 @@ def test_train_then_eval_digits(tmp_path):
     assert (out / "config.yaml").is_file() and (out / "checkpoint.pt").is_file()
     ev = run_cli("eval", out)
     assert ev.returncode == 0, ev.stderr
-    again = json.loads((out / "eval.json").read_text())
-    assert again["knn_top1"] == pytest.approx(metrics["knn_top1"], abs=1e-6)
-    assert again["knn_top1_random_init"] == pytest.approx(metrics["knn_top1_random_init"], abs=1e-6)
+    again = json.loads((out / "metrics.json").read_text())["evaluation"]["knn"]
+    assert again["top1"] == pytest.approx(metrics["knn_top1"], abs=1e-6)
+    assert again["top1_random_init"] == pytest.approx(metrics["knn_top1_random_init"], abs=1e-6)
     # a finished run is never overwritten
     assert_clean_error(run_cli("train", "--epochs", "1", "--out", out), "already holds a run")
 
