@@ -25,6 +25,17 @@ setup() {  # $1: extras ("" or "test")
   touch "$stamp"
 }
 
+ensure_chromium() {  # the report test renders report.html in headless Chromium, from Debian's packages
+  [ -x /usr/bin/chromium ] && return 0
+  [ "${CONTRASTKIT_SKIP_BROWSER:-0}" = 1 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Chromium for the report test: ${sudo:+$sudo }apt-get update; apt-get install -y --no-install-recommends chromium" >&2
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium >/dev/null; } \
+    || echo "could not install Chromium: the report test will fail (CONTRASTKIT_SKIP_BROWSER=1 skips it)" >&2
+}
+
 cmd="${1:-train}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -33,6 +44,7 @@ case "$cmd" in
     exec "$VENV/bin/contrastkit" train "$@" ;;
   test)
     setup "test"
+    ensure_chromium
     "$VENV/bin/ruff" check src tests benchmarks
     "$VENV/bin/ruff" format --check src tests benchmarks
     exec "$VENV/bin/python" -m pytest "$@" ;;

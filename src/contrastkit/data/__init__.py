@@ -15,7 +15,7 @@ from contrastkit.data.dataset import (
     resize_images,
 )
 from contrastkit.data.digits import load_digits_splits
-from contrastkit.data.folder import IMAGE_EXTENSIONS, load_image_folder
+from contrastkit.data.folder import IMAGE_EXTENSIONS, has_split_layout, load_image_files, load_image_folder
 from contrastkit.errors import ConfigError
 
 __all__ = [
@@ -26,8 +26,10 @@ __all__ = [
     "ImageDataset",
     "balanced_indices",
     "channel_stats",
+    "has_split_layout",
     "load_dataset",
     "load_digits_splits",
+    "load_image_files",
     "load_image_folder",
     "resize_images",
 ]

@@ -29,7 +29,13 @@ import torch
 from contrastkit.data.dataset import DataSplits, ImageDataset, balanced_indices
 from contrastkit.errors import ConfigError, DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "PARALLEL_MIN_IMAGES", "load_image_folder"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PARALLEL_MIN_IMAGES",
+    "has_split_layout",
+    "load_image_files",
+    "load_image_folder",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PARALLEL_MIN_IMAGES = 2000
@@ -498,3 +504,54 @@ def load_image_folder(
         for (name, s), imgs in zip(splits.items(), images, strict=True)
     }
     return DataSplits(train=datasets["train"], test=datasets.get("test"), name=str(path))
+
+
+def has_split_layout(path: str | os.PathLike[str]) -> bool:
+    """Whether the folder or ``.zip`` at ``path`` has a ``train/`` folder (at the top or in one wrapper)."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            _dir_root(p)
+        elif p.is_file() and p.suffix.lower() == ".zip":
+            _list_zip(p)
+        else:
+            return False
+    except DataError:
+        return False
+    return True
+
+
+def load_image_files(
+    path: str | os.PathLike[str], *, image_size: int | None = None, workers: int | None = None
+) -> ImageDataset:
+    """Every image file in a folder or ``.zip`` (any layout, searched recursively, hidden files skipped).
+
+    ``names`` are the paths relative to the folder (or inside the zip), sorted; labels are -1 and there
+    are no classes. ``image_size`` and ``workers`` as in :func:`load_image_folder`.
+    """
+    _check_options(image_size, None, workers)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist; pass an image folder or .zip file")
+    if p.is_dir():
+        source = _Source("dir", str(p))
+        names = sorted(rel for rel in _walk(p) if not rel.endswith("/") and _is_image(rel))
+        keys = [str(p / rel) for rel in names]
+    elif p.is_file() and p.suffix.lower() == ".zip":
+        source = _Source("zip", str(p))
+        with _open_zip(p) as zf:
+            names = sorted(
+                n for n in zf.namelist() if not n.endswith("/") and _is_image(n) and not _hidden(n.split("/"))
+            )
+        keys = list(names)
+    else:
+        raise DataError(f"data path {str(p)!r} is neither a folder nor a .zip file; pass one of them")
+    if not names:
+        raise DataError(
+            f"{p} holds no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); check the path"
+        )
+    n_workers = _cpu_count() if workers is None else workers
+    (images,) = _decode(source, keys, [len(keys)], image_size, n_workers)
+    return ImageDataset(
+        images=images, labels=torch.full((len(names),), -1, dtype=torch.int64), classes=[], names=names
+    )

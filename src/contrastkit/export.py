@@ -1,0 +1,150 @@
+"""``contrastkit export RUN``: the trained backbone as a safetensors file, loadable into a plain ``nn.Module``.
+
+The file holds the backbone's ``state_dict`` (the encoder ``f``, without the projection head) and, in its
+safetensors metadata, how to rebuild the module and feed it images: the architecture name and the
+arguments of :func:`contrastkit.encoders.build_encoder`, the feature size, and the normalisation
+statistics. The same metadata is written as a JSON sidecar (``FILE.json``) for readers without Python.
+To load it by hand::
+
+    import json
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from contrastkit.encoders import build_encoder
+
+    meta = json.loads(safe_open(path, "pt").metadata()["contrastkit"])
+    backbone = build_encoder(meta["architecture"], **meta["constructor"])
+    backbone.load_state_dict(load_file(path), strict=True)
+    backbone.eval()   # input: float (B, C, H, W), (x / 255 - mean) / std; output: (B, feature_dim)
+
+or simply ``contrastkit.export.load_backbone(path)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contrastkit import __version__
+from contrastkit.encoders import build_encoder
+from contrastkit.errors import ContrastkitError
+
+__all__ = ["FORMAT", "export_backbone", "load_backbone", "read_export_metadata"]
+
+FORMAT = "contrastkit-backbone"
+VERSION = 1
+META_KEY = "contrastkit"
+
+
+def _metadata(trained: Any) -> dict[str, Any]:
+    info = trained.info
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": trained.encoder,
+        "constructor": {"in_channels": info.channels, "image_size": info.image_size, "stem": trained.stem},
+        "feature_dim": int(trained.model.feature_dim),
+        "input": {
+            "channels": info.channels,
+            "image_size": info.image_size,
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "transform": "x = uint8 image / 255; (x - mean) / std per channel",
+        },
+        "classes": list(info.classes),
+        "source_checkpoint": str(trained.checkpoint),
+        "contrastkit_version": __version__,
+    }
+
+
+def export_backbone(run: str | Path, out_path: str | Path | None = None, *, out: Any = None) -> Path:
+    """Write the backbone of run folder (or checkpoint) ``run`` to ``out_path`` (default:
+    ``RUN/backbone.safetensors``) and its metadata to ``out_path`` + ``.json``; returns ``out_path``.
+
+    The written file is read back and loaded (``strict=True``) into a freshly built encoder before this
+    returns, so an export that could not be loaded is never reported as a success.
+    """
+    from safetensors.torch import save_file
+
+    from contrastkit.reporting.run import load_trained_run
+
+    out = out or sys.stdout
+    trained = load_trained_run(run, device="cpu")
+    target = Path(out_path) if out_path is not None else trained.checkpoint.parent / "backbone.safetensors"
+    if target.suffix != ".safetensors":
+        raise ContrastkitError(f"the export file must end in .safetensors, got {str(target)!r}")
+    if target.is_dir():
+        raise ContrastkitError(f"{str(target)!r} is a folder; give a file name ending in .safetensors")
+    if not target.parent.is_dir():
+        raise ContrastkitError(f"folder {str(target.parent)!r} does not exist; create it first")
+    meta = _metadata(trained)
+    tensors = {
+        k: v.detach().cpu().contiguous().clone() for k, v in trained.model.backbone.state_dict().items()
+    }
+    save_file(tensors, str(target), metadata={META_KEY: json.dumps(meta)})
+    sidecar = target.with_name(target.name + ".json")
+    sidecar.write_text(json.dumps(meta, indent=2))
+    load_backbone(target)  # proves the file loads into a plain module
+    print(
+        f"wrote {target} ({meta['architecture']}, {len(tensors)} tensors, feature_dim {meta['feature_dim']}) "
+        f"and {sidecar}",
+        file=out,
+    )
+    return target
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata :func:`export_backbone` stored in a safetensors file (architecture, input statistics...)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise ContrastkitError(f"{str(p)!r} does not exist; give a file written by contrastkit export")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise ContrastkitError(
+            f"{str(p)!r} is not a readable safetensors file ({exc.__class__.__name__}: {exc})"
+        ) from None
+    if raw is None:
+        raise ContrastkitError(
+            f"{str(p)!r} has no contrastkit metadata; it was not written by contrastkit export"
+        )
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ContrastkitError(f"the contrastkit metadata of {str(p)!r} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ContrastkitError(f"{str(p)!r} is not a contrastkit backbone export")
+    if int(meta.get("version", 0)) > VERSION:
+        raise ContrastkitError(
+            f"{str(p)!r} has export format version {meta['version']}; this contrastkit reads up to {VERSION}: "
+            "upgrade contrastkit"
+        )
+    return meta
+
+
+def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The backbone exported to ``path`` as a plain ``nn.Module`` in eval mode (weights loaded strictly).
+
+    Its input is a float ``(B, C, H, W)`` batch normalised as ``read_export_metadata(path)["input"]`` says;
+    its output the ``(B, feature_dim)`` features.
+    """
+    from safetensors.torch import load_file
+
+    meta = read_export_metadata(path)
+    module = build_encoder(meta["architecture"], **meta["constructor"])
+    state = load_file(str(path), device=str(map_location))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ContrastkitError(
+            f"the weights in {str(path)!r} do not fit a {meta['architecture']} built with "
+            f"{meta['constructor']}: {' '.join(str(exc).split())[:400]}"
+        ) from None
+    return module.to(map_location).eval()

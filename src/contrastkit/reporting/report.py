@@ -1,0 +1,273 @@
+"""``contrastkit report RUN``: a self-contained ``report.html`` (and its figures as PNG files) for a run.
+
+The page shows the loss and kNN top-1 against steps and against training wall-clock, the other logged
+scalars, a t-SNE map of the test embeddings coloured by class, a retrieval grid (test queries next to their
+nearest training images in feature space, wrong-class neighbours marked red), every entry of
+``metrics.json`` and the resolved ``config.yaml``. Curves need only the run folder's files; the map and the
+grid need the checkpoint and the data (when those are missing, the page says so instead).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contrastkit.data import DataSplits, balanced_indices
+from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.reporting import figures as F
+from contrastkit.reporting.html import Figure, render_page
+from contrastkit.reporting.run import (
+    HISTORY_NAME,
+    TrainedRun,
+    backbone_features,
+    finite,
+    load_trained_run,
+    read_config_text,
+    read_history,
+    read_metrics,
+    run_folder,
+)
+from contrastkit.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from contrastkit.training.trainer import load_splits
+
+__all__ = ["REPORT_NAME", "ReportResult", "write_report"]
+
+REPORT_NAME = "report.html"
+FIGURE_FILES = {
+    "fig-loss": "report_loss.png",
+    "fig-knn": "report_knn.png",
+    "fig-scalars": "report_scalars.png",
+    "fig-embedding": "report_embedding.png",
+    "fig-retrieval": "report_retrieval.png",
+}
+"""Element id of each figure in the page -> the PNG file written beside it."""
+
+
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote: the page, each figure's PNG (by element id), and notes shown on
+    the page about what could not be drawn."""
+
+    html: Path
+    figures: dict[str, Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def write_report(
+    run: str | Path,
+    *,
+    data: str | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+    map_points: int = 2000,
+    pool: int = 10000,
+    queries: int = 8,
+    neighbours: int = 8,
+    seed: int = 0,
+    out: Any = None,
+) -> ReportResult:
+    """Write ``report.html`` and the figures' PNGs into the run folder ``run``.
+
+    ``data`` overrides the data the run was trained on (same image size and channels); ``limit`` keeps at
+    most that many images per split (default: as trained). The map shows at most ``map_points`` test images
+    (a seeded class-balanced subset); the grid shows ``queries`` test images and their ``neighbours``
+    nearest neighbours (cosine similarity of backbone features, the kNN's geometry) among at most ``pool``
+    training images (a seeded class-balanced subset).
+    """
+    out = out or sys.stdout
+    for name, value in (
+        ("map_points", map_points),
+        ("pool", pool),
+        ("queries", queries),
+        ("neighbours", neighbours),
+    ):
+        _positive(name, value)
+    if limit is not None:
+        _positive("limit", limit)
+    t0 = time.perf_counter()
+    folder = run_folder(run)
+    notes: list[str] = []
+    metrics = read_metrics(folder)
+    history = read_history(folder)
+    has_checkpoint = (folder / CHECKPOINT_NAME).is_file()
+    if metrics is None and history is None and not has_checkpoint:
+        raise ContrastkitError(
+            f"{str(folder)!r} holds no metrics.json, {HISTORY_NAME} or {CHECKPOINT_NAME}; give a run folder "
+            "written by contrastkit train"
+        )
+    ckpt_config: dict[str, Any] | None = None
+    if has_checkpoint:
+        state = load_checkpoint(folder / CHECKPOINT_NAME)
+        ckpt_config = state.get("config")
+        if metrics is None and isinstance(state.get("metrics"), dict):
+            metrics = dict(state["metrics"])
+            notes.append("metrics.json is missing; the metrics shown are those stored in the checkpoint")
+
+    figs: list[Figure] = []
+    reason = f"this run folder has no {HISTORY_NAME} (runs from older contrastkit versions do not write one)"
+    if history is not None and not history:
+        reason = f"{HISTORY_NAME} holds no readable rows"
+    n_loss = sum(1 for r in history or [] if "loss" in r)
+    figs.append(
+        Figure(
+            "fig-loss",
+            "Loss",
+            F.figure_png(F.plot_loss(history, reason)),
+            f"Training loss of {n_loss} logged steps ({HISTORY_NAME}) against optimiser steps (left) and "
+            "training wall-clock in seconds, evaluation excluded (right)."
+            if n_loss
+            else f"Loss history unavailable: {reason}.",
+        )
+    )
+    curve = (metrics or {}).get("knn_curve")
+    refs = {
+        label: float(metrics[key])
+        for key, label in (
+            ("knn_top1_random_init", "same encoder, random init"),
+            ("knn_top1_raw_pixels", "raw pixels"),
+        )
+        if metrics and finite(metrics.get(key))
+    }
+    figs.append(
+        Figure(
+            "fig-knn",
+            "kNN accuracy",
+            F.figure_png(F.plot_knn(curve if isinstance(curve, list) else None, refs)),
+            "Weighted kNN top-1 on the evaluation split during training (metrics.json knn_curve) against "
+            "steps (left) and training wall-clock (right); dashed lines: the same encoder at random "
+            "initialisation and raw pixels.",
+        )
+    )
+    names = F.scalar_names(history)
+    if history and names:
+        figs.append(
+            Figure(
+                "fig-scalars",
+                "Other logged scalars",
+                F.figure_png(F.plot_scalars(history, names)),
+                f"Every other scalar of {HISTORY_NAME} against steps: {', '.join(names)}.",
+            )
+        )
+
+    try:
+        trained, splits = _load_model_and_data(folder, data, device, limit)
+    except ContrastkitError as exc:
+        if data is not None:
+            raise  # the user asked for this data: tell them what is wrong with it
+        notes.append(f"embedding map and retrieval grid not drawn: {exc}")
+        print(f"contrastkit report: note: {notes[-1]}", file=out)
+    else:
+        figs.extend(_feature_figures(trained, splits, map_points, pool, queries, neighbours, seed))
+
+    figure_paths: dict[str, Path] = {}
+    for fig in figs:
+        path = folder / FIGURE_FILES[fig.id]
+        path.write_bytes(fig.png)
+        figure_paths[fig.id] = path
+    subtitle = f"run folder {folder.resolve()}"
+    if ckpt_config:
+        subtitle = (
+            f"data={ckpt_config.get('data')} encoder={ckpt_config.get('encoder')} "
+            f"objective={ckpt_config.get('objective')} negatives={ckpt_config.get('negatives')} "
+            f"epochs={ckpt_config.get('epochs')} batch={ckpt_config.get('batch_size')} - " + subtitle
+        )
+    page = render_page(
+        title=f"contrastkit report: {folder.resolve().name}",
+        subtitle=subtitle,
+        figures=figs,
+        notes=notes,
+        metrics=metrics,
+        config_text=read_config_text(folder, ckpt_config),
+    )
+    html_path = folder / REPORT_NAME
+    html_path.write_text(page, encoding="utf-8")
+    print(
+        f"wrote {html_path} ({len(figs)} figures, {time.perf_counter() - t0:.1f} s) and "
+        f"{', '.join(p.name for p in figure_paths.values())}",
+        file=out,
+    )
+    return ReportResult(html=html_path, figures=figure_paths, notes=notes)
+
+
+def _load_model_and_data(
+    folder: Path, data: str | None, device: str, limit: int | None
+) -> tuple[TrainedRun, DataSplits]:
+    trained = load_trained_run(folder, device)
+    changes: dict[str, Any] = {"image_size": trained.info.image_size, "device": str(trained.device)}
+    if data is not None:
+        changes["data"] = data
+    if limit is not None:
+        changes["limit"] = limit
+    splits, _ = load_splits(trained.config.replace(**changes))
+    return trained, splits
+
+
+def _feature_figures(
+    trained: TrainedRun,
+    splits: DataSplits,
+    map_points: int,
+    pool: int,
+    queries: int,
+    neighbours: int,
+    seed: int,
+) -> list[Figure]:
+    train, test = splits.train, splits.test
+    assert test is not None  # load_splits holds out part of train when there is no test split
+    classes = list(train.classes)
+
+    map_idx = balanced_indices(test.labels, map_points, seed)
+    map_feats = backbone_features(trained, test.images[map_idx])
+    coords = F.embedding_map(map_feats, seed=seed)
+    method = "t-SNE" if len(map_idx) >= 10 else "PCA (too few points for t-SNE)"
+    map_fig = Figure(
+        "fig-embedding",
+        "Embedding map",
+        F.figure_png(
+            F.plot_embedding(
+                coords,
+                test.labels[map_idx].numpy(),
+                classes,
+                f"{method} of {len(map_idx)} of {len(test)} test embeddings",
+            )
+        ),
+        f"Backbone features of {len(map_idx)} of the {len(test)} test images (a seeded class-balanced "
+        f"subset, at most {map_points}), L2-normalised, reduced with PCA to at most 50 dimensions, then "
+        f"{method} (scikit-learn, random_state={seed}); colour = class.",
+    )
+
+    pool_idx = balanced_indices(train.labels, pool, seed)
+    pool_feats = backbone_features(trained, train.images[pool_idx])
+    q_idx = balanced_indices(test.labels, min(queries, len(test)), seed + 1)
+    q_feats = backbone_features(trained, test.images[q_idx])
+    nn_idx, sims = F.nearest_neighbours(q_feats, pool_feats, neighbours)
+    train_idx = pool_idx[nn_idx]  # (Q, K) indices into the training split
+    q_labels = test.labels[q_idx]
+    nn_labels = train.labels[train_idx]
+    same = (nn_labels == q_labels[:, None]).float()
+    grid = F.plot_retrieval(
+        test.images[q_idx],
+        q_labels.tolist(),
+        train.images[train_idx],
+        nn_labels.tolist(),
+        sims,
+        classes,
+    )
+    retrieval_fig = Figure(
+        "fig-retrieval",
+        "Retrieval",
+        F.figure_png(grid),
+        f"{len(q_idx)} test queries (blue border, one row each) and their {nn_idx.shape[1]} nearest "
+        f"training images by cosine similarity of backbone features (shown above each image) among "
+        f"{len(pool_idx)} of {len(train)} training images; green border: same class as the query, thick "
+        f"red border: a different class. {int(same.sum())} of {same.numel()} neighbours shown "
+        f"({float(same.mean()):.1%}) share the query's class.",
+    )
+    return [map_fig, retrieval_fig]
