@@ -19,7 +19,7 @@ EXAMPLES = """examples:
   contrastkit train                                   # SimCLR on the embedded 8x8 digits (CPU, ~1 min)
   contrastkit train --data ../shared/data/cifar10-jpeg.zip --limit 2000 --epochs 2
   contrastkit train --data photos/ --image-size 64 --config recipe.toml --lr 0.3
-  contrastkit eval runs/digits-infonce-20261122-101500
+  contrastkit eval runs/digits-infonce-20261122-101500 --all
 """
 
 
@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval",
         help="re-evaluate a run folder or checkpoint",
-        description="kNN top-1 of a trained encoder (and the random-init and raw-pixel references); "
-        "writes eval.json beside the checkpoint.",
+        description="kNN top-1 of a trained encoder (and the random-init and raw-pixel references), and on "
+        "request the linear probe, few-label fine-tuning and the embedding's geometry; every result, with its "
+        "protocol, is merged into the run folder's metrics.json under \"evaluation\".",
     )
     ev.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoint.pt file")
     ev.add_argument("--data", metavar="digits|PATH", help="data to evaluate on (default: the training data)")
@@ -76,6 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--knn-k", type=int, metavar="N", help="k of the weighted kNN (default: as trained)")
     ev.add_argument(
         "--knn-temperature", type=float, metavar="X", help="kNN temperature (default: as trained)"
+    )
+    ev.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="logistic regression on frozen, standardised backbone features (L-BFGS on the device, weight "
+        "decay chosen on a held-out 20%% of train)",
+    )
+    ev.add_argument(
+        "--few-label",
+        nargs="?",
+        const="0.01,0.1",
+        metavar="FRACTIONS",
+        help="fine-tune backbone + linear head on these fractions of the labels, class-balanced "
+        "(SimCLRv2 protocol; default 0.01,0.1)",
+    )
+    ev.add_argument(
+        "--geometry",
+        action="store_true",
+        help="alignment and uniformity (Wang & Isola 2020) and k-means NMI/ARI on the eval images",
+    )
+    ev.add_argument("--all", action="store_true", help="--linear-probe --few-label --geometry")
+    from contrastkit.training.text import add_arguments as text_train_flags
+
+    text_train_flags(
+        sub.add_parser(
+            "text-train",
+            help="train a sentence encoder on unlabeled sentences (SimCSE-style); STS-B Spearman before/after",
+            description="Contrastive training of a sentence encoder (pretrained all-MiniLM-L6-v2 or a small "
+            "transformer from scratch) on one-sentence-a-line text; writes metrics.json with STS-B "
+            "Spearman x100 before and after training and a TF-IDF reference.",
+        )
     )
     from contrastkit.reporting.cli import add_parsers as reporting_parsers
 
@@ -116,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
                 knn_k=args.knn_k,
                 knn_temperature=args.knn_temperature,
+                linear_probe=args.linear_probe or args.all,
+                few_label=args.few_label or ("0.01,0.1" if args.all else None),
+                geometry=args.geometry or args.all,
             )
+        elif args.command == "text-train":
+            from contrastkit.training.text import config_from_args as text_config
+            from contrastkit.training.text import train_text
+
+            train_text(text_config(args))
         elif args.command in ("report", "embed", "export"):
             from contrastkit.reporting.cli import run_command
 
