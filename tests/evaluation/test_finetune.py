@@ -10,14 +10,7 @@ from contrastkit.encoders import SmallCNN
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation import few_label_subset, finetune, finetune_few_labels
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine (no effect on results)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +45,9 @@ def test_finetuning_learns_digits_on_a_copy(digits):
     torch.manual_seed(0)
     backbone = SmallCNN(1, width=8)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    kw = dict(
-        mean=mean,
-        std=std,
-        crop_scale=(0.5, 1.0),
-        flip_p=0.0,
-        optimizer="sgd",
-        lr=0.1,
-        epochs=12,
-        batch_size=32,
-    )
-    res = finetune(
-        backbone,
-        splits.train.images,
-        splits.train.labels,
-        splits.test.images,
-        splits.test.labels,
-        fraction=0.1,
-        **kw,
-    )
+    data = (splits.train.images, splits.train.labels, splits.test.images, splits.test.labels)
+    kw = dict(mean=mean, std=std, crop_scale=(0.5, 1.0), flip_p=0.0, optimizer="sgd", lr=0.1, epochs=12)
+    res = finetune(backbone, *data, fraction=0.1, batch_size=32, **kw)
     assert res.top1 > 0.5  # chance is 0.1
     # the caller's model is untouched; the fine-tuned copy's weights moved
     after = backbone.state_dict()
@@ -89,15 +66,7 @@ def test_finetuning_learns_digits_on_a_copy(digits):
     assert max(p["labels_per_class"]) - min(p["labels_per_class"]) <= 1
     assert res.to_dict()["top1"] == res.top1
     # same seed, same result
-    again = finetune(
-        backbone,
-        splits.train.images,
-        splits.train.labels,
-        splits.test.images,
-        splits.test.labels,
-        fraction=0.1,
-        **kw,
-    )
+    again = finetune(backbone, *data, fraction=0.1, batch_size=32, **kw)
     assert again.top1 == res.top1
 
 

@@ -14,14 +14,7 @@ from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation import alignment, cluster_scores, embedding_geometry, uniformity
 from contrastkit.views import ImageViews, eval_transform
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine (no effect on results)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unit(x: np.ndarray) -> np.ndarray:

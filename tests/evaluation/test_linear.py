@@ -14,14 +14,7 @@ from contrastkit.evaluation.linear import (
     standardisation,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine (no effect on results)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixture(n, d=24, k=4, seed=0, spread=0.35):
