@@ -176,6 +176,13 @@ def test_run_without_checkpoint_still_gets_curves_and_a_note(run_copy: Path) -> 
     assert "metrics" in page.sections and "config" in page.sections
 
 
+def test_unreadable_checkpoint_is_noted_not_fatal(run_copy: Path) -> None:
+    (run_copy / "checkpoint.pt").write_bytes(b"cut off mid-write")
+    result = write_report(run_copy, device="cpu", out=io.StringIO())
+    assert set(result.figures) == {"fig-loss", "fig-knn", "fig-scalars"}
+    assert any("cannot be read" in n for n in result.notes)
+
+
 def test_truncated_history_line_is_skipped(run_copy: Path) -> None:
     path = run_copy / "history.jsonl"
     lines = path.read_text().splitlines()

@@ -105,7 +105,10 @@ def write_report(
         )
     ckpt_config: dict[str, Any] | None = None
     if has_checkpoint:
-        state = load_checkpoint(folder / CHECKPOINT_NAME)
+        try:
+            state = load_checkpoint(folder / CHECKPOINT_NAME)
+        except ContrastkitError:  # unreadable: the curves can still be drawn; the note comes below
+            state = {}
         ckpt_config = state.get("config")
         if metrics is None and isinstance(state.get("metrics"), dict):
             metrics = dict(state["metrics"])
@@ -122,7 +125,8 @@ def write_report(
             "Loss",
             F.figure_png(F.plot_loss(history, reason)),
             f"Training loss of {n_loss} logged steps ({HISTORY_NAME}) against optimiser steps (left) and "
-            "training wall-clock in seconds, evaluation excluded (right)."
+            "training wall-clock in seconds, evaluation excluded (right; steps read from the device together "
+            "share one timestamp)."
             if n_loss
             else f"Loss history unavailable: {reason}.",
         )
