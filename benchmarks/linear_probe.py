@@ -1,16 +1,18 @@
 """Wall-clock time of the linear probe (:func:`contrastkit.evaluation.linear_probe`) at CIFAR-10 sizes.
 
-For each ``--sizes`` value N it draws N training and N/5 test points of 512-d synthetic features (a
-10-class Gaussian mixture whose classes overlap, so the problem is not separable and L-BFGS has work to
-do; ReLU'd like backbone features), runs the whole probe (standardise, choose the weight decay on a
-held-out 20% over the default grid, refit on all of train, score the test split) and prints the time,
-the L-BFGS iterations, the chosen weight decay and the top-1. ``--features FILE`` instead probes real
-features saved with ``torch.save({"train": (N, D), "train_labels": (N,), "test": ..., "test_labels": ...})``.
+For each ``--sizes`` value N it draws N training and N/5 test points of 512-d synthetic features: a
+10-class Gaussian mixture, ReLU'd like backbone features, whose classes overlap so the problem is not
+separable and L-BFGS has work to do (``--spread`` sets how far apart the class centres are). It runs the
+whole probe (standardise, choose the weight decay on a held-out 20% over the default grid, refit on all of
+train, score the test split) and prints the time, the L-BFGS iterations, the chosen weight decay and the
+top-1. ``--features FILE`` instead probes real features saved with
+``torch.save({"train": (N, D), "train_labels": (N,), "test": ..., "test_labels": ...})``.
 
 Examples::
 
     python benchmarks/linear_probe.py                        # 10k, 25k, 50k points on the best device
     python benchmarks/linear_probe.py --device cpu --sizes 10000 50000 --json out.json
+    python benchmarks/linear_probe.py --device cpu --threads 1 --sizes 50000 --spread 0.6
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ except ModuleNotFoundError:  # running from a checkout without an install
 from contrastkit.evaluation import linear_probe
 
 
-def synthetic(n_train: int, n_test: int, dim: int, classes: int, seed: int) -> tuple[torch.Tensor, ...]:
+def synthetic(
+    n_train: int, n_test: int, dim: int, classes: int, seed: int, spread: float = 0.15
+) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, dim, generator=g) * 0.15
+    centers = torch.randn(classes, dim, generator=g) * spread
     y = torch.randint(0, classes, (n_train + n_test,), generator=g)
     x = (centers[y] + torch.randn(n_train + n_test, dim, generator=g)).relu()
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
@@ -52,7 +56,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     else:
         for n in args.sizes:
             cases.append(
-                (f"synthetic {n}x{args.dim}", synthetic(n, n // 5, args.dim, args.classes, args.seed))
+                (
+                    f"synthetic {n}x{args.dim} s={args.spread:g}",
+                    synthetic(n, n // 5, args.dim, args.classes, args.seed, args.spread),
+                )
             )
     rows = []
     for name, (xtr, ytr, xte, yte) in cases:
@@ -93,6 +100,12 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 25_000, 50_000], help="training points")
     p.add_argument("--dim", type=int, default=512, help="feature dimension (default 512, ResNet-18)")
     p.add_argument("--classes", type=int, default=10)
+    p.add_argument(
+        "--spread",
+        type=float,
+        default=0.15,
+        help="scale of the class centres (larger: better separated, smaller chosen weight decay, more iterations)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", help="a torch.save'd dict of real features instead of synthetic ones")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
