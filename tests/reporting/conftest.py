@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from contrastkit.training import TrainConfig, train
 
@@ -23,7 +24,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = TrainConfig(
         epochs=2, batch_size=64, limit=320, knn_every=1, knn_k=20, progress=False, device="cpu", out=str(run)
     )
-    result = train(config, log_every=2, out=io.StringIO())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine, OpenMP threads spin-waiting make this ~3x slower
+    try:
+        result = train(config, log_every=2, out=io.StringIO())
+    finally:
+        torch.set_num_threads(threads)
     history = run / "history.jsonl"
     if not history.exists():
         seconds = result.metrics["train_seconds"]
@@ -38,3 +44,13 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_copy(trained_run: Path, tmp_path: Path) -> Path:
     """A private copy of :func:`trained_run` that a test may change."""
     return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_per_module():
+    """One intra-op thread while a module of this folder runs (restored after it): on a busy 2-core machine
+    two OpenMP threads spin-wait on each other and feature extraction runs several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from contrastkit.cli import main
 from contrastkit.data import has_split_layout, load_dataset, load_image_files
-from contrastkit.embed import embed_run
+from contrastkit.embed import compute_embeddings, embed_run, write_embeddings
 from contrastkit.encoders import ContrastiveModel, ProjectionHead, SmallCNN
 from contrastkit.errors import DataError
 
@@ -72,8 +72,9 @@ def test_parquet_and_npy_hold_the_same_rows(npz: Path, trained_run: Path, tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    embed_run(trained_run, tmp_path / "e.parquet", device="cpu", out=io.StringIO())
-    embed_run(trained_run, tmp_path / "e.npy", device="cpu", out=io.StringIO())
+    emb = compute_embeddings(trained_run, device="cpu")
+    assert write_embeddings(emb, tmp_path / "e.parquet") == [tmp_path / "e.parquet"]
+    assert write_embeddings(emb, tmp_path / "e.npy") == [tmp_path / "e.npy", tmp_path / "e.npy.tsv"]
     with np.load(npz) as f:
         emb, names, labels, classes = f["embeddings"], f["names"].tolist(), f["labels"], f["classes"].tolist()
     table = pq.read_table(tmp_path / "e.parquet")
