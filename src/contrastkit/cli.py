@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     from contrastkit.reporting.cli import add_parsers as reporting_parsers
 
     reporting_parsers(sub)
+    from contrastkit.training.audio import add_parsers as audio_parsers
+
+    audio_parsers(sub)  # audio-train, sela
     return parser
 
 
@@ -161,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             from contrastkit.reporting.cli import run_command
 
             run_command(args)
+        elif args.command in ("audio-train", "sela"):
+            from contrastkit.training.audio import run_command as audio_command
+
+            audio_command(args)
     except ContrastkitError as exc:
         print(f"contrastkit: error: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ class SelaConfig:
     optimizer: str = _opt("sgd", "sgd | lars | adamw")
     lr: float | None = _opt(None, "peak learning rate (default: the optimizer's base rate x batch/256)")
     weight_decay: float | None = _opt(None, "weight decay (default: the optimizer's)")
+    linear_probe: bool = _opt(True, "also fit linear probes (the slow part of the evaluation)")
     seed: int = _opt(0, "random seed")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     out: str | None = _opt(None, "run folder (default runs/<data>-sela-<time>)")
@@ -117,10 +118,18 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
         views = build_audio_views(AudioTrainConfig(data=config.data), splits).to(device)
         logmel = LogMel(sample_rate=splits.train.sample_rate)
         return _Prepared(
-            name=splits.name, kind="audio", train=splits.train.waveforms, test=splits.test.waveforms,
-            train_y=splits.train.labels, test_y=splits.test.labels, num_classes=10, views=views,
-            eval_view=views.eval_view, encoder=AudioCNN(width=config.width),
-            reference_name="MFCC mean+std", reference=lambda w: mfcc_features(w, logmel),
+            name=splits.name,
+            kind="audio",
+            train=splits.train.waveforms,
+            test=splits.test.waveforms,
+            train_y=splits.train.labels,
+            test_y=splits.test.labels,
+            num_classes=10,
+            views=views,
+            eval_view=views.eval_view,
+            encoder=AudioCNN(width=config.width),
+            reference_name="MFCC mean+std",
+            reference=lambda w: mfcc_features(w, logmel),
         )
     from contrastkit.data import channel_stats
     from contrastkit.encoders import build_encoder
@@ -133,18 +142,27 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
     assert isplits.test is not None
     mean, std = channel_stats(isplits.train)
     c, h, _ = isplits.train.image_shape
-    info = DataInfo(channels=c, image_size=h, mean=tuple(mean), std=tuple(std), classes=list(isplits.train.classes))
+    info = DataInfo(
+        channels=c, image_size=h, mean=tuple(mean), std=tuple(std), classes=list(isplits.train.classes)
+    )
     image_views = build_views(tc, info).to(device)
 
     def ev(x: Tensor) -> Tensor:
         return eval_transform(x, mean, std)
 
     return _Prepared(
-        name=isplits.name, kind="images", train=isplits.train.images, test=isplits.test.images,
-        train_y=isplits.train.labels, test_y=isplits.test.labels, num_classes=len(isplits.train.classes),
-        views=image_views, eval_view=ev,
+        name=isplits.name,
+        kind="images",
+        train=isplits.train.images,
+        test=isplits.test.images,
+        train_y=isplits.train.labels,
+        test_y=isplits.test.labels,
+        num_classes=len(isplits.train.classes),
+        views=image_views,
+        eval_view=ev,
         encoder=build_encoder("small_cnn" if h < 32 else "resnet18", in_channels=c, image_size=h),
-        reference_name="raw pixels", reference=lambda x: ev(x).flatten(1),
+        reference_name="raw pixels",
+        reference=lambda x: ev(x).flatten(1),
     )
 
 
@@ -167,8 +185,12 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     if k < 2:
         raise ConfigError("the data has a single class; pass --clusters K (K >= 2)")
     model = SelfLabelling(
-        d.encoder, num_clusters=k, num_heads=config.heads, lam=config.lam,
-        hidden_dim=config.hidden_dim or None, marginal_std=config.marginal_std,
+        d.encoder,
+        num_clusters=k,
+        num_heads=config.heads,
+        lam=config.lam,
+        hidden_dim=config.hidden_dim or None,
+        marginal_std=config.marginal_std,
     ).to(device)
     lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
@@ -184,9 +206,13 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     rnd_tr, rnd_te = features(d.encoder, d.train), features(d.encoder, d.test)
     ref_tr, ref_te = d.reference(d.train), d.reference(d.test)
     references = {
-        "random_init": evaluate_features(rnd_tr, ytr, rnd_te, yte, seed=config.seed)
+        "random_init": evaluate_features(
+            rnd_tr, ytr, rnd_te, yte, seed=config.seed, linear=config.linear_probe
+        )
         | {"kmeans": _kmeans_scores(rnd_tr, rnd_te, yte, k, config.seed)},
-        d.reference_name: evaluate_features(ref_tr, ytr, ref_te, yte, seed=config.seed)
+        d.reference_name: evaluate_features(
+            ref_tr, ytr, ref_te, yte, seed=config.seed, linear=config.linear_probe
+        )
         | {"kmeans": _kmeans_scores(ref_tr, ref_te, yte, k, config.seed)},
     }
     print(
@@ -196,24 +222,39 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
         f"{'cross-view (two views share the assignment)' if config.cross_view else 'single view'}\n"
         f"  {config.epochs} epochs, refresh every {config.refresh_every}, batch {config.batch_size}, "
         f"{config.optimizer} lr={lr:g} wd={wd:g}, device={device}",
-        file=out, flush=True,
+        file=out,
+        flush=True,
     )
     gen = torch.Generator(device=device)
     gen.manual_seed(config.seed + 1)
     history = train_self_labelling(
-        model, d.train, d.views, cross_view=config.cross_view, epochs=config.epochs, batch_size=config.batch_size,
-        refresh_every=config.refresh_every, optimizer=optimizer, scheduler=scheduler, device=device, generator=gen,
+        model,
+        d.train,
+        d.views,
+        cross_view=config.cross_view,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        refresh_every=config.refresh_every,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        device=device,
+        generator=gen,
     )
     model.eval()
     with torch.no_grad():
         test_logits = torch.cat(
-            [model.logits(d.eval_view(d.test[i : i + 256].to(device)), "a").cpu() for i in range(0, d.test.shape[0], 256)],
+            [
+                model.logits(d.eval_view(d.test[i : i + 256].to(device)), "a").cpu()
+                for i in range(0, d.test.shape[0], 256)
+            ],
             dim=1,
         )
     heads = [cluster_scores(test_logits[h].argmax(1), yte) for h in range(config.heads)]
     pseudo = [cluster_scores(model.labels[h].cpu(), ytr) for h in range(config.heads)]
     learned_tr, learned_te = features(d.encoder, d.train), features(d.encoder, d.test)
-    learned = evaluate_features(learned_tr, ytr, learned_te, yte, seed=config.seed)
+    learned = evaluate_features(
+        learned_tr, ytr, learned_te, yte, seed=config.seed, linear=config.linear_probe
+    )
     learned |= {"kmeans": _kmeans_scores(learned_tr, learned_te, yte, k, config.seed)}
     metrics = {
         "heads_test": heads,
@@ -228,7 +269,9 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
         "config": asdict(config) | {"clusters": k, "lr": lr, "weight_decay": wd},
     }
     data_name = "digits" if config.data == "digits" else Path(config.data).stem
-    run_dir = Path(config.out) if config.out else Path("runs") / f"{data_name}-sela-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = (
+        Path(config.out) if config.out else Path("runs") / f"{data_name}-sela-{datetime.now():%Y%m%d-%H%M%S}"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     torch.save({"model": model.state_dict(), "config": metrics["config"]}, run_dir / "checkpoint.pt")
@@ -245,8 +288,12 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
             f"  {label + ', k-means':<31} {r['kmeans']['nmi']:.4f}  {r['kmeans']['ari']:.4f}  "
             f"{r['knn_top1']:.4f}     {r['linear_top1']:.4f}"
         )
-    lines.append(f"train pseudo-labels vs labels (head 0): NMI {pseudo[0]['nmi']:.4f}  ARI {pseudo[0]['ari']:.4f}")
-    lines.append(f"time: {metrics['total_seconds']:.1f} s total, {history.train_seconds:.1f} s training on {device}")
+    lines.append(
+        f"train pseudo-labels vs labels (head 0): NMI {pseudo[0]['nmi']:.4f}  ARI {pseudo[0]['ari']:.4f}"
+    )
+    lines.append(
+        f"time: {metrics['total_seconds']:.1f} s total, {history.train_seconds:.1f} s training on {device}"
+    )
     lines.append(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'checkpoint.pt'}")
     print("\n".join(lines), file=out, flush=True)
     return metrics

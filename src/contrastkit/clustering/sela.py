@@ -42,7 +42,9 @@ class ClusteringHeads(nn.Module):
     heads).
     """
 
-    def __init__(self, in_dim: int, num_clusters: int, num_heads: int = 1, hidden_dim: int | None = None) -> None:
+    def __init__(
+        self, in_dim: int, num_clusters: int, num_heads: int = 1, hidden_dim: int | None = None
+    ) -> None:
         super().__init__()
         for name, v in (("in_dim", in_dim), ("num_clusters", num_clusters), ("num_heads", num_heads)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -80,7 +82,8 @@ class SelfLabelling(nn.Module):
     ``encoder_a`` (and ``encoder_b``) map a batch to ``(B, feature_dim)`` features and expose
     ``feature_dim``. ``lam`` is SeLa's λ; ``cluster_marginal`` a fixed cluster prior ``r`` (K,);
     ``marginal_std`` > 0 uses SeLaVi's Gaussian prior instead (drawn once, re-sorted to the current cluster
-    sizes at each refresh). ``labels`` (H, N) holds the current pseudo-labels (see :meth:`init_labels`).
+    sizes at each refresh). ``tol`` is the Sinkhorn tolerance on the cluster marginals (relative; the
+    pseudo-labels are an argmax and need no more). ``labels`` (H, N) holds the current pseudo-labels (see :meth:`init_labels`).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class SelfLabelling(nn.Module):
         hidden_dim: int | None = None,
         cluster_marginal: Tensor | None = None,
         marginal_std: float = 0.0,
+        tol: float = 1e-3,
     ) -> None:
         super().__init__()
         for name, enc in (("encoder_a", encoder_a), ("encoder_b", encoder_b)):
@@ -102,7 +106,9 @@ class SelfLabelling(nn.Module):
         if not (isinstance(lam, (int, float)) and lam > 0):
             raise ConfigError(f"lam must be positive, got {lam!r}")
         if cluster_marginal is not None and marginal_std:
-            raise ConfigError("give either cluster_marginal or marginal_std (SeLaVi's Gaussian prior), not both")
+            raise ConfigError(
+                "give either cluster_marginal or marginal_std (SeLaVi's Gaussian prior), not both"
+            )
         self.encoder_a = encoder_a
         self.encoder_b = encoder_b
         self.heads_a = ClusteringHeads(int(encoder_a.feature_dim), num_clusters, num_heads, hidden_dim)
@@ -112,11 +118,13 @@ class SelfLabelling(nn.Module):
             else ClusteringHeads(int(encoder_b.feature_dim), num_clusters, num_heads, hidden_dim)
         )
         self.lam = float(lam)
+        self.tol = float(tol)
         self.num_clusters, self.num_heads = num_clusters, num_heads
         self.marginal_std = float(marginal_std)
         self.register_buffer("labels", torch.zeros(num_heads, 0, dtype=torch.long))
         self.register_buffer(
-            "cluster_marginal", None if cluster_marginal is None else torch.as_tensor(cluster_marginal, dtype=torch.float64)
+            "cluster_marginal",
+            None if cluster_marginal is None else torch.as_tensor(cluster_marginal, dtype=torch.float64),
         )
         self._prior: Tensor | None = None
 
@@ -126,7 +134,9 @@ class SelfLabelling(nn.Module):
 
     def init_labels(self, n: int, generator: torch.Generator | None = None) -> None:
         """Start from a random equipartition of ``n`` items for every head."""
-        self.labels = random_equipartition(self.num_heads, n, self.num_clusters, generator).to(self.labels.device)
+        self.labels = random_equipartition(self.num_heads, n, self.num_clusters, generator).to(
+            self.labels.device
+        )
 
     def logits(self, x: Tensor, branch: str = "a") -> Tensor:
         """Head outputs ``(H, B, K)`` of branch ``"a"`` or ``"b"``."""
@@ -159,14 +169,16 @@ class SelfLabelling(nn.Module):
         return out
 
     @torch.no_grad()
-    def assign(self, log_p_a: Tensor, log_p_b: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def assign(
+        self, log_p_a: Tensor, log_p_b: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """New labels ``(H, N)`` from log-posteriors ``(H, N, K)`` of one or two branches (SeLaVi's shared
         assignment: ``(log P^a + log P^b) / 2``)."""
         log_p = log_p_a if log_p_b is None else (log_p_a + log_p_b) / 2
         labels = []
         for h in range(log_p.shape[0]):
             marginal = self.prior(log_p[h], generator)
-            res = sinkhorn(log_p[h], self.lam, cluster_marginal=marginal)
+            res = sinkhorn(log_p[h], self.lam, cluster_marginal=marginal, tol=self.tol)
             labels.append(res.labels)
         return torch.stack(labels).to(self.labels.device)
 
@@ -255,7 +267,9 @@ def train_self_labelling(
             old = model.labels.clone()
             model.labels = model.assign(lp_a, lp_b, generator=_cpu_generator(generator))
             changed = float((model.labels != old).float().mean())
-            history.refreshes.append({"epoch": epoch, "seconds": time.perf_counter() - t0, "changed": changed})
+            history.refreshes.append(
+                {"epoch": epoch, "seconds": time.perf_counter() - t0, "changed": changed}
+            )
         model.train()
         order = torch.randperm(n, generator=_cpu_generator(generator))
         total = 0.0
@@ -272,7 +286,9 @@ def train_self_labelling(
             total += float(loss.detach())
         mean_loss = total / max(steps, 1)
         if not math.isfinite(mean_loss):
-            raise TrainingError(f"the self-labelling loss became {mean_loss} at epoch {epoch + 1}; lower the lr")
+            raise TrainingError(
+                f"the self-labelling loss became {mean_loss} at epoch {epoch + 1}; lower the lr"
+            )
         history.losses.append(mean_loss)
         history.train_seconds += time.perf_counter() - t0
         changed = history.refreshes[-1]["changed"] if history.refreshes else float("nan")

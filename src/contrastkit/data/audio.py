@@ -94,7 +94,9 @@ def resample_linear(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.interp(t, np.arange(x.size, dtype=np.float64), x.astype(np.float64)).astype(np.float32)
 
 
-def decode_wav(data: bytes, name: str, *, sample_rate: int = FSDD_SAMPLE_RATE, resample: bool = False) -> np.ndarray:
+def decode_wav(
+    data: bytes, name: str, *, sample_rate: int = FSDD_SAMPLE_RATE, resample: bool = False
+) -> np.ndarray:
     """Decode a mono 16-bit PCM WAV to float32 samples in ``[-1, 1)``; ``name`` is used in error messages.
 
     A file at another rate raises :class:`DataError` unless ``resample`` is true, in which case it is
@@ -102,7 +104,12 @@ def decode_wav(data: bytes, name: str, *, sample_rate: int = FSDD_SAMPLE_RATE, r
     """
     try:
         with wave.open(io.BytesIO(data), "rb") as w:
-            channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            channels, width, rate, frames = (
+                w.getnchannels(),
+                w.getsampwidth(),
+                w.getframerate(),
+                w.getnframes(),
+            )
             raw = w.readframes(frames)
     except (wave.Error, EOFError, ValueError) as exc:
         raise DataError(f"cannot read {name} as a WAV file ({exc}); replace or remove the file") from None

@@ -92,7 +92,12 @@ def mel_filterbank(
     if norm not in (None, "slaney"):
         raise ConfigError(f"norm must be None or 'slaney', got {norm!r}")
     fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mels = torch.linspace(float(hz_to_mel(torch.tensor(f_min), htk)), float(hz_to_mel(torch.tensor(f_max), htk)), n_mels + 2, dtype=torch.float64)
+    mels = torch.linspace(
+        float(hz_to_mel(torch.tensor(f_min), htk)),
+        float(hz_to_mel(torch.tensor(f_max), htk)),
+        n_mels + 2,
+        dtype=torch.float64,
+    )
     hz = mel_to_hz(mels, htk)
     fdiff = hz[1:] - hz[:-1]
     ramps = hz.unsqueeze(1) - fft_freqs.unsqueeze(0)  # (n_mels + 2, n_freqs)
@@ -141,12 +146,22 @@ class LogMel(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        for name, v in (("n_fft", n_fft), ("win_length", win_length), ("hop_length", hop_length), ("n_mels", n_mels)):
+        for name, v in (
+            ("n_fft", n_fft),
+            ("win_length", win_length),
+            ("hop_length", hop_length),
+            ("n_mels", n_mels),
+        ):
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if win_length > n_fft:
             raise ConfigError(f"win_length ({win_length}) must not exceed n_fft ({n_fft})")
-        self.sample_rate, self.n_fft, self.win_length, self.hop_length = sample_rate, n_fft, win_length, hop_length
+        self.sample_rate, self.n_fft, self.win_length, self.hop_length = (
+            sample_rate,
+            n_fft,
+            win_length,
+            hop_length,
+        )
         self.n_mels, self.eps = n_mels, eps
         self.register_buffer("window", torch.hann_window(win_length, periodic=True), persistent=False)
         self.register_buffer("fb", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max), persistent=False)
@@ -235,7 +250,7 @@ def sample_masks(
     """SpecAugment mask parameters along an axis of ``size`` (Park et al. 2019, Sec. 2): widths
     ``w ~ U{0..min(max_width, floor(max_fraction * size))}`` and starts ``w0 ~ U{0..size - w - 1}``
     (``w0 = 0`` when ``w = size``), ``count`` masks per sample: two ``(batch, count)`` int64 tensors."""
-    bound = min(max_width, int(math.floor(max_fraction * size)), size)
+    bound = min(max_width, math.floor(max_fraction * size), size)
     u = torch.rand(batch, count, 2, generator=generator, device=device)
     width = torch.floor(u[..., 0] * (bound + 1)).long().clamp(max=bound)
     room = (size - width).clamp_min(1)
@@ -260,7 +275,9 @@ def _range(name: str, value: Sequence[float], lo: float | None = None) -> tuple[
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a (min, max) pair of numbers, got {value!r}") from None
     if not (math.isfinite(a) and math.isfinite(b) and a <= b and (lo is None or a > lo)):
-        raise ConfigError(f"{name} must be an ordered finite (min, max) pair{'' if lo is None else f' above {lo}'}, got {value!r}")
+        raise ConfigError(
+            f"{name} must be an ordered finite (min, max) pair{'' if lo is None else f' above {lo}'}, got {value!r}"
+        )
     return a, b
 
 
@@ -305,7 +322,12 @@ class AudioViews(nn.Module):
             raise ConfigError(f"features must be 'logmel' or 'waveform', got {features!r}")
         if not (isinstance(max_shift_seconds, (int, float)) and max_shift_seconds >= 0):
             raise ConfigError(f"max_shift_seconds must be >= 0, got {max_shift_seconds!r}")
-        for name, v in (("freq_mask", freq_mask), ("num_freq_masks", num_freq_masks), ("time_mask", time_mask), ("num_time_masks", num_time_masks)):
+        for name, v in (
+            ("freq_mask", freq_mask),
+            ("num_freq_masks", num_freq_masks),
+            ("time_mask", time_mask),
+            ("num_time_masks", num_time_masks),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
         if not (isinstance(std, (int, float)) and std > 0):
@@ -315,7 +337,11 @@ class AudioViews(nn.Module):
         self.stretch = _range("stretch", stretch, lo=0.0)
         self.gain_db = _range("gain_db", gain_db)
         self.snr_db = _range("snr_db", snr_db)
-        self.stretch_p, self.gain_p, self.noise_p = _prob("stretch_p", stretch_p), _prob("gain_p", gain_p), _prob("noise_p", noise_p)
+        self.stretch_p, self.gain_p, self.noise_p = (
+            _prob("stretch_p", stretch_p),
+            _prob("gain_p", gain_p),
+            _prob("noise_p", noise_p),
+        )
         self.freq_mask, self.num_freq_masks = freq_mask, num_freq_masks
         self.time_mask, self.num_time_masks = time_mask, num_time_masks
         self.time_mask_fraction = _prob("time_mask_fraction", time_mask_fraction)
@@ -338,7 +364,10 @@ class AudioViews(nn.Module):
         x = x.float()
         u = torch.rand(b, 7, generator=generator, device=dev)
         noise = torch.randn(x.shape, generator=generator, device=dev)
-        shifts = torch.floor(u[:, 0] * (2 * self.max_shift + 1)).long().clamp(max=2 * self.max_shift) - self.max_shift
+        shifts = (
+            torch.floor(u[:, 0] * (2 * self.max_shift + 1)).long().clamp(max=2 * self.max_shift)
+            - self.max_shift
+        )
         x = shift(x, shifts)
         lo, hi = self.stretch
         rates = torch.where(u[:, 2] < self.stretch_p, lo + (hi - lo) * u[:, 1], torch.ones_like(u[:, 1]))
@@ -357,7 +386,9 @@ class AudioViews(nn.Module):
             w, s = sample_masks(b, n_f, self.freq_mask, self.num_freq_masks, generator, dev)
             spec = mask_along(spec, w, s, dim=-2)
         if self.num_time_masks and self.time_mask:
-            w, s = sample_masks(b, n_t, self.time_mask, self.num_time_masks, generator, dev, self.time_mask_fraction)
+            w, s = sample_masks(
+                b, n_t, self.time_mask, self.num_time_masks, generator, dev, self.time_mask_fraction
+            )
             spec = mask_along(spec, w, s, dim=-1)
         return spec
 

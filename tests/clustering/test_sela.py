@@ -1,0 +1,123 @@
+"""Self-labelling: heads, the shared (cross-view / cross-modal) Sinkhorn assignment, a training run on
+images and on audio, two tied encoders, and the ``sela`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+
+from contrastkit.cli import main
+from contrastkit.clustering import ClusteringHeads, SelfLabelling, random_equipartition, train_self_labelling
+from contrastkit.encoders import MLP, SmallCNN
+from contrastkit.encoders.audio import AudioCNN
+from contrastkit.errors import ConfigError
+from contrastkit.views import ImageViews
+from contrastkit.views.audio import AudioViews
+
+
+def test_heads_and_initial_labels() -> None:
+    heads = ClusteringHeads(8, 5, num_heads=3, hidden_dim=16)
+    assert heads(torch.randn(4, 8)).shape == (3, 4, 5)
+    labels = random_equipartition(2, 23, 5, torch.Generator().manual_seed(0))
+    assert labels.shape == (2, 23) and torch.bincount(labels[0]).tolist() == [5, 5, 5, 4, 4]
+    assert not torch.equal(labels[0], labels[1])
+
+
+def test_assignment_recovers_clear_clusters_and_is_shared() -> None:
+    model = SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=3, num_heads=2, lam=25.0)
+    truth = torch.arange(60) % 3
+    perm = torch.tensor([2, 0, 1])
+    log_p = torch.log_softmax(5.0 * torch.nn.functional.one_hot(perm[truth], 3).double(), dim=1)
+    noisy = torch.log_softmax(
+        torch.randn(60, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 1
+    )
+    labels = model.assign(torch.stack([log_p, log_p]), torch.stack([noisy, noisy]))  # view b is uninformative
+    assert labels.shape == (2, 60)
+    assert normalized_mutual_info_score(truth, labels[0]) == pytest.approx(1.0)
+    assert torch.bincount(labels[0]).tolist() == [20, 20, 20]
+
+
+def test_train_on_images_cross_view() -> None:
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (48, 1, 8, 8), dtype=torch.uint8)
+    enc = SmallCNN(in_channels=1, width=4)
+    model = SelfLabelling(enc, num_clusters=4, num_heads=2, lam=10.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hist = train_self_labelling(
+        model,
+        images,
+        ImageViews(size=8, scale=(0.5, 1.0)),
+        epochs=2,
+        batch_size=16,
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(1),
+        log=lambda s: None,
+    )
+    assert model.labels.shape == (2, 48) and len(hist.losses) == 2 and len(hist.refreshes) == 2
+    assert all(torch.isfinite(torch.tensor(hist.losses)))
+    assert int(torch.bincount(model.labels[0], minlength=4).min()) > 0
+
+
+def test_two_tied_encoders_audio_and_images() -> None:
+    torch.manual_seed(0)
+    waves = torch.randn(24, 1, 1600)
+    images = torch.randint(0, 256, (24, 1, 8, 8), dtype=torch.uint8)
+    enc_a, enc_b = AudioCNN(width=4), SmallCNN(in_channels=1, width=4)
+    model = SelfLabelling(enc_a, enc_b, num_clusters=3, num_heads=1, marginal_std=0.2)
+    assert model.heads_a is not model.heads_b
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in (*enc_a.parameters(), *enc_b.parameters())]
+    train_self_labelling(
+        model,
+        waves,
+        AudioViews(),
+        data_b=images,
+        views_b=ImageViews(size=8),
+        epochs=1,
+        batch_size=8,
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(0),
+        log=lambda s: None,
+    )
+    after = list((*enc_a.parameters(), *enc_b.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before[: len(list(enc_a.parameters()))], after))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(before[len(list(enc_a.parameters())) :], after[len(list(enc_a.parameters())) :])
+    )
+    with pytest.raises(ConfigError, match="as many items"):
+        train_self_labelling(
+            model, waves, AudioViews(), data_b=images[:5], views_b=ImageViews(size=8), optimizer=opt
+        )
+
+
+def test_sela_command_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "sela",
+            "--data",
+            "digits",
+            "--limit",
+            "80",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--heads",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert rc == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(m["heads_test"]) == 2 and 0 <= m["heads_test_mean"]["nmi"] <= 1
+    assert {"knn_top1", "linear_top1", "kmeans"} <= set(m["learned"]) and "raw pixels" in m["references"]
+    assert "NMI" in capsys.readouterr().out
+    assert main(["sela", "--data", "digits", "--clusters", "1"]) == 2
