@@ -335,16 +335,15 @@ def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
     model = ContrastiveModel(encoder, head).to(device)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
 
-    def evaluate(m: ContrastiveModel) -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return sts_spearman(
-                m.features,
-                tokenizer,
-                pairs,
-                batch_size=config.eval_batch_size,
-                max_length=config.eval_max_length,
-                device=device,
-            )
+    def evaluate(m: ContrastiveModel) -> float:  # always float32: comparable across devices and precisions
+        return sts_spearman(
+            m.features,
+            tokenizer,
+            pairs,
+            batch_size=config.eval_batch_size,
+            max_length=config.eval_max_length,
+            device=device,
+        )
 
     t_eval = time.perf_counter()
     before = evaluate(model)
