@@ -233,9 +233,10 @@ def add_arguments(parser: ArgumentParser) -> None:
             parser.add_argument(flag, action=BooleanOptionalAction, default=None, help=help_text)
             continue
         kind: Any = int if t.startswith("int") else float if t.startswith("float") else str
-        parser.add_argument(
-            flag, type=kind, default=None, metavar={int: "N", float: "X", str: "NAME"}[kind], help=help_text
+        metavar = (
+            "PATH" if f.name in ("sentences", "sts", "out") else {int: "N", float: "X", str: "NAME"}[kind]
         )
+        parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
 
 
 def config_from_args(args: Namespace) -> TextTrainConfig:
