@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-evaluate a run folder or checkpoint",
         description="kNN top-1 of a trained encoder (and the random-init and raw-pixel references), and on "
         "request the linear probe, few-label fine-tuning and the embedding's geometry; every result, with its "
-        "protocol, is merged into the run folder's metrics.json under \"evaluation\".",
+        'protocol, is merged into the run folder\'s metrics.json under "evaluation".',
     )
     ev.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoint.pt file")
     ev.add_argument("--data", metavar="digits|PATH", help="data to evaluate on (default: the training data)")

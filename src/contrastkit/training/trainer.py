@@ -336,7 +336,7 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
                     {
                         "loss": result.loss.detach(),
                         "mi_bound": result.mi_bound,
-                        "lr": torch.tensor(lr_used),
+                        "lr": torch.full((), lr_used, device=device),
                         **result.extra,
                     },
                 )
