@@ -123,12 +123,42 @@ def test_gaussian_blur_matches_kornia_per_sample(kernel_size: int) -> None:
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+def test_solarize_matches_the_formula_with_a_threshold_per_sample() -> None:
+    x = _images()
+    t = _factors(x.shape[0], 0.0, 1.0)
+    t[:2] = torch.tensor([0.0, 1.0])
+    expected = torch.where(x >= t.view(-1, 1, 1, 1), 1.0 - x, x)
+    assert torch.equal(VF.solarize(x, t), expected)
+    assert torch.equal(VF.solarize(x, 0.5), torch.where(x >= 0.5, 1.0 - x, x))
+
+
+def test_gaussian_blur_kernel_is_torchvisions() -> None:
+    # torchvision's _get_gaussian_kernel1d: exp(-t^2 / (2 sigma^2)) at t = -(k-1)/2 .. (k-1)/2, summing to 1;
+    # a delta image reproduces the separable 2-D kernel, away from the border.
+    x = torch.zeros(3, 1, 11, 11)
+    x[:, :, 5, 5] = 1.0
+    sigma = torch.tensor([0.3, 1.0, 2.0])
+    out = VF.gaussian_blur(x, sigma, 5)
+    t = torch.arange(-2.0, 3.0)
+    for b in range(3):
+        k1 = torch.exp(-(t**2) / (2 * sigma[b] ** 2))
+        k1 = k1 / k1.sum()
+        torch.testing.assert_close(out[b, 0, 3:8, 3:8], torch.outer(k1, k1), atol=1e-7, rtol=0)
+
+
 def test_gaussian_blur_rejects_bad_kernel() -> None:
     x = _images(h=8, w=8)
-    with pytest.raises(ConfigError, match="odd"):
-        VF.gaussian_blur(x, 1.0, 4)
-    with pytest.raises(ConfigError, match="too large"):
+    for bad in (4, 0, -3, 2.0):
+        with pytest.raises(ConfigError, match="kernel_size must be a positive odd integer"):
+            VF.gaussian_blur(x, 1.0, bad)
+    with pytest.raises(ConfigError, match=r"too large.*at most 15"):
         VF.gaussian_blur(x, 1.0, 17)
+    assert VF.gaussian_blur(x, 1.0, 15).shape == x.shape
+
+
+def test_gaussian_blur_of_an_empty_batch() -> None:
+    x = torch.zeros(0, 3, 8, 8)
+    assert VF.gaussian_blur(x, torch.ones(0), 3).shape == (0, 3, 8, 8)
 
 
 def test_per_sample_factor_shape_is_checked() -> None:

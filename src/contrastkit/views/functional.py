@@ -145,7 +145,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor | float, kernel_size: int) -> Tensor:
     """torchvision ``gaussian_blur`` with a per-sample isotropic ``sigma`` and reflect padding.
 
     The 1-D kernel is ``exp(-t^2 / (2 sigma^2))`` normalised to sum 1 at ``t = -k//2 .. k//2``; the two
-    separable passes are grouped convolutions with one kernel per (sample, channel).
+    separable passes are grouped convolutions with one kernel per (sample, channel), so a batch with a
+    different ``sigma`` for every image is one pair of convolutions (no loop over samples).
     """
     _check_image(x)
     if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
@@ -155,8 +156,10 @@ def gaussian_blur(x: Tensor, sigma: Tensor | float, kernel_size: int) -> Tensor:
     if half >= height or half >= width:
         raise ConfigError(
             f"kernel_size {kernel_size} is too large for {height}x{width} images with reflect padding; "
-            f"use a kernel_size below {2 * min(height, width) - 1}"
+            f"use an odd kernel_size of at most {2 * min(height, width) - 1}"
         )
+    if b * c == 0:  # nothing to blur (grouped convolutions need at least one group)
+        return x
     sig = _per_sample(sigma, x).view(-1, 1)
     t = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - half
     kernel = torch.exp(-0.5 * (t / sig) ** 2)

@@ -1,23 +1,30 @@
-"""SimCLR image views on batched ``uint8`` tensors.
+"""SimCLR / MoCo v2 / BYOL image views on batched ``uint8`` tensors.
 
 Chen et al. 2020 (SimCLR), Appendix A, as the torchvision pipeline
 
     RandomResizedCrop(size, scale, ratio) -> RandomHorizontalFlip(flip_p)
-    -> RandomApply([ColorJitter(b, c, s, h)], p=jitter_p) -> RandomGrayscale(grayscale_p) -> Normalize
+    -> RandomApply([ColorJitter(b, c, s, h)], p=jitter_p) -> RandomGrayscale(grayscale_p)
+    -> RandomApply([GaussianBlur(blur_kernel_size, blur_sigma)], p=blur_p)
+    -> RandomSolarize(solarize_threshold, p=solarize_p) -> Normalize
 
 but on a whole batch at once, with independent random parameters per image, on any device and without a
 Python loop over samples. Crop, resize and flip are a single ``grid_sample``; the colour operations are
 vectorised (see :mod:`contrastkit.views.functional`). Differences from torchvision's PIL pipeline: the
 images stay in float between the colour operations (no rounding to 8 bits after each one), and the resize
 is bilinear without antialiasing.
+
+:func:`view_pair` (and :meth:`ImageViews.recipe`) build the published recipes by name: ``"simclr"``,
+``"simclr_imagenet"``, ``"mocov2"`` and ``"byol"`` (see :data:`RECIPES` and ``docs/views.md``).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +32,24 @@ from torch import Tensor, nn
 from contrastkit.errors import ConfigError
 from contrastkit.views import functional as VF
 
-__all__ = ["ImageViews", "ViewParams", "eval_transform", "two_views"]
+__all__ = [
+    "RECIPES",
+    "ImageViews",
+    "ViewParams",
+    "default_blur_kernel_size",
+    "eval_transform",
+    "two_views",
+    "view_pair",
+]
 
 
 @dataclass(frozen=True)
 class ViewParams:
-    """Per-sample random parameters of one :class:`ImageViews` call (all tensors of batch length)."""
+    """Per-sample random parameters of one :class:`ImageViews` call (all tensors of batch length).
+
+    ``blur``, ``blur_sigma`` and ``solarize`` default to ``None`` (parameters made before they existed);
+    :meth:`ImageViews.sample` always fills them.
+    """
 
     top: Tensor
     left: Tensor
@@ -44,6 +63,9 @@ class ViewParams:
     hue: Tensor
     order: Tensor  # (B, 4) permutation of brightness, contrast, saturation, hue
     grayscale: Tensor  # bool (B,)
+    blur: Tensor | None = None  # bool (B,): Gaussian blur applied
+    blur_sigma: Tensor | None = None  # (B,) standard deviation of the blur, in output pixels
+    solarize: Tensor | None = None  # bool (B,)
 
 
 def _probability(name: str, p: float) -> float:
@@ -75,6 +97,48 @@ def _jitter_range(
             f"for {name} pass a value that keeps it there"
         )
     return lo, hi
+
+
+def _sigma_range(name: str, value: float | Sequence[float]) -> tuple[float, float]:
+    """torchvision ``GaussianBlur``'s ``sigma``: a positive number (fixed) or a pair ``0 < min <= max``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = (value, value)
+    return VF._validate_range(name, value, 0.0, None)
+
+
+def default_blur_kernel_size(size: int | tuple[int, int]) -> int:
+    """10% of the smaller output side, made odd as SimCLR's code does: ``2 * ((side // 10) // 2) + 1``.
+
+    23 at 224 pixels (BYOL's 23x23 kernel), 3 at 32, 1 (no blur) below 20.
+    """
+    side = min(size) if isinstance(size, tuple) else int(size)
+    return 2 * ((side // 10) // 2) + 1
+
+
+def _kernel_size(name: str, value: int | None, size: tuple[int, int]) -> int:
+    if value is None:
+        return default_blur_kernel_size(size)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % 2 == 0:
+        raise ConfigError(
+            f"{name} must be a positive odd integer (or None for 10% of the view size), got {value!r}; "
+            "pass an odd number such as 3 or 23"
+        )
+    k, side = int(value), min(size)
+    if k // 2 >= side:
+        raise ConfigError(
+            f"{name} {k} is too large for {size[0]}x{size[1]} views (reflect padding needs "
+            f"{name} // 2 < the smaller side); use an odd {name} of at most {2 * side - 1}"
+        )
+    return k
+
+
+def _threshold(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(
+            f"{name} must be a number in [0, 1] (the images' [0, 1] float scale), got {value!r}; "
+            "for a uint8 threshold t pass t / 255"
+        )
+    return float(value)
 
 
 def _stats(name: str, values: Sequence[float] | None) -> Tensor | None:
@@ -141,7 +205,9 @@ def eval_transform(
 
 class ImageViews(nn.Module):
     """SimCLR augmentation: RandomResizedCrop(size, scale, ratio) -> HorizontalFlip(p) ->
-    RandomApply(ColorJitter(b, c, s, h) in random order, p=jitter_p) -> RandomGrayscale(p) -> normalise.
+    RandomApply(ColorJitter(b, c, s, h) in random order, p=jitter_p) -> RandomGrayscale(p) ->
+    RandomApply(GaussianBlur(blur_kernel_size, blur_sigma), p=blur_p) -> RandomSolarize(threshold, p) ->
+    normalise.
 
     ``forward(images, generator=None)`` maps ``uint8`` ``(B, C, H, W)`` images (C = 1 or 3; float images in
     ``[0, 1]`` are accepted too) to float32 ``(B, C, size, size)`` views, each with its own random draw. All
@@ -149,6 +215,15 @@ class ImageViews(nn.Module):
     from torch's default generator for that device. The jitter arguments follow torchvision's
     ``ColorJitter``: a number ``v`` means factors ``U[max(0, 1 - v), 1 + v]`` (hue: ``U[-v, v]`` turns), a
     pair gives the range itself; an operation whose range is the identity is skipped, as in torchvision.
+
+    Blur and solarisation are off by default (``blur_p = solarize_p = 0``). The blur is torchvision's
+    ``GaussianBlur(blur_kernel_size, sigma=blur_sigma)`` on the rendered view: a per-sample
+    ``sigma ~ U[blur_sigma]`` (a number means a fixed sigma), a fixed odd kernel (default: 10% of the
+    smaller output side, made odd, as SimCLR; see :func:`default_blur_kernel_size`) and reflect padding.
+    Solarisation is torchvision's ``RandomSolarize``: pixels ``>= solarize_threshold`` (in ``[0, 1]``)
+    become ``1 - x``. Their random numbers are drawn after all the others and only when ``blur_p`` or
+    ``solarize_p`` is positive, so a module without them consumes the generator exactly as before.
+    :meth:`recipe` and :func:`view_pair` build the SimCLR, MoCo v2 and BYOL recipes by name.
 
     ``forward`` is ``render(images, sample(images, generator))``: ``sample`` draws the per-sample
     :class:`ViewParams` (a few numbers per image), ``render`` does all the pixel work. Both are free of
@@ -170,6 +245,11 @@ class ImageViews(nn.Module):
         grayscale_p: float = 0.2,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        blur_p: float = 0.0,
+        blur_sigma: float | Sequence[float] = (0.1, 2.0),
+        blur_kernel_size: int | None = None,
+        solarize_p: float = 0.0,
+        solarize_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         if isinstance(size, numbers.Integral) and not isinstance(size, bool):
@@ -185,6 +265,11 @@ class ImageViews(nn.Module):
         self.flip_p = _probability("flip_p", flip_p)
         self.jitter_p = _probability("jitter_p", jitter_p)
         self.grayscale_p = _probability("grayscale_p", grayscale_p)
+        self.blur_p = _probability("blur_p", blur_p)
+        self.blur_sigma = _sigma_range("blur_sigma", blur_sigma)
+        self.blur_kernel_size = _kernel_size("blur_kernel_size", blur_kernel_size, self.size)
+        self.solarize_p = _probability("solarize_p", solarize_p)
+        self.solarize_threshold = _threshold("solarize_threshold", solarize_threshold)
         inf = float("inf")
         self.brightness = _jitter_range("brightness", brightness, 1.0, (0.0, inf))
         self.contrast = _jitter_range("contrast", contrast, 1.0, (0.0, inf))
@@ -209,9 +294,18 @@ class ImageViews(nn.Module):
         u = torch.rand(bsz, 7, generator=generator, device=dev)
         order = torch.argsort(torch.rand(bsz, 4, generator=generator, device=dev), dim=1)
 
-        def between(col: int, lo_hi: tuple[float, float]) -> Tensor:
-            return lo_hi[0] + (lo_hi[1] - lo_hi[0]) * u[:, col]
+        def between(col: int, lo_hi: tuple[float, float], v: Tensor = u) -> Tensor:
+            return lo_hi[0] + (lo_hi[1] - lo_hi[0]) * v[:, col]
 
+        blur = solarize = torch.zeros(bsz, dtype=torch.bool, device=dev)
+        sigma = torch.full((bsz,), self.blur_sigma[0], dtype=torch.float32, device=dev)
+        if self.blur_p > 0 or self.solarize_p > 0:
+            # After the draws above, and only when used: modules without blur and solarisation draw the
+            # same numbers as before these operations existed.
+            extra = torch.rand(bsz, 3, generator=generator, device=dev)
+            blur = extra[:, 0] < self.blur_p
+            sigma = between(1, self.blur_sigma, extra)
+            solarize = extra[:, 2] < self.solarize_p
         return ViewParams(
             top=top,
             left=left,
@@ -225,6 +319,9 @@ class ImageViews(nn.Module):
             hue=between(5, self.hue),
             order=order,
             grayscale=u[:, 6] < self.grayscale_p,
+            blur=blur,
+            blur_sigma=sigma,
+            solarize=solarize,
         )
 
     def render(self, images: Tensor, params: ViewParams) -> Tensor:
@@ -251,6 +348,16 @@ class ImageViews(nn.Module):
         if self.grayscale_p > 0 and channels == 3:
             gray = VF.rgb_to_grayscale(x).expand_as(x)
             x = torch.where(params.grayscale.view(-1, 1, 1, 1), gray, x)
+        if self.blur_p > 0 and self.blur_kernel_size > 1:
+            if params.blur is None or params.blur_sigma is None:
+                raise ConfigError("params have no blur parameters; draw them with this module's sample()")
+            blurred = VF.gaussian_blur(x, params.blur_sigma, self.blur_kernel_size)
+            x = torch.where(params.blur.view(-1, 1, 1, 1), blurred, x)
+        if self.solarize_p > 0:
+            if params.solarize is None:
+                raise ConfigError("params have no solarize flags; draw them with this module's sample()")
+            solarized = VF.solarize(x, self.solarize_threshold)
+            x = torch.where(params.solarize.view(-1, 1, 1, 1), solarized, x)
         return _normalize(x, self.mean, self.std)
 
     def _jitter_is_identity(self) -> bool:
@@ -269,14 +376,136 @@ class ImageViews(nn.Module):
         return (
             f"size={self.size}, scale={self.scale}, ratio={self.ratio}, flip_p={self.flip_p}, "
             f"brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
-            f"hue={self.hue}, jitter_p={self.jitter_p}, grayscale_p={self.grayscale_p}"
+            f"hue={self.hue}, jitter_p={self.jitter_p}, grayscale_p={self.grayscale_p}, "
+            f"blur_p={self.blur_p}, blur_sigma={self.blur_sigma}, blur_kernel_size={self.blur_kernel_size}, "
+            f"solarize_p={self.solarize_p}, solarize_threshold={self.solarize_threshold}"
         )
+
+    @classmethod
+    def recipe(
+        cls,
+        name: str,
+        size: int | tuple[int, int],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        view: int = 1,
+        **overrides: Any,
+    ) -> ImageViews:
+        """View ``view`` (1 or 2) of the named recipe in :data:`RECIPES`; ``overrides`` replace its values.
+
+        Symmetric recipes have the same two views; for BYOL, view 1 and view 2 differ (see
+        :func:`view_pair`, which builds both).
+        """
+        if view not in (1, 2) or isinstance(view, bool):
+            raise ConfigError(f"view must be 1 or 2 (the first or second view of the recipe), got {view!r}")
+        return cls(size=size, mean=mean, std=std, **_recipe_kwargs(name, overrides)[view - 1])
+
+
+# Every recipe lists all its values (not just those that differ from ImageViews' defaults), as
+# (view 1, view 2). The sources, from memory of the papers and code (see docs/views.md):
+# - simclr: Chen et al. 2020, SimCLR, Appendix B.9 (CIFAR-10) and the google-research/simclr README's CIFAR
+#   command (color_jitter_strength=0.5, use_blur=False): Appendix A's pipeline with colour strength s = 0.5,
+#   i.e. ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) = (0.4, 0.4, 0.4, 0.1), and no blur. ImageViews' defaults.
+# - simclr_imagenet: SimCLR Appendix A (ImageNet): s = 1.0, blur with p 0.5, sigma U[0.1, 2.0], kernel 10% of
+#   the side.
+# - mocov2: Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", Section 2 / Table 1
+#   ("aug+"), as in facebookresearch/moco main_moco.py --aug-plus: crop scale (0.2, 1), jitter p 0.8
+#   (0.4, 0.4, 0.4, 0.1), grayscale 0.2, blur p 0.5 sigma U[0.1, 2.0], flip 0.5.
+# - byol: Grill et al. 2020, BYOL, Appendix B, Table 6: jitter p 0.8 with (0.4, 0.4, 0.2, 0.1), grayscale
+#   0.2, blur p 1.0 / 0.1 (23x23 at 224 px, sigma U[0.1, 2.0]), solarisation p 0.0 / 0.2, flip 0.5.
+_SIMCLR: dict[str, Any] = {
+    "scale": (0.08, 1.0),
+    "ratio": (3.0 / 4.0, 4.0 / 3.0),
+    "flip_p": 0.5,
+    "brightness": 0.4,
+    "contrast": 0.4,
+    "saturation": 0.4,
+    "hue": 0.1,
+    "jitter_p": 0.8,
+    "grayscale_p": 0.2,
+    "blur_p": 0.0,
+    "blur_sigma": (0.1, 2.0),
+    "solarize_p": 0.0,
+    "solarize_threshold": 0.5,
+}
+_SIMCLR_IMAGENET = {
+    **_SIMCLR,
+    "brightness": 0.8,
+    "contrast": 0.8,
+    "saturation": 0.8,
+    "hue": 0.2,
+    "blur_p": 0.5,
+}
+_MOCOV2 = {**_SIMCLR, "scale": (0.2, 1.0), "blur_p": 0.5}
+_BYOL = {**_SIMCLR, "saturation": 0.2}
+
+RECIPES: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = MappingProxyType(
+    {
+        name: (MappingProxyType(first), MappingProxyType(second))
+        for name, (first, second) in {
+            "simclr": (_SIMCLR, _SIMCLR),
+            "simclr_imagenet": (_SIMCLR_IMAGENET, _SIMCLR_IMAGENET),
+            "mocov2": (_MOCOV2, _MOCOV2),
+            "byol": ({**_BYOL, "blur_p": 1.0}, {**_BYOL, "blur_p": 0.1, "solarize_p": 0.2}),
+        }.items()
+    }
+)
+"""Named recipes: ``name -> (view 1 arguments, view 2 arguments)`` of :class:`ImageViews` (without ``size``,
+``mean`` and ``std``). The blur kernel is left to :func:`default_blur_kernel_size` (10% of the view side,
+made odd: 23 at 224 px)."""
+
+_OVERRIDABLE = frozenset(_SIMCLR) | {"blur_kernel_size"}
+
+
+def _recipe_kwargs(name: str, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    key = name.lower().replace("-", "_") if isinstance(name, str) else None
+    if key not in RECIPES:
+        raise ConfigError(f"unknown view recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
+    unknown = sorted(set(overrides) - _OVERRIDABLE)
+    if unknown:
+        raise ConfigError(
+            f"unknown ImageViews argument(s) {', '.join(map(repr, unknown))} for recipe {name!r}; "
+            f"valid ones are {', '.join(sorted(_OVERRIDABLE))} (size, mean and std are their own arguments)"
+        )
+    first, second = RECIPES[key]
+    return {**first, **overrides}, {**second, **overrides}
+
+
+def view_pair(
+    name: str,
+    size: int | tuple[int, int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **overrides: Any,
+) -> tuple[ImageViews, ImageViews]:
+    """The two views modules of the named recipe: ``views1, views2 = view_pair("byol", 224, mean, std)``.
+
+    Symmetric recipes (``simclr``, ``simclr_imagenet``, ``mocov2``) return the same module twice, so
+    ``views1 is views2`` and :func:`two_views` renders both views in one pass; ``byol`` returns two modules
+    (blur p 1.0 / 0.1, solarisation p 0.0 / 0.2). ``overrides`` (any :class:`ImageViews` argument but
+    ``size``, ``mean`` and ``std``) apply to both views.
+    """
+    kw1, kw2 = _recipe_kwargs(name, overrides)
+    first = ImageViews(size=size, mean=mean, std=std, **kw1)
+    if kw1 == kw2:
+        return first, first
+    return first, ImageViews(size=size, mean=mean, std=std, **kw2)
 
 
 def two_views(
-    views: nn.Module, images: Tensor, generator: torch.Generator | None = None
+    views: nn.Module | tuple[nn.Module, nn.Module], images: Tensor, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Two independent views of every image, rendered as one batch of ``2B`` (one pass, better on GPUs)."""
+    """Two independent views of every image, rendered as one batch of ``2B`` (one pass, better on GPUs).
+
+    ``views`` may be a pair from :func:`view_pair`: the same module twice is rendered in one pass as above;
+    two different modules (BYOL) render view 1 then view 2, each drawing from ``generator`` in turn.
+    """
+    if isinstance(views, tuple):
+        first, second = views
+        if first is not second:
+            return first(images, generator), second(images, generator)
+        views = first
     both = views(torch.cat([images, images], dim=0), generator)
     v1, v2 = both.chunk(2, dim=0)
     return v1, v2
