@@ -14,6 +14,7 @@ from typing import Any
 
 from contrastkit import __version__
 from contrastkit.errors import ContrastkitError
+from contrastkit.training.resume import TrainingInterrupted
 
 EXAMPLES = """examples:
   contrastkit train                                   # SimCLR on the embedded 8x8 digits (CPU, ~1 min)
@@ -28,6 +29,13 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--config", metavar="FILE", help="TOML or YAML file of options (keys as below, '-' or '_'); flags win"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a stopped run (its folder or checkpoint.pt) from its latest checkpoint, with its saved "
+        "options; only --device, --precision, --compile, --progress, --knn-every, --checkpoint-every, "
+        "--skip-nonfinite, --deterministic and --tensorboard may be given again with other values",
     )
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -118,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """Defaults < config file < flags."""
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user set: the config file's, then the flags given (flags win)."""
     from contrastkit.training.config import TrainConfig, load_config_file
 
     values: dict[str, Any] = {}
@@ -130,7 +138,29 @@ def config_from_args(args: argparse.Namespace) -> Any:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    return TrainConfig.from_dict(values, source=args.config or "command line")
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Defaults < config file < flags."""
+    from contrastkit.training.config import TrainConfig
+
+    return TrainConfig.from_dict(_given_options(args), source=args.config or "command line")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from contrastkit.errors import ConfigError
+    from contrastkit.training import train
+    from contrastkit.training.resume import resume_config
+
+    if args.resume is None:
+        train(config_from_args(args))
+        return
+    given = _given_options(args)
+    if "out" in given:
+        raise ConfigError("--resume continues the run in its own folder: drop --out")
+    config, _ = resume_config(args.resume, given)
+    train(config, resume=args.resume)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            from contrastkit.training import train
-
-            train(config_from_args(args))
+            _train(args)
         elif args.command == "eval":
             from contrastkit.training import evaluate_checkpoint
 
@@ -168,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             from contrastkit.training.audio import run_command as audio_command
 
             audio_command(args)
+    except TrainingInterrupted as exc:
+        print(f"contrastkit: {exc}", file=sys.stderr)
+        return exc.exit_status
     except ContrastkitError as exc:
         print(f"contrastkit: error: {exc}", file=sys.stderr)
         return 2

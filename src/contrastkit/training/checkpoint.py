@@ -1,4 +1,10 @@
-"""Checkpoints: written atomically (temporary file + rename), read with a clear error when unusable."""
+"""Checkpoints: written atomically (temporary file + rename), read with a clear error when unusable.
+
+A kill at any moment leaves either the previous checkpoint or the new one under the checkpoint's name,
+never a partial file: the bytes go to a temporary file in the same folder, are flushed to disk
+(``fsync``), and the temporary file is renamed over the old one (``os.replace``, atomic on POSIX). A kill
+mid-write leaves the temporary file behind; :func:`remove_stale_temporaries` clears it on resume.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,31 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files that a kill during :func:`save_checkpoint` left beside ``path``."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(path.name + ".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random generators' states (torch CPU, every CUDA device), for an exact resume."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`rng_state`: set the global generators back to the saved states."""
+    torch.set_rng_state(state["torch"])
+    cuda = list(state.get("cuda") or [])
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
 
 
 def find_checkpoint(run_or_checkpoint: str | Path) -> Path:

@@ -21,6 +21,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
+MAX_CONSECUTIVE_SKIPS = 20  # --skip-nonfinite gives up after this many non-finite steps in a row
+
+
 def _opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
@@ -97,6 +100,19 @@ class TrainConfig:
     knn_every: int = _opt(10, "run the kNN monitor every this many epochs (0: only at the end)")
     progress: bool = _opt(True, "show a progress bar")
     out: str | None = _opt(None, "run folder (default runs/<data>-<objective>-<time>)")
+    checkpoint_every: int = _opt(
+        0, "write a resumable checkpoint every N steps (0: at the end of every epoch); --resume RUN continues"
+    )
+    skip_nonfinite: bool = _opt(
+        False,
+        "skip (and count) steps whose loss is not finite instead of stopping; checks the loss on every step "
+        f"(one host synchronisation per step); stops after {MAX_CONSECUTIVE_SKIPS} such steps in a row",
+    )
+    deterministic: bool = _opt(
+        False,
+        "deterministic algorithms (torch.use_deterministic_algorithms): exact resumes on GPU too, slower",
+    )
+    tensorboard: bool = _opt(False, "write loss, lr, images/s, kNN and source statistics to RUN/tensorboard")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +135,11 @@ class TrainConfig:
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
         _check(isinstance(self.knn_every, int) and self.knn_every >= 0, "knn_every", "an integer >= 0")
+        _check(
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+            "checkpoint_every",
+            "an integer >= 0",
+        )
         for name in ("temperature", "knn_temperature"):
             _check(_positive(getattr(self, name)), name, "a positive number")
         for name in ("lr",):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,16 +28,25 @@ from torch import Tensor
 
 from contrastkit.data import DataSplits, channel_stats, load_dataset
 from contrastkit.encoders import ContrastiveModel, ProjectionHead, build_encoder
-from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
 from contrastkit.negatives import MomentumEncoder, build_negatives
 from contrastkit.negatives.distributed import is_distributed
 from contrastkit.objectives import build_objective
 from contrastkit.scores import build_score
-from contrastkit.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from contrastkit.training.config import TrainConfig
+from contrastkit.training.checkpoint import (
+    CHECKPOINT_NAME,
+    find_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from contrastkit.training.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+from contrastkit.training.resume import StopSignals, TrainingInterrupted
 from contrastkit.views import ImageViews, eval_transform
 
 HELD_OUT_FRACTION = 0.2
@@ -198,20 +209,34 @@ class KnnEvaluator:
         return self.accuracy(lambda x: x.flatten(1))
 
 
-def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> TrainResult:
-    """Train a contrastive encoder as ``config`` says; see the module docstring for what is written."""
+def train(
+    config: TrainConfig, *, log_every: int = 10, out: Any = None, resume: str | Path | None = None
+) -> TrainResult:
+    """Train a contrastive encoder as ``config`` says; see the module docstring for what is written.
+
+    With ``resume`` (a run folder or its checkpoint, see :func:`~contrastkit.training.resume.resume_config`
+    for the configuration to pass) the run continues from its latest checkpoint and ends exactly as the
+    uninterrupted run would have (on CPU; on GPU with ``deterministic``). A first SIGINT or SIGTERM stops
+    at the next step boundary after writing a checkpoint and raises
+    :class:`~contrastkit.training.resume.TrainingInterrupted`.
+    """
     out = out or sys.stdout
     t_start = time.perf_counter()
     config = resolve_hyperparameters(config)
     device = resolve_device(config.device)
-    run_dir = Path(config.out) if config.out else default_run_dir(config)
-    if (run_dir / CHECKPOINT_NAME).exists():
-        raise ConfigError(
-            f"run folder {str(run_dir)!r} already holds a run ({CHECKPOINT_NAME}); choose another --out or remove it"
-        )
+    saved: dict[str, Any] | None = None
+    if resume is not None:
+        ckpt_path = find_checkpoint(resume)
+        run_dir = ckpt_path.parent
+        saved = load_checkpoint(ckpt_path)
+        remove_stale_temporaries(ckpt_path)
+    else:
+        run_dir = Path(config.out) if config.out else default_run_dir(config)
+        _refuse_existing_run(run_dir)
     config = config.replace(out=str(run_dir))
     check_combinations(config)
-    (run_dir / HISTORY_NAME).unlink(missing_ok=True)  # left by a run that stopped before its checkpoint
+    if config.deterministic:
+        _make_deterministic(device)
 
     splits, eval_note = load_splits(config)
     train_set, test_set = splits.train, splits.test
@@ -263,6 +288,49 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
         oracle=config.oracle,
         key_encoder=key_encoder,
     ).to(device)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    optimizer = build_optimizer(
+        config.optimizer, learner, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )
+    scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed + 1)
+    evaluator = KnnEvaluator(splits, info, config, device)
+
+    if saved is None:
+        progress: dict[str, Any] = {
+            "epoch": 0,  # the epoch in progress (0-based)
+            "next_batch": 0,  # its next batch
+            "order": None,  # its shuffled order, once drawn
+            "total_steps": total_steps,
+            "train_seconds": 0.0,
+            "knn_curve": [],
+            "knn_top1_random_init": evaluator.model_accuracy(model, amp_dtype),
+            "knn_top1_raw_pixels": evaluator.raw_pixels(),
+            "last_loss": float("nan"),
+            "skipped_steps": 0,
+            "resumed_at_steps": [],
+        }
+        step = 0
+        history: list[dict[str, float]] = []
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / HISTORY_NAME).unlink(missing_ok=True)  # left by a run that stopped before its checkpoint
+    else:
+        progress = dict(saved["progress"])
+        step = int(saved["step"])
+        if progress["total_steps"] != total_steps:
+            raise ConfigError(
+                f"cannot resume {str(run_dir)!r}: it has {progress['total_steps']} steps in all, this data and "
+                f"config give {total_steps}; was the data set changed?"
+            )
+        _load_states(saved, run_dir, model, learner, key_encoder, optimizer, scheduler)
+        gen.set_state(progress.pop("view_rng"))  # a CPU byte tensor, for CPU and CUDA generators alike
+        restore_rng_state(progress.pop("global_rng"))
+        progress["resumed_at_steps"] = [*progress["resumed_at_steps"], step]
+        history = _truncate_history(run_dir / HISTORY_NAME, step)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
     step_fn = torch.compile(learner) if config.compile else learner
     # Sampling the views' random parameters stays eager (dynamo cannot trace an explicit generator); the
     # pixel work is compiled with the learner when --compile is on.
@@ -277,17 +345,6 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
         v1, v2 = v.chunk(2, dim=0)
         return v1, v2
 
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    optimizer = build_optimizer(
-        config.optimizer, learner, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
-    )
-    scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
-
-    evaluator = KnnEvaluator(splits, info, config, device)
-    random_init_knn = evaluator.model_accuracy(model, amp_dtype)
-    raw_knn = evaluator.raw_pixels()
-
     print(
         f"contrastkit train: data={splits.name} ({len(train_set)} train / {len(test_set)} eval [{eval_note}], "
         f"{c}x{h}x{w}, {n_classes} classes)\n"
@@ -296,79 +353,150 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
         f"{_negatives_note(config, key_momentum)}\n"
         f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, {config.optimizer} "
         f"lr={config.lr:g} wd={config.weight_decay:g}, device={device}, precision={'bf16' if use_bf16 else 'fp32'}"
-        f"\n  run folder: {run_dir}",
+        f"\n  run folder: {run_dir}"
+        + (f"\n  resumed at step {step} of {total_steps}" if saved is not None else ""),
         file=out,
         flush=True,
     )
 
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    ckpt_step: int | None = step if saved is not None else None
+    board = _board(config, run_dir, step)
+    clock = _Clock(progress["train_seconds"], device)
     images = train_set.images.to(device)
     labels_all = train_set.labels.to(device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(config.seed + 1)
-    history: list[dict[str, float]] = []
-    knn_curve: list[dict[str, float]] = []
-    step = 0
-    train_seconds = 0.0
-    last_loss = float("nan")
+    pending: list[tuple[int, dict[str, Tensor]]] = []
+    consecutive_skips = 0
     bar = _progress(total_steps, config.progress)
+    bar.update(step)
+
+    def drain() -> None:
+        """Read the queued statistics (one synchronisation), stop on a non-finite loss, log them."""
+        seconds = clock.seconds()
+        rows = _drain(
+            pending,
+            history,
+            progress["epoch"],
+            run_dir,
+            seconds,
+            allow_nonfinite=config.skip_nonfinite,
+            last_good=_last_good(ckpt_path, ckpt_step),
+            resumable=ckpt_step is not None,
+        )
+        if rows:
+            progress["last_loss"] = rows[-1]["loss"]
+            bar.set_postfix(
+                loss=f"{progress['last_loss']:.3f}",
+                img_s=f"{step * config.batch_size / max(seconds, 1e-9):.0f}",
+            )
+            board.rows(rows, step * config.batch_size / max(seconds, 1e-9))
+
+    def checkpoint() -> None:
+        nonlocal ckpt_step
+        drain()
+        clock.stop()
+        progress["train_seconds"] = clock.seconds()
+        save_checkpoint(
+            _state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen),
+            ckpt_path,
+        )
+        ckpt_step = step
+        clock.start()
+
     learner.train()
-    for epoch in range(config.epochs):
-        t_epoch = time.perf_counter()
-        order = torch.randperm(len(train_set), device=device, generator=gen)
-        pending: list[tuple[int, dict[str, Tensor]]] = []
-        for i in range(steps_per_epoch):
-            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            batch = images[idx]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_bf16):
-                v1, v2 = make_views(batch)
-                result = step_fn(v1, v2, labels_all[idx] if learner.uses_labels else None)
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            lr_used = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            if key_encoder is not None:
-                key_encoder.update(model)
-            scheduler.step()
-            step += 1
-            pending.append(
-                (
-                    step,
-                    {
-                        "loss": result.loss.detach(),
-                        "mi_bound": result.mi_bound,
-                        "lr": torch.full((), lr_used, device=device),
-                        **result.extra,
-                    },
+    with StopSignals() as stop:
+        clock.start()
+        while progress["epoch"] < config.epochs:
+            epoch = progress["epoch"]
+            if progress["order"] is None:
+                progress["order"] = torch.randperm(len(train_set), device=device, generator=gen)
+            order = progress["order"].to(device)
+            while progress["next_batch"] < steps_per_epoch:
+                i = progress["next_batch"]
+                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+                batch = images[idx]
+                # --skip-nonfinite: a skipped step must leave no trace, but its forward pass has already moved
+                # the BatchNorm statistics and filled the queue; keep the buffers to put them back.
+                before = [b.detach().clone() for b in learner.buffers()] if config.skip_nonfinite else []
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_bf16):
+                    v1, v2 = make_views(batch)
+                    result = step_fn(v1, v2, labels_all[idx] if learner.uses_labels else None)
+                optimizer.zero_grad(set_to_none=True)
+                lr_used = optimizer.param_groups[0]["lr"]
+                skip = config.skip_nonfinite and not bool(torch.isfinite(result.loss.detach()))
+                if skip:
+                    for buffer, kept in zip(learner.buffers(), before):
+                        buffer.copy_(kept)
+                    progress["skipped_steps"] += 1
+                    consecutive_skips += 1
+                    if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                        raise TrainingError(
+                            f"the loss was not finite for {consecutive_skips} steps in a row (up to step "
+                            f"{step + 1}); training has diverged. {_last_good(ckpt_path, ckpt_step)} Start a new "
+                            "run with a lower --lr, a higher --temperature or --precision fp32."
+                        )
+                else:
+                    consecutive_skips = 0
+                    result.loss.backward()
+                    optimizer.step()
+                    if key_encoder is not None:
+                        key_encoder.update(model)
+                scheduler.step()
+                step += 1
+                progress["next_batch"] = i + 1
+                pending.append(
+                    (
+                        step,
+                        {
+                            "loss": result.loss.detach(),
+                            "mi_bound": result.mi_bound,
+                            "lr": torch.full((), lr_used, device=device),
+                            "skipped": torch.full((), float(skip), device=device),
+                            **result.extra,
+                        },
+                    )
                 )
-            )
-            if step % log_every == 0 or i == steps_per_epoch - 1:
-                seconds = train_seconds + time.perf_counter() - t_epoch
-                last_loss = _drain(pending, history, epoch, run_dir, seconds)
-                bar.set_postfix(
-                    loss=f"{last_loss:.3f}",
-                    img_s=f"{step * config.batch_size / max(train_seconds + time.perf_counter() - t_epoch, 1e-9):.0f}",
+                if step % log_every == 0 or progress["next_batch"] == steps_per_epoch:
+                    drain()
+                bar.update(1)
+                if stop.requested is not None:
+                    checkpoint()
+                    bar.close()
+                    name = signal.Signals(stop.requested).name
+                    raise TrainingInterrupted(
+                        f"{name} received: stopped at step {step} of {total_steps} (epoch {epoch + 1}) and wrote "
+                        f"{ckpt_path}; continue with: contrastkit train --resume {run_dir}",
+                        signum=stop.requested,
+                        checkpoint=ckpt_path,
+                        step=step,
+                    )
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+                    checkpoint()
+            clock.stop()
+            is_last = epoch == config.epochs - 1
+            if is_last or (config.knn_every and (epoch + 1) % config.knn_every == 0):
+                acc = evaluator.model_accuracy(model, amp_dtype)
+                progress["knn_curve"].append(
+                    {"epoch": epoch + 1, "step": step, "train_seconds": clock.seconds(), "knn_top1": acc}
                 )
-            bar.update(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds += time.perf_counter() - t_epoch
-        is_last = epoch == config.epochs - 1
-        if is_last or (config.knn_every and (epoch + 1) % config.knn_every == 0):
-            acc = evaluator.model_accuracy(model, amp_dtype)
-            knn_curve.append(
-                {"epoch": epoch + 1, "step": step, "train_seconds": train_seconds, "knn_top1": acc}
-            )
-            bar.write(
-                f"epoch {epoch + 1}/{config.epochs}  loss {last_loss:.4f}  kNN top-1 {acc:.4f}",
-                file=sys.stderr,
-            )
+                board.scalar("knn/top1", acc, step)
+                bar.write(
+                    f"epoch {epoch + 1}/{config.epochs}  loss {progress['last_loss']:.4f}  kNN top-1 {acc:.4f}",
+                    file=sys.stderr,
+                )
+            progress.update(epoch=epoch + 1, next_batch=0, order=None)
+            clock.start()
+            if not config.checkpoint_every and not is_last:
+                checkpoint()
+        clock.stop()
     bar.close()
 
-    images_per_s = step * config.batch_size / max(train_seconds, 1e-9)
+    train_seconds = clock.seconds()
+    knn_curve = progress["knn_curve"]
     metrics = {
         "knn_top1": knn_curve[-1]["knn_top1"],
-        "knn_top1_random_init": random_init_knn,
-        "knn_top1_raw_pixels": raw_knn,
+        "knn_top1_random_init": progress["knn_top1_random_init"],
+        "knn_top1_raw_pixels": progress["knn_top1_raw_pixels"],
         "knn_protocol": {
             "k": config.knn_k,
             "temperature": config.knn_temperature,
@@ -377,37 +505,201 @@ def train(config: TrainConfig, *, log_every: int = 10, out: Any = None) -> Train
             "eval_images": len(test_set),
             "eval_split": eval_note,
         },
-        "final_loss": last_loss,
+        "final_loss": progress["last_loss"],
         "final_mi_bound_nats": history[-1]["mi_bound"] if history else float("nan"),
         "epochs": config.epochs,
         "steps": step,
+        "skipped_steps": progress["skipped_steps"],
+        "resumed_at_steps": progress["resumed_at_steps"],
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - t_start,
-        "images_per_second": images_per_s,
+        "images_per_second": step * config.batch_size / max(train_seconds, 1e-9),
         "device": str(device),
         "knn_curve": knn_curve,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    progress["train_seconds"] = train_seconds
     save_checkpoint(
         {
-            "config": config.to_dict(),
-            "data_info": info.to_dict(),
-            "model": model.state_dict(),
-            "negatives": learner.negatives.state_dict(),
-            "key_encoder": None if key_encoder is None else key_encoder.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": config.epochs,
-            "step": step,
+            **_state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen),
+            "finished": True,
             "metrics": {k: v for k, v in metrics.items() if k != "knn_curve"},
         },
-        run_dir / CHECKPOINT_NAME,
+        ckpt_path,
     )
+    board.close()
     metrics["total_seconds"] = time.perf_counter() - t_start
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(format_summary(metrics, run_dir), file=out, flush=True)
     return TrainResult(run_dir=run_dir, metrics=metrics, model=model, history=history)
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    """A new run never overwrites a folder that holds a run; a resumable one is pointed to --resume."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return
+    hint = "choose another --out or remove it"
+    try:
+        state = load_checkpoint(path)
+        if "progress" in state and not state.get("finished"):
+            hint = (
+                f"it stopped at step {state['step']} of {state['progress']['total_steps']}: continue it with "
+                f"contrastkit train --resume {run_dir}, or choose another --out"
+            )
+    except ContrastkitError:
+        pass
+    raise ConfigError(f"run folder {str(run_dir)!r} already holds a run ({CHECKPOINT_NAME}); {hint}")
+
+
+def _make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels (CUDA's cuBLAS needs its workspace setting before its first use)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _state(
+    config: TrainConfig,
+    info: DataInfo,
+    model: ContrastiveModel,
+    learner: ContrastiveLearner,
+    key_encoder: MomentumEncoder | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    progress: dict[str, Any],
+    gen: torch.Generator,
+) -> dict[str, Any]:
+    """Everything a resume needs, as a checkpoint payload (tensors, numbers, strings, lists, dicts)."""
+    order = progress["order"]
+    return {
+        "config": config.to_dict(),
+        "data_info": info.to_dict(),
+        "model": model.state_dict(),
+        "negatives": learner.negatives.state_dict(),
+        "key_encoder": None if key_encoder is None else key_encoder.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": progress["epoch"],
+        "step": step,
+        "finished": False,
+        "progress": {
+            **progress,
+            "order": None if order is None else order.cpu(),
+            "view_rng": gen.get_state(),
+            "global_rng": rng_state(),
+        },
+    }
+
+
+def _load_states(
+    saved: dict[str, Any],
+    run_dir: Path,
+    model: ContrastiveModel,
+    learner: ContrastiveLearner,
+    key_encoder: MomentumEncoder | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> None:
+    """Load a checkpoint's states into freshly built pieces; a mismatch is a clear error."""
+    try:
+        model.load_state_dict(saved["model"])
+        learner.negatives.load_state_dict(saved["negatives"])
+        if key_encoder is not None:
+            key_encoder.load_state_dict(saved["key_encoder"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds ({first}); "
+            "it was written by another version of contrastkit or for another setting: start a new run"
+        ) from None
+
+
+def _truncate_history(path: Path, step: int) -> list[dict[str, float]]:
+    """The history up to ``step`` (the checkpoint's); later rows, and a torn last line, are dropped."""
+    rows: list[dict[str, float]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("step", step + 1) <= step:
+                rows.append(row)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return rows
+
+
+def _last_good(path: Path, step: int | None) -> str:
+    if step is None:
+        return "No checkpoint was written for this run yet."
+    return f"The last good checkpoint is {path} (step {step})."
+
+
+class _Clock:
+    """Training wall-clock: accumulates only while running (kNN evaluation and checkpoints excluded)."""
+
+    def __init__(self, seconds: float, device: torch.device) -> None:
+        self.base = float(seconds)
+        self.since: float | None = None
+        self.device = device
+
+    def start(self) -> None:
+        self.since = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.since is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.base += time.perf_counter() - self.since
+            self.since = None
+
+    def seconds(self) -> float:
+        return self.base + (time.perf_counter() - self.since if self.since is not None else 0.0)
+
+
+class _NoBoard:
+    def rows(self, rows: list[dict[str, float]], images_per_second: float) -> None: ...
+    def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Board(_NoBoard):
+    """Scalars for TensorBoard in RUN/tensorboard: every history column under train/, kNN under knn/."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "--tensorboard needs the tensorboard package: pip install 'contrastkit[tensorboard]' "
+                "(or pip install tensorboard)"
+            ) from None
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def rows(self, rows: list[dict[str, float]], images_per_second: float) -> None:
+        for row in rows:
+            for key, value in row.items():
+                if key not in ("step", "epoch", "seconds") and math.isfinite(value):
+                    self.writer.add_scalar(f"train/{key}", value, row["step"])
+        self.writer.add_scalar("train/images_per_second", images_per_second, rows[-1]["step"])
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _board(config: TrainConfig, run_dir: Path, step: int) -> _NoBoard:
+    if not config.tensorboard:
+        return _NoBoard()
+    return _Board(run_dir / "tensorboard", purge_step=step + 1 if step else None)
 
 
 def _drain(
@@ -416,34 +708,43 @@ def _drain(
     epoch: int,
     run_dir: Path,
     seconds: float,
-) -> float:
+    *,
+    allow_nonfinite: bool = False,
+    last_good: str = "",
+    resumable: bool = False,
+) -> list[dict[str, float]]:
     """Read the queued step statistics from the device (one synchronisation); stop on a non-finite loss.
 
-    Each pending entry maps names to 0-d tensors: ``loss``, ``mi_bound``, ``lr`` and any statistics of
-    the negative source (MoCHi's proxy accuracy, ...); all of them go into ``history`` and are appended to
-    ``history.jsonl`` in the run folder, one JSON object per step, with ``seconds`` (training wall-clock
-    so far, the same for every step of one drain).
+    Each pending entry maps names to 0-d tensors: ``loss``, ``mi_bound``, ``lr``, ``skipped`` and any
+    statistics of the negative source (MoCHi's proxy accuracy, ...); all of them go into ``history`` and are
+    appended to ``history.jsonl`` in the run folder, one JSON object per step, with ``seconds`` (training
+    wall-clock so far, the same for every step of one drain). Returns the new rows.
     """
+    if not pending:
+        return []
     flat = torch.stack([t.detach().float().reshape(()) for _, stats in pending for t in stats.values()])
     values = iter(flat.cpu().tolist())
-    loss = float("nan")
+    rows = []
     for step, stats in pending:
         row = {name: next(values) for name in stats}
-        loss = row["loss"]
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss} at step {step} (epoch {epoch + 1}); no checkpoint was written for this "
-                f"run ({run_dir}). Try a lower --lr, a higher --temperature or --precision fp32."
+        if not math.isfinite(row["loss"]) and not allow_nonfinite:
+            then = (
+                f"Resume it with: contrastkit train --resume {run_dir} --skip-nonfinite, or start a new run"
+                if resumable
+                else "Start a new run"
             )
-        history.append({"step": step, "epoch": epoch + 1, "seconds": seconds, **row})
-    if pending:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rows = history[-len(pending) :]
-        with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+            raise TrainingError(
+                f"the loss became {row['loss']} at step {step} (epoch {epoch + 1}). {last_good} {then} with a "
+                "lower --lr, a higher --temperature or --precision fp32."
+            )
+        rows.append({"step": step, "epoch": epoch + 1, "seconds": seconds, **row})
+    history.extend(rows)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
     pending.clear()
-    return loss
+    return rows
 
 
 def check_combinations(config: TrainConfig) -> None:
@@ -497,6 +798,12 @@ def format_summary(metrics: dict[str, Any], run_dir: Path | None = None) -> str:
             f"time: {metrics['total_seconds']:.1f} s total, {metrics['train_seconds']:.1f} s training, "
             f"{metrics['images_per_second']:.0f} images/s on {metrics['device']}"
         )
+    if metrics.get("skipped_steps"):
+        lines.append(
+            f"skipped {metrics['skipped_steps']} of {metrics['steps']} steps: their loss was not finite"
+        )
+    if metrics.get("resumed_at_steps"):
+        lines.append(f"resumed at step(s) {', '.join(map(str, metrics['resumed_at_steps']))}")
     if run_dir is not None:
         lines.append(
             f"wrote {run_dir / 'metrics.json'}, {run_dir / 'config.yaml'}, {run_dir / CHECKPOINT_NAME}"

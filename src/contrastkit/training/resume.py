@@ -1,0 +1,121 @@
+"""Picking a run up again: which options may change on resume, and stopping cleanly on Ctrl-C / SIGTERM.
+
+A run folder's ``checkpoint.pt`` is resumable while ``state["finished"]`` is false: it then holds, besides
+the model, optimizer, scheduler, negative source and key encoder, the loop's position (epoch, next batch,
+that epoch's shuffled order), the random generators' states, the kNN curve and the clock
+(:func:`contrastkit.training.trainer.train` writes and reads it). Options that only change how the run is
+watched or where it runs may differ on resume; any other difference is refused, naming each option with
+its old and new value, because the saved state could not continue it (another architecture, objective,
+data set or schedule).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
+from contrastkit.training.config import TrainConfig
+
+# Options that may differ between a run and its resume: none of them changes the state being continued.
+RESUMABLE_OPTIONS = frozenset(
+    {
+        "device",
+        "precision",
+        "compile",
+        "progress",
+        "knn_every",
+        "checkpoint_every",
+        "skip_nonfinite",
+        "deterministic",
+        "tensorboard",
+        "out",
+    }
+)
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on a signal after writing a resumable checkpoint."""
+
+    def __init__(self, message: str, *, signum: int, checkpoint: Path, step: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.step = step
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number (130 for Ctrl-C)."""
+        return 128 + self.signum
+
+
+def resume_config(
+    run: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """The configuration to resume ``run`` with, and its checkpoint's state.
+
+    ``overrides`` are options given again on resume (the command line's flags); those outside
+    :data:`RESUMABLE_OPTIONS` must equal the saved ones. The run folder is the checkpoint's folder.
+    """
+    path = find_checkpoint(run)
+    state = load_checkpoint(path)
+    if "progress" not in state:
+        raise ConfigError(
+            f"checkpoint {str(path)!r} was written by a contrastkit without resume support; start a new run"
+        )
+    if state.get("finished"):
+        raise ConfigError(
+            f"run {str(path.parent)!r} finished (step {state['step']} of {state['progress']['total_steps']}); "
+            "nothing to resume: evaluate it with contrastkit eval, or start a new run"
+        )
+    saved = TrainConfig.from_dict(state["config"], source=str(path))
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
+    wanted = TrainConfig.from_dict({**saved.to_dict(), **overrides}, source="command line")
+    changed = [
+        (name, getattr(saved, name), getattr(wanted, name))
+        for name in saved.to_dict()
+        if name not in RESUMABLE_OPTIONS and getattr(saved, name) != getattr(wanted, name)
+    ]
+    if changed:
+        diff = "; ".join(f"--{n.replace('_', '-')}: run has {a!r}, now {b!r}" for n, a, b in changed)
+        raise ConfigError(
+            f"cannot resume {str(path.parent)!r} with a changed configuration ({diff}). The saved state cannot "
+            f"continue another setting: drop these flags, or start a new run. Options that may change on "
+            f"resume: {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE_OPTIONS - {'out'}))}"
+        )
+    return wanted.replace(out=str(path.parent)), state
+
+
+class StopSignals:
+    """Turn the first SIGINT (Ctrl-C) or SIGTERM into a request to stop at the next step boundary.
+
+    Inside the ``with`` block ``requested`` holds the first signal's number (None before); a second signal
+    raises ``KeyboardInterrupt`` at once. Outside the main thread (where Python cannot install handlers)
+    it does nothing and the default behaviour stays.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
