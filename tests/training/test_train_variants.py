@@ -18,6 +18,7 @@ RUNS = {
     "debiased": ("--objective", "debiased"),
     "supcon": ("--objective", "supcon"),
     "oracle": ("--oracle",),
+    "byol-views": ("--views", "byol", "--jitter", "0.5"),
 }
 REFUSED = {
     "oracle-supcon": (("--oracle", "--objective", "supcon"), ("--oracle", "--objective supcon")),
@@ -87,3 +88,24 @@ def test_impossible_combinations_exit_2_naming_the_options(runs, name):
     for needle in REFUSED[name][1]:
         assert needle in err, err
     assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_view_recipe_options_and_small_image_adaptations():
+    from contrastkit.training.config import TrainConfig
+    from contrastkit.training.trainer import DataInfo, build_view_pair
+
+    digits = DataInfo(channels=1, image_size=8, mean=(0.5,), std=(0.2,), classes=list("0123456789"))
+    v1, v2 = build_view_pair(TrainConfig(), digits)
+    assert v1 is v2 and v1.scale == (0.5, 1.0) and v1.flip_p == 0.0
+    assert (v1.brightness, v1.hue, v1.jitter_p, v1.grayscale_p) == ((0.6, 1.4), (-0.1, 0.1), 0.8, 0.2)
+    cifar = DataInfo(channels=3, image_size=32, mean=(0.5,) * 3, std=(0.2,) * 3, classes=["a", "b"])
+    b1, b2 = build_view_pair(TrainConfig(data="x.zip", views="byol", jitter=0.8, grayscale_p=0.0), cifar)
+    assert b1 is not b2 and (b1.blur_p, b2.blur_p, b1.solarize_p, b2.solarize_p) == (1.0, 0.1, 0.0, 0.2)
+    assert (
+        b1.scale == (0.08, 1.0)
+        and b1.flip_p == 0.5
+        and b2.saturation == pytest.approx((0.2, 1.8))
+        and b2.grayscale_p == 0
+    )
+    m1, _ = build_view_pair(TrainConfig(data="x.zip", views="mocov2", crop_min_scale=0.3), cifar)
+    assert m1.scale == (0.3, 1.0) and m1.blur_p == 0.5

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from contrastkit.errors import ConfigError
+from contrastkit.views.image import RECIPES
 
 try:  # Python 3.11+
     import tomllib
@@ -69,15 +70,25 @@ class TrainConfig:
     )
     mix_start_epoch: float = _opt(0, "MoCHi: epochs before mixing starts")
     # views
+    views: str = _opt(
+        "simclr",
+        "augmentation recipe: simclr (CIFAR: no blur) | simclr_imagenet | mocov2 (blur) | byol (asymmetric "
+        "blur and solarisation); the options below override it",
+    )
     crop_min_scale: float | None = _opt(
-        None, "random-resized-crop minimum area (default 0.08; 0.5 below 32 px)"
+        None, "random-resized-crop minimum area (default: the recipe's, 0.5 below 32 px)"
     )
     flip_p: float | None = _opt(
-        None, "horizontal flip probability (default 0.5; 0 for digits, not mirror-symmetric)"
+        None, "horizontal flip probability (default: the recipe's 0.5; 0 for digits, not mirror-symmetric)"
     )
-    jitter: float = _opt(0.4, "colour jitter strength (brightness, contrast, saturation; hue = jitter/4)")
-    jitter_p: float = _opt(0.8, "probability of applying colour jitter")
-    grayscale_p: float = _opt(0.2, "probability of converting a view to grayscale")
+    jitter: float | None = _opt(
+        None,
+        "colour jitter strength: brightness, contrast, saturation = J, hue = J/4 (default: the recipe's)",
+    )
+    jitter_p: float | None = _opt(None, "probability of applying colour jitter (default: the recipe's)")
+    grayscale_p: float | None = _opt(
+        None, "probability of converting a view to grayscale (default: the recipe's)"
+    )
     # optimisation
     epochs: int = _opt(40, "training epochs")
     batch_size: int = _opt(256, "images per batch (each gives two views)")
@@ -150,9 +161,10 @@ class TrainConfig:
         for name in ("flip_p", "jitter_p", "grayscale_p", "momentum"):
             v = getattr(self, name)
             _check(
-                (v is None and name == "flip_p") or (_number(v) and 0 <= v <= 1), name, "a number in [0, 1]"
+                (v is None and name != "momentum") or (_number(v) and 0 <= v <= 1), name, "a number in [0, 1]"
             )
-        _check(_number(self.jitter) and self.jitter >= 0, "jitter", "a number >= 0")
+        _check(self.jitter is None or (_number(self.jitter) and self.jitter >= 0), "jitter", "a number >= 0")
+        _check(self.views in RECIPES, "views", "one of: " + ", ".join(RECIPES))
         v = self.key_momentum
         _check(v is None or (_number(v) and 0 <= v <= 1), "key_momentum", "a number in [0, 1]")
         _check(

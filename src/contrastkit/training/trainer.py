@@ -47,7 +47,7 @@ from contrastkit.training.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
-from contrastkit.views import ImageViews, eval_transform
+from contrastkit.views import ImageViews, eval_transform, view_pair
 
 HELD_OUT_FRACTION = 0.2
 HISTORY_NAME = "history.jsonl"
@@ -131,28 +131,36 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> Contrast
     return ContrastiveModel(backbone, head)
 
 
+def build_view_pair(config: TrainConfig, info: DataInfo) -> tuple[ImageViews, ImageViews]:
+    """The two views modules of the config's recipe (``--views``; the same module twice unless BYOL).
+
+    Options left unset take the recipe's values, except two small-data adaptations: images below 32 px
+    crop no smaller than half their area (an 8x8 digit cannot lose 92% of itself), and the digits, which
+    are not mirror-symmetric, are not flipped. ``--jitter J`` sets brightness, contrast and saturation to
+    J and hue to J/4 (SimCLR's colour strength s = J / 0.8).
+    """
+    overrides: dict[str, Any] = {}
+    if config.crop_min_scale is not None:
+        overrides["scale"] = (config.crop_min_scale, 1.0)
+    elif info.image_size < 32:
+        overrides["scale"] = (0.5, 1.0)
+    if config.flip_p is not None:
+        overrides["flip_p"] = config.flip_p
+    elif config.data == "digits":
+        overrides["flip_p"] = 0.0
+    if config.jitter is not None:
+        j = config.jitter
+        overrides.update(brightness=j, contrast=j, saturation=j, hue=min(j / 4, 0.5))
+    if config.jitter_p is not None:
+        overrides["jitter_p"] = config.jitter_p
+    if config.grayscale_p is not None:
+        overrides["grayscale_p"] = config.grayscale_p
+    return view_pair(config.views, info.image_size, info.mean, info.std, **overrides)
+
+
 def build_views(config: TrainConfig, info: DataInfo) -> ImageViews:
-    """The SimCLR augmentation of the config, for images of the data's size."""
-    min_scale = config.crop_min_scale
-    if min_scale is None:
-        min_scale = 0.08 if info.image_size >= 32 else 0.5
-    flip_p = config.flip_p
-    if flip_p is None:
-        flip_p = 0.0 if config.data == "digits" else 0.5
-    j = config.jitter
-    return ImageViews(
-        size=info.image_size,
-        scale=(min_scale, 1.0),
-        flip_p=flip_p,
-        brightness=j,
-        contrast=j,
-        saturation=j,
-        hue=min(j / 4, 0.5),
-        jitter_p=config.jitter_p,
-        grayscale_p=config.grayscale_p,
-        mean=info.mean,
-        std=info.std,
-    )
+    """The first view of :func:`build_view_pair` (both views, for every recipe but BYOL)."""
+    return build_view_pair(config, info)[0]
 
 
 def resolve_hyperparameters(config: TrainConfig) -> TrainConfig:
@@ -261,7 +269,7 @@ def train(
     amp_dtype = torch.bfloat16 if use_bf16 else None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    views = build_views(config, info).to(device)
+    views1, views2 = (v.to(device) for v in build_view_pair(config, info))
     steps_per_epoch = len(train_set) // config.batch_size
     key_momentum = config.resolved_key_momentum()
     key_encoder = (
@@ -334,12 +342,23 @@ def train(
     step_fn = torch.compile(learner) if config.compile else learner
     # Sampling the views' random parameters stays eager (dynamo cannot trace an explicit generator); the
     # pixel work is compiled with the learner when --compile is on.
-    render = torch.compile(views.render) if config.compile else views.render
+    render1 = torch.compile(views1.render) if config.compile else views1.render
+    render2 = (
+        render1 if views2 is views1 else torch.compile(views2.render) if config.compile else views2.render
+    )
 
     def make_views(batch: Tensor) -> tuple[Tensor, Tensor]:
-        """Two views of every image, sampled and rendered as one batch of 2B."""
-        both = torch.cat([batch, batch], dim=0)
-        v = render(both, views.sample(both, generator=gen))
+        """Two views of every image: one batch of 2B when both views are alike, else one B each."""
+        if views2 is views1:
+            both = torch.cat([batch, batch], dim=0)
+            v = render1(both, views1.sample(both, generator=gen))
+        else:
+            v = torch.cat(
+                [
+                    render1(batch, views1.sample(batch, generator=gen)),
+                    render2(batch, views2.sample(batch, generator=gen)),
+                ]
+            )
         if device.type == "cuda":
             v = v.contiguous(memory_format=torch.channels_last)
         v1, v2 = v.chunk(2, dim=0)
