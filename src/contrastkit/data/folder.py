@@ -32,7 +32,9 @@ from contrastkit.errors import ConfigError, DataError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PARALLEL_MIN_IMAGES",
+    "ImageFolderListing",
     "has_split_layout",
+    "list_image_folder",
     "load_image_files",
     "load_image_folder",
 ]
@@ -82,6 +84,16 @@ def _check_options(image_size: int | None, limit: int | None, workers: int | Non
             raise ConfigError(f"{opt} must be a positive integer or None, got {value!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ConfigError(f"workers must be an integer >= 0 or None, got {workers!r}")
+
+
+@dataclass
+class ImageFolderListing:
+    """What :func:`list_image_folder` found: where the images are, the class names, and per split
+    (``"train"``, ``"test"`` when present) the images' read keys, names and labels."""
+
+    source: _Source
+    classes: list[str]
+    splits: dict[str, _Split]
 
 
 # ---------------------------------------------------------------------------------------------- listing
@@ -434,25 +446,15 @@ def _size_error(
 # ------------------------------------------------------------------------------------------------ public
 
 
-def load_image_folder(
-    path: str | os.PathLike[str],
-    *,
-    image_size: int | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    workers: int | None = None,
-) -> DataSplits:
-    """Load a folder or ``.zip`` laid out as ``train/<class>/*`` and optionally ``test/<class>/*``.
+def list_image_folder(
+    path: str | os.PathLike[str], *, limit: int | None = None, seed: int = 0
+) -> ImageFolderListing:
+    """The images of a folder or ``.zip`` laid out as :func:`load_image_folder` expects, listed, not decoded.
 
-    Classes are the sorted names of train's class folders that hold images; test's classes must be
-    among them. Images become RGB unless all are grayscale (then 1 channel). Without ``image_size``
-    all images must have the same size; with it they are resized (bicubic) to ``image_size`` squared.
-    ``limit`` keeps at most that many images per split, a seeded class-balanced random subset chosen
-    before decoding. ``workers`` decoding processes (default: the usable CPUs; 0 or 1: serial; sets
-    under :data:`PARALLEL_MIN_IMAGES` images are always decoded serially).
-    Without a ``test/`` folder holding images, ``test`` is ``None``. Bad input raises :class:`DataError`.
+    Same layout rules, classes, ``limit`` subsets and errors as :func:`load_image_folder` (which decodes
+    this listing); the streaming loader (:mod:`contrastkit.data.stream`) reads the images one by one.
     """
-    _check_options(image_size, limit, workers)
+    _check_options(None, limit, None)
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist; pass 'digits' or an image folder or .zip file")
@@ -491,6 +493,30 @@ def load_image_folder(
             splits["test"] = _build_split(source, root, "test", t_by_class, classes)
 
     splits = {k: _limit(s, limit, seed) for k, s in splits.items()}
+    return ImageFolderListing(source=source, classes=classes, splits=splits)
+
+
+def load_image_folder(
+    path: str | os.PathLike[str],
+    *,
+    image_size: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+) -> DataSplits:
+    """Load a folder or ``.zip`` laid out as ``train/<class>/*`` and optionally ``test/<class>/*``.
+
+    Classes are the sorted names of train's class folders that hold images; test's classes must be
+    among them. Images become RGB unless all are grayscale (then 1 channel). Without ``image_size``
+    all images must have the same size; with it they are resized (bicubic) to ``image_size`` squared.
+    ``limit`` keeps at most that many images per split, a seeded class-balanced random subset chosen
+    before decoding. ``workers`` decoding processes (default: the usable CPUs; 0 or 1: serial; sets
+    under :data:`PARALLEL_MIN_IMAGES` images are always decoded serially).
+    Without a ``test/`` folder holding images, ``test`` is ``None``. Bad input raises :class:`DataError`.
+    """
+    _check_options(image_size, limit, workers)
+    listing = list_image_folder(path, limit=limit, seed=seed)
+    source, classes, splits = listing.source, listing.classes, listing.splits
     keys = [key for s in splits.values() for key in s.keys]
     n_workers = _cpu_count() if workers is None else workers
     images = _decode(source, keys, [len(s.keys) for s in splits.values()], image_size, n_workers)

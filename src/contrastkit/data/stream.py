@@ -1,0 +1,208 @@
+"""Image folders and zips too large to decode into memory: read image by image through a ``DataLoader``.
+
+:func:`load_image_folder` decodes a whole data set into one ``uint8`` tensor, which is the fast path while
+it fits (in device memory, or in pinned host memory: :mod:`contrastkit.data.placement`). For larger sets,
+:class:`ImageFileDataset` decodes one image per item, in ``DataLoader`` worker processes, and
+:func:`batch_loader` yields the batches of a given shuffled order from a given batch on (so a resumed run
+reads exactly the batches it would have read), pinned for an asynchronous copy to the GPU, where the
+augmentation runs as on the in-memory path.
+
+Streaming needs a fixed ``image_size`` (images are resized as they are read; there is no pass over the
+data to check that they agree). The channel count is decided from the first images: grayscale (1) when
+all of the first :data:`PROBE_IMAGES` are grayscale, else RGB (3); a later image of the other kind is
+converted (RGB to Pillow's ``L`` luma, or grayscale repeated over 3 channels).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from contrastkit.data.dataset import ImageDataset
+from contrastkit.data.folder import ImageFolderListing, _close_zips, _decode_chunk, list_image_folder
+from contrastkit.errors import ConfigError, DataError
+
+PROBE_IMAGES = 32
+
+
+class ImageFileDataset(Dataset):
+    """One split of an image folder or zip; item ``i`` is ``(uint8 (C, S, S) image, int64 label)``."""
+
+    def __init__(self, listing: ImageFolderListing, split: str, image_size: int) -> None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+            raise ConfigError(
+                f"streaming images from {listing.source.container} needs a fixed size: pass --image-size N "
+                f"(image_size=N, a positive integer), got {image_size!r}"
+            )
+        if split not in listing.splits:
+            raise DataError(f"{listing.source.container} has no {split}/ split with images")
+        self.source = listing.source
+        self.classes = list(listing.classes)
+        part = listing.splits[split]
+        self.keys, self.names = list(part.keys), list(part.names)
+        self.labels = torch.tensor(part.labels, dtype=torch.int64)
+        self.image_size = image_size
+        probe = [self._decode(k) for k in self.keys[:PROBE_IMAGES]]
+        self.channels = 1 if probe and all(a.shape[2] == 1 for a in probe) else 3
+        _close_zips()  # worker processes open their own readers
+
+    def _decode(self, key: str) -> np.ndarray:
+        result = _decode_chunk(self.source.kind, self.source.container, [key], self.image_size)
+        if result[0] == "error":
+            _, bad, reason = result
+            raise DataError(
+                f"cannot decode image {self.source.display(bad)}: {reason}; remove or replace this file"
+            )
+        return result[1][0]  # (S, S, C)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        a = self._decode(self.keys[i])
+        if a.shape[2] != self.channels:
+            if self.channels == 3:
+                a = np.repeat(a, 3, axis=2)
+            else:
+                from PIL import Image
+
+                a = np.asarray(Image.fromarray(a).convert("L"))[:, :, None]
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))), self.labels[i]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.channels, self.image_size, self.image_size
+
+    def decode(self, indices: Sequence[int] | Tensor, workers: int = 0) -> ImageDataset:
+        """The images at ``indices`` decoded into memory (for the kNN monitor and normalisation statistics)."""
+        idx = [int(i) for i in torch.as_tensor(indices).flatten().tolist()]
+        if not idx:
+            raise DataError("no images to decode: the index list is empty")
+        loader = DataLoader(
+            self,
+            batch_sampler=[idx[i : i + 256] for i in range(0, len(idx), 256)],
+            num_workers=workers,
+            collate_fn=_collate,
+            multiprocessing_context=_context() if workers else None,
+        )
+        images, labels = zip(*_clean_errors(loader), strict=True)
+        return ImageDataset(
+            images=torch.cat(images),
+            labels=torch.cat(labels),
+            classes=self.classes,
+            names=[self.names[i] for i in idx],
+        )
+
+
+def _collate(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    images, labels = zip(*items, strict=True)
+    return torch.stack(images), torch.stack(labels)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # on Linux, fork starts workers without re-importing torch; elsewhere the platform's default is used
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+
+
+def default_workers() -> int:
+    """Decoding worker processes: the usable CPUs, minus one for the training loop, at most 16."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(0, min(16, n - 1))
+
+
+def batch_loader(
+    dataset: ImageFileDataset,
+    order: Tensor,
+    batch_size: int,
+    *,
+    start_batch: int = 0,
+    workers: int | None = None,
+    pin_memory: bool = False,
+) -> _Batches:
+    """Batches ``order[i*B:(i+1)*B]`` for ``i = start_batch, ...`` (full batches only) as
+    ``(uint8 images, labels, indices)``; decoded by ``workers`` processes, pinned when asked."""
+    if batch_size <= 0 or batch_size > len(dataset):
+        raise ConfigError(f"batch size {batch_size} must be in [1, {len(dataset)}] (the images in the split)")
+    order = torch.as_tensor(order).cpu()
+    n_batches = order.numel() // batch_size
+    batches = [order[i * batch_size : (i + 1) * batch_size].tolist() for i in range(start_batch, n_batches)]
+    workers = default_workers() if workers is None else workers
+    return _Batches(
+        DataLoader(
+            _Indexed(dataset),
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=_collate_indexed,
+            pin_memory=pin_memory,
+            prefetch_factor=4 if workers else None,
+            multiprocessing_context=_context() if workers else None,
+        )
+    )
+
+
+class _Batches:
+    """A ``DataLoader`` whose decoding errors keep their own one-line message (not the worker's traceback)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        return _clean_errors(self.loader)
+
+
+def _clean_errors(loader: Iterable[Any]) -> Iterator[Any]:
+    it = iter(loader)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except DataError as exc:  # re-raised by the DataLoader with the worker's traceback in the message
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise DataError(lines[-1].removeprefix(f"{DataError.__module__}.DataError: ")) from None
+        yield item
+
+
+class _Indexed(Dataset):
+    """Items of ``dataset`` with their index, so a batch knows which images it holds."""
+
+    def __init__(self, dataset: ImageFileDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        image, label = self.dataset[i]
+        return image, label, i
+
+
+def _collate_indexed(items: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    images, labels, idx = zip(*items, strict=True)
+    return torch.stack(images), torch.stack(labels), torch.tensor(idx, dtype=torch.int64)
+
+
+def stream_image_folder(
+    path: str | os.PathLike[str], *, image_size: int, limit: int | None = None, seed: int = 0
+) -> tuple[ImageFileDataset, ImageFileDataset | None]:
+    """The train split (and the test split, when there is one) of a folder or zip, for streaming."""
+    listing = list_image_folder(path, limit=limit, seed=seed)
+    train = ImageFileDataset(listing, "train", image_size)
+    test = ImageFileDataset(listing, "test", image_size) if "test" in listing.splits else None
+    if test is not None and test.channels != train.channels:
+        test.channels = train.channels
+    return train, test

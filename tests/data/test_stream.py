@@ -1,0 +1,93 @@
+"""Streaming image folders and zips: the same images as the in-memory loader, the batches of a given
+order from a given batch on, clear errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastkit.data import load_image_folder
+from contrastkit.data.folder import list_image_folder
+from contrastkit.data.stream import ImageFileDataset, batch_loader, stream_image_folder
+from contrastkit.errors import ConfigError, DataError
+
+from .conftest import noise_image, write_tree, zip_tree
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CIFAR_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
+
+
+def folder(root: Path, gray_extra: bool = False) -> Path:
+    files = {}
+    for c in ("cat", "dog", "eel"):
+        for i in range(7):
+            size = (12, 10) if i % 2 else (9, 9)  # mixed sizes: streaming resizes as it reads
+            files[f"train/{c}/{i}.png"] = noise_image("RGB", size, seed=hash((c, i)) % 1000)
+        files[f"test/{c}/t.png"] = noise_image("RGB", (9, 9), seed=7)
+    if gray_extra:
+        files["train/eel/gray.png"] = noise_image("L", (9, 9), seed=3)
+    return write_tree(root, files)
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_streamed_images_equal_the_in_memory_loader(tmp_path, as_zip):
+    path = folder(tmp_path / "d", gray_extra=True)
+    if as_zip:
+        path = zip_tree(path, tmp_path / "d.zip")
+    train, test = stream_image_folder(path, image_size=8)
+    ref = load_image_folder(path, image_size=8, workers=0)
+    assert train.names == ref.train.names and test.names == ref.test.names
+    assert train.image_shape == ref.train.image_shape == (3, 8, 8)
+    for i in range(len(train)):
+        image, label = train[i]
+        assert torch.equal(image, ref.train.images[i]) and int(label) == int(ref.train.labels[i])
+    decoded = train.decode([5, 0, 3])
+    assert torch.equal(decoded.images, ref.train.images[[5, 0, 3]]) and decoded.names == [
+        ref.train.names[i] for i in (5, 0, 3)
+    ]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_loader_yields_the_order_from_the_start_batch(tmp_path, workers):
+    train, _ = stream_image_folder(folder(tmp_path / "d"), image_size=8)
+    ref = load_image_folder(tmp_path / "d", image_size=8, workers=0).train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    batches = list(batch_loader(train, order, 4, start_batch=2, workers=workers))
+    assert len(batches) == len(train) // 4 - 2  # full batches only
+    for b, (images, labels, idx) in enumerate(batches, start=2):
+        expected = order[b * 4 : (b + 1) * 4]
+        assert torch.equal(idx, expected)
+        assert torch.equal(images, ref.images[expected]) and torch.equal(labels, ref.labels[expected])
+
+
+def test_grayscale_set_stays_one_channel(tmp_path):
+    files = {f"train/{c}/{i}.png": noise_image("L", (9, 9), seed=i) for c in "ab" for i in range(3)}
+    train, test = stream_image_folder(write_tree(tmp_path / "g", files), image_size=9)
+    assert test is None and train.image_shape == (1, 9, 9) and train[0][0].shape == (1, 9, 9)
+
+
+def test_errors_name_the_problem(tmp_path):
+    path = folder(tmp_path / "d")
+    listing = list_image_folder(path)
+    with pytest.raises(ConfigError, match="needs a fixed size: pass --image-size N"):
+        ImageFileDataset(listing, "train", None)
+    train, _ = stream_image_folder(path, image_size=8)
+    (path / "train" / "cat" / "3.png").write_bytes(b"not an image")  # corrupted after the listing
+    bad = train.names.index("train/cat/3.png")
+    with pytest.raises(DataError, match=r"cannot decode image .*3\.png.*remove or replace this file"):
+        train[bad]
+    with pytest.raises(DataError, match=r"^cannot decode image .*3\.png.*this file$"):  # raised in a worker
+        list(batch_loader(train, torch.arange(len(train)), len(train), workers=1))
+    with pytest.raises(ConfigError, match=r"batch size 99 must be in \[1, 21\]"):
+        batch_loader(train, torch.arange(len(train)), 99)
+    with pytest.raises(DataError, match=r"cannot decode image .*3\.png"):  # the first images are probed
+        stream_image_folder(path, image_size=8)
+
+
+@pytest.mark.skipif(not CIFAR_ZIP.is_file(), reason="needs ../shared/data/cifar10-jpeg.zip")
+def test_cifar10_zip_streams_like_the_loader():
+    train, test = stream_image_folder(CIFAR_ZIP, image_size=32, limit=40, seed=1)
+    ref = load_image_folder(CIFAR_ZIP, image_size=32, limit=40, seed=1, workers=0)
+    assert len(train) == len(test) == 40 and train.classes == ref.train.classes
+    batch = next(iter(batch_loader(train, torch.arange(40), 20, workers=2)))
+    assert torch.equal(batch[0], ref.train.images[:20])
