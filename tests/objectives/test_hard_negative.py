@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
+from contrastkit.negatives import InBatchNegatives, score_candidates
 from contrastkit.objectives import Debiased, HardNegative, InfoNCE
+from contrastkit.scores import CosineSimilarity
 
 
 def reference_hcl(pos, neg, mask, t, tau_plus, beta, weight_scale=None):
@@ -94,6 +96,30 @@ def test_large_beta_low_temperature_matches_float64_reference():
     ours = HardNegative(t, tau_plus, beta)(pos.float(), neg.float())
     expected = reference_hcl(pos, neg, None, t, tau_plus, beta)
     assert ours.item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize(("t", "tau_plus", "beta"), [(0.5, 0.1, 1.0), (0.2, 0.05, 0.5), (0.5, 0.3, 2.0)])
+def test_in_batch_equals_official_normalisation_from_embeddings(t, tau_plus, beta):
+    """SimCLR setting, written from the embeddings in the normalisation of the authors' code: the weighted
+    sum over the *mean* weight, Σ_j w_j e^{s_j/t} / ((1/N) Σ_j w_j) = N ĝ, with w_j = (e^{s_j/t})^β, the τ+ term
+    τ+ N e^{s+/t} and the clamp N e^{-1/t}, N = 2B - 2 (so N multiplies the whole debiased estimate)."""
+    g = torch.Generator().manual_seed(7)
+    b = 8
+    z1, z2 = torch.randn(b, 16, generator=g), torch.randn(b, 16, generator=g)
+    score = CosineSimilarity()
+    c = score_candidates(InBatchNegatives()(score.prepare(z1), score.prepare(z2)), score)
+    ours = HardNegative(t, tau_plus, beta)(c.pos, c.neg, c.neg_mask)
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]).double(), dim=1)
+    total, n = 0.0, 2 * b - 2
+    for i in range(2 * b):
+        partner = (i + b) % (2 * b)
+        e_pos = math.exp(float(z[i] @ z[partner]) / t)
+        e_neg = [math.exp(float(z[i] @ z[j]) / t) for j in range(2 * b) if j not in (i, partner)]
+        w = [e**beta for e in e_neg]
+        reweighted = sum(wj * e for wj, e in zip(w, e_neg, strict=True)) / (sum(w) / n)
+        ng = max((reweighted - tau_plus * n * e_pos) / (1 - tau_plus), n * math.exp(-1 / t))
+        total += -math.log(e_pos / (e_pos + ng))
+    assert ours.item() == pytest.approx(total / (2 * b), abs=1e-5)
 
 
 def test_gradcheck():

@@ -1,9 +1,11 @@
 """Debiased contrastive loss.
 
 Chuang, Robinson, Lin, Torralba, Jegelka 2020, "Debiased Contrastive Learning" (NeurIPS), Sec. 3: the
-debiased objective L^{N,M}_Debiased, Eq. 6, with its estimator g, used here with M = 1 positive. With
-s+ = s(x, x+), s_j = s(x, x_j-), temperature t and class prior τ+ (the probability that a "negative" drawn
-at random shares the anchor's class):
+debiased objective L^{N,M}_Debiased with its estimator g (cited as Eq. 6; that number is unchecked against
+the paper's text, while the formula below is checked against the authors' code, chingyaoc/DCL
+``main.py``). Used here with M = 1: the one positive sample v_1 that estimates the τ+ term is the
+anchor's positive x+ itself, as in that code. With s+ = s(x, x+), s_j = s(x, x_j-), temperature t
+and class prior τ+ (the probability that a "negative" drawn at random shares the anchor's class):
 
     g = max{ 1/(1 - τ+) · ( (1/N) Σ_j e^{s_j/t}  -  τ+ e^{s+/t} ),  e^{-1/t} }
 
@@ -11,8 +13,10 @@ at random shares the anchor's class):
 
 N is the anchor's number of unmasked negatives. In the paper the temperature is absorbed in f
 (f(x)ᵀf(x') stands for s/t), so e^{-1/t} is the smallest value e^{s/t} can take for cosine scores and
-the max clamps g at that theoretical minimum; the official code clamps N g at N e^{-1/t}, the same thing.
-As there, no gradient flows through a clamped g. (The e^{-1/t} floor assumes scores >= -1, i.e. cosine.)
+the max clamps g at that theoretical minimum; the official code computes N g directly as
+(Σ_j e^{s_j/t} - τ+ N e^{s+/t}) / (1 - τ+) and clamps it at N e^{-1/t}, the same thing, with N = 2B - 2
+there (the number of negatives). As there, no gradient flows through a clamped g. (The e^{-1/t} floor
+assumes scores >= -1, i.e. cosine.)
 
 Numerics. The official code evaluates this in exp space, which overflows float32 (and bf16) once s/t
 exceeds ~88 (t < 0.0113 for s = 1; the sum of N terms overflows earlier). Here everything is in log space,

@@ -1,7 +1,9 @@
 """Decoupled contrastive loss.
 
-Yeh, Hong, Hsu, Liu, Chen, LeCun 2021, "Decoupled Contrastive Learning" (ECCV 2022), Eq. 6: InfoNCE with
-the positive removed from the denominator, which removes the negative-positive coupling of its gradient:
+Yeh, Hong, Hsu, Liu, Chen, LeCun 2021, "Decoupled Contrastive Learning" (ECCV 2022), Eq. 6 (the number
+lightly's ``DCLLoss`` also cites, for arXiv 2110.06848; not checked against the paper's text): InfoNCE
+with the positive removed from the denominator, which removes the negative-positive coupling of its
+gradient:
 
     L_i = -log  e^{s+/t} / Σ_j e^{s_j/t}  =  -s+/t + logsumexp_j(s_j / t)
 

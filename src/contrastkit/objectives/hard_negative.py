@@ -12,10 +12,18 @@ temperature t, class prior τ+, concentration β >= 0 and N unmasked negatives:
     L   = -log  e^{s+/t} / ( e^{s+/t} + N g )
 
 Weight e^{β s/t}, not e^{β s}: in the paper the temperature is absorbed in f (f(x)ᵀf(x-) stands for
-the tempered score s/t, which is also why the clamp is e^{-1/t}), and the official code computes the
-weights as ``(e^{s/t})^β``, i.e. e^{β s/t}; both agree. (Its appendix pseudo-code has typos in the
-reweighting; the authors confirmed the repository code and Sec. 3.1 are correct, joshr17/HCL issues #1
-and #5.) Hence β here is the paper's β; a weight e^{β' s} corresponds to β = β' t.
+the tempered score s/t, which is also why the clamp is e^{-1/t}), and the official code (joshr17/HCL,
+``image/main.py``) computes the weights as ``(e^{s/t})^β``, i.e. e^{β s/t}; both agree. (Its appendix
+pseudo-code has typos in the reweighting; the authors confirmed the repository code and Sec. 3.1 are
+correct, joshr17/HCL issues #1 and #5.) Hence β here is the paper's β; a weight e^{β' s} corresponds to
+β = β' t. Equation numbers are not cited: they could not be checked against the paper's text.
+
+Normalisation, as in that code: there the reweighted sum is divided by the *mean* weight,
+Σ_j w_j e^{s_j/t} / ((1/N) Σ_j w_j) = N ĝ, and the debiasing subtracts τ+ N e^{s+/t}, with N the number
+of negatives (2B - 2 there, the unmasked count here); so N multiplies the whole debiased estimate (N g
+above) and the clamp is N e^{-1/t}. The τ+ term uses the positive's e^{s+/t} unweighted (M = 1: a
+self-normalised importance weight over a single positive sample is 1). Gradients flow through the weights,
+as there (they are not detached).
 
 In log space: log ĝ = logsumexp((1+β) s/t) - logsumexp(β s/t) over the unmasked negatives, then the
 debiasing and clamp of :class:`~contrastkit.objectives.debiased.Debiased`. β = 0 gives ``Debiased``

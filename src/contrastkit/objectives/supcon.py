@@ -1,7 +1,8 @@
 """Supervised contrastive loss.
 
 Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan 2020, "Supervised Contrastive
-Learning" (NeurIPS), Eq. 2 (L^sup_out, the average over positives outside the log):
+Learning" (NeurIPS), Eq. 2 (L^sup_out, the average over positives outside the log, the form the paper
+recommends and its official code computes; L^sup_in, the average inside the log, is not implemented):
 
     L_i = -1/|P(i)| Σ_{p ∈ P(i)} log  e^{s_ip/t} / Σ_{a ∈ A(i)} e^{s_ia/t}
         = logsumexp_{a ∈ A(i)}(s_ia / t)  -  1/|P(i)| Σ_{p ∈ P(i)} s_ip / t
