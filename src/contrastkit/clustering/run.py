@@ -6,7 +6,8 @@ encoder choice (small CNN below 32 px, ResNet-18 above); audio uses :class:`Audi
 :class:`AudioCNN`. Reported on the test split: NMI and ARI (scikit-learn) of each head's clusters
 (``argmax`` of the head) against the labels, and of k-means (same K) on two reference features (raw pixels
 or MFCCs; the encoder at random initialisation); and kNN / linear-probe top-1 of the backbone features,
-learned and at random initialisation. Labels are used only for evaluation (and, by default, to set K to the
+learned and at random initialisation (the MFCCs standardised with the training split's statistics, see
+:func:`contrastkit.training.audio.standardise`). Labels are used only for evaluation (and, by default, to set K to the
 number of classes, the usual protocol for NMI/ARI).
 """
 
@@ -102,7 +103,7 @@ class _Prepared:
     eval_view: Any
     encoder: torch.nn.Module
     reference_name: str
-    reference: Any  # callable: data -> features
+    reference: Any  # callable: (train data, test data) -> (train features, test features)
 
 
 def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
@@ -111,7 +112,7 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
     if config.data != "digits" and is_fsdd_zip(config.data):
         from contrastkit.data.audio import load_fsdd
         from contrastkit.encoders.audio import AudioCNN
-        from contrastkit.training.audio import AudioTrainConfig, build_audio_views, mfcc_features
+        from contrastkit.training.audio import AudioTrainConfig, build_audio_views, mfcc_baseline
         from contrastkit.views.audio import LogMel
 
         splits = load_fsdd(config.data, limit=config.limit, seed=config.seed)
@@ -124,12 +125,12 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
             test=splits.test.waveforms,
             train_y=splits.train.labels,
             test_y=splits.test.labels,
-            num_classes=10,
+            num_classes=int(torch.unique(splits.train.labels).numel()),  # digits present (10 in FSDD)
             views=views,
             eval_view=views.eval_view,
             encoder=AudioCNN(width=config.width),
             reference_name="MFCC mean+std",
-            reference=lambda w: mfcc_features(w, logmel),
+            reference=lambda tr, te: mfcc_baseline(tr, te, logmel),
         )
     from contrastkit.data import channel_stats
     from contrastkit.encoders import build_encoder
@@ -162,7 +163,7 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
         eval_view=ev,
         encoder=build_encoder("small_cnn" if h < 32 else "resnet18", in_channels=c, image_size=h),
         reference_name="raw pixels",
-        reference=lambda x: ev(x).flatten(1),
+        reference=lambda tr, te: (ev(tr).flatten(1), ev(te).flatten(1)),
     )
 
 
@@ -204,7 +205,7 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     ytr, yte = d.train_y, d.test_y
     model.eval()
     rnd_tr, rnd_te = features(d.encoder, d.train), features(d.encoder, d.test)
-    ref_tr, ref_te = d.reference(d.train), d.reference(d.test)
+    ref_tr, ref_te = d.reference(d.train, d.test)
     references = {
         "random_init": evaluate_features(
             rnd_tr, ytr, rnd_te, yte, seed=config.seed, linear=config.linear_probe
