@@ -10,10 +10,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from contrastkit.negatives import InBatchNegatives, score_candidates
+from contrastkit.negatives import InBatchNegatives, QueueNegatives, score_candidates
 from contrastkit.negatives.distributed import (
     GatherNegatives,
     all_gather_no_grad,
+    all_gather_objects,
+    broadcast_object,
     gather_with_grad,
     global_mean_weight,
     rank,
@@ -92,7 +94,18 @@ def worker(r: int, init_file: str, out_dir: str) -> None:
         out["gathered"] = gathered.detach()
         out["gather_grad"] = x.grad
         out["labels"] = all_gather_no_grad(torch.tensor([r] * UNEQUAL[r]))
+
+        # 4. a queue fed each rank's own keys holds every rank's keys, in rank order, on every rank (MoCo)
+        queue = QueueNegatives(size=8)
+        keys = torch.full((UNEQUAL[r], 3), float(r + 1))
+        queue.update(keys, keys, torch.full((UNEQUAL[r],), r))
+        out["queue"] = (queue.queue.keys.clone(), queue.queue.labels.clone(), int(queue.queue.filled))
+
+        # 5. small Python values: rank 0's broadcast, everyone's gathered
+        out["broadcast"] = broadcast_object({"from": r})
+        out["objects"] = all_gather_objects(f"rank {r}")
         torch.save(out, os.path.join(out_dir, f"rank{r}.pt"))
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort otherwise)
     finally:
         dist.destroy_process_group()
 
@@ -172,3 +185,11 @@ def test_two_processes_equal_one_process_over_the_union(tmp_path):
     base = torch.arange(BATCH * 2, dtype=torch.float32).reshape(BATCH, 2)
     assert torch.equal(outs[0]["gather_grad"], 3 * base[: UNEQUAL[0]])
     assert torch.equal(outs[1]["gather_grad"], 3 * base[UNEQUAL[0] :])
+
+    filled = sum(UNEQUAL)
+    expected_keys = torch.cat([torch.full((n, 3), float(r + 1)) for r, n in enumerate(UNEQUAL)])
+    for o in outs:
+        keys, labels, n = o["queue"]
+        assert n == filled and torch.equal(keys[:filled], expected_keys) and not keys[filled:].any()
+        assert labels.tolist() == [0] * UNEQUAL[0] + [1] * UNEQUAL[1] + [-1] * (8 - filled)
+        assert o["broadcast"] == {"from": 0} and o["objects"] == ["rank 0", "rank 1"]

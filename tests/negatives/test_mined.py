@@ -130,3 +130,140 @@ def test_missing_faiss_is_a_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss were not installed
     with pytest.raises(ConfigError, match="pip install faiss-cpu"):
         MinedNegatives()
+
+
+@needs_faiss
+def test_both_views_are_anchors_and_stats_report_staleness_and_refresh():
+    x = corpus(40, 8)
+    mined = MinedNegatives(lambda: x, num_negatives=3, refresh_every=2, both_views=True)
+    idx = torch.tensor([1, 5])
+    z1, z2 = x[idx], x[idx + 10]
+    c = mined(z1, z2, torch.tensor([0, 1]), indices=idx)
+    assert torch.equal(c.anchors, torch.cat([z1, z2])) and torch.equal(c.positives, torch.cat([z2, z1]))
+    assert c.anchor_labels.tolist() == [0, 1, 0, 1]
+    assert torch.equal(mined.last_indices, mined.neighbours(c.anchors, torch.cat([idx, idx]), 3))
+    assert not (mined.last_indices == torch.cat([idx, idx])[:, None]).any()
+    assert mined.last_stats["mined_staleness"].item() == 0
+    assert mined.last_stats["mined_refresh_seconds"].item() == pytest.approx(mined.refresh_seconds)
+    mined.update(z1, z2)
+    mined(z1, z2, indices=idx)
+    assert mined.last_stats["mined_staleness"].item() == 1
+    assert mined.last_stats["mined_refresh_seconds"].item() == 0  # no refresh in this step
+    with pytest.raises(ValueError, match=r"indices must have shape \(2,\)"):
+        mined(z1, z2, indices=torch.tensor([1, 2, 3]))
+
+
+@needs_faiss
+def test_reencoded_negatives_carry_the_current_models_gradient():
+    """ANCE: mined ids come from the index, the negatives from the model being trained (each item once)."""
+    x = corpus(30, 6)
+    encoder = torch.nn.Linear(6, 6)
+    calls = []
+
+    def encode_items(ids):
+        calls.append(ids.clone())
+        return F.normalize(encoder(x[ids]), dim=-1)
+
+    mined = MinedNegatives(lambda: x, num_negatives=4, encode_items=encode_items)
+    idx = torch.tensor([0, 1, 2])
+    c = mined(x[idx], x[idx], indices=idx)
+    ids = mined.last_indices
+    assert len(calls) == 1 and calls[0].tolist() == sorted(set(ids.flatten().tolist()))  # unique, once each
+    with torch.no_grad():
+        expected = F.normalize(encoder(x[ids]), dim=-1)
+    torch.testing.assert_close(c.negatives, expected)
+    assert c.negatives.requires_grad
+    c.negatives.sum().backward()
+    assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
+    assert mined.last_stats["mined_reencoded"].item() == len(calls[0])
+    assert "encode_items" not in dict(mined.named_modules()) and not list(mined.parameters())
+
+
+@needs_faiss
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_state_dict_restores_the_exact_index_and_counters(kind):
+    x = corpus(800, 16)
+    mined = MinedNegatives(lambda: x, num_negatives=6, refresh_every=5, index=kind)
+    idx = torch.arange(0, 800, 100)
+    queries = F.normalize(
+        x[idx] + 0.3 * torch.randn(8, 16, generator=torch.Generator().manual_seed(2)), dim=-1
+    )
+    mined(queries, queries, indices=idx)
+    for _ in range(3):
+        mined.update(queries, queries)
+    state = mined.state_dict()
+    assert torch.equal(state["_extra_state"]["embeddings"], x)
+    assert (state["_extra_state"]["index"] is None) == (kind == "flat")
+
+    def moved(_):
+        raise AssertionError("a restored index must not be re-embedded")
+
+    fresh = MinedNegatives(moved, num_negatives=6, refresh_every=5, index=kind)
+    fresh.load_state_dict(state)
+    assert (fresh.step, fresh.staleness, fresh.num_refreshes) == (3, 3, 1) and not fresh.needs_refresh
+    assert torch.equal(fresh.neighbours(queries, idx, 6), mined.neighbours(queries, idx, 6))
+    assert torch.equal(
+        fresh(queries, queries, indices=idx).negatives, mined(queries, queries, indices=idx).negatives
+    )
+    empty = MinedNegatives(moved, index=kind)
+    empty.load_state_dict(MinedNegatives(index=kind).state_dict())  # saved before any refresh
+    assert empty.embeddings is None and empty.needs_refresh
+
+
+@needs_faiss
+def test_mochi_over_mined_needs_indices_and_keeps_the_mined_statistics():
+    from contrastkit.negatives import HardNegativeMixing, build_negatives
+
+    x = corpus(40, 8)
+    source = build_negatives("mined+mochi", embed_all=lambda: x, mined_negatives=5, refresh_every=3)
+    assert isinstance(source, HardNegativeMixing) and source.needs_indices
+    idx = torch.tensor([2, 3])
+    c = source(x[idx], x[idx], indices=idx)
+    assert c.negatives.shape[:2] == (2, 5 + 256 + 32)  # per-anchor: n mined, then MoCHi's s + s'
+    assert {"mined_staleness", "mined_refresh_seconds", "proxy_accuracy"} <= set(source.last_stats)
+    source.update(x[idx], x[idx], indices=idx)
+    assert source.source.step == 1 and source.step == 1
+    with pytest.raises(ConfigError, match="--negatives mined"):
+        build_negatives("mined")  # no training loop to embed the data set
+
+
+@needs_faiss
+def test_learner_passes_the_batch_indices_and_refuses_without_them():
+    from contrastkit.negatives import build_negatives
+    from contrastkit.objectives import Debiased
+    from contrastkit.scores import CosineSimilarity
+    from contrastkit.training.learner import ContrastiveLearner
+
+    torch.manual_seed(0)
+    images = torch.randn(20, 5)
+    labels = torch.arange(20) % 4
+    model = torch.nn.Linear(5, 8)
+    score = CosineSimilarity()
+    source = build_negatives(
+        "mined",
+        embed_all=lambda: score.prepare(model(images)).detach(),
+        mined_negatives=4,
+        train_labels=labels,
+        both_views=True,
+    )
+    learner = ContrastiveLearner(model, source, score, Debiased(temperature=0.5, tau_plus=0.1), oracle=True)
+    idx = torch.tensor([0, 3, 7])
+    out = learner(images[idx], images[idx] + 0.01, labels[idx], indices=idx)
+    assert torch.isfinite(out.loss) and set(out.extra) == {"mined_staleness", "mined_refresh_seconds"}
+    # the same loss by hand: both views as anchors, the stored embeddings of the mined items as negatives,
+    # and the oracle mask removing the mined items of the anchor's class
+    with torch.no_grad():
+        z = score.prepare(model(torch.cat([images[idx], images[idx] + 0.01])))
+        anchors, positives = z, torch.cat([z[3:], z[:3]])
+        mined = source.last_indices
+        negs = score.prepare(model(images))[mined]
+        same = labels[mined] == torch.cat([labels[idx], labels[idx]])[:, None]
+        assert same.any() and not same.all()  # the mask matters here
+        expected = Debiased(temperature=0.5, tau_plus=0.1)(
+            (anchors * positives).sum(-1), torch.einsum("md,mnd->mn", anchors, negs), same
+        )
+    torch.testing.assert_close(out.loss.detach(), expected)
+    out.loss.backward()
+    assert model.weight.grad is not None and source.step == 1
+    with pytest.raises(ValueError, match="dataset indices"):
+        learner(images[idx], images[idx], labels[idx])

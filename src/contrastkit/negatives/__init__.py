@@ -6,6 +6,10 @@ Every source returns :class:`Candidates`; a :class:`~contrastkit.scores.Score` t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from torch import Tensor
+
 from contrastkit.errors import ConfigError
 from contrastkit.negatives.base import (
     Candidates,
@@ -21,12 +25,35 @@ from contrastkit.negatives.mixing import HardNegativeMixing
 from contrastkit.negatives.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.negatives.queue import KeyQueue, QueueNegatives
 
-NEGATIVES: tuple[str, ...] = ("in-batch", "queue", "gather", "queue+mochi", "in-batch+mochi")
+NEGATIVES: tuple[str, ...] = (
+    "in-batch",
+    "queue",
+    "gather",
+    "mined",
+    "queue+mochi",
+    "in-batch+mochi",
+    "mined+mochi",
+)
 """Source names for ``--negatives``; ``+mochi`` wraps the base source in :class:`HardNegativeMixing`."""
 
 
-def build_negatives(name: str, *, queue_size: int = 4096, mix_start_step: int = 0) -> NegativeSource:
-    """Make a negative source by name (see :data:`NEGATIVES`)."""
+def build_negatives(
+    name: str,
+    *,
+    queue_size: int = 4096,
+    mix_start_step: int = 0,
+    embed_all: Callable[[], Tensor] | None = None,
+    mined_negatives: int = 16,
+    refresh_every: int = 1000,
+    index: str = "flat",
+    train_labels: Tensor | None = None,
+    encode_items: Callable[[Tensor], Tensor] | None = None,
+    both_views: bool = False,
+) -> NegativeSource:
+    """Make a negative source by name (see :data:`NEGATIVES`).
+
+    ``mined`` needs ``embed_all`` (see :class:`MinedNegatives`, which also takes the other mined options).
+    """
     if name not in NEGATIVES:
         raise ConfigError(f"unknown negatives source {name!r}; choose one of: {', '.join(NEGATIVES)}")
     base, _, mixing = name.partition("+")
@@ -35,6 +62,21 @@ def build_negatives(name: str, *, queue_size: int = 4096, mix_start_step: int = 
         source = QueueNegatives(size=queue_size)
     elif base == "gather":
         source = GatherNegatives()
+    elif base == "mined":
+        if embed_all is None:
+            raise ConfigError(
+                f"--negatives {name} mines from an index of the whole training set, which this training loop "
+                "does not provide: use it with contrastkit train, or another --negatives"
+            )
+        source = MinedNegatives(
+            embed_all,
+            num_negatives=mined_negatives,
+            refresh_every=refresh_every,
+            index=index,
+            train_labels=train_labels,
+            encode_items=encode_items,
+            both_views=both_views,
+        )
     else:
         source = InBatchNegatives()
     return HardNegativeMixing(source, start_step=mix_start_step) if mixing == "mochi" else source

@@ -93,7 +93,13 @@ class NegativeSource(nn.Module):
     ``forward(anchors, positives, labels=None)`` receives prepared embeddings of two views, shape
     (B, D) each, and returns :class:`Candidates`. Stateful sources (queues, indexes) update their state in
     :meth:`update`, which the training step calls *after* the loss has been computed.
+
+    ``needs_indices`` is True for sources that also need the batch's dataset indices (``indices=`` keyword
+    of ``forward`` and ``update``, e.g. :class:`~contrastkit.negatives.MinedNegatives`, which must not
+    mine an anchor's own item); the learner passes them only to such sources.
     """
+
+    needs_indices: bool = False
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
         raise NotImplementedError

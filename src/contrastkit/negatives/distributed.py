@@ -24,17 +24,27 @@ negative-side gradient; all-reducing *and* dividing by W shrinks those same term
 
 With unequal batch sizes the global mean is Σ_r (B_r / B) L_r; to keep the gradient exact under DDP's
 averaging, scale rank r's local loss by ``W * B_r / B`` (:func:`global_mean_weight`).
+
+Process group. :func:`init_from_env` starts the default group from the environment ``torchrun`` sets
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``): NCCL on CUDA (one GPU per
+process, ``cuda:LOCAL_RANK``), gloo on CPU. :func:`broadcast_object` and :func:`all_gather_objects` move
+small Python values (a run folder's name, a kNN accuracy, random generator states) between ranks.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives.base import Candidates, NegativeSource
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def is_distributed() -> bool:
@@ -50,6 +60,65 @@ def rank(group: dist.ProcessGroup | None = None) -> int:
 def world_size(group: dist.ProcessGroup | None = None) -> int:
     """Number of processes, 1 when not distributed."""
     return dist.get_world_size(group) if is_distributed() else 1
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun (its rendezvous variables are all set)."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun a CUDA device becomes ``cuda:LOCAL_RANK`` (one GPU per process); others unchanged.
+
+    An explicit ``cuda:N`` is kept with one process and refused with several unless N is the local rank.
+    """
+    if device.type != "cuda" or not launched_by_torchrun():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.index is not None:
+        if int(os.environ["WORLD_SIZE"]) == 1 or device.index == local:
+            return device
+        raise ConfigError(
+            f"--device {device} puts every process on one GPU, but under torchrun each process uses its own "
+            f"(this one cuda:{local}, its LOCAL_RANK): pass --device cuda or --device auto"
+        )
+    return torch.device("cuda", local)
+
+
+def init_from_env(device: torch.device) -> tuple[torch.device, bool]:
+    """Start the default process group from torchrun's environment: NCCL on CUDA, gloo on CPU.
+
+    Returns this process's device (see :func:`local_device`) and whether this call created the group (the
+    caller then destroys it with ``dist.destroy_process_group()``). Without torchrun, or with a group
+    already initialised, nothing is started.
+    """
+    device = local_device(device)
+    if is_distributed() and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # a group the caller started
+    if is_distributed() or not launched_by_torchrun():
+        return device, False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    return device, True
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (a picklable value); ``obj`` itself when not distributed."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a picklable value); ``[obj]`` when not distributed."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def gather_sizes(n: int, device: torch.device | str, group: dist.ProcessGroup | None = None) -> list[int]:

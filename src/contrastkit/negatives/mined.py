@@ -12,18 +12,30 @@ a slightly stale model.
 returns prepared embeddings (N_train, D) of the whole training set, computed with the current model (a
 snapshot: the embeddings are then kept unchanged), and a faiss index over them, rebuilt every
 ``refresh_every`` steps. :attr:`refresh_seconds` is how long the last refresh took and
-:attr:`steps_since_refresh` the staleness of the index, in training steps.
+:attr:`steps_since_refresh` the staleness of the index, in training steps; both are in
+:attr:`MinedNegatives.last_stats` (``mined_staleness``, ``mined_refresh_seconds``: the seconds of a
+refresh made in the current step, else 0), which the learner reports with each step.
 
 For self-supervised instance discrimination the only positive of an anchor is its own item, so mining
 excludes the anchor's own dataset index. The source therefore needs the batch's dataset indices: pass
 ``indices=`` to ``forward`` or call :meth:`MinedNegatives.set_batch` before it (consumed by the next
 forward, so a forgotten call raises instead of silently reusing stale indices).
 
-Difference from ANCE: ANCE only takes the mined item *ids* from the index and encodes those items with
-the current (trained) model, so their gradients flow. Here the negatives are the stored snapshot
-embeddings, detached: no extra forward pass, but stale by up to ``refresh_every`` steps and without
-negative-side gradient. The mined dataset indices are in :attr:`MinedNegatives.last_indices` (M, n) for
-a learner that wants to re-encode them itself.
+Negatives with or without gradient. By default the negatives are the stored snapshot embeddings,
+detached: no extra forward pass, but stale by up to ``refresh_every`` steps and without negative-side
+gradient. ANCE instead takes only the mined item *ids* from the index and encodes those items with the
+current model, so their gradients flow; pass ``encode_items`` (dataset ids (K,) -> prepared embeddings
+(K, D), computed by the model being trained, with gradient) to do the same: each distinct mined item of
+the step is encoded once. The mined dataset indices are in :attr:`MinedNegatives.last_indices` (M, n).
+Two further differences from ANCE remain either way: the query of the search is the anchor's *current*
+embedding (ANCE searches with the stale checkpoint's query embedding), and the negatives are the n
+nearest items (ANCE samples its negatives among the top-ranked ones).
+
+State. The snapshot embeddings, the counters and, for the approximate kinds, the serialised faiss index
+are the module's extra state (``state_dict()["_extra_state"]``), so a checkpoint restores the exact index
+(an HNSW graph built with several threads is not reproducible by rebuilding it): a resumed run mines
+exactly the negatives the uninterrupted run mines. This costs N_train x D x 4 bytes per checkpoint (twice
+that for hnsw and ivf): 25.6 MB for 50,000 items of dimension 128.
 
 faiss is imported lazily, at construction; without it a :class:`~contrastkit.errors.ConfigError` says to
 ``pip install faiss-cpu``.
@@ -71,14 +83,20 @@ class MinedNegatives(NegativeSource):
         index: "flat" (exact inner product, ``IndexFlatIP``), "hnsw" (``IndexHNSWFlat``) or "ivf"
             (``IndexIVFFlat``); approximate kinds trade recall for speed on large sets.
         train_labels: optional (N_train,) labels; they become ``negative_labels`` (for the oracle mask).
+        encode_items: optional callable, dataset ids (K,) on the anchors' device -> prepared embeddings
+            (K, D) by the current model, with gradient (ANCE; module docstring). None: snapshot embeddings.
+        both_views: every view is an anchor once (anchors ``cat([z1, z2])``, positives ``cat([z2, z1])``,
+            as SimCLR uses both views); False: only ``z1`` (a learner that symmetrises itself, MoCo).
         hnsw_m, hnsw_ef_search: HNSW graph degree and search breadth.
         ivf_lists, ivf_probe: IVF lists (default ``sqrt(N_train)``, at most N_train / 39) and lists probed.
 
     The similarity is the inner product of prepared embeddings (the cosine score once L2-normalised, or the
-    dot score). ``forward`` returns anchors ``z1``, positives ``z2`` and per-anchor negatives (M, n, D),
-    with ``neg_mask`` only where fewer than n items could be found. The index and the embeddings are not in
-    ``state_dict``: after loading a checkpoint the first forward rebuilds them.
+    dot score). ``forward`` returns the anchors, their positives and per-anchor negatives (M, n, D), with
+    ``neg_mask`` only where fewer than n items could be found. The index search runs on the CPU (faiss-cpu):
+    one device-to-host copy of the anchors per step.
     """
+
+    needs_indices = True
 
     def __init__(
         self,
@@ -88,6 +106,8 @@ class MinedNegatives(NegativeSource):
         index: str = "flat",
         *,
         train_labels: Tensor | None = None,
+        encode_items: Callable[[Tensor], Tensor] | None = None,
+        both_views: bool = False,
         hnsw_m: int = 32,
         hnsw_ef_search: int = 128,
         ivf_lists: int | None = None,
@@ -101,9 +121,11 @@ class MinedNegatives(NegativeSource):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         import_faiss()  # fail at construction, not at the first refresh mid-training
         self.embed_all = embed_all
+        self.encode_items = encode_items
         self.num_negatives = num_negatives
         self.refresh_every = refresh_every
         self.index_kind = index
+        self.both_views = both_views
         self.train_labels = None if train_labels is None else torch.as_tensor(train_labels).long().cpu()
         self.hnsw_m = hnsw_m
         self.hnsw_ef_search = hnsw_ef_search
@@ -116,7 +138,9 @@ class MinedNegatives(NegativeSource):
         self.steps_since_refresh = 0
         self.num_refreshes = 0
         self.step = 0
+        self.refreshed_at_step = -1
         self.last_indices: Tensor | None = None
+        self.last_stats: dict[str, Tensor] = {}
         self._batch_indices: Tensor | None = None
 
     # ----- the index -------------------------------------------------------------------------------
@@ -134,11 +158,15 @@ class MinedNegatives(NegativeSource):
     def embed_all(self) -> Callable[[], Tensor] | None:
         return self.__dict__["_embed_all"]
 
+    @property
+    def encode_items(self) -> Callable[[Tensor], Tensor] | None:
+        return self.__dict__["_encode_items"]
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "embed_all":
+        if name in ("embed_all", "encode_items"):
             # kept out of nn.Module's registry: a module passed as the callable must not become a submodule
             # (its parameters would join this source's state_dict and the optimizer)
-            self.__dict__["_embed_all"] = value
+            self.__dict__["_" + name] = value
         else:
             super().__setattr__(name, value)
 
@@ -186,6 +214,7 @@ class MinedNegatives(NegativeSource):
         self.embeddings = emb
         self.steps_since_refresh = 0
         self.num_refreshes += 1
+        self.refreshed_at_step = self.step
         self.refresh_seconds = time.perf_counter() - start
 
     def maybe_refresh(self) -> bool:
@@ -247,26 +276,52 @@ class MinedNegatives(NegativeSource):
                 "MinedNegatives needs the batch's dataset indices to exclude each anchor's own item: pass "
                 "forward(..., indices=...) or call set_batch(indices) before each forward"
             )
+        if tuple(indices.shape) != (z1.shape[0],):
+            raise ValueError(f"indices must have shape ({z1.shape[0]},), got {tuple(indices.shape)}")
         self.maybe_refresh()
         assert self.embeddings is not None
         if self.embeddings.shape[1] != z1.shape[1]:
             raise ValueError(f"the index holds dimension {self.embeddings.shape[1]}, the batch {z1.shape[1]}")
-        mined = self.neighbours(z1, indices, self.num_negatives)
+        anchors, positives, anchor_labels = z1, z2, labels
+        if self.both_views:
+            anchors, positives = torch.cat([z1, z2]), torch.cat([z2, z1])
+            indices = torch.cat([indices, indices])
+            anchor_labels = None if labels is None else torch.cat([labels, labels])
+        mined = self.neighbours(anchors, indices, self.num_negatives)
         self.last_indices = mined
         cpu = mined.cpu()
         found = cpu >= 0
         safe = cpu.clamp(min=0)
-        negatives = self.embeddings[safe].to(device=z1.device, dtype=z1.dtype)
-        neg_mask = None if bool(found.all()) else (~found).to(z1.device)
+        device = anchors.device
+        stats = {
+            "mined_staleness": torch.tensor(float(self.steps_since_refresh), device=device),
+            "mined_refresh_seconds": torch.tensor(
+                self.refresh_seconds if self.refreshed_at_step == self.step else 0.0, device=device
+            ),
+        }
+        if self.encode_items is None:
+            negatives = self.embeddings[safe].to(device=device, dtype=anchors.dtype)
+        else:
+            unique, inverse = torch.unique(safe, return_inverse=True)
+            encoded = self.encode_items(unique.to(device))
+            if tuple(encoded.shape) != (unique.numel(), anchors.shape[1]):
+                raise ValueError(
+                    f"encode_items must return ({unique.numel()}, {anchors.shape[1]}) embeddings for "
+                    f"{unique.numel()} ids, got {tuple(encoded.shape)}"
+                )
+            negatives = encoded.to(anchors.dtype)[inverse.to(device)]
+            stats["mined_reencoded"] = torch.tensor(float(unique.numel()), device=device)
+        self.last_stats = stats
+        neg_mask = None if bool(found.all()) else (~found).to(device)
         negative_labels = None
         if self.train_labels is not None:
-            negative_labels = self.train_labels[safe].masked_fill(~found, -1).to(z1.device)
+            negative_labels = self.train_labels[safe].masked_fill(~found, -1).to(device)
         return Candidates(
-            anchors=z1,
-            positives=z2,
+            anchors=anchors,
+            positives=positives,
             negatives=negatives,
             neg_mask=neg_mask,
-            anchor_labels=labels,
+            anchor_labels=anchor_labels,
             negative_labels=negative_labels,
         )
 
@@ -278,8 +333,47 @@ class MinedNegatives(NegativeSource):
         self.step += 1
         self.steps_since_refresh += 1
 
+    # ----- checkpoints -----------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Counters, snapshot embeddings and (hnsw, ivf) the serialised index: an exact resume."""
+        index = None
+        if self._index is not None and self.index_kind != "flat":
+            index = torch.from_numpy(import_faiss().serialize_index(self._index).copy())
+        return {
+            "step": self.step,
+            "steps_since_refresh": self.steps_since_refresh,
+            "num_refreshes": self.num_refreshes,
+            "refreshed_at_step": self.refreshed_at_step,
+            "refresh_seconds": self.refresh_seconds,
+            "embeddings": self.embeddings,
+            "index": index,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.steps_since_refresh = int(state["steps_since_refresh"])
+        self.num_refreshes = int(state["num_refreshes"])
+        self.refreshed_at_step = int(state["refreshed_at_step"])
+        self.refresh_seconds = float(state["refresh_seconds"])
+        emb = state["embeddings"]
+        self.embeddings = None if emb is None else emb.detach().float().cpu().contiguous()
+        self._index, self._keep = None, []
+        if self.embeddings is None:
+            return
+        if state["index"] is not None:
+            faiss = import_faiss()
+            self._index = faiss.deserialize_index(state["index"].cpu().numpy())
+            if self.index_kind == "hnsw":
+                self._index.hnsw.efSearch = self.hnsw_ef_search
+        else:
+            x = self.embeddings.numpy()
+            self._index = self._build(x)
+            self._index.add(x)
+
     def extra_repr(self) -> str:
         return (
             f"num_negatives={self.num_negatives}, refresh_every={self.refresh_every}, "
-            f"index={self.index_kind!r}"
+            f"index={self.index_kind!r}, both_views={self.both_views}, "
+            f"reencode={self.encode_items is not None}"
         )

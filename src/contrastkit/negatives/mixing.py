@@ -92,6 +92,7 @@ class HardNegativeMixing(NegativeSource):
     label -1 (never removed by the oracle mask). ``forward``/``update`` pass extra keyword arguments (such
     as ``indices``) to the wrapped source. ``step`` (a Python int, advanced by :meth:`update`) is saved in
     ``state_dict`` as extra state, so the warm-up survives a resume; reading it never syncs a GPU.
+    :attr:`last_stats` also holds the wrapped source's own ``last_stats`` (mined negatives' staleness).
     """
 
     def __init__(
@@ -146,12 +147,18 @@ class HardNegativeMixing(NegativeSource):
         g = self.generator
         return torch.rand(*shape, generator=g, device=g.device if g is not None else device).to(device)
 
+    @property
+    def needs_indices(self) -> bool:  # type: ignore[override]
+        """Whether the wrapped source needs the batch's dataset indices (mined negatives)."""
+        return bool(getattr(self.source, "needs_indices", False))
+
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Candidates:
         cand = self.source(z1, z2, labels, **kwargs)
+        source_stats = dict(getattr(self.source, "last_stats", None) or {})
         mixing = self.mixing
         self.last_mix = None
         if not (mixing or self.track_stats):
-            self.last_stats = {}
+            self.last_stats = source_stats
             return cand
         with torch.no_grad():
             q = cand.anchors.detach()
@@ -159,8 +166,12 @@ class HardNegativeMixing(NegativeSource):
             sim = _scores(q, negs)
             invalid = self._invalid(cand, sim)
             record = self._synthesise(q, negs, sim, invalid) if mixing else None
+            self.last_stats = source_stats
             if self.track_stats:
-                self.last_stats = self._stats(q, cand.positives.detach(), sim, invalid, record)
+                self.last_stats = {
+                    **source_stats,
+                    **self._stats(q, cand.positives.detach(), sim, invalid, record),
+                }
         if record is None:
             return cand
         self.last_mix = record
