@@ -8,6 +8,7 @@ command exits with status 2, never with a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import MISSING, fields
 from typing import Any
@@ -20,6 +21,8 @@ EXAMPLES = """examples:
   contrastkit train                                   # SimCLR on the embedded 8x8 digits (CPU, ~1 min)
   contrastkit train --data ../shared/data/cifar10-jpeg.zip --limit 2000 --epochs 2
   contrastkit train --data photos/ --image-size 64 --config recipe.toml --lr 0.3
+  contrastkit train --negatives mined --mined-negatives 16 --objective debiased   # ANCE-mined (faiss)
+  torchrun --standalone --nproc-per-node 2 -m contrastkit train --negatives gather  # data parallel
   contrastkit eval runs/digits-infonce-20261122-101500 --all
 """
 
@@ -163,6 +166,12 @@ def _train(args: argparse.Namespace) -> None:
     train(config, resume=args.resume)
 
 
+def _rank_prefix() -> str:
+    """``[rank R] `` for processes other than rank 0 of a torchrun launch (every rank reports its error)."""
+    r = os.environ.get("RANK")
+    return f"[rank {r}] " if r not in (None, "0") and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -197,13 +206,13 @@ def main(argv: list[str] | None = None) -> int:
 
             audio_command(args)
     except TrainingInterrupted as exc:
-        print(f"contrastkit: {exc}", file=sys.stderr)
+        print(f"{_rank_prefix()}contrastkit: {exc}", file=sys.stderr)
         return exc.exit_status
     except ContrastkitError as exc:
-        print(f"contrastkit: error: {exc}", file=sys.stderr)
+        print(f"{_rank_prefix()}contrastkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("contrastkit: interrupted", file=sys.stderr)
+        print(f"{_rank_prefix()}contrastkit: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -19,11 +19,23 @@ RUNS = {
     "supcon": ("--objective", "supcon"),
     "oracle": ("--oracle",),
     "byol-views": ("--views", "byol", "--jitter", "0.5"),
+    "mined-debiased": (
+        "--negatives",
+        "mined",
+        "--objective",
+        "debiased",
+        "--oracle",
+        "--mined-refresh-every",
+        "4",
+    ),
+    "mined-mochi": ("--negatives", "mined+mochi", "--mined-reencode", "--mined-negatives", "8"),
 }
 REFUSED = {
     "oracle-supcon": (("--oracle", "--objective", "supcon"), ("--oracle", "--objective supcon")),
     "gather": (("--negatives", "gather"), ("--negatives gather", "torchrun")),
     "queue-size": (("--negatives", "queue", "--queue-size", "0"), ("--queue-size",)),
+    "mined-index": (("--negatives", "mined", "--mined-index", "lsh"), ("--mined-index", "flat, hnsw, ivf")),
+    "no-batchnorm": (("--no-batchnorm",), ("--no-batchnorm", "small_cnn", "--encoder mlp")),
 }
 
 
@@ -75,6 +87,27 @@ def test_queue_checkpoint_holds_queue_and_key_encoder(runs, name):
         assert state["negatives"]["_extra_state"]["step"] == state["step"]
 
 
+@pytest.mark.parametrize("name", ["mined-debiased", "mined-mochi"])
+def test_mined_runs_log_staleness_and_keep_the_index_in_the_checkpoint(runs, name):
+    _, out, _, run_dir = runs[name]
+    refresh = 4 if name == "mined-debiased" else 10  # 10 steps an epoch (1,347 digits, batch 128)
+    assert f"refresh_every={refresh} index=flat" in out
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["mined_staleness"] for r in rows] == [i % refresh for i in range(10)]
+    refreshed = [r["mined_refresh_seconds"] > 0 for r in rows]
+    assert refreshed == [i % refresh == 0 for i in range(10)]
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    extra = state["negatives"]["_extra_state" if name == "mined-debiased" else "source._extra_state"]
+    assert extra["embeddings"].shape == (1347, 128) and extra["step"] == 10
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["mined_index_refresh_seconds"] == pytest.approx(
+        sum(r["mined_refresh_seconds"] for r in rows)
+    )
+    if name == "mined-mochi":
+        assert all(0 < r["mined_reencoded"] <= 2 * 128 * 8 for r in rows) and "reencode=on" in out
+        assert all("proxy_accuracy" in r for r in rows)
+
+
 def test_in_batch_checkpoint_has_no_key_encoder(runs):
     state = load_checkpoint(runs["oracle"][3] / "checkpoint.pt")
     assert state["key_encoder"] is None and state["negatives"] == {}
@@ -109,3 +142,71 @@ def test_view_recipe_options_and_small_image_adaptations():
     )
     m1, _ = build_view_pair(TrainConfig(data="x.zip", views="mocov2", crop_min_scale=0.3), cifar)
     assert m1.scale == (0.3, 1.0) and m1.blur_p == 0.5
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"negatives": "bank"}, "--negatives.*mined"),
+        ({"mined_negatives": 0}, "--mined-negatives"),
+        ({"mined_refresh_every": -1}, "--mined-refresh-every"),
+        ({"mined_index": "lsh"}, "--mined-index"),
+    ],
+)
+def test_mined_options_are_checked(changes, message):
+    from contrastkit.errors import ConfigError
+    from contrastkit.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"negatives": "mined", "mined_reencode": True},
+        {"negatives": "mined+mochi", "mined_index": "hnsw", "oracle": True, "key_momentum": 0.99},
+    ],
+    ids=["reencode", "mochi-hnsw-momentum"],
+)
+def test_mined_run_resumes_exactly(tmp_path, monkeypatch, one_thread, options):
+    """Stopped right after a mid-epoch checkpoint (the index then 1 step old) and resumed, a mined run ends
+    exactly like the uninterrupted one: the index comes back from the checkpoint, not from a re-embedding."""
+    from contrastkit.training import TrainConfig, train
+    from contrastkit.training import trainer as trainer_module
+    from contrastkit.training.resume import resume_config
+
+    base = dict(
+        epochs=2, batch_size=64, limit=320, knn_every=0, progress=False, mined_refresh_every=3,
+        mined_negatives=6, deterministic=True, **options,
+    )  # fmt: skip
+    reference = train(TrainConfig(**base, out=str(tmp_path / "ref")))
+    save = trainer_module.save_checkpoint
+
+    def save_then_die(state, path):
+        save(state, path)
+        raise KeyboardInterrupt  # as if killed right after the checkpoint at step 4
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    run = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**base, out=str(run), checkpoint_every=4))
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
+    stopped = load_checkpoint(run / "checkpoint.pt")
+    extra = stopped["negatives"]["_extra_state" if options["negatives"] == "mined" else "source._extra_state"]
+    assert stopped["step"] == 4 and extra["steps_since_refresh"] == 1 and extra["embeddings"] is not None
+    config, _ = resume_config(run)
+    resumed = train(config, resume=run)
+
+    def rows(result):
+        return [
+            {k: v for k, v in r.items() if k not in ("seconds", "mined_refresh_seconds")}
+            for r in result.history
+        ]
+
+    assert rows(resumed) == rows(reference) and len(rows(reference)) == 10
+    assert [r["mined_refresh_seconds"] > 0 for r in resumed.history] == [i % 3 == 0 for i in range(10)]
+    final, ref = (load_checkpoint(r.run_dir / "checkpoint.pt") for r in (resumed, reference))
+    for key, value in ref["model"].items():
+        assert torch.equal(final["model"][key], value), key
+    assert resumed.metrics["knn_top1"] == reference.metrics["knn_top1"]

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from contrastkit.errors import ConfigError
+from contrastkit.negatives import NEGATIVES
+from contrastkit.negatives.mined import INDEX_KINDS
 from contrastkit.views.image import RECIPES
 
 try:  # Python 3.11+
@@ -42,6 +44,11 @@ class TrainConfig:
     stem: str = _opt("auto", "ResNet stem: cifar | imagenet | auto (cifar up to 64 px)")
     proj_hidden_dim: int = _opt(512, "hidden width of the projection head")
     proj_dim: int = _opt(128, "output dimension of the projection head")
+    batchnorm: bool = _opt(
+        True,
+        "BatchNorm in the projection head and the mlp encoder; --no-batchnorm removes it (mlp encoder only: "
+        "the CNNs keep theirs). Per-process BN makes torchrun runs on CPU differ from one process",
+    )
     # contrast
     objective: str = _opt(
         "infonce",
@@ -56,8 +63,9 @@ class TrainConfig:
     score: str = _opt("cosine", "similarity score: cosine | dot")
     negatives: str = _opt(
         "in-batch",
-        "where negatives come from: in-batch (SimCLR) | queue (MoCo) | gather (across GPUs, needs torchrun) "
-        "| queue+mochi | in-batch+mochi (MoCHi hard negative mixing)",
+        "where negatives come from: in-batch (SimCLR) | queue (MoCo) | gather (the global batch of all "
+        "processes, needs torchrun) | mined (ANCE: nearest neighbours in a faiss index of the training set) "
+        "| queue+mochi | in-batch+mochi | mined+mochi (MoCHi hard negative mixing)",
     )
     oracle: bool = _opt(False, "mask same-class negatives using the labels (the DCL 'unbiased' oracle)")
     queue_size: int = _opt(4096, "negatives in the momentum queue (queue, queue+mochi)")
@@ -69,6 +77,19 @@ class TrainConfig:
         4, "shuffled BatchNorm groups of the key encoder's batch (MoCo Sec. 3.3); 1 disables"
     )
     mix_start_epoch: float = _opt(0, "MoCHi: epochs before mixing starts")
+    mined_negatives: int = _opt(16, "mined: negatives per anchor, its nearest training items in the index")
+    mined_refresh_every: int = _opt(
+        0, "mined: re-embed the training set and rebuild the index every R steps (0: once per epoch)"
+    )
+    mined_index: str = _opt(
+        "flat", "mined: faiss index kind: flat (exact inner product) | hnsw | ivf (approximate, large sets)"
+    )
+    mined_reencode: bool = _opt(
+        False,
+        "mined: encode the mined items (as fresh training views) with the current model, with gradient, as "
+        "ANCE does: one more forward and backward of up to 2 x batch x n images per step; off: the index's "
+        "detached snapshot embeddings",
+    )
     # views
     views: str = _opt(
         "simclr",
@@ -138,6 +159,7 @@ class TrainConfig:
             "knn_k",
             "queue_size",
             "shuffle_bn_groups",
+            "mined_negatives",
         ):
             _check(
                 isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "a positive integer"
@@ -146,6 +168,13 @@ class TrainConfig:
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
         _check(isinstance(self.knn_every, int) and self.knn_every >= 0, "knn_every", "an integer >= 0")
+        _check(
+            isinstance(self.mined_refresh_every, int) and self.mined_refresh_every >= 0,
+            "mined_refresh_every",
+            "an integer >= 0",
+        )
+        _check(self.negatives in NEGATIVES, "negatives", "one of: " + ", ".join(NEGATIVES))
+        _check(self.mined_index in INDEX_KINDS, "mined_index", "one of: " + ", ".join(INDEX_KINDS))
         _check(
             isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
             "checkpoint_every",

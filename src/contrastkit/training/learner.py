@@ -8,6 +8,10 @@ as in MoCo v2's common practice: queries ``q1, q2`` come from the model, keys ``
 encoder (no gradient), the loss is the mean of ``L(q1, k2)`` and ``L(q2, k1)``, and both key sets are
 enqueued once, after both losses, so neither half sees the current batch's keys as negatives. The
 caller updates the key encoder (``key_encoder.update(model)``) after the optimizer step.
+
+Sources that need the batch's dataset indices (``needs_indices``: mined negatives, which must not mine an
+anchor's own item) get ``indices`` in ``forward`` and ``update``; with a key encoder both halves of the
+symmetrised step use the same indices.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class StepOutput:
     """Loss of one step and cheap statistics (tensors: reading them is left to the caller).
 
     ``extra`` holds the negative source's own statistics when it has any (MoCHi's ``last_stats``:
-    proxy-task accuracy, share of synthetic points among the hardest), as 0-d tensors.
+    proxy-task accuracy, share of synthetic points among the hardest; mined negatives' index staleness and
+    refresh seconds), as 0-d tensors.
     """
 
     loss: Tensor
@@ -69,8 +74,20 @@ class ContrastiveLearner(nn.Module):
         """Whether a step needs class labels (the oracle mask, or a supervised objective)."""
         return self.oracle or getattr(self.objective, "needs_labels", False)
 
-    def _loss(self, anchors: Tensor, positives: Tensor, labels: Tensor | None) -> tuple[Tensor, Contrast]:
-        candidates = self.negatives(anchors, positives, labels if self.uses_labels else None)
+    def _source_kwargs(self, indices: Tensor | None) -> dict[str, Tensor]:
+        if not getattr(self.negatives, "needs_indices", False):
+            return {}
+        if indices is None:
+            raise ValueError(
+                f"the negative source {type(self.negatives).__name__} needs the batch's dataset indices: "
+                "pass learner(view1, view2, labels, indices=...)"
+            )
+        return {"indices": indices}
+
+    def _loss(
+        self, anchors: Tensor, positives: Tensor, labels: Tensor | None, kwargs: dict[str, Tensor]
+    ) -> tuple[Tensor, Contrast]:
+        candidates = self.negatives(anchors, positives, labels if self.uses_labels else None, **kwargs)
         if not candidates.negatives.requires_grad:
             # Negatives without graph may be the source's state (a queue's buffer) that ``update`` writes in
             # place before ``backward`` reads them for the anchors' gradient: score a copy (K x D, cheap).
@@ -88,22 +105,28 @@ class ContrastiveLearner(nn.Module):
         stats = getattr(self.negatives, "last_stats", None)
         return {k: v.detach() for k, v in stats.items()} if stats else {}
 
-    def forward(self, view1: Tensor, view2: Tensor, labels: Tensor | None = None) -> StepOutput:
+    def forward(
+        self, view1: Tensor, view2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
+    ) -> StepOutput:
+        """One step's loss for two views (B, ...) of B images; ``indices`` (B,) are their dataset indices."""
         if self.uses_labels and labels is None:
             raise ValueError("the oracle mask and supervised objectives need labels")
+        kwargs = self._source_kwargs(indices)
         if self.key_encoder is not None:
-            return self._forward_momentum(view1, view2, labels)
+            return self._forward_momentum(view1, view2, labels, kwargs)
         b = view1.shape[0]
         z = self.model(torch.cat([view1, view2], dim=0))
         z = self.score.prepare(z.float())
         z1, z2 = z[:b], z[b:]
-        loss, contrast = self._loss(z1, z2, labels)
+        loss, contrast = self._loss(z1, z2, labels, kwargs)
         extra = self._source_stats()
-        self.negatives.update(z1.detach(), z2.detach(), labels)
+        self.negatives.update(z1.detach(), z2.detach(), labels, **kwargs)
         with torch.no_grad():
             return _step_output(loss, [contrast], extra)
 
-    def _forward_momentum(self, view1: Tensor, view2: Tensor, labels: Tensor | None) -> StepOutput:
+    def _forward_momentum(
+        self, view1: Tensor, view2: Tensor, labels: Tensor | None, kwargs: dict[str, Tensor]
+    ) -> StepOutput:
         assert self.key_encoder is not None
         b = view1.shape[0]
         both = torch.cat([view1, view2], dim=0)
@@ -112,16 +135,18 @@ class ContrastiveLearner(nn.Module):
             k = self.score.prepare(self.key_encoder(both).float())
         q1, q2 = q[:b], q[b:]
         k1, k2 = k[:b], k[b:]
-        loss_a, contrast_a = self._loss(q1, k2, labels)
+        loss_a, contrast_a = self._loss(q1, k2, labels, kwargs)
         stats_a = self._source_stats()
-        loss_b, contrast_b = self._loss(q2, k1, labels)
+        loss_b, contrast_b = self._loss(q2, k1, labels, kwargs)
         stats_b = self._source_stats()
         loss = (loss_a + loss_b) / 2
         extra = {key: (v + stats_b[key]) / 2 for key, v in stats_a.items() if key in stats_b}
+        both_kwargs = {key: torch.cat([v, v]) for key, v in kwargs.items()}
         self.negatives.update(
             torch.cat([q1, q2]).detach(),
             torch.cat([k2, k1]),
             None if labels is None else torch.cat([labels, labels]),
+            **both_kwargs,
         )
         with torch.no_grad():
             return _step_output(loss, [contrast_a, contrast_b], extra)

@@ -3,14 +3,34 @@
 :func:`build_run` turns a :class:`TrainConfig` into the pieces of the spine; :func:`train` runs it,
 monitors kNN accuracy, and writes ``metrics.json``, ``config.yaml`` and ``checkpoint.pt`` into the run
 folder. The checkpoint holds the model (all ``contrastkit eval`` needs) and, to resume, the optimizer,
-the scheduler, the negative source's state (``negatives``: queue buffers, MoCHi's step) and the momentum
-key encoder (``key_encoder``, None without one). The loop reads the loss (and the negative source's
-statistics) from the device only every ``log_every`` steps, so it does not synchronise with the GPU on
-every step.
+the scheduler, the negative source's state (``negatives``: queue buffers, MoCHi's step, the mined
+negatives' snapshot embeddings and index) and the momentum key encoder (``key_encoder``, None without
+one). The loop reads the loss (and the negative source's statistics) from the device only every
+``log_every`` steps, so it does not synchronise with the GPU on every step.
+
+Mined negatives (ANCE, :class:`~contrastkit.negatives.MinedNegatives`) get the batch's dataset indices and
+an ``embed_all`` that embeds the whole training set, unaugmented, with the current model in eval mode
+(:meth:`KnnEvaluator.embed_train`); ``--mined-reencode`` adds the item encoder that re-encodes the mined
+items with gradient.
+
+Data parallel. Launched by ``torchrun --nproc-per-node W -m contrastkit train ...`` the run starts the
+process group from torchrun's environment (NCCL on CUDA, one GPU per process; gloo on CPU) and wraps the
+model in ``DistributedDataParallel`` (on CUDA with ``SyncBatchNorm``, SimCLR's global BN; on CPU each
+process normalises its own shard, as SyncBatchNorm exists only for GPUs). ``--batch-size`` is the *global*
+batch: rank 0 draws one shuffled order per epoch and broadcasts it, and rank r takes rows
+``[r B/W, (r+1) B/W)`` of each global batch, so the schedule, the learning-rate scaling (B/256) and the
+number of steps are those of one process with batch B (the order of later epochs is drawn after rank 0's
+own views, so from the second epoch on it differs from one process's). Rank r > 0 seeds its views'
+generator and the global one with ``seed + 100003 r`` on top of rank 0's (rank 0 keeps the single-process
+streams). The logged statistics are means over the ranks (the loss of the global batch), read at the same
+steps everywhere; a stop signal is agreed on at those steps too. kNN evaluation runs on rank 0 and is
+broadcast; only rank 0 prints and writes into the run folder. A checkpoint holds every rank's random
+states, so a resume needs the same number of processes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -23,17 +43,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from contrastkit.data import DataSplits, channel_stats, load_dataset
-from contrastkit.encoders import ContrastiveModel, ProjectionHead, build_encoder
+from contrastkit.encoders import MLP, ContrastiveModel, ProjectionHead, build_encoder, resolve_stem
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
 from contrastkit.negatives import MomentumEncoder, build_negatives
-from contrastkit.negatives.distributed import is_distributed
+from contrastkit.negatives.distributed import (
+    all_gather_no_grad,
+    all_gather_objects,
+    broadcast_object,
+    init_from_env,
+    is_distributed,
+    rank,
+    world_size,
+)
 from contrastkit.objectives import build_objective
-from contrastkit.scores import build_score
+from contrastkit.scores import Score, build_score
 from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
     find_checkpoint,
@@ -51,6 +81,7 @@ from contrastkit.views import ImageViews, eval_transform, view_pair
 
 HELD_OUT_FRACTION = 0.2
 HISTORY_NAME = "history.jsonl"
+RANK_SEED_STRIDE = 100_003  # rank r > 0 offsets its generators' seeds by r times this
 
 
 @dataclass
@@ -124,10 +155,24 @@ def _encoder_name(config: TrainConfig, image_size: int) -> str:
 
 
 def build_model(config: TrainConfig, channels: int, image_size: int) -> ContrastiveModel:
-    """Backbone + SimCLR projection head, chosen by the config."""
+    """Backbone + SimCLR projection head, chosen by the config (``--no-batchnorm``: both without BN)."""
     name = _encoder_name(config, image_size)
-    backbone = build_encoder(name, in_channels=channels, image_size=image_size, stem=config.stem)
-    head = ProjectionHead(backbone.feature_dim, hidden_dim=config.proj_hidden_dim, out_dim=config.proj_dim)
+    if config.batchnorm:
+        backbone = build_encoder(name, in_channels=channels, image_size=image_size, stem=config.stem)
+    elif name == "mlp":
+        resolve_stem(config.stem, image_size)  # the same check as with BatchNorm
+        backbone = MLP(in_features=channels * image_size**2, batchnorm=False)
+    else:
+        raise ConfigError(
+            f"--no-batchnorm removes BatchNorm from the mlp encoder and the projection head, but the {name} "
+            "encoder keeps its BatchNorm layers: use --encoder mlp, or drop --no-batchnorm"
+        )
+    head = ProjectionHead(
+        backbone.feature_dim,
+        hidden_dim=config.proj_hidden_dim,
+        out_dim=config.proj_dim,
+        batchnorm=config.batchnorm,
+    )
     return ContrastiveModel(backbone, head)
 
 
@@ -216,6 +261,28 @@ class KnnEvaluator:
     def raw_pixels(self) -> float:
         return self.accuracy(lambda x: x.flatten(1))
 
+    def embed_train(
+        self,
+        model: ContrastiveModel,
+        score: Score,
+        autocast_dtype: torch.dtype | None = None,
+        rows: slice = slice(None),
+    ) -> Tensor:
+        """``score.prepare(g(f(x)))`` of the training images ``rows``, unaugmented (the kNN transform), in
+        eval mode without gradient: row i is dataset index i (the mined negatives' ``embed_all``)."""
+        was_training = model.training
+        model.eval()
+        try:
+            return extract_features(
+                lambda x: score.prepare(model(x).float()),
+                self.train_images[rows],
+                transform=self.transform,
+                device=self.device,
+                autocast_dtype=autocast_dtype,
+            )
+        finally:
+            model.train(was_training)
+
 
 def train(
     config: TrainConfig, *, log_every: int = 10, out: Any = None, resume: str | Path | None = None
@@ -227,20 +294,50 @@ def train(
     uninterrupted run would have (on CPU; on GPU with ``deterministic``). A first SIGINT or SIGTERM stops
     at the next step boundary after writing a checkpoint and raises
     :class:`~contrastkit.training.resume.TrainingInterrupted`.
+
+    Started by ``torchrun`` (or with a process group already initialised) the run is data-parallel; see
+    the module docstring. A process group this call started is destroyed when it returns.
     """
-    out = out or sys.stdout
+    device, owns_group = init_from_env(resolve_device(config.device))
+    try:
+        try:
+            result = _train(config, device, log_every=log_every, out=out, resume=resume)
+        except TrainingInterrupted:  # every rank stopped at the same step
+            _barrier_before_teardown(owns_group)
+            raise
+        _barrier_before_teardown(owns_group)
+        return result
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _barrier_before_teardown(owns_group: bool) -> None:
+    """No rank tears gloo down while another still talks to it (that aborts the process, SIGABRT)."""
+    if owns_group and world_size() > 1:
+        dist.barrier()
+
+
+def _train(
+    config: TrainConfig, device: torch.device, *, log_every: int, out: Any, resume: str | Path | None
+) -> TrainResult:
     t_start = time.perf_counter()
     config = resolve_hyperparameters(config)
-    device = resolve_device(config.device)
+    rank_, world = rank(), world_size()
+    main = rank_ == 0
+    out = (out or sys.stdout) if main else io.StringIO()  # only rank 0 prints
     saved: dict[str, Any] | None = None
     if resume is not None:
         ckpt_path = find_checkpoint(resume)
         run_dir = ckpt_path.parent
         saved = load_checkpoint(ckpt_path)
-        remove_stale_temporaries(ckpt_path)
+        if main:
+            remove_stale_temporaries(ckpt_path)
     else:
-        run_dir = Path(config.out) if config.out else default_run_dir(config)
+        run_dir = Path(broadcast_object(str(Path(config.out) if config.out else default_run_dir(config))))
         _refuse_existing_run(run_dir)
+    if world > 1:
+        dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
     config = config.replace(out=str(run_dir))
     check_combinations(config)
     if config.deterministic:
@@ -271,20 +368,44 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     views1, views2 = (v.to(device) for v in build_view_pair(config, info))
     steps_per_epoch = len(train_set) // config.batch_size
+    shard = config.batch_size // world  # this process's part of each global batch
     key_momentum = config.resolved_key_momentum()
     key_encoder = (
-        MomentumEncoder(model, key_momentum, shuffle_groups=min(config.shuffle_bn_groups, config.batch_size))
+        MomentumEncoder(model, key_momentum, shuffle_groups=min(config.shuffle_bn_groups, shard))
         if key_momentum > 0
         else None
     )
+    net: nn.Module = model
+    if world > 1:
+        if device.type == "cuda":  # SimCLR's global BN; the key encoder keeps per-GPU BN (MoCo)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if rank_ > 0:  # rank 0 keeps the single-process random streams (MoCHi, shuffling BN)
+            torch.manual_seed(config.seed + RANK_SEED_STRIDE * rank_)
+    score = build_score(config.score)
+    evaluator = KnnEvaluator(splits, info, config, device)
+    gen = torch.Generator(device=device)  # the views' random parameters
+    gen.manual_seed(config.seed + 1 + RANK_SEED_STRIDE * rank_)
+    mined = config.negatives.startswith("mined")
+    refresh_every = config.mined_refresh_every or steps_per_epoch
+    negatives = build_negatives(
+        config.negatives,
+        queue_size=config.queue_size,
+        mix_start_step=round(config.mix_start_epoch * steps_per_epoch),
+        embed_all=_train_set_embedder(model, evaluator, score, amp_dtype) if mined else None,
+        mined_negatives=config.mined_negatives,
+        refresh_every=refresh_every,
+        index=config.mined_index,
+        train_labels=train_set.labels,
+        encode_items=_item_encoder(model, evaluator.train_images, views1, gen, score)
+        if mined and config.mined_reencode
+        else None,
+        both_views=key_encoder is None,
+    )
     learner = ContrastiveLearner(
-        model,
-        build_negatives(
-            config.negatives,
-            queue_size=config.queue_size,
-            mix_start_step=round(config.mix_start_epoch * steps_per_epoch),
-        ),
-        build_score(config.score),
+        net,
+        negatives,
+        score,
         build_objective(
             config.objective,
             temperature=config.temperature,
@@ -302,9 +423,6 @@ def train(
         config.optimizer, learner, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
     )
     scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(config.seed + 1)
-    evaluator = KnnEvaluator(splits, info, config, device)
 
     if saved is None:
         progress: dict[str, Any] = {
@@ -312,18 +430,20 @@ def train(
             "next_batch": 0,  # its next batch
             "order": None,  # its shuffled order, once drawn
             "total_steps": total_steps,
+            "world_size": world,
             "train_seconds": 0.0,
             "knn_curve": [],
-            "knn_top1_random_init": evaluator.model_accuracy(model, amp_dtype),
-            "knn_top1_raw_pixels": evaluator.raw_pixels(),
+            "knn_top1_random_init": _on_rank0(lambda: evaluator.model_accuracy(model, amp_dtype)),
+            "knn_top1_raw_pixels": _on_rank0(evaluator.raw_pixels),
             "last_loss": float("nan"),
             "skipped_steps": 0,
             "resumed_at_steps": [],
         }
         step = 0
         history: list[dict[str, float]] = []
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / HISTORY_NAME).unlink(missing_ok=True)  # left by a run that stopped before its checkpoint
+        if main:  # a history.jsonl here was left by a run that stopped before its first checkpoint
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / HISTORY_NAME).unlink(missing_ok=True)
     else:
         progress = dict(saved["progress"])
         step = int(saved["step"])
@@ -332,14 +452,35 @@ def train(
                 f"cannot resume {str(run_dir)!r}: it has {progress['total_steps']} steps in all, this data and "
                 f"config give {total_steps}; was the data set changed?"
             )
+        saved_world = int(progress.get("world_size", 1))
+        if saved_world != world:
+            raise ConfigError(
+                f"cannot resume {str(run_dir)!r} on {world} process(es): it ran on {saved_world}, and each "
+                f"process's random state and batch shard depend on that; resume it with "
+                + (
+                    f"torchrun --standalone --nproc-per-node {saved_world} -m contrastkit train --resume {run_dir}"
+                    if saved_world > 1
+                    else f"contrastkit train --resume {run_dir} (one process)"
+                )
+            )
+        progress["world_size"] = world
         _load_states(saved, run_dir, model, learner, key_encoder, optimizer, scheduler)
-        gen.set_state(progress.pop("view_rng"))  # a CPU byte tensor, for CPU and CUDA generators alike
-        restore_rng_state(progress.pop("global_rng"))
+        view_rng, global_rng = progress.pop("view_rng"), progress.pop("global_rng")
+        if world > 1:  # one state per rank
+            view_rng, global_rng = view_rng[rank_], global_rng[rank_]
+        gen.set_state(view_rng)  # a CPU byte tensor, for CPU and CUDA generators alike
+        restore_rng_state(global_rng)
         progress["resumed_at_steps"] = [*progress["resumed_at_steps"], step]
-        history = _truncate_history(run_dir / HISTORY_NAME, step)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        history = _truncate_history(run_dir / HISTORY_NAME, step, write=main)
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    step_fn = torch.compile(learner) if config.compile else learner
+    if config.compile and mined:
+        # the index search (faiss, numpy) cannot be traced: compile the model, keep the learner eager
+        learner.model = torch.compile(net)
+        step_fn: Any = learner
+    else:
+        step_fn = torch.compile(learner) if config.compile else learner
     # Sampling the views' random parameters stays eager (dynamo cannot trace an explicit generator); the
     # pixel work is compiled with the learner when --compile is on.
     render1 = torch.compile(views1.render) if config.compile else views1.render
@@ -364,14 +505,22 @@ def train(
         v1, v2 = v.chunk(2, dim=0)
         return v1, v2
 
+    parallel = ""
+    if world > 1:
+        parallel = f" = {world} processes x {shard} ({dist.get_backend()})" + (
+            "; in-batch negatives per process (--negatives gather: the global batch)"
+            if config.negatives.startswith("in-batch")
+            else ""
+        )
     print(
         f"contrastkit train: data={splits.name} ({len(train_set)} train / {len(test_set)} eval [{eval_note}], "
         f"{c}x{h}x{w}, {n_classes} classes)\n"
         f"  encoder={_encoder_name(config, h)} objective={config.objective}(temperature={config.temperature}) "
         f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}"
-        f"{_negatives_note(config, key_momentum)}\n"
-        f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, {config.optimizer} "
-        f"lr={config.lr:g} wd={config.weight_decay:g}, device={device}, precision={'bf16' if use_bf16 else 'fp32'}"
+        f"{_negatives_note(config, key_momentum, refresh_every)}\n"
+        f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}{parallel}, "
+        f"{config.optimizer} lr={config.lr:g} wd={config.weight_decay:g}, device={device}, "
+        f"precision={'bf16' if use_bf16 else 'fp32'}"
         f"\n  run folder: {run_dir}"
         + (f"\n  resumed at step {step} of {total_steps}" if saved is not None else ""),
         file=out,
@@ -380,13 +529,13 @@ def train(
 
     ckpt_path = run_dir / CHECKPOINT_NAME
     ckpt_step: int | None = step if saved is not None else None
-    board = _board(config, run_dir, step)
+    board = _board(config, run_dir, step) if main else _NoBoard()
     clock = _Clock(progress["train_seconds"], device)
-    images = train_set.images.to(device)
+    images = evaluator.train_images  # the training images on the device, row i = dataset index i
     labels_all = train_set.labels.to(device)
     pending: list[tuple[int, dict[str, Tensor]]] = []
     consecutive_skips = 0
-    bar = _progress(total_steps, config.progress)
+    bar = _progress(total_steps, config.progress) if main else _QuietBar()
     bar.update(step)
 
     def drain() -> None:
@@ -401,6 +550,7 @@ def train(
             allow_nonfinite=config.skip_nonfinite,
             last_good=_last_good(ckpt_path, ckpt_step),
             resumable=ckpt_step is not None,
+            write=main,
         )
         if rows:
             progress["last_loss"] = rows[-1]["loss"]
@@ -415,10 +565,9 @@ def train(
         drain()
         clock.stop()
         progress["train_seconds"] = clock.seconds()
-        save_checkpoint(
-            _state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen),
-            ckpt_path,
-        )
+        state = _state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen)
+        if main:
+            save_checkpoint(state, ckpt_path)
         ckpt_step = step
         clock.start()
 
@@ -428,21 +577,28 @@ def train(
         while progress["epoch"] < config.epochs:
             epoch = progress["epoch"]
             if progress["order"] is None:
-                progress["order"] = torch.randperm(len(train_set), device=device, generator=gen)
+                if main:
+                    order = torch.randperm(len(train_set), device=device, generator=gen)
+                else:
+                    order = torch.empty(len(train_set), dtype=torch.long, device=device)
+                if world > 1:
+                    dist.broadcast(order, src=0)  # one order of global batches for every rank
+                progress["order"] = order
             order = progress["order"].to(device)
             while progress["next_batch"] < steps_per_epoch:
                 i = progress["next_batch"]
                 idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+                idx = idx[rank_ * shard : (rank_ + 1) * shard]  # this rank's shard of the global batch
                 batch = images[idx]
                 # --skip-nonfinite: a skipped step must leave no trace, but its forward pass has already moved
                 # the BatchNorm statistics and filled the queue; keep the buffers to put them back.
                 before = [b.detach().clone() for b in learner.buffers()] if config.skip_nonfinite else []
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_bf16):
                     v1, v2 = make_views(batch)
-                    result = step_fn(v1, v2, labels_all[idx] if learner.uses_labels else None)
+                    result = step_fn(v1, v2, labels_all[idx] if learner.uses_labels else None, indices=idx)
                 optimizer.zero_grad(set_to_none=True)
                 lr_used = optimizer.param_groups[0]["lr"]
-                skip = config.skip_nonfinite and not bool(torch.isfinite(result.loss.detach()))
+                skip = config.skip_nonfinite and not _all_finite(result.loss)
                 if skip:
                     for buffer, kept in zip(learner.buffers(), before):
                         buffer.copy_(kept)
@@ -475,17 +631,21 @@ def train(
                         },
                     )
                 )
-                if step % log_every == 0 or progress["next_batch"] == steps_per_epoch:
+                at_sync = step % log_every == 0 or progress["next_batch"] == steps_per_epoch
+                if at_sync:
                     drain()
                 bar.update(1)
-                if stop.requested is not None:
+                # with several processes they agree on a stop at the logging steps (a signal may reach them
+                # at different steps; they must checkpoint at the same one)
+                requested = stop.requested if world == 1 else _agreed_signal(stop.requested, device, at_sync)
+                if requested is not None:
                     checkpoint()
                     bar.close()
-                    name = signal.Signals(stop.requested).name
+                    name = signal.Signals(requested).name
                     raise TrainingInterrupted(
                         f"{name} received: stopped at step {step} of {total_steps} (epoch {epoch + 1}) and wrote "
                         f"{ckpt_path}; continue with: contrastkit train --resume {run_dir}",
-                        signum=stop.requested,
+                        signum=requested,
                         checkpoint=ckpt_path,
                         step=step,
                     )
@@ -494,7 +654,7 @@ def train(
             clock.stop()
             is_last = epoch == config.epochs - 1
             if is_last or (config.knn_every and (epoch + 1) % config.knn_every == 0):
-                acc = evaluator.model_accuracy(model, amp_dtype)
+                acc = _on_rank0(lambda: evaluator.model_accuracy(model, amp_dtype))
                 progress["knn_curve"].append(
                     {"epoch": epoch + 1, "step": step, "train_seconds": clock.seconds(), "knn_top1": acc}
                 )
@@ -534,22 +694,87 @@ def train(
         "total_seconds": time.perf_counter() - t_start,
         "images_per_second": step * config.batch_size / max(train_seconds, 1e-9),
         "device": str(device),
+        "processes": world,
         "knn_curve": knn_curve,
     }
+    if mined:
+        metrics["mined_index_refresh_seconds"] = sum(r.get("mined_refresh_seconds", 0.0) for r in history)
     progress["train_seconds"] = train_seconds
-    save_checkpoint(
-        {
-            **_state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen),
-            "finished": True,
-            "metrics": {k: v for k, v in metrics.items() if k != "knn_curve"},
-        },
-        ckpt_path,
-    )
+    state = _state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen)
+    if main:
+        save_checkpoint(
+            {**state, "finished": True, "metrics": {k: v for k, v in metrics.items() if k != "knn_curve"}},
+            ckpt_path,
+        )
     board.close()
     metrics["total_seconds"] = time.perf_counter() - t_start
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if main:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(format_summary(metrics, run_dir), file=out, flush=True)
     return TrainResult(run_dir=run_dir, metrics=metrics, model=model, history=history)
+
+
+def _train_set_embedder(
+    model: ContrastiveModel, evaluator: KnnEvaluator, score: Score, autocast_dtype: torch.dtype | None
+) -> Any:
+    """The mined negatives' ``embed_all``: the whole training set by the current model (eval mode, no grad).
+
+    With several processes each embeds a contiguous shard and the shards are all-gathered, so every rank
+    builds the same index from the same (N_train, D) embeddings.
+    """
+
+    def embed_all() -> Tensor:
+        world = world_size()
+        if world == 1:
+            return evaluator.embed_train(model, score, autocast_dtype)
+        n = evaluator.train_images.shape[0]
+        per = -(-n // world)
+        lo = min(rank() * per, n)
+        part = evaluator.embed_train(model, score, autocast_dtype, slice(lo, min(lo + per, n)))
+        return all_gather_no_grad(part)
+
+    return embed_all
+
+
+def _item_encoder(
+    model: ContrastiveModel, images: Tensor, views: ImageViews, gen: torch.Generator, score: Score
+) -> Any:
+    """``--mined-reencode`` (ANCE): prepared projections of training items by the model being trained, with
+    gradient. Each item is rendered as a fresh training view (the first view's augmentation, drawn from the
+    views' generator), like the positives: clean images among augmented ones would be a shortcut (on digits
+    the loss fell to 0 by telling the unaugmented negatives apart, and kNN collapsed). The model stays in
+    training mode; it is called directly, not through DDP: its gradient joins the same backward pass."""
+
+    def encode_items(ids: Tensor) -> Tensor:
+        batch = images[ids]
+        x = views.render(batch, views.sample(batch, generator=gen))
+        if x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return score.prepare(model(x).float())
+
+    return encode_items
+
+
+def _on_rank0(fn: Any) -> Any:
+    """``fn()`` computed on rank 0 and broadcast to every rank (kNN evaluation)."""
+    return broadcast_object(fn() if rank() == 0 else None)
+
+
+def _agreed_signal(requested: int | None, device: torch.device, at_sync: bool) -> int | None:
+    """With several processes: the stop signal any rank has received, agreed at a logging step."""
+    if not at_sync:
+        return None
+    flag = torch.tensor([requested or 0], dtype=torch.long, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
+def _all_finite(loss: Tensor) -> bool:
+    """Whether the loss is finite on every rank (so that all ranks skip the same steps)."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
@@ -590,8 +815,15 @@ def _state(
     progress: dict[str, Any],
     gen: torch.Generator,
 ) -> dict[str, Any]:
-    """Everything a resume needs, as a checkpoint payload (tensors, numbers, strings, lists, dicts)."""
+    """Everything a resume needs, as a checkpoint payload (tensors, numbers, strings, lists, dicts).
+
+    With several processes the random states are lists, one per rank (a collective: every rank calls this).
+    """
     order = progress["order"]
+    view_rng: Any = gen.get_state()
+    global_rng: Any = rng_state()
+    if world_size() > 1:
+        view_rng, global_rng = all_gather_objects(view_rng), all_gather_objects(global_rng)
     return {
         "config": config.to_dict(),
         "data_info": info.to_dict(),
@@ -606,8 +838,8 @@ def _state(
         "progress": {
             **progress,
             "order": None if order is None else order.cpu(),
-            "view_rng": gen.get_state(),
-            "global_rng": rng_state(),
+            "view_rng": view_rng,
+            "global_rng": global_rng,
         },
     }
 
@@ -637,8 +869,9 @@ def _load_states(
         ) from None
 
 
-def _truncate_history(path: Path, step: int) -> list[dict[str, float]]:
-    """The history up to ``step`` (the checkpoint's); later rows, and a torn last line, are dropped."""
+def _truncate_history(path: Path, step: int, *, write: bool = True) -> list[dict[str, float]]:
+    """The history up to ``step`` (the checkpoint's); later rows, and a torn last line, are dropped (from
+    the file too, with ``write``)."""
     rows: list[dict[str, float]] = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -648,6 +881,8 @@ def _truncate_history(path: Path, step: int) -> list[dict[str, float]]:
                 continue
             if isinstance(row, dict) and row.get("step", step + 1) <= step:
                 rows.append(row)
+    if not write:
+        return rows
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)
@@ -731,17 +966,23 @@ def _drain(
     allow_nonfinite: bool = False,
     last_good: str = "",
     resumable: bool = False,
+    write: bool = True,
 ) -> list[dict[str, float]]:
     """Read the queued step statistics from the device (one synchronisation); stop on a non-finite loss.
 
     Each pending entry maps names to 0-d tensors: ``loss``, ``mi_bound``, ``lr``, ``skipped`` and any
-    statistics of the negative source (MoCHi's proxy accuracy, ...); all of them go into ``history`` and are
-    appended to ``history.jsonl`` in the run folder, one JSON object per step, with ``seconds`` (training
-    wall-clock so far, the same for every step of one drain). Returns the new rows.
+    statistics of the negative source (MoCHi's proxy accuracy, mined negatives' index staleness, ...); all
+    of them go into ``history`` and, with ``write``, are appended to ``history.jsonl`` in the run folder,
+    one JSON object per step, with ``seconds`` (training wall-clock so far, the same for every step of one
+    drain). With several processes every value is the mean over the ranks (one all-reduce), so every rank
+    logs, and stops on, the same numbers. Returns the new rows.
     """
     if not pending:
         return []
     flat = torch.stack([t.detach().float().reshape(()) for _, stats in pending for t in stats.values()])
+    if world_size() > 1:
+        dist.all_reduce(flat)
+        flat = flat / world_size()
     values = iter(flat.cpu().tolist())
     rows = []
     for step, stats in pending:
@@ -758,11 +999,12 @@ def _drain(
             )
         rows.append({"step": step, "epoch": epoch + 1, "seconds": seconds, **row})
     history.extend(rows)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     pending.clear()
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
     return rows
 
 
@@ -771,13 +1013,24 @@ def check_combinations(config: TrainConfig) -> None:
     if config.negatives == "gather" and not is_distributed():
         raise ConfigError(
             "--negatives gather gathers negatives across processes, but torch.distributed is not initialised: "
-            "launch with torchrun (e.g. torchrun --nproc-per-node 2 -m contrastkit train ...), or use "
-            "--negatives in-batch on one process"
+            "launch with torchrun (e.g. torchrun --standalone --nproc-per-node 2 -m contrastkit train ...), "
+            "or use --negatives in-batch on one process"
+        )
+    world = world_size()
+    if world > 1 and config.batch_size % world:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is the global batch, split evenly over the {world} processes: "
+            f"use a multiple of {world} (e.g. --batch-size {max(config.batch_size // world, 1) * world})"
         )
 
 
-def _negatives_note(config: TrainConfig, key_momentum: float) -> str:
+def _negatives_note(config: TrainConfig, key_momentum: float, refresh_every: int) -> str:
     parts = []
+    if config.negatives.startswith("mined"):
+        parts.append(
+            f"mined_negatives={config.mined_negatives} refresh_every={refresh_every} "
+            f"index={config.mined_index} reencode={'on' if config.mined_reencode else 'off'}"
+        )
     if "queue" in config.negatives:
         parts.append(f"queue_size={config.queue_size}")
     if key_momentum > 0:
@@ -793,6 +1046,12 @@ class _NoBar:
     def close(self) -> None: ...
     def write(self, s: str, file: Any = None) -> None:
         print(s, file=file or sys.stderr, flush=True)
+
+
+class _QuietBar(_NoBar):
+    """The bar of ranks > 0: prints nothing."""
+
+    def write(self, s: str, file: Any = None) -> None: ...
 
 
 def _progress(total: int, enabled: bool) -> Any:
