@@ -38,7 +38,8 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
         metavar="RUN",
         help="continue a stopped run (its folder or checkpoint.pt) from its latest checkpoint, with its saved "
         "options; only --device, --precision, --compile, --progress, --knn-every, --checkpoint-every, "
-        "--skip-nonfinite, --deterministic and --tensorboard may be given again with other values",
+        "--skip-nonfinite, --deterministic, --tensorboard, --workers and --data-placement (auto|device|host) may be "
+        "given again with other values",
     )
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

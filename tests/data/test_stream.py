@@ -60,6 +60,20 @@ def test_batch_loader_yields_the_order_from_the_start_batch(tmp_path, workers):
         assert torch.equal(images, ref.images[expected]) and torch.equal(labels, ref.labels[expected])
 
 
+def test_rows_take_one_shard_and_hold_out_splits_train(tmp_path):
+    path = folder(tmp_path / "d")
+    train, _ = stream_image_folder(path, image_size=8)
+    order = torch.arange(len(train))
+    shards = [list(batch_loader(train, order, 6, rows=slice(r * 3, (r + 1) * 3), workers=0)) for r in (0, 1)]
+    for b in range(len(train) // 6):
+        assert torch.equal(torch.cat([shards[0][b][2], shards[1][b][2]]), order[b * 6 : (b + 1) * 6])
+    (path / "test").rename(tmp_path / "moved")  # no test/ split: hold out a stratified share of train
+    kept, held = stream_image_folder(path, image_size=8, hold_out=0.3, seed=0)
+    assert len(kept) == 14 and len(held) == 7
+    assert sorted(torch.bincount(held.labels).tolist()) == [2, 2, 3]  # stratified
+    assert not set(kept.names) & set(held.names) and held.classes == kept.classes
+
+
 def test_grayscale_set_stays_one_channel(tmp_path):
     files = {f"train/{c}/{i}.png": noise_image("L", (9, 9), seed=i) for c in "ab" for i in range(3)}
     train, test = stream_image_folder(write_tree(tmp_path / "g", files), image_size=9)

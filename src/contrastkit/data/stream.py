@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from contrastkit.data.dataset import ImageDataset
-from contrastkit.data.folder import ImageFolderListing, _close_zips, _decode_chunk, list_image_folder
+from contrastkit.data.folder import ImageFolderListing, _close_zips, _decode_chunk, _Split, list_image_folder
 from contrastkit.errors import ConfigError, DataError
 
 PROBE_IMAGES = 32
@@ -127,16 +127,20 @@ def batch_loader(
     batch_size: int,
     *,
     start_batch: int = 0,
+    rows: slice = slice(None),
     workers: int | None = None,
     pin_memory: bool = False,
 ) -> _Batches:
-    """Batches ``order[i*B:(i+1)*B]`` for ``i = start_batch, ...`` (full batches only) as
-    ``(uint8 images, labels, indices)``; decoded by ``workers`` processes, pinned when asked."""
+    """Batches ``order[i*B:(i+1)*B][rows]`` for ``i = start_batch, ...`` (full batches only; ``rows``: one
+    process's shard of each global batch) as ``(uint8 images, labels, indices)``; decoded by ``workers``
+    processes, pinned when asked."""
     if batch_size <= 0 or batch_size > len(dataset):
         raise ConfigError(f"batch size {batch_size} must be in [1, {len(dataset)}] (the images in the split)")
     order = torch.as_tensor(order).cpu()
     n_batches = order.numel() // batch_size
-    batches = [order[i * batch_size : (i + 1) * batch_size].tolist() for i in range(start_batch, n_batches)]
+    batches = [
+        order[i * batch_size : (i + 1) * batch_size][rows].tolist() for i in range(start_batch, n_batches)
+    ]
     workers = default_workers() if workers is None else workers
     return _Batches(
         DataLoader(
@@ -197,12 +201,43 @@ def _collate_indexed(items: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, T
 
 
 def stream_image_folder(
-    path: str | os.PathLike[str], *, image_size: int, limit: int | None = None, seed: int = 0
+    path: str | os.PathLike[str],
+    *,
+    image_size: int,
+    limit: int | None = None,
+    seed: int = 0,
+    hold_out: float = 0.0,
 ) -> tuple[ImageFileDataset, ImageFileDataset | None]:
-    """The train split (and the test split, when there is one) of a folder or zip, for streaming."""
+    """The train split (and the test split, when there is one) of a folder or zip, for streaming.
+
+    Without a ``test/`` split and with ``hold_out > 0``, a stratified, seeded share ``hold_out`` of train
+    becomes the test split (as the in-memory trainer holds out part of train for its kNN evaluation).
+    """
     listing = list_image_folder(path, limit=limit, seed=seed)
+    if "test" not in listing.splits and hold_out > 0:
+        listing = _hold_out(listing, hold_out, seed)
     train = ImageFileDataset(listing, "train", image_size)
     test = ImageFileDataset(listing, "test", image_size) if "test" in listing.splits else None
     if test is not None and test.channels != train.channels:
         test.channels = train.channels
     return train, test
+
+
+def _hold_out(listing: ImageFolderListing, fraction: float, seed: int) -> ImageFolderListing:
+    from sklearn.model_selection import train_test_split
+
+    part = listing.splits["train"]
+    labels = np.asarray(part.labels)
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    keep, held = train_test_split(
+        np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=stratify
+    )
+
+    def take(rows: np.ndarray) -> _Split:
+        rows = np.sort(rows)
+        return _Split(
+            [part.keys[i] for i in rows], [part.names[i] for i in rows], [part.labels[i] for i in rows]
+        )
+
+    return ImageFolderListing(listing.source, listing.classes, {"train": take(keep), "test": take(held)})

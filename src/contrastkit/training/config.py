@@ -39,6 +39,18 @@ class TrainConfig:
     data: str = _opt("digits", "'digits' (embedded, 1,797 8x8 images) or a folder/.zip with train/<class>/*")
     image_size: int | None = _opt(None, "resize images to this square size (default: keep; must all match)")
     limit: int | None = _opt(None, "use at most this many images per split (class-balanced, seeded)")
+    data_placement: str = _opt(
+        "auto",
+        "where the training images live: auto (decoded into GPU memory when they take at most half of what is "
+        "free, else pinned host memory) | device | host | stream (read image by image from the folder/zip "
+        "in DataLoader workers, for data larger than memory; needs --image-size)",
+    )
+    workers: int | None = _opt(
+        None, "decoding processes of --data-placement stream (default: CPUs - 1, at most 16)"
+    )
+    knn_images: int = _opt(
+        10000, "--data-placement stream: train and test images decoded for the kNN monitor (class-balanced)"
+    )
     # model
     encoder: str = _opt("auto", "resnet18 | resnet50 | small_cnn | mlp | auto (small_cnn below 32 px)")
     stem: str = _opt("auto", "ResNet stem: cifar | imagenet | auto (cifar up to 64 px)")
@@ -157,6 +169,7 @@ class TrainConfig:
             "proj_hidden_dim",
             "proj_dim",
             "knn_k",
+            "knn_images",
             "queue_size",
             "shuffle_bn_groups",
             "mined_negatives",
@@ -164,6 +177,16 @@ class TrainConfig:
             _check(
                 isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "a positive integer"
             )
+        _check(
+            self.data_placement in ("auto", "device", "host", "stream"),
+            "data_placement",
+            "one of: auto, device, host, stream",
+        )
+        _check(
+            self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
+            "workers",
+            "an integer >= 0",
+        )
         for name in ("image_size", "limit"):
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")

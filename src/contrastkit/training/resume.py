@@ -4,7 +4,8 @@ A run folder's ``checkpoint.pt`` is resumable while ``state["finished"]`` is fal
 the model, optimizer, scheduler, negative source and key encoder, the loop's position (epoch, next batch,
 that epoch's shuffled order), the random generators' states, the kNN curve and the clock
 (:func:`contrastkit.training.trainer.train` writes and reads it). Options that only change how the run is
-watched or where it runs may differ on resume; any other difference is refused, naming each option with
+watched or where it runs may differ on resume (``--data-placement`` among auto, device and host: the same
+batches either way, but not to or from ``stream``, whose kNN monitor and normalisation use a subset); any other difference is refused, naming each option with
 its old and new value, because the saved state could not continue it (another architecture, objective,
 data set or schedule).
 """
@@ -33,6 +34,7 @@ RESUMABLE_OPTIONS = frozenset(
         "skip_nonfinite",
         "deterministic",
         "tensorboard",
+        "workers",
         "out",
     }
 )
@@ -78,14 +80,17 @@ def resume_config(
     changed = [
         (name, getattr(saved, name), getattr(wanted, name))
         for name in saved.to_dict()
-        if name not in RESUMABLE_OPTIONS and getattr(saved, name) != getattr(wanted, name)
+        if name not in RESUMABLE_OPTIONS
+        and getattr(saved, name) != getattr(wanted, name)
+        and not (name == "data_placement" and "stream" not in (saved.data_placement, wanted.data_placement))
     ]
     if changed:
         diff = "; ".join(f"--{n.replace('_', '-')}: run has {a!r}, now {b!r}" for n, a, b in changed)
         raise ConfigError(
             f"cannot resume {str(path.parent)!r} with a changed configuration ({diff}). The saved state cannot "
             f"continue another setting: drop these flags, or start a new run. Options that may change on "
-            f"resume: {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE_OPTIONS - {'out'}))}"
+            f"resume: {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE_OPTIONS - {'out'}))}, and "
+            "--data-placement among auto, device and host"
         )
     return wanted.replace(out=str(path.parent)), state
 

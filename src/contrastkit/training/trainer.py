@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -74,6 +75,7 @@ from contrastkit.training.checkpoint import (
     save_checkpoint,
 )
 from contrastkit.training.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
+from contrastkit.training.data import load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
@@ -230,8 +232,10 @@ class KnnEvaluator:
         self.mean, self.std = info.mean, info.std
         self.k, self.t = config.knn_k, config.knn_temperature
         self.device = device
-        self.train_images = self.train.images.to(device)
-        self.test_images = self.test.images.to(device)
+        # kept where they are (on the device, or in pinned host memory for a set too large for it): the
+        # features are extracted a batch at a time, each batch moved to the device
+        self.train_images = self.train.images
+        self.test_images = self.test.images
 
     def transform(self, x: Tensor) -> Tensor:
         return eval_transform(x, self.mean, self.std)
@@ -343,17 +347,19 @@ def _train(
     if config.deterministic:
         _make_deterministic(device)
 
-    splits, eval_note = load_splits(config)
+    data = load_training_data(config, device)
+    splits, eval_note = data.knn_splits, data.eval_note  # decoded images for the kNN monitor
     train_set, test_set = splits.train, splits.test
     assert test_set is not None
-    if config.batch_size > len(train_set):
+    n_train = len(data)
+    if config.batch_size > n_train:
         raise ConfigError(
-            f"batch size {config.batch_size} is larger than the training set ({len(train_set)} images); "
-            f"use --batch-size {len(train_set)} or less"
+            f"batch size {config.batch_size} is larger than the training set ({n_train} images); "
+            f"use --batch-size {n_train} or less"
         )
     n_classes = len(splits.train.classes)
     mean, std = channel_stats(train_set)
-    c, h, w = train_set.image_shape
+    c, h, w = data.image_shape
     if h != w:
         raise ConfigError(f"images are {h}x{w}; square images are expected: pass --image-size to resize them")
     info = DataInfo(
@@ -367,7 +373,7 @@ def _train(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     views1, views2 = (v.to(device) for v in build_view_pair(config, info))
-    steps_per_epoch = len(train_set) // config.batch_size
+    steps_per_epoch = n_train // config.batch_size
     shard = config.batch_size // world  # this process's part of each global batch
     key_momentum = config.resolved_key_momentum()
     key_encoder = (
@@ -396,8 +402,8 @@ def _train(
         mined_negatives=config.mined_negatives,
         refresh_every=refresh_every,
         index=config.mined_index,
-        train_labels=train_set.labels,
-        encode_items=_item_encoder(model, evaluator.train_images, views1, gen, score)
+        train_labels=data.labels,
+        encode_items=_item_encoder(model, data.fetch, views1, gen, score)
         if mined and config.mined_reencode
         else None,
         both_views=key_encoder is None,
@@ -513,8 +519,8 @@ def _train(
             else ""
         )
     print(
-        f"contrastkit train: data={splits.name} ({len(train_set)} train / {len(test_set)} eval [{eval_note}], "
-        f"{c}x{h}x{w}, {n_classes} classes)\n"
+        f"contrastkit train: data={splits.name} ({n_train} train / {len(test_set)} eval [{eval_note}], "
+        f"{c}x{h}x{w}, {n_classes} classes, {data.where})\n"
         f"  encoder={_encoder_name(config, h)} objective={config.objective}(temperature={config.temperature}) "
         f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}"
         f"{_negatives_note(config, key_momentum, refresh_every)}\n"
@@ -531,8 +537,7 @@ def _train(
     ckpt_step: int | None = step if saved is not None else None
     board = _board(config, run_dir, step) if main else _NoBoard()
     clock = _Clock(progress["train_seconds"], device)
-    images = evaluator.train_images  # the training images on the device, row i = dataset index i
-    labels_all = train_set.labels.to(device)
+    labels_all = data.labels.to(device)
     pending: list[tuple[int, dict[str, Tensor]]] = []
     consecutive_skips = 0
     bar = _progress(total_steps, config.progress) if main else _QuietBar()
@@ -578,18 +583,23 @@ def _train(
             epoch = progress["epoch"]
             if progress["order"] is None:
                 if main:
-                    order = torch.randperm(len(train_set), device=device, generator=gen)
+                    order = torch.randperm(n_train, device=device, generator=gen)
                 else:
-                    order = torch.empty(len(train_set), dtype=torch.long, device=device)
+                    order = torch.empty(n_train, dtype=torch.long, device=device)
                 if world > 1:
                     dist.broadcast(order, src=0)  # one order of global batches for every rank
                 progress["order"] = order
             order = progress["order"].to(device)
-            while progress["next_batch"] < steps_per_epoch:
+            # this rank's shard of each global batch, from the next batch of the epoch on
+            batches = data.epoch_batches(
+                order,
+                progress["next_batch"],
+                config.batch_size,
+                slice(rank_ * shard, (rank_ + 1) * shard),
+                device,
+            )
+            for idx, batch in batches:
                 i = progress["next_batch"]
-                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-                idx = idx[rank_ * shard : (rank_ + 1) * shard]  # this rank's shard of the global batch
-                batch = images[idx]
                 # --skip-nonfinite: a skipped step must leave no trace, but its forward pass has already moved
                 # the BatchNorm statistics and filled the queue; keep the buffers to put them back.
                 before = [b.detach().clone() for b in learner.buffers()] if config.skip_nonfinite else []
@@ -682,6 +692,7 @@ def _train(
             "features": "backbone, L2-normalised",
             "train_images": len(train_set),
             "eval_images": len(test_set),
+            "data_placement": data.where,
             "eval_split": eval_note,
         },
         "final_loss": progress["last_loss"],
@@ -737,7 +748,11 @@ def _train_set_embedder(
 
 
 def _item_encoder(
-    model: ContrastiveModel, images: Tensor, views: ImageViews, gen: torch.Generator, score: Score
+    model: ContrastiveModel,
+    fetch: Callable[[Tensor], Tensor],
+    views: ImageViews,
+    gen: torch.Generator,
+    score: Score,
 ) -> Any:
     """``--mined-reencode`` (ANCE): prepared projections of training items by the model being trained, with
     gradient. Each item is rendered as a fresh training view (the first view's augmentation, drawn from the
@@ -746,7 +761,7 @@ def _item_encoder(
     training mode; it is called directly, not through DDP: its gradient joins the same backward pass."""
 
     def encode_items(ids: Tensor) -> Tensor:
-        batch = images[ids]
+        batch = fetch(ids)
         x = views.render(batch, views.sample(batch, generator=gen))
         if x.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -1015,6 +1030,11 @@ def check_combinations(config: TrainConfig) -> None:
             "--negatives gather gathers negatives across processes, but torch.distributed is not initialised: "
             "launch with torchrun (e.g. torchrun --standalone --nproc-per-node 2 -m contrastkit train ...), "
             "or use --negatives in-batch on one process"
+        )
+    if config.data_placement == "stream" and config.negatives.startswith("mined"):
+        raise ConfigError(
+            f"--negatives {config.negatives} indexes the whole training set in memory, which "
+            "--data-placement stream does not hold: use --data-placement auto (or host), or another --negatives"
         )
     world = world_size()
     if world > 1 and config.batch_size % world:

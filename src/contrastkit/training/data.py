@@ -1,0 +1,141 @@
+"""The training data as the loop sees it: batches of ``uint8`` images on the device, by dataset index.
+
+``--data-placement`` chooses how batches are made (see :mod:`contrastkit.data.placement` and
+:mod:`contrastkit.data.stream`):
+
+- ``auto`` / ``device`` / ``host``: the data set is decoded once into memory; its images stay on the GPU
+  (a batch is one index operation there) or, when they do not fit, in pinned host memory (a batch is
+  gathered on the host and copied asynchronously). ``auto`` decides by the device's free memory.
+- ``stream``: images are read from the folder or zip one by one in ``DataLoader`` worker processes, for
+  data sets larger than memory; batches are pinned and copied asynchronously, and the augmentation still
+  runs on the device. The kNN monitor (and the normalisation statistics) then use a decoded, seeded,
+  class-balanced subset of at most ``--knn-images`` train and test images.
+
+Either way the loop draws one shuffled order per epoch and asks for the batches of that order from a given
+batch on, so an interrupted run resumes with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from contrastkit.data import DataSplits, balanced_indices
+from contrastkit.data.placement import ResidentImages
+from contrastkit.data.stream import ImageFileDataset, batch_loader, stream_image_folder
+from contrastkit.errors import ConfigError
+from contrastkit.training.config import TrainConfig
+
+HELD_OUT_FRACTION = 0.2
+
+
+@dataclass
+class TrainingData:
+    """Batches for the loop (:meth:`epoch_batches`) and decoded images for the kNN monitor (``knn_splits``)."""
+
+    knn_splits: DataSplits
+    eval_note: str
+    labels: Tensor  # (N_train,) int64, the labels of every training image (dataset index order)
+    image_shape: tuple[int, int, int]
+    resident: ResidentImages | None = None
+    stream: ImageFileDataset | None = None
+    workers: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def where(self) -> str:
+        if self.stream is not None:
+            return f"streamed from {self.stream.source.container}"
+        assert self.resident is not None
+        return f"{self.resident.where} memory"
+
+    def fetch(self, idx: Tensor) -> Tensor:
+        """The training images at dataset indices ``idx`` (on the device), as ``uint8`` on the device."""
+        if self.resident is None:
+            raise ConfigError(
+                "re-encoding training items needs the images in memory: use --data-placement auto"
+            )
+        return self.resident.batch(idx.to(self.resident.index_device))
+
+    def epoch_batches(
+        self, order: Tensor, start: int, batch_size: int, rows: slice, device: torch.device
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(indices on device, uint8 images on device)`` of batches ``start, start + 1, ...`` of ``order``
+        (a permutation of the training set on ``device``); ``rows`` selects this process's shard."""
+        if self.stream is not None:
+            loader = batch_loader(
+                self.stream,
+                order.cpu(),
+                batch_size,
+                start_batch=start,
+                rows=rows,
+                workers=self.workers,
+                pin_memory=device.type == "cuda",
+            )
+            for images, _, idx in loader:
+                yield idx.to(device, non_blocking=True), images.to(device, non_blocking=True)
+            return
+        assert self.resident is not None
+        source = order if self.resident.index_device == order.device else order.to(self.resident.index_device)
+        for i in range(start, len(order) // batch_size):
+            idx = order[i * batch_size : (i + 1) * batch_size][rows]
+            yield idx, self.resident.batch(source[i * batch_size : (i + 1) * batch_size][rows])
+
+
+def load_training_data(config: TrainConfig, device: torch.device) -> TrainingData:
+    """Load (or list, for ``stream``) the data the config names, placed as ``--data-placement`` says."""
+    from contrastkit.training.trainer import load_splits
+
+    if config.data_placement != "stream":
+        splits, note = load_splits(config)
+        resident = ResidentImages(splits.train.images, device, config.data_placement)
+        splits.train.images = resident.images  # one copy: the kNN monitor reads the same memory
+        assert splits.test is not None
+        splits.test.images = ResidentImages(splits.test.images, device, config.data_placement).images
+        return TrainingData(
+            knn_splits=splits,
+            eval_note=note,
+            labels=splits.train.labels,
+            image_shape=splits.train.image_shape,
+            resident=resident,
+        )
+    if config.data == "digits":
+        raise ConfigError(
+            "--data-placement stream reads an image folder or zip image by image; the embedded digits are "
+            "always in memory: use --data-placement auto"
+        )
+    if config.image_size is None:
+        raise ConfigError(
+            "--data-placement stream needs --image-size N: images are resized as they are read, without a "
+            "first pass over the data to check their sizes"
+        )
+    train, test = stream_image_folder(
+        config.data,
+        image_size=config.image_size,
+        limit=config.limit,
+        seed=config.seed,
+        hold_out=HELD_OUT_FRACTION,
+    )
+    assert test is not None
+    has_test = "test" in {n.split("/", 1)[0] for n in test.names}
+    note = "test split" if has_test else f"held out {HELD_OUT_FRACTION:.0%} of train (no test/ folder)"
+    note += f", kNN on at most {config.knn_images} decoded images per split"
+    knn_train = train.decode(
+        balanced_indices(train.labels, config.knn_images, config.seed), workers=config.workers or 0
+    )
+    knn_test = test.decode(
+        balanced_indices(test.labels, config.knn_images, config.seed), workers=config.workers or 0
+    )
+    return TrainingData(
+        knn_splits=DataSplits(train=knn_train, test=knn_test, name=config.data),
+        eval_note=note,
+        labels=train.labels,
+        image_shape=train.image_shape,
+        stream=train,
+        workers=config.workers,
+    )
