@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -22,15 +23,15 @@ VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+def write_atomic(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temporary file beside ``path``, which is flushed to disk
+    and renamed over ``path``; a crash or kill mid-write leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +39,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    return write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -26,7 +24,7 @@ import torch
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluation import embedding_geometry, extract_features, finetune_few_labels, knn_accuracy
 from contrastkit.evaluation import linear_probe as run_linear_probe
-from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
+from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint, write_atomic
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.trainer import (
     DataInfo,
@@ -58,16 +56,7 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON to ``path`` via a temporary file and a rename (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: json.dump(payload, f, indent=2), binary=False)
 
 
 def merge_evaluation(run_dir: Path, results: dict[str, Any]) -> Path:

@@ -73,6 +73,7 @@ from contrastkit.training.checkpoint import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    write_atomic,
 )
 from contrastkit.training.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
 from contrastkit.training.data import load_training_data
@@ -720,7 +721,7 @@ def _train(
     board.close()
     metrics["total_seconds"] = time.perf_counter() - t_start
     if main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_atomic(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), binary=False)
     print(format_summary(metrics, run_dir), file=out, flush=True)
     return TrainResult(run_dir=run_dir, metrics=metrics, model=model, history=history)
 
