@@ -192,7 +192,7 @@ def test_nonfinite_loss_names_the_step_and_the_last_good_checkpoint(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2 and "Traceback" not in err, err
     assert "the loss became nan at step 2 (epoch 1)" in err
-    assert f"The last good checkpoint is {run / 'checkpoint.pt'} (step 1)" in err
+    assert f"The latest checkpoint is {run / 'checkpoint.pt'} (step 1)" in err
     assert f"contrastkit train --resume {run} --skip-nonfinite" in err
     good = load_checkpoint(run / "checkpoint.pt")
     assert good["step"] == 1
@@ -205,9 +205,11 @@ def test_nonfinite_loss_names_the_step_and_the_last_good_checkpoint(tmp_path):
     assert all(torch.equal(v, last["model"][k]) for k, v in good["model"].items())
 
 
-def test_skip_nonfinite_skips_exactly_the_bad_steps(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("negatives", ["in-batch", "queue"])
+def test_skip_nonfinite_skips_exactly_the_bad_steps(tmp_path, monkeypatch, one_thread, negatives):
     build = trainer_module.build_objective
-    bad_calls = {3, 8}
+    bad_steps = [1, 3, 8]  # step 1 too: the queue allocates its keys lazily on its first update
+    calls_per_step = 2 if negatives == "queue" else 1  # MoCo's symmetric loss scores two halves a step
 
     def nan_on_some_calls(*args, **kwargs):
         objective = build(*args, **kwargs)
@@ -217,18 +219,22 @@ def test_skip_nonfinite_skips_exactly_the_bad_steps(tmp_path, monkeypatch, one_t
             def forward(self, *a, **k):
                 calls.append(1)
                 loss = objective(*a, **k)
-                return loss * float("nan") if len(calls) in bad_calls else loss
+                step = (len(calls) - 1) // calls_per_step + 1
+                return loss * float("nan") if step in bad_steps else loss
 
         return Wrapped()
 
     monkeypatch.setattr(trainer_module, "build_objective", nan_on_some_calls)
-    result = train(small_config(tmp_path, "skip", skip_nonfinite=True))
+    result = train(small_config(tmp_path, "skip", skip_nonfinite=True, negatives=negatives))
     rows = result.history
-    assert [r["step"] for r in rows if r["skipped"]] == sorted(bad_calls)
+    assert [r["step"] for r in rows if r["skipped"]] == bad_steps
     assert all(r["loss"] == r["loss"] for r in rows if not r["skipped"])
-    assert result.metrics["skipped_steps"] == 2 and result.metrics["steps"] == 15
-    with pytest.raises(TrainingError, match="the loss became nan at step 3"):
-        train(small_config(tmp_path, "stop"))
+    assert result.metrics["skipped_steps"] == 3 and result.metrics["steps"] == 15
+    if negatives == "queue":  # the skipped steps enqueued nothing: 12 steps x 2 x 64 keys
+        state = load_checkpoint(result.run_dir / "checkpoint.pt")["negatives"]
+        assert int(state["queue.filled"]) == 12 * 2 * 64
+    with pytest.raises(TrainingError, match="the loss became nan at step 1"):
+        train(small_config(tmp_path, f"stop-{negatives}", negatives=negatives))
 
 
 def test_tensorboard_scalars_match_the_history(tmp_path, one_thread):

@@ -1,15 +1,17 @@
-"""Where the decoded ``uint8`` training images live while training: on the device, or in pinned host memory.
+"""Where the decoded ``uint8`` training images live while training: on the device, or in host memory.
 
 Contrastive training is bound by its input pipeline unless the images are already where the model runs:
 CIFAR-10 is 150 MB of ``uint8``, so it is held on the GPU and a batch is one index operation there, with
 no host work and no transfer (``where == "device"``). A data set too large for the device memory that is
-free stays in *pinned* (page-locked) host memory: a batch is gathered on the host into one of two pinned
-staging buffers and copied asynchronously (``non_blocking``) to the device, where the augmentation runs;
+free stays in host memory: a batch is gathered on the host into one of two *pinned* (page-locked) staging
+buffers and copied asynchronously (``non_blocking``) to the device, where the augmentation runs;
 the two buffers alternate, and a CUDA event guards each against being overwritten while its copy is still
-in flight, so the host never waits for the GPU except when it is two batches ahead.
+in flight, so the host never waits for the GPU except when it is two batches ahead. The data set itself is not pinned:
+pinning would need a second full copy while it is made and PyTorch's pinned allocator rounds it up to a
+power of two (70 GB would lock 128 GB); only the staging buffers need it.
 
 ``placement="auto"`` puts the images on a CUDA device when they take at most :data:`DEVICE_FRACTION` of its
-free memory (the rest is left to the model, its activations and the optimizer), else in pinned host memory;
+free memory (the rest is left to the model, its activations and the optimizer), else in host memory;
 on the CPU there is only one memory. ``"device"`` and ``"host"`` force a choice.
 """
 
@@ -32,6 +34,9 @@ def _free_bytes(device: torch.device) -> int:
 
 class ResidentImages:
     """``uint8`` ``(N, C, H, W)`` images placed for training; :meth:`batch` returns a batch on ``device``.
+
+    ``where`` is ``"device"``, ``"pinned host"`` (host memory, batches staged through pinned buffers) or
+    ``"host"`` (CPU training: host memory is the device's).
 
     ``index_device`` is where the batch indices must be (the device itself, or the CPU for host
     placement, so that drawing a batch never synchronises with the GPU).
@@ -63,8 +68,8 @@ class ResidentImages:
             self.images = images.to(self.device)
             self.index_device = self.device
         else:
-            self.where = "pinned host"
-            self.images = images.cpu().pin_memory()
+            self.where = "pinned host"  # pinned staging buffers; the set itself stays pageable
+            self.images = images.cpu()
             self.index_device = torch.device("cpu")
         self._buffers: list[Tensor] = []
         self._events: list[torch.cuda.Event | None] = [None, None]
@@ -93,9 +98,10 @@ class ResidentImages:
             event.synchronize()  # this buffer's previous copy has finished
         staged = self._buffers[k][:n]
         torch.index_select(self.images, 0, idx, out=staged)
-        out = staged.to(self.device, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        with torch.cuda.device(self.device):  # the copy and its event on the target device's stream
+            out = staged.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
         self._events[k] = event
         return out
 

@@ -113,11 +113,13 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def default_workers() -> int:
-    """Decoding worker processes: the usable CPUs, minus one for the training loop, at most 16."""
+    """Decoding worker processes: the usable CPUs, minus one for the training loop, at most 16; under
+    torchrun the CPUs are shared by the processes of the machine (``LOCAL_WORLD_SIZE``)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:
         n = os.cpu_count() or 1
+    n //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(0, min(16, n - 1))
 
 

@@ -49,7 +49,9 @@ class TrainConfig:
         None, "decoding processes of --data-placement stream (default: CPUs - 1, at most 16)"
     )
     knn_images: int = _opt(
-        10000, "--data-placement stream: train and test images decoded for the kNN monitor (class-balanced)"
+        10000,
+        "kNN monitor on data that does not sit on the device (stream, or host memory on a GPU): at most this "
+        "many train and test images (class-balanced, seeded)",
     )
     # model
     encoder: str = _opt("auto", "resnet18 | resnet50 | small_cnn | mlp | auto (small_cnn below 32 px)")
@@ -149,8 +151,8 @@ class TrainConfig:
     )
     skip_nonfinite: bool = _opt(
         False,
-        "skip (and count) steps whose loss is not finite instead of stopping; checks the loss on every step "
-        f"(one host synchronisation per step); stops after {MAX_CONSECUTIVE_SKIPS} such steps in a row",
+        "skip (and count) steps whose loss or gradient is not finite instead of stopping; checks both on every "
+        f"step (two host synchronisations per step); stops after {MAX_CONSECUTIVE_SKIPS} such steps in a row",
     )
     deterministic: bool = _opt(
         False,

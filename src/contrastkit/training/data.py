@@ -5,7 +5,9 @@
 
 - ``auto`` / ``device`` / ``host``: the data set is decoded once into memory; its images stay on the GPU
   (a batch is one index operation there) or, when they do not fit, in pinned host memory (a batch is
-  gathered on the host and copied asynchronously). ``auto`` decides by the device's free memory.
+  gathered on the host and copied asynchronously). ``auto`` decides by the device's free memory. In host
+  memory on a GPU the kNN monitor uses a seeded, class-balanced subset of at most ``--knn-images``
+  images per split (its features are float32 on the device: four times the images' own size).
 - ``stream``: images are read from the folder or zip one by one in ``DataLoader`` worker processes, for
   data sets larger than memory; batches are pinned and copied asynchronously, and the augmentation still
   runs on the device. The kNN monitor (and the normalisation statistics) then use a decoded, seeded,
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from contrastkit.data import DataSplits, balanced_indices
+from contrastkit.data import DataSplits, balanced_indices, channel_stats
 from contrastkit.data.placement import ResidentImages
-from contrastkit.data.stream import ImageFileDataset, batch_loader, stream_image_folder
+from contrastkit.data.stream import ImageFileDataset, batch_loader, default_workers, stream_image_folder
 from contrastkit.errors import ConfigError
 from contrastkit.training.config import TrainConfig
 
@@ -40,6 +42,7 @@ class TrainingData:
     eval_note: str
     labels: Tensor  # (N_train,) int64, the labels of every training image (dataset index order)
     image_shape: tuple[int, int, int]
+    stats: tuple[tuple[float, ...], tuple[float, ...]]  # per-channel mean and std of the training images
     resident: ResidentImages | None = None
     stream: ImageFileDataset | None = None
     workers: int | None = None
@@ -93,15 +96,22 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
 
     if config.data_placement != "stream":
         splits, note = load_splits(config)
+        stats = channel_stats(splits.train)  # on the CPU, the same for every placement
         resident = ResidentImages(splits.train.images, device, config.data_placement)
-        splits.train.images = resident.images  # one copy: the kNN monitor reads the same memory
         assert splits.test is not None
-        splits.test.images = ResidentImages(splits.test.images, device, config.data_placement).images
+        if resident.where == "pinned host":  # too large for the device: the kNN monitor takes a subset
+            knn = _knn_subsets(splits, config)
+            note += f", kNN on at most {config.knn_images} images per split"
+        else:  # one copy: the kNN monitor reads the training images where they are
+            splits.train.images = resident.images
+            splits.test.images = splits.test.images.to(device)
+            knn = splits
         return TrainingData(
-            knn_splits=splits,
+            knn_splits=knn,
             eval_note=note,
             labels=splits.train.labels,
             image_shape=splits.train.image_shape,
+            stats=stats,
             resident=resident,
         )
     if config.data == "digits":
@@ -125,17 +135,25 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
     has_test = "test" in {n.split("/", 1)[0] for n in test.names}
     note = "test split" if has_test else f"held out {HELD_OUT_FRACTION:.0%} of train (no test/ folder)"
     note += f", kNN on at most {config.knn_images} decoded images per split"
-    knn_train = train.decode(
-        balanced_indices(train.labels, config.knn_images, config.seed), workers=config.workers or 0
-    )
-    knn_test = test.decode(
-        balanced_indices(test.labels, config.knn_images, config.seed), workers=config.workers or 0
-    )
+    workers = default_workers() if config.workers is None else config.workers
+    knn_train = train.decode(balanced_indices(train.labels, config.knn_images, config.seed), workers=workers)
+    knn_test = test.decode(balanced_indices(test.labels, config.knn_images, config.seed), workers=workers)
     return TrainingData(
         knn_splits=DataSplits(train=knn_train, test=knn_test, name=config.data),
         eval_note=note,
         labels=train.labels,
         image_shape=train.image_shape,
+        stats=channel_stats(knn_train),  # from the decoded subset: no pass over the whole set
         stream=train,
-        workers=config.workers,
+        workers=workers,
+    )
+
+
+def _knn_subsets(splits: DataSplits, config: TrainConfig) -> DataSplits:
+    """Seeded, class-balanced subsets of at most ``--knn-images`` images per split (copies)."""
+    assert splits.test is not None
+    return DataSplits(
+        train=splits.train.subset(balanced_indices(splits.train.labels, config.knn_images, config.seed)),
+        test=splits.test.subset(balanced_indices(splits.test.labels, config.knn_images, config.seed)),
+        name=splits.name,
     )

@@ -16,6 +16,7 @@ symmetrised step use the same indices.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,9 @@ class ContrastiveLearner(nn.Module):
         self.objective = objective
         self.oracle = oracle
         self.key_encoder = key_encoder
+        # Set by a trainer that skips non-finite steps: a predicate on the loss (True: finite everywhere);
+        # when it says no, the negative source is not updated, so a skipped step leaves its state as it was.
+        self.finite_check: Callable[[Tensor], bool] | None = None
 
     @property
     def uses_labels(self) -> bool:
@@ -105,6 +109,9 @@ class ContrastiveLearner(nn.Module):
         stats = getattr(self.negatives, "last_stats", None)
         return {k: v.detach() for k, v in stats.items()} if stats else {}
 
+    def _may_update(self, loss: Tensor) -> bool:
+        return self.finite_check is None or self.finite_check(loss)
+
     def forward(
         self, view1: Tensor, view2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
     ) -> StepOutput:
@@ -120,7 +127,8 @@ class ContrastiveLearner(nn.Module):
         z1, z2 = z[:b], z[b:]
         loss, contrast = self._loss(z1, z2, labels, kwargs)
         extra = self._source_stats()
-        self.negatives.update(z1.detach(), z2.detach(), labels, **kwargs)
+        if self._may_update(loss):
+            self.negatives.update(z1.detach(), z2.detach(), labels, **kwargs)
         with torch.no_grad():
             return _step_output(loss, [contrast], extra)
 
@@ -142,12 +150,13 @@ class ContrastiveLearner(nn.Module):
         loss = (loss_a + loss_b) / 2
         extra = {key: (v + stats_b[key]) / 2 for key, v in stats_a.items() if key in stats_b}
         both_kwargs = {key: torch.cat([v, v]) for key, v in kwargs.items()}
-        self.negatives.update(
-            torch.cat([q1, q2]).detach(),
-            torch.cat([k2, k1]),
-            None if labels is None else torch.cat([labels, labels]),
-            **both_kwargs,
-        )
+        if self._may_update(loss):
+            self.negatives.update(
+                torch.cat([q1, q2]).detach(),
+                torch.cat([k2, k1]),
+                None if labels is None else torch.cat([labels, labels]),
+                **both_kwargs,
+            )
         with torch.no_grad():
             return _step_output(loss, [contrast_a, contrast_b], extra)
 

@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,7 +50,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from contrastkit.data import DataSplits, channel_stats, load_dataset
+from contrastkit.data import DataSplits, load_dataset
 from contrastkit.encoders import MLP, ContrastiveModel, ProjectionHead, build_encoder, resolve_stem
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
@@ -359,7 +360,7 @@ def _train(
             f"use --batch-size {n_train} or less"
         )
     n_classes = len(splits.train.classes)
-    mean, std = channel_stats(train_set)
+    mean, std = data.stats
     c, h, w = data.image_shape
     if h != w:
         raise ConfigError(f"images are {h}x{w}; square images are expected: pass --image-size to resize them")
@@ -424,6 +425,8 @@ def _train(
         oracle=config.oracle,
         key_encoder=key_encoder,
     ).to(device)
+    if config.skip_nonfinite:
+        learner.finite_check = _all_finite
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     optimizer = build_optimizer(
@@ -438,6 +441,8 @@ def _train(
             "order": None,  # its shuffled order, once drawn
             "total_steps": total_steps,
             "world_size": world,
+            "device_type": device.type,  # the generators' states are of this kind of device
+            "elapsed_seconds": 0.0,  # wall-clock of earlier sessions of the run
             "train_seconds": 0.0,
             "knn_curve": [],
             "knn_top1_random_init": _on_rank0(lambda: evaluator.model_accuracy(model, amp_dtype)),
@@ -454,6 +459,13 @@ def _train(
     else:
         progress = dict(saved["progress"])
         step = int(saved["step"])
+        saved_type = progress.get("device_type", device.type)
+        if saved_type != device.type:
+            raise ConfigError(
+                f"cannot resume {str(run_dir)!r} on {device.type}: it ran on {saved_type}, whose random "
+                f"generators' states do not transfer; resume it with --device {saved_type} (another {saved_type} "
+                "index is fine)"
+            )
         if progress["total_steps"] != total_steps:
             raise ConfigError(
                 f"cannot resume {str(run_dir)!r}: it has {progress['total_steps']} steps in all, this data and "
@@ -536,6 +548,7 @@ def _train(
 
     ckpt_path = run_dir / CHECKPOINT_NAME
     ckpt_step: int | None = step if saved is not None else None
+    elapsed_base = progress.get("elapsed_seconds", 0.0)
     board = _board(config, run_dir, step) if main else _NoBoard()
     clock = _Clock(progress["train_seconds"], device)
     labels_all = data.labels.to(device)
@@ -569,8 +582,16 @@ def _train(
     def checkpoint() -> None:
         nonlocal ckpt_step
         drain()
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in learner.parameters()]).all()
+        if not _all_finite(torch.where(finite, 0.0, float("nan"))):
+            raise TrainingError(
+                f"the parameters became non-finite by step {step} although the losses were finite; "
+                f"{_last_good(ckpt_path, ckpt_step)} It was not overwritten. Start a new run with a lower --lr, "
+                "a higher --temperature or --precision fp32, or resume with --skip-nonfinite."
+            )
         clock.stop()
         progress["train_seconds"] = clock.seconds()
+        progress["elapsed_seconds"] = elapsed_base + time.perf_counter() - t_start
         state = _state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen)
         if main:
             save_checkpoint(state, ckpt_path)
@@ -601,33 +622,42 @@ def _train(
             )
             for idx, batch in batches:
                 i = progress["next_batch"]
-                # --skip-nonfinite: a skipped step must leave no trace, but its forward pass has already moved
-                # the BatchNorm statistics and filled the queue; keep the buffers to put them back.
-                before = [b.detach().clone() for b in learner.buffers()] if config.skip_nonfinite else []
+                # --skip-nonfinite: a skipped step must leave no trace. The learner leaves the negative source
+                # alone when the loss is not finite (learner.finite_check); the forward pass has still moved
+                # the BatchNorm statistics, so the model's and key encoder's buffers are kept to put back.
+                before = _buffers(learner) if config.skip_nonfinite else {}
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_bf16):
                     v1, v2 = make_views(batch)
                     result = step_fn(v1, v2, labels_all[idx] if learner.uses_labels else None, indices=idx)
                 optimizer.zero_grad(set_to_none=True)
                 lr_used = optimizer.param_groups[0]["lr"]
                 skip = config.skip_nonfinite and not _all_finite(result.loss)
+                if not skip:
+                    result.loss.backward()
+                    # a finite loss can still give an infinite gradient: skip that step too (its source update
+                    # is done by then; only the weights are spared)
+                    skip = config.skip_nonfinite and not _all_finite(_grad_norm(learner))
+                    if not skip:
+                        consecutive_skips = 0
+                        optimizer.step()
+                        if key_encoder is not None:
+                            key_encoder.update(model)
                 if skip:
-                    for buffer, kept in zip(learner.buffers(), before):
-                        buffer.copy_(kept)
+                    optimizer.zero_grad(set_to_none=True)
+                    _restore_buffers(learner, before)
                     progress["skipped_steps"] += 1
                     consecutive_skips += 1
                     if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                         raise TrainingError(
-                            f"the loss was not finite for {consecutive_skips} steps in a row (up to step "
-                            f"{step + 1}); training has diverged. {_last_good(ckpt_path, ckpt_step)} Start a new "
-                            "run with a lower --lr, a higher --temperature or --precision fp32."
+                            f"the loss or its gradient was not finite for {consecutive_skips} steps in a row (up "
+                            f"to step {step + 1}); training has diverged. {_last_good(ckpt_path, ckpt_step)} "
+                            "Start a new run with a lower --lr, a higher --temperature or --precision fp32."
                         )
-                else:
-                    consecutive_skips = 0
-                    result.loss.backward()
-                    optimizer.step()
-                    if key_encoder is not None:
-                        key_encoder.update(model)
-                scheduler.step()
+                with (
+                    warnings.catch_warnings()
+                ):  # a skipped step calls it without optimizer.step(), on purpose
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    scheduler.step()
                 step += 1
                 progress["next_batch"] = i + 1
                 pending.append(
@@ -655,7 +685,7 @@ def _train(
                     name = signal.Signals(requested).name
                     raise TrainingInterrupted(
                         f"{name} received: stopped at step {step} of {total_steps} (epoch {epoch + 1}) and wrote "
-                        f"{ckpt_path}; continue with: contrastkit train --resume {run_dir}",
+                        f"{ckpt_path}; continue with: {resume_command(run_dir, world)}",
                         signum=requested,
                         checkpoint=ckpt_path,
                         step=step,
@@ -688,7 +718,7 @@ def _train(
         "knn_top1_random_init": progress["knn_top1_random_init"],
         "knn_top1_raw_pixels": progress["knn_top1_raw_pixels"],
         "knn_protocol": {
-            "k": config.knn_k,
+            "k": min(config.knn_k, len(train_set)),
             "temperature": config.knn_temperature,
             "features": "backbone, L2-normalised",
             "train_images": len(train_set),
@@ -703,7 +733,7 @@ def _train(
         "skipped_steps": progress["skipped_steps"],
         "resumed_at_steps": progress["resumed_at_steps"],
         "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - t_start,
+        "total_seconds": elapsed_base + time.perf_counter() - t_start,
         "images_per_second": step * config.batch_size / max(train_seconds, 1e-9),
         "device": str(device),
         "processes": world,
@@ -719,7 +749,7 @@ def _train(
             ckpt_path,
         )
     board.close()
-    metrics["total_seconds"] = time.perf_counter() - t_start
+    metrics["total_seconds"] = elapsed_base + time.perf_counter() - t_start
     if main:
         write_atomic(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), binary=False)
     print(format_summary(metrics, run_dir), file=out, flush=True)
@@ -785,12 +815,38 @@ def _agreed_signal(requested: int | None, device: torch.device, at_sync: bool) -
     return int(flag.item()) or None
 
 
+def _buffers(learner: ContrastiveLearner) -> dict[str, Tensor]:
+    """Copies of the model's and key encoder's buffers (BatchNorm statistics), not the negative source's."""
+    return {n: b.detach().clone() for n, b in learner.named_buffers() if not n.startswith("negatives.")}
+
+
+def _restore_buffers(learner: ContrastiveLearner, kept: dict[str, Tensor]) -> None:
+    current = dict(learner.named_buffers())
+    for name, value in kept.items():
+        current[name].copy_(value)
+
+
+def _grad_norm(learner: ContrastiveLearner) -> Tensor:
+    """The gradients' total 2-norm (infinite or NaN if any gradient is), without clipping."""
+    grads = [p.grad for p in learner.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
 def _all_finite(loss: Tensor) -> bool:
     """Whether the loss is finite on every rank (so that all ranks skip the same steps)."""
     finite = torch.isfinite(loss.detach()).float().reshape(1)
     if world_size() > 1:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
+
+
+def resume_command(run_dir: Path, world: int) -> str:
+    """The command that resumes ``run_dir`` (under torchrun for a run of several processes)."""
+    if world > 1:
+        return f"torchrun --standalone --nproc-per-node {world} -m contrastkit train --resume {run_dir}"
+    return f"contrastkit train --resume {run_dir}"
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
@@ -804,7 +860,7 @@ def _refuse_existing_run(run_dir: Path) -> None:
         if "progress" in state and not state.get("finished"):
             hint = (
                 f"it stopped at step {state['step']} of {state['progress']['total_steps']}: continue it with "
-                f"contrastkit train --resume {run_dir}, or choose another --out"
+                f"{resume_command(run_dir, int(state['progress'].get('world_size', 1)))}, or choose another --out"
             )
     except ContrastkitError:
         pass
@@ -908,7 +964,7 @@ def _truncate_history(path: Path, step: int, *, write: bool = True) -> list[dict
 def _last_good(path: Path, step: int | None) -> str:
     if step is None:
         return "No checkpoint was written for this run yet."
-    return f"The last good checkpoint is {path} (step {step})."
+    return f"The latest checkpoint is {path} (step {step})."
 
 
 class _Clock:
@@ -1005,7 +1061,7 @@ def _drain(
         row = {name: next(values) for name in stats}
         if not math.isfinite(row["loss"]) and not allow_nonfinite:
             then = (
-                f"Resume it with: contrastkit train --resume {run_dir} --skip-nonfinite, or start a new run"
+                f"Resume it with: {resume_command(run_dir, world_size())} --skip-nonfinite, or start a new run"
                 if resumable
                 else "Start a new run"
             )
