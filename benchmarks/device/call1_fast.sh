@@ -9,7 +9,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DATA=.carry/cifar10-jpeg.zip
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch,sys;print('torch',torch.__version__,'python',sys.version.split()[0])"
-python3 -m pytest -q -p no:cacheprovider tests/data/test_placement.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
+python3 -m pytest -q -p no:cacheprovider tests/data/test_placement.py tests/training/test_cuda_train.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
 python3 benchmarks/train_step.py --compile --compile-views --data $DATA --steps 60 --warmup-steps 15 \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 IPS=$(python3 -c "import json;print(json.load(open('$OUT/bench.json'))['results']['full']['images_per_s'])" || echo 15000)
