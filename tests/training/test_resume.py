@@ -141,6 +141,10 @@ def test_resume_with_a_changed_config_is_refused_naming_each_difference(runs, tm
     p = cli("train", "--resume", unfinished, "--out", tmp_path / "elsewhere")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "drop --out" in err, err
+    (tmp_path / "empty").mkdir()
+    p = cli("train", "--resume", tmp_path / "empty")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "stopped before its first checkpoint" in err, err
     p = cli("train", "--resume", runs["root"] / "ref")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "finished (step 30 of 30); nothing to resume" in err, err

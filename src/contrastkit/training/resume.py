@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from contrastkit.errors import ConfigError, TrainingError
-from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
+from contrastkit.training.checkpoint import CHECKPOINT_NAME, find_checkpoint, load_checkpoint
 from contrastkit.training.config import TrainConfig
 
 # Options that may differ between a run and its resume: none of them changes the state being continued.
@@ -63,6 +63,12 @@ def resume_config(
     ``overrides`` are options given again on resume (the command line's flags); those outside
     :data:`RESUMABLE_OPTIONS` must equal the saved ones. The run folder is the checkpoint's folder.
     """
+    folder = Path(run)
+    if folder.is_dir() and not (folder / CHECKPOINT_NAME).is_file():
+        raise ConfigError(
+            f"run folder {str(folder)!r} has no {CHECKPOINT_NAME}: the run stopped before its first checkpoint "
+            "(after its first epoch, or --checkpoint-every steps), so there is nothing to resume; start it again"
+        )
     path = find_checkpoint(run)
     state = load_checkpoint(path)
     if "progress" not in state:
