@@ -30,6 +30,7 @@ states, so a resume needs the same number of processes.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import math
@@ -315,7 +316,12 @@ def train(
         return result
     finally:
         if owns_group and dist.is_initialized():
+            # DistributedDataParallel's reducer sits in reference cycles that keep the process group and
+            # gloo's pending work alive until the interpreter's finalisation, where freeing them aborts
+            # the process ("terminate called without an active exception"): free them now.
+            gc.collect()
             dist.destroy_process_group()
+            gc.collect()
 
 
 def _barrier_before_teardown(owns_group: bool) -> None:
