@@ -19,6 +19,13 @@ def test_defaults_are_valid():
         ({"optimizer": "rmsprop"}, "sgd, lars, adamw"),
         ({"device": "tpu"}, "cuda:N"),
         ({"crop_min_scale": 0}, "crop-min-scale"),
+        ({"checkpoint_every": -1}, r"--checkpoint-every\) must be an integer >= 0"),
+        ({"views": "simsiam"}, r"--views\) must be one of: simclr, simclr_imagenet, mocov2, byol"),
+        ({"jitter": -0.1}, r"--jitter\) must be a number >= 0"),
+        ({"grayscale_p": 2.0}, r"--grayscale-p\) must be a number in \[0, 1\]"),
+        ({"workers": -2}, r"--workers\) must be an integer >= 0"),
+        ({"knn_images": 0}, r"--knn-images\) must be a positive integer"),
+        ({"data_placement": "gpu"}, r"--data-placement\) must be one of: auto, device, host, stream"),
     ],
 )
 def test_bad_values_are_named(changes, message):
