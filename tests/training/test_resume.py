@@ -253,3 +253,21 @@ def test_tensorboard_scalars_match_the_history(tmp_path, one_thread):
     assert loss == pytest.approx({r["step"]: r["loss"] for r in result.history}, rel=1e-6)
     knn = [e.value for e in events.Scalars("knn/top1")]
     assert knn == pytest.approx([c["knn_top1"] for c in result.metrics["knn_curve"]], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("signum", "second"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)]
+)
+def test_a_second_signal_stops_at_once(signum, second):
+    from contrastkit.training.resume import StopSignals
+
+    before = signal.getsignal(signum)
+    with pytest.raises(second) as caught, StopSignals() as stop:
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)  # the handler runs between bytecodes
+        assert stop.requested == signum  # the first only asks for a stop at the next step
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)
+    if second is SystemExit:
+        assert caught.value.code == 143
+    assert signal.getsignal(signum) is before  # the previous handler is back

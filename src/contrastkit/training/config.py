@@ -42,7 +42,7 @@ class TrainConfig:
     data_placement: str = _opt(
         "auto",
         "where the training images live: auto (decoded into GPU memory when they take at most half of what is "
-        "free, else pinned host memory) | device | host | stream (read image by image from the folder/zip "
+        "free, else host memory with pinned staging buffers) | device | host | stream (read image by image from the folder/zip "
         "in DataLoader workers, for data larger than memory; needs --image-size)",
     )
     workers: int | None = _opt(

@@ -4,7 +4,7 @@
 :mod:`contrastkit.data.stream`):
 
 - ``auto`` / ``device`` / ``host``: the data set is decoded once into memory; its images stay on the GPU
-  (a batch is one index operation there) or, when they do not fit, in pinned host memory (a batch is
+  (a batch is one index operation there) or, when they do not fit, in host memory (a batch is
   gathered on the host and copied asynchronously). ``auto`` decides by the device's free memory. In host
   memory on a GPU the kNN monitor uses a seeded, class-balanced subset of at most ``--knn-images``
   images per split (its features are float32 on the device: four times the images' own size).

@@ -105,7 +105,7 @@ class StopSignals:
     """Turn the first SIGINT (Ctrl-C) or SIGTERM into a request to stop at the next step boundary.
 
     Inside the ``with`` block ``requested`` holds the first signal's number (None before); a second signal
-    raises ``KeyboardInterrupt`` at once. Outside the main thread (where Python cannot install handlers)
+    stops at once (``KeyboardInterrupt`` for SIGINT, exit status 143 for SIGTERM). Outside the main thread (where Python cannot install handlers)
     it does nothing and the default behaviour stays.
     """
 
@@ -116,8 +116,10 @@ class StopSignals:
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
+        if self.requested is not None:  # the second signal: stop now, with the shell's status for it
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
         self.requested = signum
 
     def __enter__(self) -> StopSignals:
