@@ -235,8 +235,8 @@ class KnnEvaluator:
         self.mean, self.std = info.mean, info.std
         self.k, self.t = config.knn_k, config.knn_temperature
         self.device = device
-        # kept where they are (on the device, or in pinned host memory for a set too large for it): the
-        # features are extracted a batch at a time, each batch moved to the device
+        # kept where they are (the training data on the device, or decoded subsets on the CPU for data
+        # that lives elsewhere): the features are extracted a batch at a time, each batch moved to the device
         self.train_images = self.train.images
         self.test_images = self.test.images
 
@@ -482,11 +482,7 @@ def _train(
             raise ConfigError(
                 f"cannot resume {str(run_dir)!r} on {world} process(es): it ran on {saved_world}, and each "
                 f"process's random state and batch shard depend on that; resume it with "
-                + (
-                    f"torchrun --standalone --nproc-per-node {saved_world} -m contrastkit train --resume {run_dir}"
-                    if saved_world > 1
-                    else f"contrastkit train --resume {run_dir} (one process)"
-                )
+                f"{resume_command(run_dir, saved_world)}"
             )
         progress["world_size"] = world
         _load_states(saved, run_dir, model, learner, key_encoder, optimizer, scheduler)
@@ -588,8 +584,7 @@ def _train(
     def checkpoint() -> None:
         nonlocal ckpt_step
         drain()
-        finite = torch.stack([torch.isfinite(p.detach()).all() for p in learner.parameters()]).all()
-        if not _all_finite(torch.where(finite, 0.0, float("nan"))):
+        if not _all_finite(torch.stack([p.detach().abs().amax().float() for p in learner.parameters()])):
             raise TrainingError(
                 f"the parameters became non-finite by step {step} although the losses were finite; "
                 f"{_last_good(ckpt_path, ckpt_step)} It was not overwritten. Start a new run with a lower --lr, "
@@ -659,9 +654,8 @@ def _train(
                             f"to step {step + 1}); training has diverged. {_last_good(ckpt_path, ckpt_step)} "
                             "Start a new run with a lower --lr, a higher --temperature or --precision fp32."
                         )
-                with (
-                    warnings.catch_warnings()
-                ):  # a skipped step calls it without optimizer.step(), on purpose
+                # a skipped step calls the scheduler without optimizer.step(), on purpose
+                with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                     scheduler.step()
                 step += 1
@@ -840,9 +834,9 @@ def _grad_norm(learner: ContrastiveLearner) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
-def _all_finite(loss: Tensor) -> bool:
-    """Whether the loss is finite on every rank (so that all ranks skip the same steps)."""
-    finite = torch.isfinite(loss.detach()).float().reshape(1)
+def _all_finite(values: Tensor) -> bool:
+    """Whether every value is finite on every rank (so that all ranks skip, or stop at, the same step)."""
+    finite = torch.isfinite(values.detach()).all().float().reshape(1)
     if world_size() > 1:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
@@ -961,9 +955,7 @@ def _truncate_history(path: Path, step: int, *, write: bool = True) -> list[dict
                 rows.append(row)
     if not write:
         return rows
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), binary=False)
     return rows
 
 
