@@ -139,3 +139,47 @@ def test_sela_command_on_an_fsdd_zip(tmp_path: Path) -> None:
     assert m["config"]["clusters"] == 3  # K = the digits present, not a fixed 10
     mfcc = m["references"]["MFCC mean+std"]
     assert 0 <= mfcc["knn_top1"] <= 1 and 0 <= mfcc["kmeans"]["nmi"] <= 1
+
+
+def test_sela_precision_bf16_and_bad_precision(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "sela",
+        "--data",
+        "digits",
+        "--limit",
+        "80",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--heads",
+        "1",
+    ]
+    assert main([*args, "--device", "cpu", "--precision", "bf16", "--out", str(tmp_path / "run")]) == 0
+    assert "precision=bf16" in capsys.readouterr().out
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["config"]["precision"] == "bf16" and all(torch.isfinite(torch.tensor(m["history"]["losses"])))
+    assert main([*args, "--precision", "fp16"]) == 2
+    assert "precision must be one of auto, fp32, bf16" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sela_command_on_cuda(tmp_path: Path) -> None:
+    """The GPU path: images on the device, bf16 autocast, channels_last, kNN and probe on the device."""
+    args = [
+        "sela",
+        "--data",
+        "digits",
+        "--limit",
+        "200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--heads",
+        "2",
+    ]
+    assert main([*args, "--device", "cuda", "--out", str(tmp_path / "run")]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["device"].startswith("cuda") and m["config"]["precision"] == "auto"
+    assert 0 <= m["heads_test_mean"]["nmi"] <= 1 and 0 < m["learned"]["linear_top1"] <= 1

@@ -58,6 +58,7 @@ class SelaConfig:
     linear_probe: bool = _opt(True, "also fit linear probes (the slow part of the evaluation)")
     seed: int = _opt(0, "random seed")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
     out: str | None = _opt(None, "run folder (default runs/<data>-sela-<time>)")
 
     def __post_init__(self) -> None:
@@ -71,6 +72,8 @@ class SelaConfig:
             raise ConfigError(f"lam must be positive, got {self.lam!r}")
         if not (isinstance(self.marginal_std, (int, float)) and self.marginal_std >= 0):
             raise ConfigError(f"marginal_std must be >= 0, got {self.marginal_std!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be one of auto, fp32, bf16; got {self.precision!r}")
 
 
 def cluster_scores(pred: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> dict[str, float]:
@@ -85,9 +88,10 @@ def _kmeans_scores(train_f: Tensor, test_f: Tensor, test_y: Tensor, k: int, seed
     from sklearn.cluster import KMeans
     from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(train_f.numpy())
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(scaler.transform(train_f.numpy()))
-    return cluster_scores(km.predict(scaler.transform(test_f.numpy())), test_y)
+    train_np, test_np = train_f.float().cpu().numpy(), test_f.float().cpu().numpy()
+    scaler = StandardScaler().fit(train_np)
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(scaler.transform(train_np))
+    return cluster_scores(km.predict(scaler.transform(test_np)), test_y.cpu())
 
 
 @dataclass
@@ -179,6 +183,13 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     d = _prepare(config, device)
+    if device.type == "cuda" and d.kind == "images":  # the images live on the GPU (CIFAR-10: 150 MB uint8)
+        d.train, d.test = d.train.to(device), d.test.to(device)
+    amp = (
+        torch.bfloat16
+        if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        else None
+    )
     n = d.train.shape[0]
     if config.batch_size > n:
         raise ConfigError(f"batch size {config.batch_size} is larger than the training set ({n}); lower it")
@@ -193,6 +204,8 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
         hidden_dim=config.hidden_dim or None,
         marginal_std=config.marginal_std,
     ).to(device)
+    if device.type == "cuda" and d.kind == "images":
+        model = model.to(memory_format=torch.channels_last)
     lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
     steps = (n // config.batch_size) * config.epochs
@@ -200,7 +213,10 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     scheduler = warmup_cosine(optimizer, warmup_steps=round(0.1 * steps), total_steps=steps)
 
     def features(fn: Any, x: Tensor) -> Tensor:
-        return extract_features(fn, x, transform=d.eval_view, device=device, batch_size=256).cpu()
+        """Backbone features of ``x`` (float32, on ``device``: the kNN and linear probe run there)."""
+        return extract_features(
+            fn, x, transform=d.eval_view, device=device, batch_size=256, autocast_dtype=amp
+        )
 
     ytr, yte = d.train_y, d.test_y
     model.eval()
@@ -222,7 +238,7 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
         f"marginal={'gaussian sd ' + str(config.marginal_std) if config.marginal_std else 'equipartition'}, "
         f"{'cross-view (two views share the assignment)' if config.cross_view else 'single view'}\n"
         f"  {config.epochs} epochs, refresh every {config.refresh_every}, batch {config.batch_size}, "
-        f"{config.optimizer} lr={lr:g} wd={wd:g}, device={device}",
+        f"{config.optimizer} lr={lr:g} wd={wd:g}, device={device}, precision={'bf16' if amp else 'fp32'}",
         file=out,
         flush=True,
     )
@@ -240,17 +256,19 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
         scheduler=scheduler,
         device=device,
         generator=gen,
+        autocast_dtype=amp,
     )
     model.eval()
     with torch.no_grad():
-        test_logits = torch.cat(
-            [
-                model.logits(d.eval_view(d.test[i : i + 256].to(device)), "a").cpu()
-                for i in range(0, d.test.shape[0], 256)
-            ],
-            dim=1,
-        )
-    heads = [cluster_scores(test_logits[h].argmax(1), yte) for h in range(config.heads)]
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            test_logits = torch.cat(
+                [
+                    model.logits(d.eval_view(d.test[i : i + 256].to(device)), "a").float().cpu()
+                    for i in range(0, d.test.shape[0], 256)
+                ],
+                dim=1,
+            )
+    heads = [cluster_scores(test_logits[h].argmax(1), yte.cpu()) for h in range(config.heads)]
     pseudo = [cluster_scores(model.labels[h].cpu(), ytr) for h in range(config.heads)]
     learned_tr, learned_te = features(d.encoder, d.train), features(d.encoder, d.test)
     learned = evaluate_features(

@@ -202,15 +202,21 @@ def log_posteriors(
     batch_size: int,
     device: torch.device,
     generator: torch.Generator | None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """``log_softmax`` of every head over the whole ``data`` (through ``view``), float64 ``(H, N, K)``."""
+    """``log_softmax`` of every head over the whole ``data`` (through ``view``), float64 ``(H, N, K)``.
+
+    ``autocast_dtype`` (e.g. bf16 on CUDA) runs the encoder under autocast; the posteriors are float64.
+    """
     was = model.training
     model.eval()
     out = []
     try:
         for start in range(0, data.shape[0], batch_size):
-            x = view(data[start : start + batch_size].to(device), generator)
-            out.append(F.log_softmax(model.logits(x, branch).double(), dim=-1))
+            x = _memory_format(view(data[start : start + batch_size].to(device), generator))
+            with _autocast(device, autocast_dtype):
+                logits = model.logits(x, branch)
+            out.append(F.log_softmax(logits.double(), dim=-1))
     finally:
         model.train(was)
     return torch.cat(out, dim=1)
@@ -232,6 +238,7 @@ def train_self_labelling(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     log: Callable[[str], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> SelaHistory:
     """Train ``model`` by self-labelling on ``data_a`` (e.g. uint8 images, or ``(N, 1, T)`` waveforms).
 
@@ -240,6 +247,8 @@ def train_self_labelling(
     the cross-entropy to the items' pseudo-labels. Every ``refresh_every`` epochs (from epoch 0) the labels
     of all N items are re-solved from the heads' posteriors over the whole training set (computed in eval
     mode on views of the same kind). ``scheduler`` (optional) is stepped after every optimizer step.
+    ``autocast_dtype`` (bf16 on CUDA by ``contrastkit sela``) runs the forward passes under autocast; on CUDA
+    4-D inputs go channels_last, and the loss is read once per epoch (no synchronisation per step).
     """
     device = torch.device(device)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -261,7 +270,12 @@ def train_self_labelling(
     for epoch in range(epochs):
         t0 = time.perf_counter()
         if epoch % refresh_every == 0:
-            kw: dict[str, Any] = dict(batch_size=max(batch_size, 512), device=device, generator=generator)
+            kw: dict[str, Any] = dict(
+                batch_size=max(batch_size, 512),
+                device=device,
+                generator=generator,
+                autocast_dtype=autocast_dtype,
+            )
             lp_a = log_posteriors(model, data_a, views_a, "a", **kw)
             lp_b = log_posteriors(model, second_data, second_view, "b", **kw) if cross_view else None
             old = model.labels.clone()
@@ -272,19 +286,24 @@ def train_self_labelling(
             )
         model.train()
         order = torch.randperm(n, generator=_cpu_generator(generator))
-        total = 0.0
+        total = torch.zeros((), device=device)
         for i in range(steps):
             idx = order[i * batch_size : (i + 1) * batch_size]
-            x_a = views_a(data_a[idx].to(device), generator)
-            x_b = second_view(second_data[idx].to(device), generator) if cross_view else None
-            loss = model(x_a, x_b, idx.to(model.labels.device))
+            x_a = _memory_format(views_a(data_a[idx.to(data_a.device)].to(device), generator))
+            x_b = (
+                _memory_format(second_view(second_data[idx.to(second_data.device)].to(device), generator))
+                if cross_view
+                else None
+            )
+            with _autocast(device, autocast_dtype):
+                loss = model(x_a, x_b, idx.to(model.labels.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss.detach())
-        mean_loss = total / max(steps, 1)
+            total += loss.detach().float()
+        mean_loss = float(total) / max(steps, 1)
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"the self-labelling loss became {mean_loss} at epoch {epoch + 1}; lower the lr"
@@ -294,6 +313,16 @@ def train_self_labelling(
         changed = history.refreshes[-1]["changed"] if history.refreshes else float("nan")
         log(f"epoch {epoch + 1}/{epochs}  loss {mean_loss:.4f}  labels changed at last refresh {changed:.1%}")
     return history
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _memory_format(x: Tensor) -> Tensor:
+    """Images (4-D) on CUDA in channels_last, the layout bf16 convolutions are fastest in."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and x.is_cuda else x
 
 
 def _cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:

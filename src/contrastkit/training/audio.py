@@ -165,12 +165,15 @@ def evaluate_features(
     seed: int = 0,
     linear: bool = True,
 ) -> dict[str, float]:
-    """kNN top-1 (Wu et al. 2018) and linear-probe top-1 (NaN when ``linear`` is off) of fixed features."""
-    train_f, test_f = train_f.float().cpu(), test_f.float().cpu()
-    knn = knn_accuracy(train_f, train_y.cpu(), test_f, test_y.cpu(), k=knn_k, temperature=knn_temperature)
-    lin = (
-        linear_probe_top1(train_f, train_y.cpu(), test_f, test_y.cpu(), seed=seed) if linear else float("nan")
-    )
+    """kNN top-1 (Wu et al. 2018) and linear-probe top-1 (NaN when ``linear`` is off) of fixed features.
+
+    Both run on ``train_f``'s device (the GPU for ``contrastkit sela`` on CUDA), in float32.
+    """
+    dev = train_f.device
+    train_f, test_f = train_f.float(), test_f.float().to(dev)
+    train_y, test_y = train_y.to(dev), test_y.to(dev)
+    knn = knn_accuracy(train_f, train_y, test_f, test_y, k=knn_k, temperature=knn_temperature)
+    lin = linear_probe_top1(train_f, train_y, test_f, test_y, seed=seed) if linear else float("nan")
     return {"knn_top1": knn, "linear_top1": lin}
 
 

@@ -1,0 +1,496 @@
+"""Run the owed GPU measurements as one budgeted call: rows of ``contrastkit`` runs, one JSON line each.
+
+The device machine is lent for minutes at a time (one command runs at most 10 minutes), so every
+measurement an issue asks for is a *suite* of named rows that can be run a few at a time and resumed in
+a later session: each finished row appends one JSON line to ``OUT/results.jsonl`` (the command, the
+device, torch's version, the git commit, the metrics), which is copied into ``docs/results/device/`` and
+turned into the tables of ``docs/results.md`` by ``benchmarks/device/tables.py``.
+
+    python3 benchmarks/device/suite.py objectives --rows infonce,oracle --seeds 0,1 --budget 540
+    python3 benchmarks/device/suite.py negatives --budget 540
+    python3 benchmarks/device/suite.py sela --budget 300
+    python3 benchmarks/device/suite.py resume --budget 300
+    python3 benchmarks/device/suite.py objectives --smoke          # the same rows on digits, on the CPU
+
+A row starts only when the budget left covers its estimated time (the mean of this call's finished rows,
+or ``--estimate``) and is killed at the budget's end, so the call returns inside the device's limit with
+every finished row on disk. ``--smoke`` runs each row for one epoch on the embedded digits on the CPU:
+the test suite uses it, so a typo cannot waste a GPU session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CIFAR = ".carry/cifar10-jpeg.zip"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One named configuration of a suite: extra flags over the suite's common ones."""
+
+    name: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A table an issue asks for: its command, the flags every row shares, and the rows."""
+
+    name: str
+    issue: int
+    command: str  # contrastkit sub-command
+    common: tuple[str, ...]
+    rows: tuple[Row, ...]
+    smoke: tuple[str, ...]  # replaces ``common`` with --smoke (digits, CPU, one epoch)
+    seeds: tuple[int, ...] = (0,)
+    linear_probe: bool = False  # contrastkit eval --linear-probe after each train row
+    estimate_s: float = 150.0  # a row's expected seconds on the H200 before any has finished
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_TRAIN_SMOKE = ("--data", "digits", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress")
+
+# Issue 3. The papers' CIFAR-10 setting is temperature 0.5 (Chuang et al. 2020 and Robinson et al. 2021
+# both train SimCLR with t = 0.5); the batch is 512 (theirs: 256) to keep the H200 busy. Same budget per row.
+OBJECTIVES = Suite(
+    name="objectives",
+    issue=3,
+    command="train",
+    common=(
+        "--data",
+        CIFAR,
+        "--epochs",
+        "50",
+        "--batch-size",
+        "512",
+        "--compile",
+        "--temperature",
+        "0.5",
+        "--crop-min-scale",
+        "0.2",
+        "--lr",
+        "0.3",
+        "--knn-every",
+        "10",
+        "--no-progress",
+    ),
+    rows=(
+        Row("infonce", ("--objective", "infonce")),
+        Row("debiased-0.05", ("--objective", "debiased", "--tau-plus", "0.05")),
+        Row("debiased-0.1", ("--objective", "debiased", "--tau-plus", "0.1")),
+        Row("hcl-0.5", ("--objective", "hard-negative", "--tau-plus", "0.1", "--beta", "0.5")),
+        Row("hcl-1.0", ("--objective", "hard-negative", "--tau-plus", "0.1", "--beta", "1.0")),
+        Row("oracle", ("--objective", "infonce", "--oracle")),
+    ),
+    smoke=_TRAIN_SMOKE,
+    seeds=(0, 1),
+    linear_probe=True,
+    estimate_s=170.0,
+)
+
+# Issue 4. MoCo v2's temperature 0.2 for every row; the same epochs for every row.
+NEGATIVES = Suite(
+    name="negatives",
+    issue=4,
+    command="train",
+    common=(
+        "--data",
+        CIFAR,
+        "--epochs",
+        "30",
+        "--batch-size",
+        "512",
+        "--compile",
+        "--temperature",
+        "0.2",
+        "--crop-min-scale",
+        "0.2",
+        "--lr",
+        "0.3",
+        "--knn-every",
+        "10",
+        "--no-progress",
+    ),
+    rows=(
+        Row("in-batch", ("--negatives", "in-batch")),
+        Row("queue-4096", ("--negatives", "queue", "--queue-size", "4096")),
+        Row("queue-16384", ("--negatives", "queue", "--queue-size", "16384")),
+        Row(
+            "queue-16384+mochi",
+            ("--negatives", "queue+mochi", "--queue-size", "16384", "--mix-start-epoch", "3"),
+        ),
+        Row("mined+debiased", ("--negatives", "mined", "--objective", "debiased", "--tau-plus", "0.1")),
+    ),
+    smoke=_TRAIN_SMOKE,
+    estimate_s=110.0,
+)
+
+# Issue 7. SeLa on CIFAR-10: 10 clusters per head (NMI against the 10 classes), equipartition, cross-view.
+SELA = Suite(
+    name="sela",
+    issue=7,
+    command="sela",
+    common=("--data", CIFAR, "--epochs", "40", "--batch-size", "512", "--heads", "3", "--lr", "0.6"),
+    rows=(Row("sela-10x3", ("--clusters", "10")),),
+    smoke=("--data", "digits", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-linear-probe"),
+    estimate_s=300.0,
+)
+
+# Issue 6. Resume on the GPU: an uninterrupted run against one stopped by SIGTERM after its first
+# checkpoint and resumed, with and without --deterministic; the tolerance is what this measures.
+RESUME = Suite(
+    name="resume",
+    issue=6,
+    command="train",
+    common=(
+        "--data",
+        CIFAR,
+        "--limit",
+        "10000",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "512",
+        "--knn-every",
+        "1",
+        "--checkpoint-every",
+        "10",
+        "--no-progress",
+    ),
+    rows=(Row("resume", ()), Row("resume-deterministic", ("--deterministic",))),
+    smoke=(
+        "--data",
+        "digits",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--checkpoint-every",
+        "5",
+    ),
+    estimate_s=120.0,
+)
+
+SUITES = {s.name: s for s in (OBJECTIVES, NEGATIVES, SELA, RESUME)}
+
+
+def row_command(suite: Suite, row: Row, seed: int, run_dir: Path, smoke: bool) -> list[str]:
+    """The ``contrastkit`` command line of one row and seed (smoke: the digits/CPU common flags)."""
+    common = suite.smoke if smoke else suite.common
+    return [
+        sys.executable,
+        "-m",
+        "contrastkit",
+        suite.command,
+        *common,
+        *row.args,
+        "--seed",
+        str(seed),
+        "--out",
+        str(run_dir),
+    ]
+
+
+def _device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _git_commit() -> str:
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
+    except Exception:
+        return "unknown"
+
+
+def _run(cmd: list[str], log: Path, timeout: float) -> tuple[int, float]:
+    """Run ``cmd`` with its output in ``log``; kill its process group at ``timeout``. (rc, seconds)."""
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("a") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=max(timeout, 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = -9
+    return rc, time.perf_counter() - t0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _train_record(run_dir: Path) -> dict[str, Any]:
+    m = _read_json(run_dir / "metrics.json")
+    keep = (
+        "knn_top1",
+        "knn_top1_random_init",
+        "knn_top1_raw_pixels",
+        "final_loss",
+        "final_mi_bound_nats",
+        "epochs",
+        "steps",
+        "train_seconds",
+        "total_seconds",
+        "images_per_second",
+        "device",
+        "knn_curve",
+        "mined_index_refresh_seconds",
+        "skipped_steps",
+    )
+    record = {k: m[k] for k in keep if k in m}
+    probe = m.get("evaluation", {}).get("linear_probe")
+    if probe:
+        record["linear_top1"] = probe.get("top1")
+        record["linear_probe_seconds"] = probe.get("seconds")
+    return record
+
+
+def _sela_record(run_dir: Path) -> dict[str, Any]:
+    m = _read_json(run_dir / "metrics.json")
+    if not m:
+        return {}
+    learned = m.get("learned", {})
+    return {
+        "heads_nmi": m["heads_test_mean"]["nmi"],
+        "heads_ari": m["heads_test_mean"]["ari"],
+        "knn_top1": learned.get("knn_top1"),
+        "linear_top1": learned.get("linear_top1"),
+        "kmeans_nmi": learned.get("kmeans", {}).get("nmi"),
+        "references": {
+            k: {
+                "knn_top1": v.get("knn_top1"),
+                "linear_top1": v.get("linear_top1"),
+                "kmeans_nmi": v.get("kmeans", {}).get("nmi"),
+            }
+            for k, v in m["references"].items()
+        },
+        "train_seconds": m.get("train_seconds"),
+        "total_seconds": m.get("total_seconds"),
+        "device": m.get("device"),
+    }
+
+
+def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Poll until ``run_dir/checkpoint.pt`` exists (the first checkpoint), the run ends, or the deadline."""
+    while time.perf_counter() < deadline and proc.poll() is None:
+        if (run_dir / "checkpoint.pt").exists():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _resume_row(cmd: list[str], run_dir: Path, log: Path, deadline: float) -> dict[str, Any]:
+    """Uninterrupted run vs. a run stopped by SIGTERM after its first checkpoint and resumed."""
+    import torch
+
+    whole = run_dir.with_name(run_dir.name + "-whole")
+    cmd_whole = [*cmd[:-1], str(whole)]
+    rc, _ = _run(cmd_whole, log, deadline - time.perf_counter())
+    if rc != 0:
+        return {"error": f"uninterrupted run exited {rc}"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("a") as f:
+        f.write("$ " + shlex.join(cmd) + "   # SIGTERM after the first checkpoint\n")
+        f.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True
+        )
+        stopped = _wait_for_checkpoint(run_dir, proc, deadline)
+        if stopped:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            rc1 = proc.wait(timeout=max(deadline - time.perf_counter(), 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return {"error": "the interrupted run did not stop in time"}
+    if rc1 != 143:
+        return {"error": f"the interrupted run exited {rc1}, not 143 (SIGTERM): no checkpoint in time?"}
+    resume = [sys.executable, "-m", "contrastkit", "train", "--resume", str(run_dir), "--no-progress"]
+    rc2, _ = _run(resume, log, deadline - time.perf_counter())
+    if rc2 != 0:
+        return {"error": f"the resumed run exited {rc2}"}
+    a, b = _read_json(whole / "metrics.json"), _read_json(run_dir / "metrics.json")
+    sa = torch.load(whole / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    sb = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    diffs = [float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].is_floating_point()]
+    scale = max(float(sa[k].double().abs().max()) for k in sa if sa[k].is_floating_point())
+    return {
+        "resumed_at_steps": b.get("resumed_at_steps"),
+        "knn_top1_whole": a.get("knn_top1"),
+        "knn_top1_resumed": b.get("knn_top1"),
+        "final_loss_whole": a.get("final_loss"),
+        "final_loss_resumed": b.get("final_loss"),
+        "max_abs_weight_diff": max(diffs),
+        "max_abs_weight": scale,
+        "weights_equal": max(diffs) == 0.0,
+        "device": b.get("device"),
+        "train_seconds": b.get("train_seconds"),
+    }
+
+
+def run_suite(
+    suite: Suite,
+    rows: list[Row],
+    seeds: list[int],
+    out: Path,
+    budget: float,
+    smoke: bool,
+    estimate: float | None,
+    linear_probe: bool,
+) -> list[dict[str, Any]]:
+    """Run every (row, seed) that fits the budget; append each record to ``out/results.jsonl``."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs"
+    start = time.perf_counter()
+    deadline = start + budget
+    done: list[float] = []
+    records = []
+    meta = {
+        "suite": suite.name,
+        "issue": suite.issue,
+        "device_name": _device_name(),
+        "git": _git_commit(),
+        "python": platform.python_version(),
+        "smoke": smoke,
+    }
+    try:
+        import torch
+
+        meta["torch"] = torch.__version__
+    except ImportError:
+        pass
+    for seed in seeds:  # every row of seed 0 first: a cut-short call still has one full column
+        for row in rows:
+            left = deadline - time.perf_counter()
+            need = (sum(done) / len(done)) if done else (estimate or suite.estimate_s)
+            if not smoke and left < need:
+                print(
+                    f"[suite] skip {row.name} seed {seed}: {left:.0f} s left, a row takes ~{need:.0f} s",
+                    flush=True,
+                )
+                continue
+            run_dir = runs / f"{suite.name}-{row.name}-s{seed}"
+            log = out / f"{suite.name}-{row.name}-s{seed}.log"
+            cmd = row_command(suite, row, seed, run_dir, smoke)
+            print(f"[suite] {row.name} seed {seed}: {shlex.join(cmd[1:])}", flush=True)
+            t0 = time.perf_counter()
+            record: dict[str, Any] = {**meta, "row": row.name, "seed": seed, "command": shlex.join(cmd[1:])}
+            if suite.name == "resume":
+                record |= _resume_row(cmd, run_dir, log, deadline)
+            else:
+                rc, _ = _run(cmd, log, deadline - time.perf_counter())
+                record["rc"] = rc
+                if rc == 0 and suite.command == "train" and linear_probe:
+                    ev = [sys.executable, "-m", "contrastkit", "eval", str(run_dir), "--linear-probe"]
+                    record["eval_command"] = shlex.join(ev[1:])
+                    record["eval_rc"], _ = _run(ev, log, deadline - time.perf_counter())
+                record |= _train_record(run_dir) if suite.command == "train" else _sela_record(run_dir)
+                if rc != 0:
+                    record["error"] = "killed at the budget's end" if rc == -9 else f"exited {rc}"
+                    record["log_tail"] = log.read_text()[-2000:]
+            record["wall_seconds"] = time.perf_counter() - t0
+            if "error" not in record:
+                done.append(record["wall_seconds"])
+            records.append(record)
+            with (out / "results.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            summary = {
+                k: record.get(k)
+                for k in (
+                    "knn_top1",
+                    "linear_top1",
+                    "heads_nmi",
+                    "images_per_second",
+                    "max_abs_weight_diff",
+                    "error",
+                )
+            }
+            print(
+                f"[suite] {row.name} seed {seed}: {json.dumps(summary)} ({record['wall_seconds']:.0f} s)",
+                flush=True,
+            )
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=sorted(SUITES))
+    p.add_argument("--rows", help="comma-separated row names (default: all); see --list")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds this call may take (default 540)")
+    p.add_argument("--estimate", type=float, help="seconds a row takes, before one has finished")
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="results folder (default $OUT)")
+    p.add_argument("--smoke", action="store_true", help="digits, CPU, one epoch: check the commands run")
+    p.add_argument("--no-linear-probe", action="store_true", help="skip contrastkit eval --linear-probe")
+    p.add_argument("--list", action="store_true", help="print the rows' commands and exit")
+    a = p.parse_args(argv)
+    suite = SUITES[a.suite]
+    names = a.rows.split(",") if a.rows else [r.name for r in suite.rows]
+    unknown = [n for n in names if n not in {r.name for r in suite.rows}]
+    if unknown:
+        p.error(
+            f"unknown row(s) {', '.join(unknown)} of suite {suite.name}; rows: "
+            + ", ".join(r.name for r in suite.rows)
+        )
+    rows = [r for r in suite.rows if r.name in names]
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else list(suite.seeds)
+    if a.list:
+        for seed in seeds:
+            for row in rows:
+                print(
+                    shlex.join(row_command(suite, row, seed, Path(f"runs/{row.name}-s{seed}"), a.smoke)[1:])
+                )
+        return 0
+    records = run_suite(
+        suite,
+        rows,
+        seeds,
+        Path(a.out),
+        a.budget,
+        a.smoke,
+        a.estimate,
+        suite.linear_probe and not a.no_linear_probe,
+    )
+    return 0 if records and all("error" not in r for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
