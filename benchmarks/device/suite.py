@@ -231,10 +231,17 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _env() -> dict[str, str]:
+    """The children's environment: unbuffered output, and this checkout's ``src`` importable (the device
+    machine has no installed contrastkit)."""
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
 def _run(cmd: list[str], log: Path, timeout: float) -> tuple[int, float]:
     """Run ``cmd`` with its output in ``log``; kill its process group at ``timeout``. (rc, seconds)."""
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = _env()
     with log.open("a") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
@@ -326,7 +333,7 @@ def _resume_row(cmd: list[str], run_dir: Path, log: Path, deadline: float) -> di
     rc, _ = _run(cmd_whole, log, deadline - time.perf_counter())
     if rc != 0:
         return {"error": f"uninterrupted run exited {rc}"}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = _env()
     with log.open("a") as f:
         f.write("$ " + shlex.join(cmd) + "   # SIGTERM after the first checkpoint\n")
         f.flush()
