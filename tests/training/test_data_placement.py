@@ -128,3 +128,29 @@ def test_impossible_stream_combinations_are_refused(folder, tmp_path, changes, n
 def test_bad_placement_is_a_config_error():
     with pytest.raises(ConfigError, match=r"data_placement .* one of: auto, device, host, stream"):
         TrainConfig(data_placement="gpu")
+
+
+def test_eval_of_a_streamed_run_streams_every_image_and_matches_the_decoded_eval(folder, tmp_path, one_thread):
+    """contrastkit eval of a stream-trained run reads the whole set once (features only, never the images),
+    and gives the same kNN, random-init kNN and linear probe as decoding the set into memory."""
+    from contrastkit.training.evaluate import evaluate_checkpoint
+
+    run = tmp_path / "s"
+    train(config(folder, run, data_placement="stream", knn_images=15, epochs=1))
+    streamed = evaluate_checkpoint(run, device="cpu", linear_probe=True, geometry=True, write=False)
+    assert streamed["knn_protocol"]["train_images"] == 120 and streamed["knn_protocol"]["eval_images"] == 30
+    assert "streamed: kNN and probe on every image" in streamed["knn_protocol"]["eval_split"]
+    assert streamed["evaluation"]["geometry"]["eval_images"] == 15  # the decoded subset
+    # the same checkpoint, told it was trained in memory: eval decodes the whole set
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["config"]["data_placement"] = "auto"
+    (tmp_path / "m").mkdir()
+    torch.save(state, tmp_path / "m" / "checkpoint.pt")
+    decoded = evaluate_checkpoint(tmp_path / "m", device="cpu", linear_probe=True, write=False)
+    assert decoded["knn_protocol"]["train_images"] == 120
+    for key in ("knn_top1", "knn_top1_random_init"):
+        assert streamed[key] == decoded[key], key
+    a, b = streamed["evaluation"]["linear_probe"], decoded["evaluation"]["linear_probe"]
+    assert a["top1"] == pytest.approx(b["top1"], abs=1e-6)
+    with pytest.raises(ConfigError, match="few-label fine-tuning holds the images in memory.*--limit N"):
+        evaluate_checkpoint(run, device="cpu", few_label=(0.5,), write=False)

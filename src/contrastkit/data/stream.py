@@ -157,6 +157,27 @@ def batch_loader(
     )
 
 
+def sequential_batches(
+    dataset: ImageFileDataset, batch_size: int = 512, *, workers: int | None = None, pin_memory: bool = False
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every image of ``dataset`` in order, as ``(uint8 images, labels)`` batches (the last one may be
+    short), decoded by ``workers`` processes: for evaluating a set that is not held in memory."""
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        multiprocessing_context=_context() if workers else None,
+    )
+    return _clean_errors(loader)
+
+
 class _Batches:
     """A ``DataLoader`` whose decoding errors keep their own one-line message (not the worker's traceback)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -32,3 +32,33 @@ def extract_features(
             feats = fn(batch)
         out.append(feats.flatten(1).float())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def extract_features_from_batches(
+    fns: Sequence[Callable[[Tensor], Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    transform: Callable[[Tensor], Tensor],
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    """Features of every ``fn`` over streamed ``(uint8 images, labels)`` batches, read once.
+
+    Returns float32 ``(N, D_i)`` features per function and the ``(N,)`` labels, on ``device``. Only the
+    features are kept, never the images: for data sets too large to decode into memory.
+    """
+    device = torch.device(device)
+    out: list[list[Tensor]] = [[] for _ in fns]
+    labels = []
+    for images, y in batches:
+        batch = transform(images.to(device, non_blocking=True))
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
+            for i, fn in enumerate(fns):
+                out[i].append(fn(batch).flatten(1).float())
+        labels.append(y.to(device))
+    if not labels:
+        raise ValueError("no batches to extract features from")
+    return [torch.cat(f) for f in out], torch.cat(labels)

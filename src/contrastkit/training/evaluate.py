@@ -15,15 +15,18 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from contrastkit.data import DataSplits, balanced_indices
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluation import embedding_geometry, extract_features, finetune_few_labels, knn_accuracy
 from contrastkit.evaluation import linear_probe as run_linear_probe
+from contrastkit.evaluation.features import extract_features_from_batches
 from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint, write_atomic
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.trainer import (
@@ -86,6 +89,73 @@ def merge_evaluation(run_dir: Path, results: dict[str, Any]) -> Path:
     return target
 
 
+@dataclass
+class _Streamed:
+    """A streamed run's splits: read image by image for the features, decoded subsets for the rest."""
+
+    train: Any  # contrastkit.data.stream.ImageFileDataset
+    test: Any
+    subsets: DataSplits
+    note: str
+    workers: int
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return len(self.train), len(self.test)
+
+    def features(
+        self, fns: list[Any], split: str, kw: dict[str, Any]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        from contrastkit.data.stream import sequential_batches
+
+        dataset = self.train if split == "train" else self.test
+        batches = sequential_batches(
+            dataset, workers=self.workers, pin_memory=torch.device(kw["device"]).type == "cuda"
+        )
+        return extract_features_from_batches(fns, batches, **kw)
+
+
+def _streamed_splits(config: TrainConfig, few_label: bool) -> _Streamed | None:
+    """For a run trained with ``--data-placement stream``: its splits for streaming (None: decode them).
+
+    Few-label fine-tuning holds images in memory, so it decodes the data: with ``--limit`` only.
+    """
+    if config.data_placement != "stream" or config.data == "digits":
+        return None
+    if few_label:
+        if config.limit is None:
+            raise ConfigError(
+                "few-label fine-tuning holds the images in memory, and this run streams its data: pass "
+                "--limit N (images per split, class-balanced) to fine-tune on a decoded subset"
+            )
+        return None
+    from contrastkit.data.stream import default_workers, stream_image_folder
+    from contrastkit.training.data import HELD_OUT_FRACTION
+
+    assert config.image_size is not None
+    train, test = stream_image_folder(
+        config.data,
+        image_size=config.image_size,
+        limit=config.limit,
+        seed=config.seed,
+        hold_out=HELD_OUT_FRACTION,
+    )
+    assert test is not None
+    workers = default_workers() if config.workers is None else config.workers
+    subsets = DataSplits(
+        train=train.decode(balanced_indices(train.labels, config.knn_images, config.seed), workers=workers),
+        test=test.decode(balanced_indices(test.labels, config.knn_images, config.seed), workers=workers),
+        name=config.data,
+    )
+    has_test = "test" in {n.split("/", 1)[0] for n in test.names}
+    note = "test split" if has_test else f"held out {HELD_OUT_FRACTION:.0%} of train (no test/ folder)"
+    note += (
+        f"; streamed: kNN and probe on every image, raw pixels and geometry on at most {config.knn_images} "
+        "decoded images per split"
+    )
+    return _Streamed(train=train, test=test, subsets=subsets, note=note, workers=workers)
+
+
 def evaluate_checkpoint(
     run_or_checkpoint: str | Path,
     *,
@@ -124,7 +194,11 @@ def evaluate_checkpoint(
         changes["knn_temperature"] = knn_temperature
     config = config.replace(**changes)
     dev = resolve_device(config.device)
-    splits, note = load_splits(config)
+    streamed = _streamed_splits(config, fractions is not None)
+    if streamed is None:
+        splits, note = load_splits(config)
+    else:  # decoded subsets for the raw-pixel reference and the geometry; features come from the stream
+        splits, note = streamed.subsets, streamed.note
     assert splits.test is not None
     c = splits.train.image_shape[0]
     if c != info.channels:
@@ -142,12 +216,13 @@ def evaluate_checkpoint(
         if config.precision == "bf16" or (config.precision == "auto" and dev.type == "cuda")
         else None
     )
+    n_train, n_test = (len(splits.train), len(splits.test)) if streamed is None else streamed.sizes
     context = {
         "checkpoint": str(path),
         "data": splits.name,
         "limit": limit,
-        "train_images": len(splits.train),
-        "eval_images": len(splits.test),
+        "train_images": n_train,
+        "eval_images": n_test,
         "eval_split": note,
         "device": str(dev),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -158,24 +233,35 @@ def evaluate_checkpoint(
     t = time.perf_counter()
     with torch.no_grad():
         kw: dict[str, Any] = dict(transform=evaluator.transform, device=dev)
-        train_f = extract_features(model.features, evaluator.train_images, **kw)
-        test_f = extract_features(model.features, evaluator.test_images, **kw)
-    train_y, test_y = splits.train.labels.to(dev), splits.test.labels.to(dev)
+        if streamed is None:
+            train_f = extract_features(model.features, evaluator.train_images, **kw)
+            test_f = extract_features(model.features, evaluator.test_images, **kw)
+            train_y, test_y = splits.train.labels.to(dev), splits.test.labels.to(dev)
+        else:  # one pass over each split for the trained and the random-init encoder
+            fresh.eval()
+            (train_f, fresh_train), train_y = streamed.features([model.features, fresh.features], "train", kw)
+            (test_f, fresh_test), test_y = streamed.features([model.features, fresh.features], "test", kw)
     knn_protocol = {
         "k": config.knn_k,
         "temperature": config.knn_temperature,
         "features": "backbone, L2-normalised",
-        "train_images": len(splits.train),
-        "eval_images": len(splits.test),
+        "train_images": n_train,
+        "eval_images": n_test,
         "eval_split": note,
     }
+
+    def knn(train_features: torch.Tensor, test_features: torch.Tensor) -> float:
+        return knn_accuracy(
+            train_features, train_y, test_features, test_y, k=config.knn_k, temperature=config.knn_temperature
+        )
+
     metrics: dict[str, Any] = {
         "checkpoint": str(path),
         "data": splits.name,
-        "knn_top1": knn_accuracy(
-            train_f, train_y, test_f, test_y, k=config.knn_k, temperature=config.knn_temperature
-        ),
-        "knn_top1_random_init": evaluator.model_accuracy(fresh),
+        "knn_top1": knn(train_f, test_f),
+        "knn_top1_random_init": evaluator.model_accuracy(fresh)
+        if streamed is None
+        else knn(fresh_train, fresh_test),
         "knn_top1_raw_pixels": evaluator.raw_pixels(),
         "knn_protocol": knn_protocol,
     }
@@ -243,7 +329,12 @@ def evaluate_checkpoint(
             device=dev,
             seed=config.seed,
         )
-        results["geometry"] = {**geo, **context, "seconds": time.perf_counter() - t}
+        results["geometry"] = {
+            **geo,
+            **context,
+            "eval_images": len(splits.test),
+            "seconds": time.perf_counter() - t,
+        }
         print(
             f"geometry on {len(splits.test)} eval images: alignment {geo['alignment']:.4f} (alpha=2), "
             f"uniformity {geo['uniformity']:.4f} (t=2), k-means NMI {geo['kmeans_nmi']:.4f} "
