@@ -28,13 +28,24 @@ RUNS = {
         "--mined-refresh-every",
         "4",
     ),
-    "mined-mochi": ("--negatives", "mined+mochi", "--mined-reencode", "--mined-negatives", "8"),
+    "mined-mochi": (  # the faiss flat index end to end (the default index kind is torch)
+        "--negatives",
+        "mined+mochi",
+        "--mined-reencode",
+        "--mined-negatives",
+        "8",
+        "--mined-index",
+        "flat",
+    ),
 }
 REFUSED = {
     "oracle-supcon": (("--oracle", "--objective", "supcon"), ("--oracle", "--objective supcon")),
     "gather": (("--negatives", "gather"), ("--negatives gather", "torchrun")),
     "queue-size": (("--negatives", "queue", "--queue-size", "0"), ("--queue-size",)),
-    "mined-index": (("--negatives", "mined", "--mined-index", "lsh"), ("--mined-index", "flat, hnsw, ivf")),
+    "mined-index": (
+        ("--negatives", "mined", "--mined-index", "lsh"),
+        ("--mined-index", "torch, flat, hnsw, ivf"),
+    ),
     "no-batchnorm": (("--no-batchnorm",), ("--no-batchnorm", "small_cnn", "--encoder mlp")),
 }
 
@@ -91,7 +102,8 @@ def test_queue_checkpoint_holds_queue_and_key_encoder(runs, name):
 def test_mined_runs_log_staleness_and_keep_the_index_in_the_checkpoint(runs, name):
     _, out, _, run_dir = runs[name]
     refresh = 4 if name == "mined-debiased" else 10  # 10 steps an epoch (1,347 digits, batch 128)
-    assert f"refresh_every={refresh} index=flat" in out
+    index = "torch" if name == "mined-debiased" else "flat"
+    assert f"refresh_every={refresh} index={index}" in out
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [r["mined_staleness"] for r in rows] == [i % refresh for i in range(10)]
     refreshed = [r["mined_refresh_seconds"] > 0 for r in rows]
@@ -159,6 +171,12 @@ def test_mined_options_are_checked(changes, message):
 
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**changes)
+
+
+def test_mined_index_defaults_to_the_torch_kind():
+    from contrastkit.training.config import TrainConfig
+
+    assert TrainConfig().mined_index == "torch" and TrainConfig(mined_index="hnsw").mined_index == "hnsw"
 
 
 @pytest.mark.parametrize(

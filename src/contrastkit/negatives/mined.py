@@ -1,4 +1,4 @@
-"""Negatives mined from an approximate-nearest-neighbour index of the whole training set (ANCE).
+"""Negatives mined from a nearest-neighbour index of the whole training set (ANCE).
 
 Xiong, Xiong, Li, Tang, Liu, Bennett, Ahmed, Overwijk 2021 (arXiv 2020), "Approximate Nearest Neighbor
 Negative Contrastive Learning for Dense Text Retrieval", the ANCE method section (Sec. 3 of the 2020
@@ -10,7 +10,7 @@ a slightly stale model.
 
 :class:`MinedNegatives` keeps that state here, synchronously: ``embed_all()`` (given by the caller)
 returns prepared embeddings (N_train, D) of the whole training set, computed with the current model (a
-snapshot: the embeddings are then kept unchanged), and a faiss index over them, rebuilt every
+snapshot: the embeddings are then kept unchanged), and an index over them, rebuilt every
 ``refresh_every`` steps. :attr:`refresh_seconds` is how long the last refresh took and
 :attr:`steps_since_refresh` the staleness of the index, in training steps; both are in
 :attr:`MinedNegatives.last_stats` (``mined_staleness``, ``mined_refresh_seconds``: the seconds of a
@@ -31,14 +31,25 @@ Two further differences from ANCE remain either way: the query of the search is 
 embedding (ANCE searches with the stale checkpoint's query embedding), and the negatives are the n
 nearest items (ANCE samples its negatives among the top-ranked ones).
 
+Index kinds. ``"torch"`` (the default) is an exact inner-product search written in torch: the snapshot
+embeddings stay on the anchors' device (the GPU when training there), each step scores the anchors
+against all of them in chunks (``q @ E.T``), masks each anchor's own item and takes ``torch.topk``: no
+host round trip and no per-row Python work. The faiss kinds (``"flat"`` exact, ``"hnsw"`` and ``"ivf"``
+approximate) search on the CPU, one device-to-host copy of the anchors per step; they are for sets whose
+embeddings do not fit on the device, or are too large for an exact search every step. Exact searches
+(torch, flat) agree on the neighbours but may order equal scores differently (and an fp32 matmul on the
+GPU rounds differently from faiss's CPU kernel, so near-equal scores may swap too).
+
 State. The snapshot embeddings, the counters and, for the approximate kinds, the serialised faiss index
 are the module's extra state (``state_dict()["_extra_state"]``), so a checkpoint restores the exact index
 (an HNSW graph built with several threads is not reproducible by rebuilding it): a resumed run mines
-exactly the negatives the uninterrupted run mines. This costs N_train x D x 4 bytes per checkpoint (twice
-that for hnsw and ivf): 25.6 MB for 50,000 items of dimension 128.
+exactly the negatives the uninterrupted run mines. The saved embeddings are a CPU copy (a checkpoint loads
+anywhere); the torch kind moves them back to the anchors' device at its first search after loading. This
+costs N_train x D x 4 bytes per checkpoint (twice that for hnsw and ivf): 25.6 MB for 50,000 items of
+dimension 128.
 
-faiss is imported lazily, at construction; without it a :class:`~contrastkit.errors.ConfigError` says to
-``pip install faiss-cpu``.
+faiss is imported lazily, at construction, and only for the faiss kinds; without it a
+:class:`~contrastkit.errors.ConfigError` says to ``pip install faiss-cpu``.
 """
 
 from __future__ import annotations
@@ -55,7 +66,27 @@ from torch import Tensor
 from contrastkit.errors import ConfigError
 from contrastkit.negatives.base import Candidates, NegativeSource
 
-INDEX_KINDS = ("flat", "hnsw", "ivf")
+INDEX_KINDS = ("torch", "flat", "hnsw", "ivf")
+"""Values of ``index``: ``torch`` (exact, on the anchors' device; the default) and the faiss kinds."""
+FAISS_KINDS = ("flat", "hnsw", "ivf")
+
+TORCH_CHUNK_SCORES = 1 << 26
+"""The torch kind scores at most this many (query, item) pairs at once on a GPU (64M fp32 scores: 256 MiB),
+on the CPU at most :data:`TORCH_CPU_CHUNK_SCORES` (16 MiB; on the 2-core CPU below a (1024, 50000) product
+took 157 ms into a fresh buffer against 78 ms into an existing one, page faults, and whole searches with
+chunks of 2^22, 2^23, 2^24, 2^26 scores 140-154, 144-161, 181-195, 241-247 ms). One buffer serves all
+chunks of a search.
+
+Measured (the reason for a hand-written search, and its limits): ``OMP_NUM_THREADS=1 python
+benchmarks/mined_search.py`` (N_train = 50,000, D = 128, M = 1,024 queries, n = 16, ms per
+``neighbours`` call, median of 10, two runs) on a 2-core CPU (Intel Xeon, shared): torch 148 / 150 ms,
+faiss flat 106 / 102 ms (113 / 110 ms with the former per-row Python post-processing), faiss hnsw
+276 / 243 ms (recall@16 0.66 on these random embeddings). With 2 threads: torch 73, flat 60 (68), hnsw
+249 ms. So on the CPU faiss flat is 1.2-1.45x faster than torch; the torch kind is the default for the
+GPU, where faiss is not installed and the faiss kinds pay a host round trip and the CPU search every
+step. Not measured on a GPU yet (no device in the session that wrote this): run the benchmark there.
+"""
+TORCH_CPU_CHUNK_SCORES = 1 << 22
 
 
 def import_faiss() -> Any:
@@ -80,8 +111,9 @@ class MinedNegatives(NegativeSource):
             (attribute ``embed_all``) or replaced by calling :meth:`refresh` with embeddings.
         num_negatives: n, mined negatives per anchor.
         refresh_every: R, rebuild the index once R :meth:`update` calls have passed since the last build.
-        index: "flat" (exact inner product, ``IndexFlatIP``), "hnsw" (``IndexHNSWFlat``) or "ivf"
-            (``IndexIVFFlat``); approximate kinds trade recall for speed on large sets.
+        index: "torch" (exact inner product in torch on the anchors' device, the default), or a faiss
+            index on the CPU: "flat" (exact, ``IndexFlatIP``), "hnsw" (``IndexHNSWFlat``) or "ivf"
+            (``IndexIVFFlat``); the approximate kinds trade recall for speed on large sets.
         train_labels: optional (N_train,) labels; they become ``negative_labels`` (for the oracle mask).
         encode_items: optional callable, dataset ids (K,) on the anchors' device -> prepared embeddings
             (K, D) by the current model, with gradient (ANCE; module docstring). None: snapshot embeddings.
@@ -92,8 +124,9 @@ class MinedNegatives(NegativeSource):
 
     The similarity is the inner product of prepared embeddings (the cosine score once L2-normalised, or the
     dot score). ``forward`` returns the anchors, their positives and per-anchor negatives (M, n, D), with
-    ``neg_mask`` only where fewer than n items could be found. The index search runs on the CPU (faiss-cpu):
-    one device-to-host copy of the anchors per step.
+    ``neg_mask`` only where fewer than n items could be found. The torch kind searches on the anchors'
+    device (the embeddings are moved there at the first search); the faiss kinds search on the CPU
+    (faiss-cpu), one device-to-host copy of the anchors per step.
     """
 
     needs_indices = True
@@ -103,7 +136,7 @@ class MinedNegatives(NegativeSource):
         embed_all: Callable[[], Tensor] | None = None,
         num_negatives: int = 16,
         refresh_every: int = 1000,
-        index: str = "flat",
+        index: str = "torch",
         *,
         train_labels: Tensor | None = None,
         encode_items: Callable[[Tensor], Tensor] | None = None,
@@ -119,7 +152,8 @@ class MinedNegatives(NegativeSource):
         for name, v in (("num_negatives", num_negatives), ("refresh_every", refresh_every)):
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        import_faiss()  # fail at construction, not at the first refresh mid-training
+        if index in FAISS_KINDS:
+            import_faiss()  # fail at construction, not at the first refresh mid-training
         self.embed_all = embed_all
         self.encode_items = encode_items
         self.num_negatives = num_negatives
@@ -133,6 +167,7 @@ class MinedNegatives(NegativeSource):
         self.ivf_probe = ivf_probe
         self._index: Any = None
         self._keep: list[Any] = []
+        self._labels_on: Tensor | None = None  # train_labels on the embeddings' device (torch kind)
         self.embeddings: Tensor | None = None
         self.refresh_seconds = float("nan")
         self.steps_since_refresh = 0
@@ -152,7 +187,7 @@ class MinedNegatives(NegativeSource):
 
     @property
     def needs_refresh(self) -> bool:
-        return self._index is None or self.steps_since_refresh >= self.refresh_every
+        return self.embeddings is None or self.steps_since_refresh >= self.refresh_every
 
     @property
     def embed_all(self) -> Callable[[], Tensor] | None:
@@ -191,13 +226,20 @@ class MinedNegatives(NegativeSource):
 
     @torch.no_grad()
     def refresh(self, embeddings: Tensor | None = None) -> None:
-        """Re-embed the training set (``embed_all()``, unless ``embeddings`` are given) and rebuild."""
+        """Re-embed the training set (``embed_all()``, unless ``embeddings`` are given) and rebuild.
+
+        The torch kind keeps the embeddings where they are (``embed_all`` returns them on the training
+        device) and only checks them; the faiss kinds copy them to the CPU and build the faiss index.
+        """
         start = time.perf_counter()
         if embeddings is None:
             if self.embed_all is None:
                 raise ConfigError("MinedNegatives needs embed_all (a callable embedding the training set)")
             embeddings = self.embed_all()
-        emb = torch.as_tensor(embeddings).detach().float().cpu().contiguous()
+        emb = torch.as_tensor(embeddings).detach().float()
+        if self.index_kind in FAISS_KINDS:
+            emb = emb.cpu()
+        emb = emb.contiguous()
         if emb.ndim != 2 or emb.shape[0] < 2:
             raise ValueError(
                 f"embed_all must return (N_train, D) embeddings with N_train >= 2, got {tuple(emb.shape)}"
@@ -207,10 +249,13 @@ class MinedNegatives(NegativeSource):
                 f"train_labels has {self.train_labels.shape[0]} entries but embed_all returned "
                 f"{emb.shape[0]} rows"
             )
-        x = emb.numpy()
-        index = self._build(x)
-        index.add(x)
-        self._index = index
+        if self.index_kind in FAISS_KINDS:
+            x = emb.numpy()
+            index = self._build(x)
+            index.add(x)
+            self._index = index
+        elif emb.is_cuda:
+            torch.cuda.synchronize(emb.device)  # refresh_seconds then includes the embedding's kernels
         self.embeddings = emb
         self.steps_since_refresh = 0
         self.num_refreshes += 1
@@ -228,31 +273,74 @@ class MinedNegatives(NegativeSource):
     def neighbours(self, query_emb: Tensor, query_indices: Tensor | None, n: int) -> Tensor:
         """Dataset indices (M, n) of the n items nearest each query, best first, excluding its own index.
 
-        Searches n + 1 items and widens the search while a row has fewer than n usable results (after
-        dropping the query's own index, faiss's -1 fillers and repeated ids). Rows that still fall short
-        (n >= N_train) are padded with -1. ``query_indices`` None excludes nothing.
+        Rows that cannot be filled (n > N_train - 1 with the own index excluded, or an approximate index
+        that finds fewer) are padded with -1 at the end; a row never repeats an item. ``query_indices``
+        None excludes nothing (an index outside [0, N_train) excludes nothing either). The result is on
+        the queries' device.
+
+        torch kind: exact scores ``q @ E.T`` (fp32, autocast off) on the queries' device, in chunks of at
+        most :data:`TORCH_CHUNK_SCORES` scores, the own item's score set to -inf, ``torch.topk``. Equal
+        scores may come in another order than faiss gives them. faiss kinds: searches n + 1 items and
+        widens the search while a row has fewer than n usable results (after dropping the query's own
+        index, faiss's -1 fillers and repeated ids).
         """
-        if self._index is None:
+        if self.embeddings is None or (self.index_kind in FAISS_KINDS and self._index is None):
             raise RuntimeError("the index has not been built; call refresh() first")
+        m = query_emb.shape[0]
+        if query_indices is not None and tuple(query_indices.shape) != (m,):
+            raise ValueError(f"query_indices must have shape ({m},), got {tuple(query_indices.shape)}")
+        if self.index_kind == "torch":
+            return self._search_torch(query_emb, query_indices, n)
+        return self._search_faiss(query_emb, query_indices, n)
+
+    def _search_embeddings(self, device: torch.device) -> Tensor:
+        """The snapshot embeddings on ``device``, moved there once (after a refresh or a load elsewhere)."""
+        assert self.embeddings is not None
+        if self.embeddings.device != device:
+            self.embeddings = self.embeddings.to(device).contiguous()
+        return self.embeddings
+
+    def _search_torch(self, query_emb: Tensor, query_indices: Tensor | None, n: int) -> Tensor:
+        device = query_emb.device
+        emb = self._search_embeddings(device)
+        total = emb.shape[0]
+        m = query_emb.shape[0]
+        k = min(n, total)
+        out = torch.full((m, n), -1, dtype=torch.long, device=device)
+        if m == 0 or k == 0:
+            return out
+        own = None if query_indices is None else query_indices.detach().to(device=device, dtype=torch.long)
+        chunk = TORCH_CPU_CHUNK_SCORES if device.type == "cpu" else TORCH_CHUNK_SCORES
+        rows = max(1, chunk // total)
+        neg_inf = torch.tensor(float("-inf"), device=device)
+        # one score buffer for all chunks (a fresh one per chunk costs page faults on the CPU)
+        buffer = torch.empty(min(rows, m), total, device=device)
+        with torch.autocast(device.type, enabled=False):
+            q = query_emb.detach().float()
+            for lo in range(0, m, rows):
+                scores = torch.mm(q[lo : lo + rows], emb.T, out=buffer[: min(rows, m - lo)])
+                if own is not None:
+                    o = own[lo : lo + rows]
+                    col = o.clamp(0, total - 1).unsqueeze(1)
+                    inside = ((o >= 0) & (o < total)).unsqueeze(1)
+                    scores.scatter_(1, col, torch.where(inside, neg_inf, scores.gather(1, col)))
+                out[lo : lo + rows, :k] = scores.topk(k, dim=1).indices
+        if own is not None and k == total:
+            # every item was taken, the excluded one last (its -inf is the lowest score): a filler
+            out[:, :k].masked_fill_(out[:, :k] == own.unsqueeze(1), -1)
+        return out
+
+    def _search_faiss(self, query_emb: Tensor, query_indices: Tensor | None, n: int) -> Tensor:
         total = self._index.ntotal
         q = np.ascontiguousarray(query_emb.detach().float().cpu().numpy())
-        own = None if query_indices is None else query_indices.detach().long().cpu().numpy()
-        if own is not None and own.shape != (q.shape[0],):
-            raise ValueError(f"query_indices must have shape ({q.shape[0]},), got {tuple(own.shape)}")
+        own = None if query_indices is None else query_indices.detach().long().cpu()
         k = min(n + 1, total)
         while True:
             _, found = self._index.search(q, k)
-            rows = []
-            for r, ids in enumerate(found):
-                skip = -1 if own is None else own[r]
-                kept = [int(i) for i in dict.fromkeys(ids.tolist()) if i >= 0 and i != skip]
-                rows.append(kept[:n])
-            if k >= total or all(len(row) == n for row in rows):
+            out, counts = _first_usable(torch.from_numpy(found).long(), own, n)
+            if k >= total or bool((counts >= n).all()):
                 break
             k = min(2 * k, total)
-        out = torch.full((q.shape[0], n), -1, dtype=torch.long)
-        for r, row in enumerate(rows):
-            out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         return out.to(query_emb.device)
 
     # ----- the negative source ---------------------------------------------------------------------
@@ -289,9 +377,10 @@ class MinedNegatives(NegativeSource):
             anchor_labels = None if labels is None else torch.cat([labels, labels])
         mined = self.neighbours(anchors, indices, self.num_negatives)
         self.last_indices = mined
-        cpu = mined.cpu()
-        found = cpu >= 0
-        safe = cpu.clamp(min=0)
+        store = self.embeddings.device  # the anchors' device for the torch kind, the CPU for faiss
+        ids = mined.to(store)
+        found = ids >= 0
+        safe = ids.clamp(min=0)
         device = anchors.device
         stats = {
             "mined_staleness": torch.tensor(float(self.steps_since_refresh), device=device),
@@ -312,10 +401,14 @@ class MinedNegatives(NegativeSource):
             negatives = encoded.to(anchors.dtype)[inverse.to(device)]
             stats["mined_reencoded"] = torch.tensor(float(unique.numel()), device=device)
         self.last_stats = stats
-        neg_mask = None if bool(found.all()) else (~found).to(device)
+        # an exact search fills every row when n < N_train: no need to look (a device sync on the GPU)
+        full = self.index_kind == "torch" and self.num_negatives < self.embeddings.shape[0]
+        neg_mask = None if full or bool(found.all()) else (~found).to(device)
         negative_labels = None
         if self.train_labels is not None:
-            negative_labels = self.train_labels[safe].masked_fill(~found, -1).to(device)
+            if self._labels_on is None or self._labels_on.device != store:
+                self._labels_on = self.train_labels.to(store)
+            negative_labels = self._labels_on[safe].masked_fill(~found, -1).to(device)
         return Candidates(
             anchors=anchors,
             positives=positives,
@@ -336,9 +429,9 @@ class MinedNegatives(NegativeSource):
     # ----- checkpoints -----------------------------------------------------------------------------
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Counters, snapshot embeddings and (hnsw, ivf) the serialised index: an exact resume."""
+        """Counters, snapshot embeddings (a CPU copy), (hnsw, ivf) the serialised index: an exact resume."""
         index = None
-        if self._index is not None and self.index_kind != "flat":
+        if self._index is not None and self.index_kind in ("hnsw", "ivf"):
             index = torch.from_numpy(import_faiss().serialize_index(self._index).copy())
         return {
             "step": self.step,
@@ -346,7 +439,7 @@ class MinedNegatives(NegativeSource):
             "num_refreshes": self.num_refreshes,
             "refreshed_at_step": self.refreshed_at_step,
             "refresh_seconds": self.refresh_seconds,
-            "embeddings": self.embeddings,
+            "embeddings": None if self.embeddings is None else self.embeddings.cpu(),
             "index": index,
         }
 
@@ -357,11 +450,16 @@ class MinedNegatives(NegativeSource):
         self.refreshed_at_step = int(state["refreshed_at_step"])
         self.refresh_seconds = float(state["refresh_seconds"])
         emb = state["embeddings"]
-        self.embeddings = None if emb is None else emb.detach().float().cpu().contiguous()
+        # the faiss kinds search on the CPU; the torch kind puts the embeddings back on the device its
+        # searches ran on if it had embeddings before, else the first search moves them to the anchors'
+        where = torch.device("cpu")
+        if self.index_kind == "torch" and emb is not None:
+            where = emb.device if self.embeddings is None else self.embeddings.device
+        self.embeddings = None if emb is None else emb.detach().to(where, torch.float32).contiguous()
         self._index, self._keep = None, []
-        if self.embeddings is None:
+        if self.embeddings is None or self.index_kind == "torch":
             return
-        if state["index"] is not None:
+        if state["index"] is not None and self.index_kind in ("hnsw", "ivf"):
             faiss = import_faiss()
             self._index = faiss.deserialize_index(state["index"].cpu().numpy())
             if self.index_kind == "hnsw":
@@ -377,3 +475,28 @@ class MinedNegatives(NegativeSource):
             f"index={self.index_kind!r}, both_views={self.both_views}, "
             f"reencode={self.encode_items is not None}"
         )
+
+
+def _first_usable(found: Tensor, own: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+    """faiss results (M, k) -> the first n usable ids of each row, in order, -1 padded; and their counts.
+
+    Usable: not a -1 filler, not the row's ``own`` index, not a repeat of an earlier id of the row.
+    Vectorised: repeats are found in each row's stably sorted ids (the first occurrence sorts first).
+    """
+    m, k = found.shape
+    bad = found < 0
+    if own is not None:
+        bad |= found == own.unsqueeze(1)
+    if k > 1:
+        ordered, perm = torch.sort(found, dim=1, stable=True)
+        repeat = torch.zeros_like(bad)
+        repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        bad |= torch.zeros_like(bad).scatter_(1, perm, repeat)
+    counts = (~bad).sum(1)
+    kept_first = torch.sort(bad.to(torch.uint8), dim=1, stable=True).indices  # usable ids first, in order
+    compact = found.gather(1, kept_first)
+    compact.masked_fill_(torch.arange(k).unsqueeze(0) >= counts.unsqueeze(1), -1)
+    out = torch.full((m, n), -1, dtype=torch.long)
+    width = min(n, k)
+    out[:, :width] = compact[:, :width]
+    return out, counts

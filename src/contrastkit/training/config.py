@@ -96,7 +96,10 @@ class TrainConfig:
         0, "mined: re-embed the training set and rebuild the index every R steps (0: once per epoch)"
     )
     mined_index: str = _opt(
-        "flat", "mined: faiss index kind: flat (exact inner product) | hnsw | ivf (approximate, large sets)"
+        "torch",
+        "mined: index kind: torch (exact inner product in torch, on the training device, no faiss needed) | "
+        "faiss on the CPU: flat (exact) | hnsw | ivf (approximate), for sets whose embeddings do not fit on "
+        "the device",
     )
     mined_reencode: bool = _opt(
         False,
