@@ -130,7 +130,9 @@ def test_bad_placement_is_a_config_error():
         TrainConfig(data_placement="gpu")
 
 
-def test_eval_of_a_streamed_run_streams_every_image_and_matches_the_decoded_eval(folder, tmp_path, one_thread):
+def test_eval_of_a_streamed_run_streams_every_image_and_matches_the_decoded_eval(
+    folder, tmp_path, one_thread
+):
     """contrastkit eval of a stream-trained run reads the whole set once (features only, never the images),
     and gives the same kNN, random-init kNN and linear probe as decoding the set into memory."""
     from contrastkit.training.evaluate import evaluate_checkpoint
@@ -152,5 +154,5 @@ def test_eval_of_a_streamed_run_streams_every_image_and_matches_the_decoded_eval
         assert streamed[key] == decoded[key], key
     a, b = streamed["evaluation"]["linear_probe"], decoded["evaluation"]["linear_probe"]
     assert a["top1"] == pytest.approx(b["top1"], abs=1e-6)
-    with pytest.raises(ConfigError, match="few-label fine-tuning holds the images in memory.*--limit N"):
+    with pytest.raises(ConfigError, match=r"few-label fine-tuning holds the images in memory.*--limit N"):
         evaluate_checkpoint(run, device="cpu", few_label=(0.5,), write=False)
