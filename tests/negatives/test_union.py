@@ -100,3 +100,16 @@ def test_in_batch_plus_mined_excludes_own_items_and_reports_staleness() -> None:
     union.update(data[idx], data[idx], indices=idx)
     keys = set(union.state_dict())
     assert any(k.startswith("second.") for k in keys)
+
+
+def test_build_negatives_in_batch_plus_mined() -> None:
+    from contrastkit.errors import ConfigError
+    from contrastkit.negatives import NEGATIVES, build_negatives
+
+    assert "in-batch+mined" in NEGATIVES
+    data = F.normalize(torch.randn(30, 4), dim=1)
+    source = build_negatives("in-batch+mined", embed_all=lambda: data, mined_negatives=2)
+    assert isinstance(source, UnionNegatives) and isinstance(source.second, MinedNegatives)
+    assert source.second.both_views and source.second.index_kind == "torch" and source.needs_indices
+    with pytest.raises(ConfigError, match="mines from an index"):
+        build_negatives("in-batch+mined")

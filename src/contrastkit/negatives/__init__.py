@@ -24,6 +24,7 @@ from contrastkit.negatives.mined import MinedNegatives
 from contrastkit.negatives.mixing import HardNegativeMixing
 from contrastkit.negatives.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.negatives.queue import KeyQueue, QueueNegatives
+from contrastkit.negatives.union import UnionNegatives
 
 NEGATIVES: tuple[str, ...] = (
     "in-batch",
@@ -33,8 +34,10 @@ NEGATIVES: tuple[str, ...] = (
     "queue+mochi",
     "in-batch+mochi",
     "mined+mochi",
+    "in-batch+mined",
 )
-"""Source names for ``--negatives``; ``+mochi`` wraps the base source in :class:`HardNegativeMixing`."""
+"""Source names for ``--negatives``; ``+mochi`` wraps the base source in :class:`HardNegativeMixing`, and
+``in-batch+mined`` is the :class:`UnionNegatives` of in-batch and mined negatives."""
 
 
 def build_negatives(
@@ -45,14 +48,15 @@ def build_negatives(
     embed_all: Callable[[], Tensor] | None = None,
     mined_negatives: int = 16,
     refresh_every: int = 1000,
-    index: str = "flat",
+    index: str = "torch",
     train_labels: Tensor | None = None,
     encode_items: Callable[[Tensor], Tensor] | None = None,
     both_views: bool = False,
 ) -> NegativeSource:
     """Make a negative source by name (see :data:`NEGATIVES`).
 
-    ``mined`` needs ``embed_all`` (see :class:`MinedNegatives`, which also takes the other mined options).
+    ``mined`` (and ``in-batch+mined``) needs ``embed_all`` (see :class:`MinedNegatives`, which also takes
+    the other mined options; the union takes both views as anchors, as in-batch does).
     """
     if name not in NEGATIVES:
         raise ConfigError(f"unknown negatives source {name!r}; choose one of: {', '.join(NEGATIVES)}")
@@ -62,7 +66,7 @@ def build_negatives(
         source = QueueNegatives(size=queue_size)
     elif base == "gather":
         source = GatherNegatives()
-    elif base == "mined":
+    elif base == "mined" or mixing == "mined":
         if embed_all is None:
             raise ConfigError(
                 f"--negatives {name} mines from an index of the whole training set, which this training loop "
@@ -75,8 +79,10 @@ def build_negatives(
             index=index,
             train_labels=train_labels,
             encode_items=encode_items,
-            both_views=both_views,
+            both_views=both_views or mixing == "mined",
         )
+        if mixing == "mined":
+            source = UnionNegatives(InBatchNegatives(), source)
     else:
         source = InBatchNegatives()
     return HardNegativeMixing(source, start_step=mix_start_step) if mixing == "mochi" else source
@@ -94,6 +100,7 @@ __all__ = [
     "MomentumEncoder",
     "NegativeSource",
     "QueueNegatives",
+    "UnionNegatives",
     "build_negatives",
     "cosine_momentum",
     "gather_with_grad",
