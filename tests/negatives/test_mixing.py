@@ -219,3 +219,10 @@ def test_per_anchor_source_negatives():
     assert not (r.mix_i == 0).any() and not (r.query_j == 0).any()
     hardest = (q.unsqueeze(1) * negs).sum(-1).masked_fill(mask, float("-inf")).topk(3).indices
     assert torch.equal(r.hardest, hardest)
+
+
+def test_build_negatives_passes_the_mochi_sizes() -> None:
+    from contrastkit.negatives import build_negatives
+
+    source = build_negatives("queue+mochi", mix_hardest=8, mix_synthetic=4, mix_query=2, mix_start_step=5)
+    assert (source.num_hardest, source.num_mixed, source.num_query_mixed, source.start_step) == (8, 4, 2, 5)

@@ -26,6 +26,9 @@ def test_defaults_are_valid():
         ({"workers": -2}, r"--workers\) must be an integer >= 0"),
         ({"knn_images": 0}, r"--knn-images\) must be a positive integer"),
         ({"data_placement": "gpu"}, r"--data-placement\) must be one of: auto, device, host, stream"),
+        ({"mix_hardest": 0}, r"--mix-hardest\) must be an integer >= 1"),
+        ({"mix_synthetic": -1}, r"--mix-synthetic\) must be an integer >= 0"),
+        ({"mix_query": 1.5}, r"--mix-query\) must be an integer >= 0"),
     ],
 )
 def test_bad_values_are_named(changes, message):

@@ -45,6 +45,9 @@ def build_negatives(
     *,
     queue_size: int = 4096,
     mix_start_step: int = 0,
+    mix_hardest: int = 256,
+    mix_synthetic: int = 256,
+    mix_query: int = 32,
     embed_all: Callable[[], Tensor] | None = None,
     mined_negatives: int = 16,
     refresh_every: int = 1000,
@@ -85,7 +88,15 @@ def build_negatives(
             source = UnionNegatives(InBatchNegatives(), source)
     else:
         source = InBatchNegatives()
-    return HardNegativeMixing(source, start_step=mix_start_step) if mixing == "mochi" else source
+    if mixing != "mochi":
+        return source
+    return HardNegativeMixing(
+        source,
+        num_hardest=mix_hardest,
+        num_mixed=mix_synthetic,
+        num_query_mixed=mix_query,
+        start_step=mix_start_step,
+    )
 
 
 __all__ = [

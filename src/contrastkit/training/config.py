@@ -78,8 +78,9 @@ class TrainConfig:
     negatives: str = _opt(
         "in-batch",
         "where negatives come from: in-batch (SimCLR) | queue (MoCo) | gather (the global batch of all "
-        "processes, needs torchrun) | mined (ANCE: nearest neighbours in a faiss index of the training set) "
-        "| queue+mochi | in-batch+mochi | mined+mochi (MoCHi hard negative mixing)",
+        "processes, needs torchrun) | mined (ANCE: nearest neighbours in an index of the training set) "
+        "| queue+mochi | in-batch+mochi | mined+mochi (MoCHi hard negative mixing) | in-batch+mined (both "
+        "sets: the in-batch negatives keep a mined run from collapsing)",
     )
     oracle: bool = _opt(False, "mask same-class negatives using the labels (the DCL 'unbiased' oracle)")
     queue_size: int = _opt(4096, "negatives in the momentum queue (queue, queue+mochi)")
@@ -91,6 +92,11 @@ class TrainConfig:
         4, "shuffled BatchNorm groups of the key encoder's batch (MoCo Sec. 3.3); 1 disables"
     )
     mix_start_epoch: float = _opt(0, "MoCHi: epochs before mixing starts")
+    mix_hardest: int = _opt(256, "MoCHi N: the hardest negatives of each query that the mixtures draw from")
+    mix_synthetic: int = _opt(256, "MoCHi s: synthetic negatives per query, mixtures of two of the N hardest")
+    mix_query: int = _opt(
+        32, "MoCHi s': harder synthetic negatives per query, the query mixed with one of the N (weight < 0.5)"
+    )
     mined_negatives: int = _opt(16, "mined: negatives per anchor, its nearest training items in the index")
     mined_refresh_every: int = _opt(
         0, "mined: re-embed the training set and rebuild the index every R steps (0: once per epoch)"
@@ -202,6 +208,9 @@ class TrainConfig:
             "an integer >= 0",
         )
         _check(self.negatives in NEGATIVES, "negatives", "one of: " + ", ".join(NEGATIVES))
+        for name, low in (("mix_hardest", 1), ("mix_synthetic", 0), ("mix_query", 0)):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= low, name, f"an integer >= {low}")
         _check(self.mined_index in INDEX_KINDS, "mined_index", "one of: " + ", ".join(INDEX_KINDS))
         _check(
             isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
