@@ -6,7 +6,13 @@ folder. The checkpoint holds the model (all ``contrastkit eval`` needs) and, to 
 the scheduler, the negative source's state (``negatives``: queue buffers, MoCHi's step, the mined
 negatives' snapshot embeddings and index) and the momentum key encoder (``key_encoder``, None without
 one). The loop reads the loss (and the negative source's statistics) from the device only every
-``log_every`` steps, so it does not synchronise with the GPU on every step.
+``log_every`` steps, so it does not synchronise with the GPU on every step. A checkpoint due at an epoch's
+end is written after that epoch's kNN point, and so records it.
+
+The pieces of a run: :func:`_open_run` (the run folder, the checkpoint to resume), :func:`_build` (model,
+views, negatives, learner, optimizer, schedule), :func:`_fresh_progress` or :func:`_restore`, one
+optimisation step (:class:`~contrastkit.training.step.TrainStep`), the loop over the epochs (:class:`_Loop`:
+statistics, checkpoints, stop signals, kNN) and :func:`_final_metrics`.
 
 Mined negatives (ANCE, :class:`~contrastkit.negatives.MinedNegatives`) get the batch's dataset indices and
 an ``embed_all`` that embeds the whole training set, unaugmented, with the current model in eval mode
@@ -38,12 +44,11 @@ import os
 import signal
 import sys
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -77,11 +82,12 @@ from contrastkit.training.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from contrastkit.training.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
-from contrastkit.training.data import load_training_data
+from contrastkit.training.config import TrainConfig
+from contrastkit.training.data import TrainingData, load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
+from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
 HELD_OUT_FRACTION = 0.2
@@ -330,58 +336,166 @@ def _barrier_before_teardown(owns_group: bool) -> None:
         dist.barrier()
 
 
+@dataclass
+class _Parts:
+    """What :func:`_build` makes of a config and its data: the model and its views, the learner around
+    them, the optimizer and its schedule, and the run's numbers of steps."""
+
+    model: ContrastiveModel  # the bare model: checkpointed, evaluated, followed by the key encoder
+    net: nn.Module  # what the learner calls: the model, in DistributedDataParallel with several processes
+    views1: ImageViews
+    views2: ImageViews
+    key_encoder: MomentumEncoder | None
+    key_momentum: float
+    evaluator: KnnEvaluator
+    gen: torch.Generator  # the views' random parameters and the epochs' shuffled orders
+    learner: ContrastiveLearner
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    amp_dtype: torch.dtype | None  # bf16 autocast, or None: fp32
+    mined: bool  # mined negatives (ANCE)
+    refresh_every: int  # their index's refresh interval, in steps
+    steps_per_epoch: int
+    total_steps: int
+    shard: int  # this process's part of each global batch
+
+
+@dataclass
+class _LatestCheckpoint:
+    """Where the run's checkpoint is written and the step of the latest one (None: none yet)."""
+
+    path: Path
+    step: int | None
+
+    def describe(self) -> str:
+        return _last_good(self.path, self.step)
+
+
 def _train(
     config: TrainConfig, device: torch.device, *, log_every: int, out: Any, resume: str | Path | None
 ) -> TrainResult:
+    """The run, piece by piece: its folder, the data, the parts, the progress (fresh or restored from the
+    checkpoint), the loop, the final metrics."""
     t_start = time.perf_counter()
-    config = resolve_hyperparameters(config)
-    rank_, world = rank(), world_size()
-    main = rank_ == 0
+    main = rank() == 0
     out = (out or sys.stdout) if main else io.StringIO()  # only rank 0 prints
+    config, run_dir, saved = _open_run(resolve_hyperparameters(config), device, resume)
+    data = load_training_data(config, device)
+    info = _data_info(config, data)
+    parts = _build(config, device, data, info)
+    if saved is None:
+        progress, step, history = _fresh_progress(parts, run_dir, device)
+    else:
+        progress, step, history = _restore(saved, run_dir, parts, device)
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    latest = _LatestCheckpoint(run_dir / CHECKPOINT_NAME, step if saved is not None else None)
+    train_step = _train_step(config, device, data, parts, latest)
+    print(
+        _banner(config, device, data, parts, run_dir, step, resumed=saved is not None), file=out, flush=True
+    )
+    loop = _Loop(
+        config=config,
+        device=device,
+        data=data,
+        info=info,
+        parts=parts,
+        train_step=train_step,
+        run_dir=run_dir,
+        progress=progress,
+        step=step,
+        history=history,
+        log_every=log_every,
+        t_start=t_start,
+        elapsed_base=progress.get("elapsed_seconds", 0.0),
+        latest=latest,
+        board=_board(config, run_dir, step) if main else _NoBoard(),
+        clock=_Clock(progress["train_seconds"], device),
+        bar=_progress(parts.total_steps, config.progress) if main else _QuietBar(),
+    )
+    loop.run()
+    metrics = _final_metrics(
+        config,
+        data,
+        loop.progress,
+        loop.history,
+        steps=loop.step,
+        train_seconds=loop.clock.seconds(),
+        total_seconds=loop.elapsed_base + time.perf_counter() - t_start,
+        device=device,
+        mined=parts.mined,
+    )
+    loop.finish(metrics)
+    metrics["total_seconds"] = loop.elapsed_base + time.perf_counter() - t_start
+    if main:
+        write_atomic(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), binary=False)
+    print(format_summary(metrics, run_dir), file=out, flush=True)
+    return TrainResult(run_dir=run_dir, metrics=metrics, model=parts.model, history=loop.history)
+
+
+def _open_run(
+    config: TrainConfig, device: torch.device, resume: str | Path | None
+) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+    """The run folder and, to resume, its checkpoint; a new run never takes a folder that holds one.
+
+    Returns the config with ``out`` set to the folder (checked for option combinations) and the loaded
+    checkpoint (None for a new run). ``--deterministic`` is switched on here, before anything is built.
+    """
     saved: dict[str, Any] | None = None
     if resume is not None:
         ckpt_path = find_checkpoint(resume)
         run_dir = ckpt_path.parent
         saved = load_checkpoint(ckpt_path)
-        if main:
+        if rank() == 0:
             remove_stale_temporaries(ckpt_path)
     else:
         run_dir = Path(broadcast_object(str(Path(config.out) if config.out else default_run_dir(config))))
         _refuse_existing_run(run_dir)
-    if world > 1:
+    if world_size() > 1:
         dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
     config = config.replace(out=str(run_dir))
     check_combinations(config)
     if config.deterministic:
         _make_deterministic(device)
+    return config, run_dir, saved
 
-    data = load_training_data(config, device)
-    splits, eval_note = data.knn_splits, data.eval_note  # decoded images for the kNN monitor
-    train_set, test_set = splits.train, splits.test
-    assert test_set is not None
+
+def _data_info(config: TrainConfig, data: TrainingData) -> DataInfo:
+    """The data's description for the checkpoint; a batch larger than the data, or non-square images,
+    are refused."""
+    splits = data.knn_splits  # decoded images for the kNN monitor
+    assert splits.test is not None
     n_train = len(data)
     if config.batch_size > n_train:
         raise ConfigError(
             f"batch size {config.batch_size} is larger than the training set ({n_train} images); "
             f"use --batch-size {n_train} or less"
         )
-    n_classes = len(splits.train.classes)
     mean, std = data.stats
     c, h, w = data.image_shape
     if h != w:
         raise ConfigError(f"images are {h}x{w}; square images are expected: pass --image-size to resize them")
-    info = DataInfo(
+    return DataInfo(
         channels=c, image_size=h, mean=tuple(mean), std=tuple(std), classes=list(splits.train.classes)
     )
 
+
+def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: DataInfo) -> _Parts:
+    """Model, views, key encoder, negative source, learner, optimizer and schedule, as the config says.
+
+    The order is that of the random streams: the global generator is seeded (``seed``) before the model's
+    initialisation; with several processes rank r > 0 reseeds it after wrapping the model in DDP (rank 0
+    keeps the single-process streams: MoCHi, shuffling BN); the views' generator gets ``seed + 1``.
+    """
+    rank_, world = rank(), world_size()
     torch.manual_seed(config.seed)
-    model = build_model(config, c, h).to(device)
+    model = build_model(config, info.channels, info.image_size).to(device)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_bf16 else None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     views1, views2 = (v.to(device) for v in build_view_pair(config, info))
-    steps_per_epoch = n_train // config.batch_size
+    steps_per_epoch = len(data) // config.batch_size
     shard = config.batch_size // world  # this process's part of each global batch
     key_momentum = config.resolved_key_momentum()
     key_encoder = (
@@ -397,7 +511,7 @@ def _train(
         if rank_ > 0:  # rank 0 keeps the single-process random streams (MoCHi, shuffling BN)
             torch.manual_seed(config.seed + RANK_SEED_STRIDE * rank_)
     score = build_score(config.score)
-    evaluator = KnnEvaluator(splits, info, config, device)
+    evaluator = KnnEvaluator(data.knn_splits, info, config, device)
     gen = torch.Generator(device=device)  # the views' random parameters
     gen.manual_seed(config.seed + 1 + RANK_SEED_STRIDE * rank_)
     mined = config.negatives.startswith("mined")
@@ -432,286 +546,372 @@ def _train(
         key_encoder=key_encoder,
     ).to(device)
     if config.skip_nonfinite:
-        learner.finite_check = _all_finite
+        learner.finite_check = all_finite
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     optimizer = build_optimizer(
         config.optimizer, learner, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
     )
     scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
-
-    if saved is None:
-        progress: dict[str, Any] = {
-            "epoch": 0,  # the epoch in progress (0-based)
-            "next_batch": 0,  # its next batch
-            "order": None,  # its shuffled order, once drawn
-            "total_steps": total_steps,
-            "world_size": world,
-            "device_type": device.type,  # the generators' states are of this kind of device
-            "elapsed_seconds": 0.0,  # wall-clock of earlier sessions of the run
-            "train_seconds": 0.0,
-            "knn_curve": [],
-            "knn_top1_random_init": _on_rank0(lambda: evaluator.model_accuracy(model, amp_dtype)),
-            "knn_top1_raw_pixels": _on_rank0(evaluator.raw_pixels),
-            "last_loss": float("nan"),
-            "skipped_steps": 0,
-            "resumed_at_steps": [],
-        }
-        step = 0
-        history: list[dict[str, float]] = []
-        if main:  # a history.jsonl here was left by a run that stopped before its first checkpoint
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / HISTORY_NAME).unlink(missing_ok=True)
-    else:
-        progress = dict(saved["progress"])
-        step = int(saved["step"])
-        saved_type = progress.get("device_type", device.type)
-        if saved_type != device.type:
-            raise ConfigError(
-                f"cannot resume {str(run_dir)!r} on {device.type}: it ran on {saved_type}, whose random "
-                f"generators' states do not transfer; resume it with --device {saved_type} (another {saved_type} "
-                "index is fine)"
-            )
-        if progress["total_steps"] != total_steps:
-            raise ConfigError(
-                f"cannot resume {str(run_dir)!r}: it has {progress['total_steps']} steps in all, this data and "
-                f"config give {total_steps}; was the data set changed?"
-            )
-        saved_world = int(progress.get("world_size", 1))
-        if saved_world != world:
-            raise ConfigError(
-                f"cannot resume {str(run_dir)!r} on {world} process(es): it ran on {saved_world}, and each "
-                f"process's random state and batch shard depend on that; resume it with "
-                f"{resume_command(run_dir, saved_world)}"
-            )
-        progress["world_size"] = world
-        _load_states(saved, run_dir, model, learner, key_encoder, optimizer, scheduler)
-        view_rng, global_rng = progress.pop("view_rng"), progress.pop("global_rng")
-        if world > 1:  # one state per rank
-            view_rng, global_rng = view_rng[rank_], global_rng[rank_]
-        gen.set_state(view_rng)  # a CPU byte tensor, for CPU and CUDA generators alike
-        restore_rng_state(global_rng)
-        progress["resumed_at_steps"] = [*progress["resumed_at_steps"], step]
-        history = _truncate_history(run_dir / HISTORY_NAME, step, write=main)
-    if main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-    if config.compile and mined:
-        # the index search (faiss, numpy) cannot be traced: compile the model, keep the learner eager
-        learner.model = torch.compile(net)
-        step_fn: Any = learner
-    else:
-        step_fn = torch.compile(learner) if config.compile else learner
-    # Sampling the views' random parameters stays eager (dynamo cannot trace an explicit generator); the
-    # pixel work is compiled with the learner when --compile is on.
-    render1 = torch.compile(views1.render) if config.compile else views1.render
-    render2 = (
-        render1 if views2 is views1 else torch.compile(views2.render) if config.compile else views2.render
+    return _Parts(
+        model=model,
+        net=net,
+        views1=views1,
+        views2=views2,
+        key_encoder=key_encoder,
+        key_momentum=key_momentum,
+        evaluator=evaluator,
+        gen=gen,
+        learner=learner,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        amp_dtype=amp_dtype,
+        mined=mined,
+        refresh_every=refresh_every,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        shard=shard,
     )
 
-    def make_views(batch: Tensor) -> tuple[Tensor, Tensor]:
-        """Two views of every image: one batch of 2B when both views are alike, else one B each."""
-        if views2 is views1:
-            both = torch.cat([batch, batch], dim=0)
-            v = render1(both, views1.sample(both, generator=gen))
-        else:
-            v = torch.cat(
-                [
-                    render1(batch, views1.sample(batch, generator=gen)),
-                    render2(batch, views2.sample(batch, generator=gen)),
-                ]
-            )
-        if device.type == "cuda":
-            v = v.contiguous(memory_format=torch.channels_last)
-        v1, v2 = v.chunk(2, dim=0)
-        return v1, v2
 
+def _fresh_progress(
+    parts: _Parts, run_dir: Path, device: torch.device
+) -> tuple[dict[str, Any], int, list[dict[str, float]]]:
+    """A new run's progress (with the kNN of the untrained model and of raw pixels), step 0, no history."""
+    model, evaluator = parts.model, parts.evaluator
+    progress: dict[str, Any] = {
+        "epoch": 0,  # the epoch in progress (0-based)
+        "next_batch": 0,  # its next batch
+        "order": None,  # its shuffled order, once drawn
+        "total_steps": parts.total_steps,
+        "world_size": world_size(),
+        "device_type": device.type,  # the generators' states are of this kind of device
+        "elapsed_seconds": 0.0,  # wall-clock of earlier sessions of the run
+        "train_seconds": 0.0,
+        "knn_curve": [],
+        "knn_top1_random_init": _on_rank0(lambda: evaluator.model_accuracy(model, parts.amp_dtype)),
+        "knn_top1_raw_pixels": _on_rank0(evaluator.raw_pixels),
+        "last_loss": float("nan"),
+        "skipped_steps": 0,
+        "resumed_at_steps": [],
+    }
+    if rank() == 0:  # a history.jsonl here was left by a run that stopped before its first checkpoint
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / HISTORY_NAME).unlink(missing_ok=True)
+    return progress, 0, []
+
+
+def _restore(
+    saved: dict[str, Any], run_dir: Path, parts: _Parts, device: torch.device
+) -> tuple[dict[str, Any], int, list[dict[str, float]]]:
+    """A checkpoint's progress, step and history (truncated to its step), its states loaded into ``parts``
+    and its random states into the generators; a checkpoint this run cannot continue is refused."""
+    rank_, world = rank(), world_size()
+    progress = dict(saved["progress"])
+    step = int(saved["step"])
+    saved_type = progress.get("device_type", device.type)
+    if saved_type != device.type:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} on {device.type}: it ran on {saved_type}, whose random "
+            f"generators' states do not transfer; resume it with --device {saved_type} (another {saved_type} "
+            "index is fine)"
+        )
+    if progress["total_steps"] != parts.total_steps:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: it has {progress['total_steps']} steps in all, this data and "
+            f"config give {parts.total_steps}; was the data set changed?"
+        )
+    saved_world = int(progress.get("world_size", 1))
+    if saved_world != world:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} on {world} process(es): it ran on {saved_world}, and each "
+            f"process's random state and batch shard depend on that; resume it with "
+            f"{resume_command(run_dir, saved_world)}"
+        )
+    progress["world_size"] = world
+    _load_states(saved, run_dir, parts)
+    view_rng, global_rng = progress.pop("view_rng"), progress.pop("global_rng")
+    if world > 1:  # one state per rank
+        view_rng, global_rng = view_rng[rank_], global_rng[rank_]
+    parts.gen.set_state(view_rng)  # a CPU byte tensor, for CPU and CUDA generators alike
+    restore_rng_state(global_rng)
+    progress["resumed_at_steps"] = [*progress["resumed_at_steps"], step]
+    history = _truncate_history(run_dir / HISTORY_NAME, step, write=rank_ == 0)
+    return progress, step, history
+
+
+def _train_step(
+    config: TrainConfig, device: torch.device, data: TrainingData, parts: _Parts, latest: _LatestCheckpoint
+) -> TrainStep:
+    """The step of this run: the learner compiled first, then the views' rendering (``--compile``)."""
+    forward = compile_learner(parts.learner, parts.net, compile=config.compile, mined=parts.mined)
+    views = TwoViews.create(
+        parts.views1, parts.views2, parts.gen, compile=config.compile, channels_last=device.type == "cuda"
+    )
+    return TrainStep(
+        learner=parts.learner,
+        forward=forward,
+        model=parts.model,
+        key_encoder=parts.key_encoder,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
+        views=views,
+        labels=data.labels.to(device),
+        device=device,
+        amp_dtype=parts.amp_dtype,
+        skip_nonfinite=config.skip_nonfinite,
+        last_good=latest.describe,
+    )
+
+
+def _banner(
+    config: TrainConfig,
+    device: torch.device,
+    data: TrainingData,
+    parts: _Parts,
+    run_dir: Path,
+    step: int,
+    *,
+    resumed: bool,
+) -> str:
+    """The lines ``contrastkit train`` prints before the first step: data, model, schedule, run folder."""
+    world = world_size()
+    splits = data.knn_splits
+    assert splits.test is not None
+    c, h, w = data.image_shape
     parallel = ""
     if world > 1:
-        parallel = f" = {world} processes x {shard} ({dist.get_backend()})" + (
+        parallel = f" = {world} processes x {parts.shard} ({dist.get_backend()})" + (
             "; in-batch negatives per process (--negatives gather: the global batch)"
             if config.negatives.startswith("in-batch")
             else ""
         )
-    print(
-        f"contrastkit train: data={splits.name} ({n_train} train / {len(test_set)} eval [{eval_note}], "
-        f"{c}x{h}x{w}, {n_classes} classes, {data.where})\n"
+    return (
+        f"contrastkit train: data={splits.name} ({len(data)} train / {len(splits.test)} eval "
+        f"[{data.eval_note}], {c}x{h}x{w}, {len(splits.train.classes)} classes, {data.where})\n"
         f"  encoder={_encoder_name(config, h)} objective={config.objective}(temperature={config.temperature}) "
         f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}"
-        f"{_negatives_note(config, key_momentum, refresh_every)}\n"
-        f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}{parallel}, "
+        f"{_negatives_note(config, parts.key_momentum, parts.refresh_every)}\n"
+        f"  {config.epochs} epochs x {parts.steps_per_epoch} steps, batch {config.batch_size}{parallel}, "
         f"{config.optimizer} lr={config.lr:g} wd={config.weight_decay:g}, device={device}, "
-        f"precision={'bf16' if use_bf16 else 'fp32'}"
+        f"precision={'bf16' if parts.amp_dtype is not None else 'fp32'}"
         f"\n  run folder: {run_dir}"
-        + (f"\n  resumed at step {step} of {total_steps}" if saved is not None else ""),
-        file=out,
-        flush=True,
+        + (f"\n  resumed at step {step} of {parts.total_steps}" if resumed else "")
     )
 
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    ckpt_step: int | None = step if saved is not None else None
-    elapsed_base = progress.get("elapsed_seconds", 0.0)
-    board = _board(config, run_dir, step) if main else _NoBoard()
-    clock = _Clock(progress["train_seconds"], device)
-    labels_all = data.labels.to(device)
-    pending: list[tuple[int, dict[str, Tensor]]] = []
-    consecutive_skips = 0
-    bar = _progress(total_steps, config.progress) if main else _QuietBar()
-    bar.update(step)
 
-    def drain() -> None:
+@dataclass
+class _Loop:
+    """The epochs of a run, from where ``progress`` says: the batches through the step, the statistics read
+    at the logging steps, the checkpoints, the stop signals and the kNN points at the epochs' ends.
+
+    ``progress`` is what the checkpoint keeps of the loop (see :func:`_fresh_progress`): ``epoch`` and
+    ``next_batch`` say where the run is. An epoch ends at ``next_batch == steps_per_epoch``; its end (the
+    kNN point, when due) then moves ``progress`` on to the next epoch at batch 0. A checkpoint at an epoch's
+    end is written after that, so it records the epoch's kNN; only a stop signal on an epoch's last step
+    checkpoints before (at ``next_batch == steps_per_epoch``, the kNN still to do), so as not to keep the
+    stop waiting.
+    """
+
+    config: TrainConfig
+    device: torch.device
+    data: TrainingData
+    info: DataInfo
+    parts: _Parts
+    train_step: TrainStep
+    run_dir: Path
+    progress: dict[str, Any]
+    step: int  # steps done
+    history: list[dict[str, float]]
+    log_every: int
+    t_start: float  # this session's start (perf_counter)
+    elapsed_base: float  # wall-clock of earlier sessions
+    latest: _LatestCheckpoint
+    board: _NoBoard
+    clock: _Clock
+    bar: Any
+    pending: list[tuple[int, dict[str, Tensor]]] = field(default_factory=list)  # stats not read yet
+
+    @property
+    def main(self) -> bool:
+        return rank() == 0
+
+    def run(self) -> None:
+        """Train to the end of the last epoch (a stop signal raises TrainingInterrupted, after a checkpoint)."""
+        self.bar.update(self.step)
+        self.parts.learner.train()
+        with StopSignals() as stop:
+            self.clock.start()
+            while self.progress["epoch"] < self.config.epochs:
+                epoch = self.progress["epoch"]
+                for idx, batch in self._batches():
+                    self._step(idx, batch, epoch, stop)
+                self._end_epoch(epoch)
+            self.clock.stop()
+        self.bar.close()
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's shard of each global batch of the epoch, from its next batch on; the epoch's order is
+        drawn first if it was not yet (on rank 0, from the views' generator, and broadcast)."""
+        progress, parts = self.progress, self.parts
+        world, rank_ = world_size(), rank()
+        if progress["order"] is None:
+            n_train = len(self.data)
+            if rank_ == 0:
+                order = torch.randperm(n_train, device=self.device, generator=parts.gen)
+            else:
+                order = torch.empty(n_train, dtype=torch.long, device=self.device)
+            if world > 1:
+                dist.broadcast(order, src=0)  # one order of global batches for every rank
+            progress["order"] = order
+        return self.data.epoch_batches(
+            progress["order"].to(self.device),
+            progress["next_batch"],
+            self.config.batch_size,
+            slice(rank_ * parts.shard, (rank_ + 1) * parts.shard),
+            self.device,
+        )
+
+    def _step(self, idx: Tensor, batch: Tensor, epoch: int, stop: StopSignals) -> None:
+        """One step, then what comes at its boundary: reading the statistics, a stop, a checkpoint."""
+        progress = self.progress
+        stats, skipped = self.train_step(idx, batch, self.step + 1)
+        if skipped:
+            progress["skipped_steps"] += 1
+        self.step += 1
+        progress["next_batch"] += 1
+        self.pending.append((self.step, stats))
+        epoch_done = progress["next_batch"] == self.parts.steps_per_epoch
+        at_sync = self.step % self.log_every == 0 or epoch_done
+        if at_sync:
+            self.drain()
+        self.bar.update(1)
+        # with several processes they agree on a stop at the logging steps (a signal may reach them at
+        # different steps; they must checkpoint at the same one)
+        requested = (
+            stop.requested if world_size() == 1 else _agreed_signal(stop.requested, self.device, at_sync)
+        )
+        if requested is not None:
+            self._stop(requested, epoch)
+        every = self.config.checkpoint_every
+        # one due on an epoch's last step (the run's last included) waits for the epoch's end (_end_epoch)
+        if every and self.step % every == 0 and not epoch_done:
+            self.checkpoint()
+
+    def _stop(self, signum: int, epoch: int) -> NoReturn:
+        self.checkpoint()
+        self.bar.close()
+        path, world = self.latest.path, world_size()
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} received: stopped at step {self.step} of {self.parts.total_steps} "
+            f"(epoch {epoch + 1}) and wrote {path}; continue with: {resume_command(self.run_dir, world)}",
+            signum=signum,
+            checkpoint=path,
+            step=self.step,
+        )
+
+    def _end_epoch(self, epoch: int) -> None:
+        """The epoch's kNN point when due (every ``--knn-every`` epochs, and after the last), then on to the
+        next epoch, with a checkpoint when one is due: every epoch without ``--checkpoint-every``, else when
+        the epoch's last step was a multiple of it, or when the latest checkpoint is at this very step (a stop
+        there, before the kNN: written again, so that a later resume does not evaluate the epoch again)."""
+        config = self.config
+        self.clock.stop()
+        is_last = epoch == config.epochs - 1
+        if is_last or (config.knn_every and (epoch + 1) % config.knn_every == 0):
+            self._knn(epoch)
+        self.progress.update(epoch=epoch + 1, next_batch=0, order=None)
+        self.clock.start()
+        every = config.checkpoint_every
+        if not is_last and (not every or self.step % every == 0 or self.latest.step == self.step):
+            self.checkpoint()
+
+    def _knn(self, epoch: int) -> None:
+        """kNN top-1 of the model after ``epoch`` (0-based): into the curve, TensorBoard and the log."""
+        parts = self.parts
+        acc = _on_rank0(lambda: parts.evaluator.model_accuracy(parts.model, parts.amp_dtype))
+        self.progress["knn_curve"].append(
+            {"epoch": epoch + 1, "step": self.step, "train_seconds": self.clock.seconds(), "knn_top1": acc}
+        )
+        self.board.scalar("knn/top1", acc, self.step)
+        self.bar.write(
+            f"epoch {epoch + 1}/{self.config.epochs}  loss {self.progress['last_loss']:.4f}  kNN top-1 {acc:.4f}",
+            file=sys.stderr,
+        )
+
+    def drain(self) -> None:
         """Read the queued statistics (one synchronisation), stop on a non-finite loss, log them."""
-        seconds = clock.seconds()
+        seconds = self.clock.seconds()
         rows = _drain(
-            pending,
-            history,
-            progress["epoch"],
-            run_dir,
+            self.pending,
+            self.history,
+            self.progress["epoch"],
+            self.run_dir,
             seconds,
-            allow_nonfinite=config.skip_nonfinite,
-            last_good=_last_good(ckpt_path, ckpt_step),
-            resumable=ckpt_step is not None,
-            write=main,
+            allow_nonfinite=self.config.skip_nonfinite,
+            last_good=self.latest.describe(),
+            resumable=self.latest.step is not None,
+            write=self.main,
         )
         if rows:
-            progress["last_loss"] = rows[-1]["loss"]
-            bar.set_postfix(
-                loss=f"{progress['last_loss']:.3f}",
-                img_s=f"{step * config.batch_size / max(seconds, 1e-9):.0f}",
-            )
-            board.rows(rows, step * config.batch_size / max(seconds, 1e-9))
+            self.progress["last_loss"] = rows[-1]["loss"]
+            images_per_second = self.step * self.config.batch_size / max(seconds, 1e-9)
+            self.bar.set_postfix(loss=f"{self.progress['last_loss']:.3f}", img_s=f"{images_per_second:.0f}")
+            self.board.rows(rows, images_per_second)
 
-    def checkpoint() -> None:
-        nonlocal ckpt_step
-        drain()
-        if not _all_finite(torch.stack([p.detach().abs().amax().float() for p in learner.parameters()])):
+    def checkpoint(self) -> None:
+        """Write the checkpoint of this step (after reading the statistics, with the clock stopped); never
+        over a good one with non-finite parameters."""
+        self.drain()
+        learner = self.parts.learner
+        if not all_finite(torch.stack([p.detach().abs().amax().float() for p in learner.parameters()])):
             raise TrainingError(
-                f"the parameters became non-finite by step {step} although the losses were finite; "
-                f"{_last_good(ckpt_path, ckpt_step)} It was not overwritten. Start a new run with a lower --lr, "
+                f"the parameters became non-finite by step {self.step} although the losses were finite; "
+                f"{self.latest.describe()} It was not overwritten. Start a new run with a lower --lr, "
                 "a higher --temperature or --precision fp32, or resume with --skip-nonfinite."
             )
-        clock.stop()
-        progress["train_seconds"] = clock.seconds()
-        progress["elapsed_seconds"] = elapsed_base + time.perf_counter() - t_start
-        state = _state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen)
-        if main:
-            save_checkpoint(state, ckpt_path)
-        ckpt_step = step
-        clock.start()
+        self.clock.stop()
+        self.progress["train_seconds"] = self.clock.seconds()
+        self.progress["elapsed_seconds"] = self.elapsed_base + time.perf_counter() - self.t_start
+        state = _state(self.config, self.info, self.parts, self.step, self.progress)
+        self.board.flush()  # the points up to this step are on disk first: a resume writes only later ones
+        if self.main:
+            save_checkpoint(state, self.latest.path)
+        self.latest.step = self.step
+        self.clock.start()
 
-    learner.train()
-    with StopSignals() as stop:
-        clock.start()
-        while progress["epoch"] < config.epochs:
-            epoch = progress["epoch"]
-            if progress["order"] is None:
-                if main:
-                    order = torch.randperm(n_train, device=device, generator=gen)
-                else:
-                    order = torch.empty(n_train, dtype=torch.long, device=device)
-                if world > 1:
-                    dist.broadcast(order, src=0)  # one order of global batches for every rank
-                progress["order"] = order
-            order = progress["order"].to(device)
-            # this rank's shard of each global batch, from the next batch of the epoch on
-            batches = data.epoch_batches(
-                order,
-                progress["next_batch"],
-                config.batch_size,
-                slice(rank_ * shard, (rank_ + 1) * shard),
-                device,
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """The last checkpoint, marked finished, with the metrics (but the kNN curve, in its progress)."""
+        self.progress["train_seconds"] = metrics["train_seconds"]
+        state = _state(self.config, self.info, self.parts, self.step, self.progress)
+        if self.main:
+            save_checkpoint(
+                {
+                    **state,
+                    "finished": True,
+                    "metrics": {k: v for k, v in metrics.items() if k != "knn_curve"},
+                },
+                self.latest.path,
             )
-            for idx, batch in batches:
-                i = progress["next_batch"]
-                # --skip-nonfinite: a skipped step must leave no trace. The learner leaves the negative source
-                # alone when the loss is not finite (learner.finite_check); the forward pass has still moved
-                # the BatchNorm statistics, so the model's and key encoder's buffers are kept to put back.
-                before = _buffers(learner) if config.skip_nonfinite else {}
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_bf16):
-                    v1, v2 = make_views(batch)
-                    result = step_fn(v1, v2, labels_all[idx] if learner.uses_labels else None, indices=idx)
-                optimizer.zero_grad(set_to_none=True)
-                lr_used = optimizer.param_groups[0]["lr"]
-                skip = config.skip_nonfinite and not _all_finite(result.loss)
-                if not skip:
-                    result.loss.backward()
-                    # a finite loss can still give an infinite gradient: skip that step too (its source update
-                    # is done by then; only the weights are spared)
-                    skip = config.skip_nonfinite and not _all_finite(_grad_norm(learner))
-                    if not skip:
-                        consecutive_skips = 0
-                        optimizer.step()
-                        if key_encoder is not None:
-                            key_encoder.update(model)
-                if skip:
-                    optimizer.zero_grad(set_to_none=True)
-                    _restore_buffers(learner, before)
-                    progress["skipped_steps"] += 1
-                    consecutive_skips += 1
-                    if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                        raise TrainingError(
-                            f"the loss or its gradient was not finite for {consecutive_skips} steps in a row (up "
-                            f"to step {step + 1}); training has diverged. {_last_good(ckpt_path, ckpt_step)} "
-                            "Start a new run with a lower --lr, a higher --temperature or --precision fp32."
-                        )
-                # a skipped step calls the scheduler without optimizer.step(), on purpose
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                    scheduler.step()
-                step += 1
-                progress["next_batch"] = i + 1
-                pending.append(
-                    (
-                        step,
-                        {
-                            "loss": result.loss.detach(),
-                            "mi_bound": result.mi_bound,
-                            "lr": torch.full((), lr_used, device=device),
-                            "skipped": torch.full((), float(skip), device=device),
-                            **result.extra,
-                        },
-                    )
-                )
-                at_sync = step % log_every == 0 or progress["next_batch"] == steps_per_epoch
-                if at_sync:
-                    drain()
-                bar.update(1)
-                # with several processes they agree on a stop at the logging steps (a signal may reach them
-                # at different steps; they must checkpoint at the same one)
-                requested = stop.requested if world == 1 else _agreed_signal(stop.requested, device, at_sync)
-                if requested is not None:
-                    checkpoint()
-                    bar.close()
-                    name = signal.Signals(requested).name
-                    raise TrainingInterrupted(
-                        f"{name} received: stopped at step {step} of {total_steps} (epoch {epoch + 1}) and wrote "
-                        f"{ckpt_path}; continue with: {resume_command(run_dir, world)}",
-                        signum=requested,
-                        checkpoint=ckpt_path,
-                        step=step,
-                    )
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
-                    checkpoint()
-            clock.stop()
-            is_last = epoch == config.epochs - 1
-            if is_last or (config.knn_every and (epoch + 1) % config.knn_every == 0):
-                acc = _on_rank0(lambda: evaluator.model_accuracy(model, amp_dtype))
-                progress["knn_curve"].append(
-                    {"epoch": epoch + 1, "step": step, "train_seconds": clock.seconds(), "knn_top1": acc}
-                )
-                board.scalar("knn/top1", acc, step)
-                bar.write(
-                    f"epoch {epoch + 1}/{config.epochs}  loss {progress['last_loss']:.4f}  kNN top-1 {acc:.4f}",
-                    file=sys.stderr,
-                )
-            progress.update(epoch=epoch + 1, next_batch=0, order=None)
-            clock.start()
-            if not config.checkpoint_every and not is_last:
-                checkpoint()
-        clock.stop()
-    bar.close()
+        self.board.close()
 
-    train_seconds = clock.seconds()
+
+def _final_metrics(
+    config: TrainConfig,
+    data: TrainingData,
+    progress: dict[str, Any],
+    history: list[dict[str, float]],
+    *,
+    steps: int,
+    train_seconds: float,
+    total_seconds: float,
+    device: torch.device,
+    mined: bool,
+) -> dict[str, Any]:
+    """``metrics.json``: the last kNN point against the untrained model and raw pixels, and the run's
+    numbers."""
+    train_set, test_set = data.knn_splits.train, data.knn_splits.test
+    assert test_set is not None
     knn_curve = progress["knn_curve"]
     metrics = {
         "knn_top1": knn_curve[-1]["knn_top1"],
@@ -724,36 +924,24 @@ def _train(
             "train_images": len(train_set),
             "eval_images": len(test_set),
             "data_placement": data.where,
-            "eval_split": eval_note,
+            "eval_split": data.eval_note,
         },
         "final_loss": progress["last_loss"],
         "final_mi_bound_nats": history[-1]["mi_bound"] if history else float("nan"),
         "epochs": config.epochs,
-        "steps": step,
+        "steps": steps,
         "skipped_steps": progress["skipped_steps"],
         "resumed_at_steps": progress["resumed_at_steps"],
         "train_seconds": train_seconds,
-        "total_seconds": elapsed_base + time.perf_counter() - t_start,
-        "images_per_second": step * config.batch_size / max(train_seconds, 1e-9),
+        "total_seconds": total_seconds,
+        "images_per_second": steps * config.batch_size / max(train_seconds, 1e-9),
         "device": str(device),
-        "processes": world,
+        "processes": world_size(),
         "knn_curve": knn_curve,
     }
     if mined:
         metrics["mined_index_refresh_seconds"] = sum(r.get("mined_refresh_seconds", 0.0) for r in history)
-    progress["train_seconds"] = train_seconds
-    state = _state(config, info, model, learner, key_encoder, optimizer, scheduler, step, progress, gen)
-    if main:
-        save_checkpoint(
-            {**state, "finished": True, "metrics": {k: v for k, v in metrics.items() if k != "knn_curve"}},
-            ckpt_path,
-        )
-    board.close()
-    metrics["total_seconds"] = elapsed_base + time.perf_counter() - t_start
-    if main:
-        write_atomic(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), binary=False)
-    print(format_summary(metrics, run_dir), file=out, flush=True)
-    return TrainResult(run_dir=run_dir, metrics=metrics, model=model, history=history)
+    return metrics
 
 
 def _train_set_embedder(
@@ -815,33 +1003,6 @@ def _agreed_signal(requested: int | None, device: torch.device, at_sync: bool) -
     return int(flag.item()) or None
 
 
-def _buffers(learner: ContrastiveLearner) -> dict[str, Tensor]:
-    """Copies of the model's and key encoder's buffers (BatchNorm statistics), not the negative source's."""
-    return {n: b.detach().clone() for n, b in learner.named_buffers() if not n.startswith("negatives.")}
-
-
-def _restore_buffers(learner: ContrastiveLearner, kept: dict[str, Tensor]) -> None:
-    current = dict(learner.named_buffers())
-    for name, value in kept.items():
-        current[name].copy_(value)
-
-
-def _grad_norm(learner: ContrastiveLearner) -> Tensor:
-    """The gradients' total 2-norm (infinite or NaN if any gradient is), without clipping."""
-    grads = [p.grad for p in learner.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-
-
-def _all_finite(values: Tensor) -> bool:
-    """Whether every value is finite on every rank (so that all ranks skip, or stop at, the same step)."""
-    finite = torch.isfinite(values.detach()).all().float().reshape(1)
-    if world_size() > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item())
-
-
 def resume_command(run_dir: Path, world: int) -> str:
     """The command that resumes ``run_dir`` (under torchrun for a run of several processes)."""
     if world > 1:
@@ -876,34 +1037,25 @@ def _make_deterministic(device: torch.device) -> None:
 
 
 def _state(
-    config: TrainConfig,
-    info: DataInfo,
-    model: ContrastiveModel,
-    learner: ContrastiveLearner,
-    key_encoder: MomentumEncoder | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    step: int,
-    progress: dict[str, Any],
-    gen: torch.Generator,
+    config: TrainConfig, info: DataInfo, parts: _Parts, step: int, progress: dict[str, Any]
 ) -> dict[str, Any]:
     """Everything a resume needs, as a checkpoint payload (tensors, numbers, strings, lists, dicts).
 
     With several processes the random states are lists, one per rank (a collective: every rank calls this).
     """
     order = progress["order"]
-    view_rng: Any = gen.get_state()
+    view_rng: Any = parts.gen.get_state()
     global_rng: Any = rng_state()
     if world_size() > 1:
         view_rng, global_rng = all_gather_objects(view_rng), all_gather_objects(global_rng)
     return {
         "config": config.to_dict(),
         "data_info": info.to_dict(),
-        "model": model.state_dict(),
-        "negatives": learner.negatives.state_dict(),
-        "key_encoder": None if key_encoder is None else key_encoder.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "model": parts.model.state_dict(),
+        "negatives": parts.learner.negatives.state_dict(),
+        "key_encoder": None if parts.key_encoder is None else parts.key_encoder.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
         "epoch": progress["epoch"],
         "step": step,
         "finished": False,
@@ -916,23 +1068,15 @@ def _state(
     }
 
 
-def _load_states(
-    saved: dict[str, Any],
-    run_dir: Path,
-    model: ContrastiveModel,
-    learner: ContrastiveLearner,
-    key_encoder: MomentumEncoder | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-) -> None:
+def _load_states(saved: dict[str, Any], run_dir: Path, parts: _Parts) -> None:
     """Load a checkpoint's states into freshly built pieces; a mismatch is a clear error."""
     try:
-        model.load_state_dict(saved["model"])
-        learner.negatives.load_state_dict(saved["negatives"])
-        if key_encoder is not None:
-            key_encoder.load_state_dict(saved["key_encoder"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        parts.model.load_state_dict(saved["model"])
+        parts.learner.negatives.load_state_dict(saved["negatives"])
+        if parts.key_encoder is not None:
+            parts.key_encoder.load_state_dict(saved["key_encoder"])
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        parts.scheduler.load_state_dict(saved["scheduler"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(
@@ -990,6 +1134,7 @@ class _Clock:
 class _NoBoard:
     def rows(self, rows: list[dict[str, float]], images_per_second: float) -> None: ...
     def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -1015,6 +1160,9 @@ class _Board(_NoBoard):
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
