@@ -14,7 +14,19 @@ from contrastkit.training.checkpoint import load_checkpoint
 COMMON = ("--epochs", "1", "--batch-size", "128", "--no-progress")
 RUNS = {
     "queue": ("--negatives", "queue", "--queue-size", "512"),
-    "mochi": ("--negatives", "queue+mochi", "--queue-size", "512"),
+    "mochi": (
+        "--negatives",
+        "queue+mochi",
+        "--queue-size",
+        "512",
+        "--mix-hardest",
+        "64",
+        "--mix-synthetic",
+        "32",
+        "--mix-query",
+        "8",
+    ),
+    "in-batch-mined": ("--negatives", "in-batch+mined", "--oracle", "--mined-negatives", "4"),
     "debiased": ("--objective", "debiased"),
     "supcon": ("--objective", "supcon"),
     "oracle": ("--oracle",),
@@ -118,6 +130,22 @@ def test_mined_runs_log_staleness_and_keep_the_index_in_the_checkpoint(runs, nam
     if name == "mined-mochi":
         assert all(0 < r["mined_reencoded"] <= 2 * 128 * 8 for r in rows) and "reencode=on" in out
         assert all("proxy_accuracy" in r for r in rows)
+
+
+def test_mochi_sizes_reach_the_mixing(runs):
+    _, out, _, run_dir = runs["mochi"]
+    assert "mix (N, s, s')=(64, 32, 8)" in out
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert all("proxy_accuracy" in r for r in rows)
+
+
+def test_in_batch_plus_mined_contrasts_with_both_sets(runs):
+    _, out, _, run_dir = runs["in-batch-mined"]
+    assert "negatives=in-batch+mined+oracle" in out and "mined_negatives=4" in out and "index=torch" in out
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["mined_staleness"] for r in rows] == list(range(10))  # refreshed once per epoch (10 steps)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["negatives"]["second._extra_state"]["embeddings"].shape == (1347, 128)
 
 
 def test_in_batch_checkpoint_has_no_key_encoder(runs):

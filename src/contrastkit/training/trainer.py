@@ -514,12 +514,15 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
     evaluator = KnnEvaluator(data.knn_splits, info, config, device)
     gen = torch.Generator(device=device)  # the views' random parameters
     gen.manual_seed(config.seed + 1 + RANK_SEED_STRIDE * rank_)
-    mined = config.negatives.startswith("mined")
+    mined = "mined" in config.negatives
     refresh_every = config.mined_refresh_every or steps_per_epoch
     negatives = build_negatives(
         config.negatives,
         queue_size=config.queue_size,
         mix_start_step=round(config.mix_start_epoch * steps_per_epoch),
+        mix_hardest=config.mix_hardest,
+        mix_synthetic=config.mix_synthetic,
+        mix_query=config.mix_query,
         embed_all=_train_set_embedder(model, evaluator, score, amp_dtype) if mined else None,
         mined_negatives=config.mined_negatives,
         refresh_every=refresh_every,
@@ -1234,7 +1237,7 @@ def check_combinations(config: TrainConfig) -> None:
             "launch with torchrun (e.g. torchrun --standalone --nproc-per-node 2 -m contrastkit train ...), "
             "or use --negatives in-batch on one process"
         )
-    if config.data_placement == "stream" and config.negatives.startswith("mined"):
+    if config.data_placement == "stream" and "mined" in config.negatives:
         raise ConfigError(
             f"--negatives {config.negatives} indexes the whole training set in memory, which "
             "--data-placement stream does not hold: use --data-placement auto (or host), or another --negatives"
@@ -1249,7 +1252,7 @@ def check_combinations(config: TrainConfig) -> None:
 
 def _negatives_note(config: TrainConfig, key_momentum: float, refresh_every: int) -> str:
     parts = []
-    if config.negatives.startswith("mined"):
+    if "mined" in config.negatives:
         parts.append(
             f"mined_negatives={config.mined_negatives} refresh_every={refresh_every} "
             f"index={config.mined_index} reencode={'on' if config.mined_reencode else 'off'}"
@@ -1259,7 +1262,10 @@ def _negatives_note(config: TrainConfig, key_momentum: float, refresh_every: int
     if key_momentum > 0:
         parts.append(f"key_momentum={key_momentum:g} shuffle_bn_groups={config.shuffle_bn_groups}")
     if config.negatives.endswith("+mochi"):
-        parts.append(f"mix_start_epoch={config.mix_start_epoch:g}")
+        parts.append(
+            f"mix_start_epoch={config.mix_start_epoch:g} mix (N, s, s')=({config.mix_hardest}, "
+            f"{config.mix_synthetic}, {config.mix_query})"
+        )
     return (" " + " ".join(parts)) if parts else ""
 
 
