@@ -6,8 +6,9 @@ Three measurements, each timed with ``time.perf_counter`` over ``--steps`` steps
 (a) compute      model forward + InfoNCE over in-batch negatives + backward + SGD step, on two pre-made
                  float views (the ceiling: no augmentation, no indexing);
 (b) augment      SimCLR ``ImageViews`` on ``uint8`` batches resident on the device (two views per image);
-(c) full         what ``contrastkit train`` does per step: index a random batch of the ``uint8`` images on
-                 the device -> two views -> learner -> backward -> optimizer (+ scheduler) step.
+(c) full         what ``contrastkit train`` does per step, through its own
+                 :class:`~contrastkit.training.step.TrainStep`: index a random batch of the ``uint8`` images
+                 on the device -> two views -> learner -> backward -> optimizer (+ scheduler) step.
 
 It then prints ``full / compute``, a small table and one JSON line. The step mirrors
 :func:`contrastkit.training.trainer.train`: autocast (bf16 by default on CUDA), channels_last on CUDA,
@@ -46,6 +47,7 @@ from contrastkit.scores import CosineSimilarity
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+from contrastkit.training.step import TrainStep, TwoViews
 from contrastkit.training.trainer import build_model
 from contrastkit.views import ImageViews
 
@@ -251,11 +253,30 @@ def main(argv: list[str] | None = None) -> int:
         with autocast():
             make_views(random_batch())
 
-    # (c) the full step
+    # (c) the full step: the trainer's own TrainStep (contrastkit.training.step), fed as its loop feeds it
+    train_step = TrainStep(
+        learner=learner,
+        forward=step_fn,
+        model=model,
+        key_encoder=None,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        views=TwoViews(views, views, gen, render, render, channels_last),
+        labels=torch.zeros(n, dtype=torch.long, device=device),
+        device=device,
+        amp_dtype=amp_dtype if use_bf16 else None,
+        skip_nonfinite=False,
+        last_good=lambda: "",
+    )
+    step_number = [0]
+
     def full_step() -> None:
-        with autocast():
-            v1, v2 = make_views(random_batch())
-        train_on(v1, v2)
+        idx = torch.randint(0, n, (bs,), device=device, generator=gen)
+        step_number[0] += 1
+        stats, _ = train_step(idx, images[idx], step_number[0])
+        losses.append(stats["loss"])
+        if len(losses) > 64:
+            del losses[:-1]
 
     device_name = torch.cuda.get_device_name(device) if on_cuda else (platform.processor() or "cpu")
     print(
