@@ -47,7 +47,9 @@ def test_union_scores_both_sets_and_infonce_matches_the_formula() -> None:
     assert union.needs_indices
     idx = torch.arange(b)
     cand = union(z1, z2, labels, indices=idx)
-    assert stub.seen[0] is idx and cand.negatives.shape == (2 * b, 2 * b + n, d)
+    assert stub.seen[0] is idx and cand.num_negatives == 2 * b + n
+    # the shared in-batch block is not broadcast to every anchor: it is scored apart from the mined block
+    assert cand.negatives.shape == (2 * b, d) and cand.extra_negatives.shape == (2 * b, n, d)
     contrast = score_candidates(cand, build_score("cosine"))
     loss = InfoNCE(t)(contrast.pos, contrast.neg, contrast.neg_mask)
     # independent: -log e^{s+/t} / (e^{s+/t} + sum over the 2B-2 other views + sum over the unmasked mined)
@@ -92,10 +94,10 @@ def test_in_batch_plus_mined_excludes_own_items_and_reports_staleness() -> None:
     union = UnionNegatives(InBatchNegatives(), mined)
     idx = torch.tensor([0, 7, 9])
     cand = union(data[idx], data[idx], indices=idx)
-    assert cand.negatives.shape == (6, 6 + 3, 6)
+    assert cand.negatives.shape == (6, 6) and cand.extra_negatives.shape == (6, 3, 6)
     own = torch.cat([idx, idx])
     assert not (mined.last_indices == own[:, None]).any()
-    torch.testing.assert_close(cand.negatives[:, 6:], data[mined.last_indices])
+    torch.testing.assert_close(cand.extra_negatives, data[mined.last_indices])
     assert "mined_staleness" in union.last_stats
     union.update(data[idx], data[idx], indices=idx)
     keys = set(union.state_dict())
@@ -113,3 +115,27 @@ def test_build_negatives_in_batch_plus_mined() -> None:
     assert source.second.both_views and source.second.index_kind == "torch" and source.needs_indices
     with pytest.raises(ConfigError, match="mines from an index"):
         build_negatives("in-batch+mined")
+
+
+def test_the_order_of_the_sources_does_not_change_the_loss_and_nested_unions_are_refused() -> None:
+    g = torch.Generator().manual_seed(5)
+    z1, z2 = (F.normalize(torch.randn(5, 4, generator=g), dim=1) for _ in range(2))
+    stub = PerAnchor(F.normalize(torch.randn(10, 3, 4, generator=g), dim=-1))
+    score, obj = build_score("cosine"), InfoNCE(0.2)
+    losses = []
+    for union in (UnionNegatives(InBatchNegatives(), stub), UnionNegatives(stub, InBatchNegatives())):
+        cand = union(z1, z2, indices=torch.arange(5))
+        assert cand.negatives.ndim == 2 and cand.extra_negatives is not None  # shared columns first
+        c = score_candidates(cand, score)
+        losses.append(obj(c.pos, c.neg, c.neg_mask))
+    torch.testing.assert_close(losses[0], losses[1])
+    # two shared blocks are one shared block
+    both = UnionNegatives(InBatchNegatives(), InBatchNegatives())(z1, z2, torch.arange(5))
+    assert (
+        both.negatives.shape == (20, 4)
+        and both.extra_negatives is None
+        and both.negative_labels.shape == (20,)
+    )
+    nested = UnionNegatives(UnionNegatives(InBatchNegatives(), stub), InBatchNegatives())
+    with pytest.raises(ValueError, match="union of unions"):
+        nested(z1, z2, indices=torch.arange(5))

@@ -28,6 +28,10 @@ class Candidates:
             (for in-batch negatives: the anchor itself and its positive).
         anchor_labels: optional (M,) labels or instance ids of the anchors (for oracle / supervised masks).
         negative_labels: optional (N,) or (M, N) labels of the candidates, same meaning.
+        extra_negatives: optional (M, n, D) per-anchor negatives scored after ``negatives`` (the union of a
+            shared and a per-anchor source, :class:`~contrastkit.negatives.UnionNegatives`, without
+            broadcasting the shared block to every anchor). ``neg_mask`` and ``negative_labels`` then cover
+            all N + n columns, the shared ones first.
     """
 
     anchors: Tensor
@@ -36,11 +40,13 @@ class Candidates:
     neg_mask: Tensor | None = None
     anchor_labels: Tensor | None = None
     negative_labels: Tensor | None = None
+    extra_negatives: Tensor | None = None
 
     @property
     def num_negatives(self) -> int:
-        """N, the number of candidate columns (masked ones included)."""
-        return self.negatives.shape[-2]
+        """N (+ n), the number of candidate columns (masked ones included)."""
+        extra = 0 if self.extra_negatives is None else self.extra_negatives.shape[-2]
+        return self.negatives.shape[-2] + extra
 
 
 @dataclass
@@ -80,6 +86,8 @@ def score_candidates(candidates: Candidates, score: Score, *, oracle: bool = Fal
     """Score anchors against positives and negatives; merge the source's mask with the oracle mask."""
     pos = score.pairs(candidates.anchors, candidates.positives)
     neg = score.against(candidates.anchors, candidates.negatives)
+    if candidates.extra_negatives is not None:
+        neg = torch.cat([neg, score.against(candidates.anchors, candidates.extra_negatives)], dim=1)
     mask = candidates.neg_mask
     if oracle:
         extra = oracle_mask(candidates)

@@ -154,6 +154,11 @@ class HardNegativeMixing(NegativeSource):
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Candidates:
         cand = self.source(z1, z2, labels, **kwargs)
+        if cand.extra_negatives is not None:
+            raise ValueError(
+                f"MoCHi mixes one set of negatives; {type(self.source).__name__} gives a shared and a per-anchor "
+                "set (a union): wrap one of its sources instead"
+            )
         source_stats = dict(getattr(self.source, "last_stats", None) or {})
         mixing = self.mixing
         self.last_mix = None

@@ -10,11 +10,12 @@ Both sources must describe the *same* anchors in the same order. In-batch with t
 ``cat([z1, z2])`` as the anchors, and so does :class:`~contrastkit.negatives.MinedNegatives` with
 ``both_views=True``. The shapes are checked at every step; the values are not.
 
-The candidates are concatenated along the negatives axis: N = N1 + N2 columns. When either block is per
-anchor (M, n, D), the shared block (N, D) is broadcast to (M, N, D) first. That costs M x N x D memory
-(1024 x 1022 x 128 in bf16, 0.27 GB, for a batch of 512 with 16 mined negatives each). Masks and labels
-follow their blocks. A block without labels gets the label -1 (unknown: never a same-class match of the
-oracle mask).
+The candidates are concatenated along the negatives axis: N = N1 + N2 columns. Two shared blocks (N, D)
+or two per-anchor blocks (M, n, D) are concatenated. A shared block and a per-anchor block are kept apart
+(``Candidates.extra_negatives``) and scored separately, one matmul and one batched product, so the shared
+block is never broadcast to every anchor. Broadcasting it would cost M x N x D memory: 1024 x 1022 x 128
+in bf16, 0.27 GB, for a batch of 512. The shared columns come first. Masks and labels follow their blocks.
+A block without labels gets the label -1 (unknown: never a same-class match of the oracle mask).
 """
 
 from __future__ import annotations
@@ -58,14 +59,18 @@ class UnionNegatives(NegativeSource):
                 "both (e.g. in-batch with a mined source that takes both views as anchors)"
             )
         m = a.anchors.shape[0]
-        per_anchor = a.negatives.ndim == 3 or b.negatives.ndim == 3
-        blocks = [c.negatives for c in (a, b)]
-        if per_anchor:
-            blocks = [n if n.ndim == 3 else n.unsqueeze(0).expand(m, *n.shape) for n in blocks]
-        dtype = torch.promote_types(blocks[0].dtype, blocks[1].dtype)
-        negatives = torch.cat([n.to(dtype) for n in blocks], dim=-2)
-        n1, n2 = a.num_negatives, b.num_negatives
         device = a.anchors.device
+        if a.extra_negatives is not None or b.extra_negatives is not None:
+            raise ValueError("a union of unions is not supported: give UnionNegatives two plain sources")
+        if a.negatives.ndim == 3 and b.negatives.ndim == 2:
+            a, b = b, a  # the shared block's columns come first
+        shared = a.negatives.ndim == 2 and b.negatives.ndim == 3
+        dtype = torch.promote_types(a.negatives.dtype, b.negatives.dtype)
+        if shared:  # scored separately: the shared block is never broadcast to every anchor
+            negatives, extra = a.negatives.to(dtype), b.negatives.to(dtype)
+        else:
+            negatives, extra = torch.cat([a.negatives.to(dtype), b.negatives.to(dtype)], dim=-2), None
+        n1, n2 = a.num_negatives, b.num_negatives
         neg_mask = None
         if a.neg_mask is not None or b.neg_mask is not None:
             neg_mask = torch.cat(
@@ -77,11 +82,13 @@ class UnionNegatives(NegativeSource):
                 ],
                 dim=1,
             )
+        labels_ab = [a.negative_labels, b.negative_labels]
         negative_labels = None
-        if a.negative_labels is not None or b.negative_labels is not None:
+        if all(lab is not None and lab.ndim == 1 for lab in labels_ab):
+            negative_labels = torch.cat([lab.long() for lab in labels_ab if lab is not None])
+        elif any(lab is not None for lab in labels_ab):
             parts = []
-            for c, n in ((a, n1), (b, n2)):
-                lab = c.negative_labels
+            for lab, n in zip(labels_ab, (n1, n2), strict=True):
                 if lab is None:
                     lab = torch.full((m, n), -1, dtype=torch.long, device=device)
                 elif lab.ndim == 1:
@@ -96,6 +103,7 @@ class UnionNegatives(NegativeSource):
             neg_mask=neg_mask,
             anchor_labels=anchor_labels,
             negative_labels=negative_labels,
+            extra_negatives=extra,
         )
 
     @torch.no_grad()

@@ -96,6 +96,9 @@ class ContrastiveLearner(nn.Module):
             # Negatives without graph may be the source's state (a queue's buffer) that ``update`` writes in
             # place before ``backward`` reads them for the anchors' gradient: score a copy (K x D, cheap).
             candidates.negatives = candidates.negatives.clone()
+        extra = candidates.extra_negatives
+        if extra is not None and not extra.requires_grad:
+            candidates.extra_negatives = extra.clone()
         contrast = score_candidates(candidates, self.score, oracle=self.oracle)
         if getattr(self.objective, "needs_labels", False):
             same = oracle_mask(candidates)
