@@ -21,7 +21,7 @@ EXAMPLES = """examples:
   contrastkit train                                   # SimCLR on the embedded 8x8 digits (CPU, ~1 min)
   contrastkit train --data ../shared/data/cifar10-jpeg.zip --limit 2000 --epochs 2
   contrastkit train --data photos/ --image-size 64 --config recipe.toml --lr 0.3
-  contrastkit train --negatives mined --mined-negatives 16 --objective debiased   # ANCE-mined (faiss)
+  contrastkit train --negatives mined --mined-negatives 16 --objective debiased   # ANCE-mined
   torchrun --standalone --nproc-per-node 2 -m contrastkit train --negatives gather  # data parallel
   contrastkit eval runs/digits-infonce-20261122-101500 --all
 """
