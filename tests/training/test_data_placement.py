@@ -156,3 +156,30 @@ def test_eval_of_a_streamed_run_streams_every_image_and_matches_the_decoded_eval
     assert a["top1"] == pytest.approx(b["top1"], abs=1e-6)
     with pytest.raises(ConfigError, match=r"few-label fine-tuning holds the images in memory.*--limit N"):
         evaluate_checkpoint(run, device="cpu", few_label=(0.5,), write=False)
+
+
+def test_mined_negatives_index_every_training_image_when_the_monitor_has_a_subset(
+    monkeypatch, tmp_path, one_thread
+):
+    """With the data in pinned host memory (CUDA) the kNN monitor holds a subset; the mined index must still
+    cover every training image (row i = dataset index i). Simulated on the CPU by giving the monitor a subset."""
+    from dataclasses import replace
+
+    from contrastkit.training import data as data_module
+    from contrastkit.training import trainer
+
+    real = data_module.load_training_data
+
+    def with_subset(config, device):
+        loaded = real(config, device)
+        return replace(
+            loaded, knn_splits=data_module._knn_subsets(loaded.knn_splits, config.replace(knn_images=30))
+        )
+
+    monkeypatch.setattr(trainer, "load_training_data", with_subset)
+    result = train(
+        TrainConfig(epochs=1, batch_size=128, negatives="mined", progress=False, out=str(tmp_path / "r"))
+    )
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert state["negatives"]["_extra_state"]["embeddings"].shape == (1347, 128)
+    assert result.metrics["knn_protocol"]["train_images"] == 30

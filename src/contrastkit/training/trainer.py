@@ -280,15 +280,20 @@ class KnnEvaluator:
         score: Score,
         autocast_dtype: torch.dtype | None = None,
         rows: slice = slice(None),
+        images: Tensor | None = None,
     ) -> Tensor:
         """``score.prepare(g(f(x)))`` of the training images ``rows``, unaugmented (the kNN transform), in
-        eval mode without gradient: row i is dataset index i (the mined negatives' ``embed_all``)."""
+        eval mode without gradient: row i is dataset index i (the mined negatives' ``embed_all``).
+
+        ``images``: the whole training set (default: the kNN monitor's training images, which are only a
+        subset when the data is not on the device).
+        """
         was_training = model.training
         model.eval()
         try:
             return extract_features(
                 lambda x: score.prepare(model(x).float()),
-                self.train_images[rows],
+                (self.train_images if images is None else images)[rows],
                 transform=self.transform,
                 device=self.device,
                 autocast_dtype=autocast_dtype,
@@ -523,7 +528,9 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
         mix_hardest=config.mix_hardest,
         mix_synthetic=config.mix_synthetic,
         mix_query=config.mix_query,
-        embed_all=_train_set_embedder(model, evaluator, score, amp_dtype) if mined else None,
+        embed_all=_train_set_embedder(model, evaluator, score, amp_dtype, data.resident.images)
+        if mined and data.resident is not None
+        else None,
         mined_negatives=config.mined_negatives,
         refresh_every=refresh_every,
         index=config.mined_index,
@@ -948,9 +955,14 @@ def _final_metrics(
 
 
 def _train_set_embedder(
-    model: ContrastiveModel, evaluator: KnnEvaluator, score: Score, autocast_dtype: torch.dtype | None
+    model: ContrastiveModel,
+    evaluator: KnnEvaluator,
+    score: Score,
+    autocast_dtype: torch.dtype | None,
+    images: Tensor,
 ) -> Any:
-    """The mined negatives' ``embed_all``: the whole training set by the current model (eval mode, no grad).
+    """The mined negatives' ``embed_all``: every training image (``images``, dataset index order) by the
+    current model (eval mode, no grad).
 
     With several processes each embeds a contiguous shard and the shards are all-gathered, so every rank
     builds the same index from the same (N_train, D) embeddings.
@@ -959,11 +971,11 @@ def _train_set_embedder(
     def embed_all() -> Tensor:
         world = world_size()
         if world == 1:
-            return evaluator.embed_train(model, score, autocast_dtype)
-        n = evaluator.train_images.shape[0]
+            return evaluator.embed_train(model, score, autocast_dtype, images=images)
+        n = images.shape[0]
         per = -(-n // world)
         lo = min(rank() * per, n)
-        part = evaluator.embed_train(model, score, autocast_dtype, slice(lo, min(lo + per, n)))
+        part = evaluator.embed_train(model, score, autocast_dtype, slice(lo, min(lo + per, n)), images=images)
         return all_gather_no_grad(part)
 
     return embed_all
