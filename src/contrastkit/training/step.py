@@ -101,13 +101,22 @@ class TwoViews:
         return v1, v2
 
 
-def compile_learner(learner: ContrastiveLearner, net: nn.Module, *, compile: bool, mined: bool) -> Any:
+def compile_model_only(negatives: str) -> bool:
+    """Whether ``--compile`` compiles only the model for this ``--negatives`` source (see
+    :func:`compile_learner`): mined negatives and MoCHi; every other source compiles the whole learner."""
+    return "mined" in negatives or negatives.endswith("+mochi")
+
+
+def compile_learner(learner: ContrastiveLearner, net: nn.Module, *, compile: bool, model_only: bool) -> Any:
     """What the step calls for the loss: the learner, compiled with ``--compile``.
 
-    The mined negatives' index search (faiss, numpy) cannot be traced: then only the model is compiled (it
-    replaces ``learner.model``) and the learner stays eager.
+    ``model_only``: only the model is compiled (it replaces ``learner.model``) and the learner stays eager.
+    The trainer asks for it for sources that a compiled learner cannot hold still: the mined negatives'
+    index search (faiss, numpy, Python loops), and MoCHi, whose step counter is an int attribute that dynamo
+    takes as a constant. A compiled MoCHi learner recompiled at every step, then ran eager once it hit
+    dynamo's recompile limit (8).
     """
-    if compile and mined:
+    if compile and model_only:
         learner.model = torch.compile(net)
         return learner
     return torch.compile(learner) if compile else learner

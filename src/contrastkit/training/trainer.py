@@ -87,7 +87,7 @@ from contrastkit.training.data import TrainingData, load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
-from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner
+from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
 HELD_OUT_FRACTION = 0.2
@@ -654,7 +654,12 @@ def _train_step(
     config: TrainConfig, device: torch.device, data: TrainingData, parts: _Parts, latest: _LatestCheckpoint
 ) -> TrainStep:
     """The step of this run: the learner compiled first, then the views' rendering (``--compile``)."""
-    forward = compile_learner(parts.learner, parts.net, compile=config.compile, mined=parts.mined)
+    forward = compile_learner(
+        parts.learner,
+        parts.net,
+        compile=config.compile,
+        model_only=compile_model_only(config.negatives),
+    )
     views = TwoViews.create(
         parts.views1, parts.views2, parts.gen, compile=config.compile, channels_last=device.type == "cuda"
     )
