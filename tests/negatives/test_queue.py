@@ -123,3 +123,11 @@ def test_queue_labels_feed_the_oracle_mask():
     assert contrast.valid_negatives().tolist() == [1, 2]
     with pytest.raises(ValueError, match="dimension 2"):
         src(torch.randn(2, 5), torch.randn(2, 5))
+
+
+def test_build_negatives_allocates_the_queue_when_its_dim_is_given() -> None:
+    from contrastkit.negatives import build_negatives
+
+    eager = build_negatives("queue", queue_size=8, queue_dim=5)
+    assert eager.queue.keys.shape == (8, 5)
+    assert build_negatives("queue", queue_size=8).queue.dim is None  # lazy without it

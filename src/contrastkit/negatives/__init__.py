@@ -44,6 +44,7 @@ def build_negatives(
     name: str,
     *,
     queue_size: int = 4096,
+    queue_dim: int | None = None,
     mix_start_step: int = 0,
     mix_hardest: int = 256,
     mix_synthetic: int = 256,
@@ -66,7 +67,9 @@ def build_negatives(
     base, _, mixing = name.partition("+")
     source: NegativeSource
     if base == "queue":
-        source = QueueNegatives(size=queue_size)
+        # the key buffer allocated now when D is known: a lazily allocated one changes shape at the first
+        # step, which made a compiled learner compile twice
+        source = QueueNegatives(size=queue_size, dim=queue_dim)
     elif base == "gather":
         source = GatherNegatives()
     elif base == "mined" or mixing == "mined":

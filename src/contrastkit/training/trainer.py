@@ -524,6 +524,7 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
     negatives = build_negatives(
         config.negatives,
         queue_size=config.queue_size,
+        queue_dim=config.proj_dim,  # the projection head's output (build_model)
         mix_start_step=round(config.mix_start_epoch * steps_per_epoch),
         mix_hardest=config.mix_hardest,
         mix_synthetic=config.mix_synthetic,
