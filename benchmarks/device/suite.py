@@ -296,6 +296,8 @@ def _train_record(run_dir: Path) -> dict[str, Any]:
         "train_seconds",
         "total_seconds",
         "images_per_second",
+        "images_per_second_after_first_step",
+        "first_step_seconds",
         "device",
         "knn_curve",
         "mined_index_refresh_seconds",

@@ -82,13 +82,14 @@ def table(records: list[dict[str, Any]], suite: str) -> str:
             )
     else:
         lines += [
-            "| row | seeds | kNN top-1 | linear top-1 | images/s | train s |",
-            "|---|---|---|---|---|---|",
+            "| row | seeds | kNN top-1 | linear top-1 | images/s | images/s after the first step | train s |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, group in groups.items():
             lines.append(
                 f"| {name} | {len(group)} | {_fmt(_column(group, 'knn_top1'))} | "
                 f"{_fmt(_column(group, 'linear_top1'))} | {_fmt(_column(group, 'images_per_second'), 0)} | "
+                f"{_fmt(_column(group, 'images_per_second_after_first_step'), 0)} | "
                 f"{_fmt(_column(group, 'train_seconds'), 0)} |"
             )
     devices = sorted({str(r.get("device_name")) for g in groups.values() for r in g})

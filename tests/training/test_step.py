@@ -31,3 +31,13 @@ def test_compile_learner_wraps_the_model_or_the_learner() -> None:
     out = compile_learner(part, net, compile=True, model_only=True)
     assert out is part and isinstance(part.model, torch._dynamo.eval_frame.OptimizedModule)
     assert part.model._orig_mod is net
+
+
+def test_the_first_step_is_timed_apart(tmp_path) -> None:
+    from contrastkit.training import train
+
+    m = train(TrainConfig(epochs=1, batch_size=256, progress=False, out=str(tmp_path / "r"))).metrics
+    (first,) = m["first_step_seconds"]
+    assert 0 < first < m["train_seconds"]
+    steady = (m["steps"] - 1) * 256 / (m["train_seconds"] - first)
+    assert m["images_per_second_after_first_step"] == pytest.approx(steady)

@@ -747,6 +747,7 @@ class _Loop:
     clock: _Clock
     bar: Any
     pending: list[tuple[int, dict[str, Tensor]]] = field(default_factory=list)  # stats not read yet
+    _stepped: bool = False  # this session has made a step (its first holds the compilation)
 
     @property
     def main(self) -> bool:
@@ -791,7 +792,17 @@ class _Loop:
     def _step(self, idx: Tensor, batch: Tensor, epoch: int, stop: StopSignals) -> None:
         """One step, then what comes at its boundary: reading the statistics, a stop, a checkpoint."""
         progress = self.progress
+        first = not self._stepped
+        before = self.clock.seconds()
         stats, skipped = self.train_step(idx, batch, self.step + 1)
+        if first:  # this session's first step holds torch.compile's compilation: timed apart (a sync)
+            self._stepped = True
+            self.clock.stop()
+            self.clock.start()
+            progress["first_step_seconds"] = [
+                *progress.get("first_step_seconds", []),
+                self.clock.seconds() - before,
+            ]
         if skipped:
             progress["skipped_steps"] += 1
         self.step += 1
@@ -929,6 +940,7 @@ def _final_metrics(
     train_set, test_set = data.knn_splits.train, data.knn_splits.test
     assert test_set is not None
     knn_curve = progress["knn_curve"]
+    firsts = list(progress.get("first_step_seconds", []))
     metrics = {
         "knn_top1": knn_curve[-1]["knn_top1"],
         "knn_top1_random_init": progress["knn_top1_random_init"],
@@ -951,6 +963,11 @@ def _final_metrics(
         "train_seconds": train_seconds,
         "total_seconds": total_seconds,
         "images_per_second": steps * config.batch_size / max(train_seconds, 1e-9),
+        # each session's first step (compilation under --compile) left out: the steady throughput
+        "first_step_seconds": firsts,
+        "images_per_second_after_first_step": (steps - len(firsts))
+        * config.batch_size
+        / max(train_seconds - sum(firsts), 1e-9),
         "device": str(device),
         "processes": world_size(),
         "knn_curve": knn_curve,
@@ -1322,6 +1339,12 @@ def format_summary(metrics: dict[str, Any], run_dir: Path | None = None) -> str:
         lines.append(
             f"time: {metrics['total_seconds']:.1f} s total, {metrics['train_seconds']:.1f} s training, "
             f"{metrics['images_per_second']:.0f} images/s on {metrics['device']}"
+            + (
+                f" ({metrics['images_per_second_after_first_step']:.0f} after the first step, "
+                f"{sum(metrics['first_step_seconds']):.1f} s)"
+                if metrics.get("first_step_seconds")
+                else ""
+            )
         )
     if metrics.get("skipped_steps"):
         lines.append(
