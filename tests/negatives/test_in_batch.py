@@ -63,3 +63,20 @@ def test_oracle_mask_never_matches_unknown_labels():
     # per-anchor labels (M, N), e.g. MoCHi's synthetic points labelled -1
     c.negative_labels = torch.tensor([[0, -1, 0, -1], [-1, -1, -1, -1], [1, 1, -1, 0]])
     assert oracle_mask(c).sum(1).tolist() == [2, 0, 2]
+
+
+def test_scores_are_float32_under_bf16_autocast() -> None:
+    """The negatives' scores are not rounded to bf16 by autocast (they match the float32 scores to 1e-6)."""
+    import torch.nn.functional as F
+
+    from contrastkit.negatives import score_candidates
+    from contrastkit.scores import build_score
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = (F.normalize(torch.randn(16, 32, generator=g), dim=1) for _ in range(2))
+    cand = InBatchNegatives()(z1, z2)
+    ref = score_candidates(cand, build_score("cosine"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = score_candidates(cand, build_score("cosine"))
+    assert got.neg.dtype == torch.float32 and got.pos.dtype == torch.float32
+    torch.testing.assert_close(got.neg, ref.neg, atol=1e-6, rtol=0)
