@@ -8,7 +8,8 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=src
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-DATA=.carry/cifar10-jpeg.zip
+DATA=${DATA:-.carry/cifar10-jpeg.zip}
+COMPILE=${COMPILE---compile}   # COMPILE= (empty) for a quick CPU dry run: DATA=digits EPOCHS=1 COMPILE=
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch,sys;print('torch',torch.__version__,'python',sys.version.split()[0])"
 TRAIN_SECONDS=${TRAIN_SECONDS:-300}
@@ -16,14 +17,15 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   # every CUDA-only test (they skip on the CPU machine); kornia and faiss are absent there, so the tests
   # that use them as oracles skip or fail at import: those are listed, not fatal
   python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -k "cuda or CUDA or pinned or placement" \
-    tests/data tests/training tests/evaluation tests/negatives tests/clustering 2>&1 | tail -15 | tee "$OUT/gpu_tests.log"
+    tests/data tests/training tests/evaluation tests/negatives tests/clustering 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
-python3 benchmarks/train_step.py --compile --compile-views --data $DATA --steps 60 --warmup-steps 15 \
+python3 benchmarks/train_step.py $COMPILE ${COMPILE:+--compile-views} --data $DATA --steps 60 --warmup-steps 15 \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 IPS=$(python3 -c "import json;print(json.load(open('$OUT/bench.json'))['results']['full']['images_per_s'])" || echo 15000)
-EP=$(python3 -c "print(max(20,min(400,int(($TRAIN_SECONDS-75)*float('$IPS')/50000))))")
+# ~150 s of the budget go to compiling, decoding and the kNN points (every 5 epochs)
+EP=${EPOCHS:-$(python3 -c "print(max(20,min(400,int(($TRAIN_SECONDS-150)*float('$IPS')/50000))))")}
 echo "full-step images/s=$IPS -> epochs=$EP"
-python3 -m contrastkit train --data $DATA --epochs $EP --batch-size 512 --compile --knn-every 5 \
+python3 -m contrastkit train --data $DATA --epochs $EP --batch-size 512 $COMPILE --knn-every 5 --checkpoint-every 1000000 \
   --crop-min-scale 0.2 --temperature 0.2 --lr 0.3 --no-progress --out /tmp/run5 2>&1 | tee "$OUT/train5.log"
 cp /tmp/run5/metrics.json /tmp/run5/config.yaml "$OUT/" 2>/dev/null
 gzip -c /tmp/run5/history.jsonl > "$OUT/history5.jsonl.gz" 2>/dev/null
