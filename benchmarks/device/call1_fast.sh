@@ -19,7 +19,8 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -k "cuda or CUDA or pinned or placement" \
     tests/data tests/training tests/evaluation tests/negatives tests/clustering 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
-python3 benchmarks/train_step.py $COMPILE ${COMPILE:+--compile-views} --data $DATA --steps 60 --warmup-steps 15 \
+BENCH_ARGS=${BENCH_ARGS:---steps 60 --warmup-steps 15}   # CPU dry run: '--encoder small_cnn --image-size 8 --steps 2 --warmup-steps 1'
+python3 benchmarks/train_step.py $COMPILE ${COMPILE:+--compile-views} --data $DATA $BENCH_ARGS \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 IPS=$(python3 -c "import json;print(json.load(open('$OUT/bench.json'))['results']['full']['images_per_s'])" || echo 15000)
 # ~150 s of the budget go to compiling, decoding and the kNN points (every 5 epochs)
