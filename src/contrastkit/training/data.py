@@ -114,6 +114,32 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
             stats=stats,
             resident=resident,
         )
+    streamed = stream_splits(config)
+    return TrainingData(
+        knn_splits=streamed.subsets,
+        eval_note=streamed.split_note + f", kNN on at most {config.knn_images} decoded images per split",
+        labels=streamed.train.labels,
+        image_shape=streamed.train.image_shape,
+        stats=channel_stats(streamed.subsets.train),  # from the decoded subset: no pass over the whole set
+        stream=streamed.train,
+        workers=streamed.workers,
+    )
+
+
+@dataclass
+class StreamedSplits:
+    """A folder or zip read image by image: both splits, and decoded subsets of them."""
+
+    train: ImageFileDataset
+    test: ImageFileDataset
+    subsets: DataSplits  # seeded, class-balanced, at most --knn-images images per split, decoded
+    split_note: str  # "test split", or the held-out share of train
+    workers: int  # decoding processes
+
+
+def stream_splits(config: TrainConfig) -> StreamedSplits:
+    """The splits of ``--data-placement stream`` (the hold-out of the in-memory path when there is no test
+    split), with decoded ``--knn-images`` subsets for what needs images in memory."""
     if config.data == "digits":
         raise ConfigError(
             "--data-placement stream reads an image folder or zip image by image; the embedded digits are "
@@ -134,19 +160,13 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
     assert test is not None
     has_test = "test" in {n.split("/", 1)[0] for n in test.names}
     note = "test split" if has_test else f"held out {HELD_OUT_FRACTION:.0%} of train (no test/ folder)"
-    note += f", kNN on at most {config.knn_images} decoded images per split"
     workers = default_workers() if config.workers is None else config.workers
-    knn_train = train.decode(balanced_indices(train.labels, config.knn_images, config.seed), workers=workers)
-    knn_test = test.decode(balanced_indices(test.labels, config.knn_images, config.seed), workers=workers)
-    return TrainingData(
-        knn_splits=DataSplits(train=knn_train, test=knn_test, name=config.data),
-        eval_note=note,
-        labels=train.labels,
-        image_shape=train.image_shape,
-        stats=channel_stats(knn_train),  # from the decoded subset: no pass over the whole set
-        stream=train,
-        workers=workers,
+    subsets = DataSplits(
+        train=train.decode(balanced_indices(train.labels, config.knn_images, config.seed), workers=workers),
+        test=test.decode(balanced_indices(test.labels, config.knn_images, config.seed), workers=workers),
+        name=config.data,
     )
+    return StreamedSplits(train=train, test=test, subsets=subsets, split_note=note, workers=workers)
 
 
 def _knn_subsets(splits: DataSplits, config: TrainConfig) -> DataSplits:

@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 
-from contrastkit.data import DataSplits, balanced_indices
+from contrastkit.data import DataSplits
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluation import embedding_geometry, extract_features, finetune_few_labels, knn_accuracy
 from contrastkit.evaluation import linear_probe as run_linear_probe
 from contrastkit.evaluation.features import extract_features_from_batches
 from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint, write_atomic
 from contrastkit.training.config import TrainConfig
+from contrastkit.training.data import StreamedSplits, stream_splits
 from contrastkit.training.trainer import (
     DataInfo,
     KnnEvaluator,
@@ -93,24 +94,25 @@ def merge_evaluation(run_dir: Path, results: dict[str, Any]) -> Path:
 class _Streamed:
     """A streamed run's splits: read image by image for the features, decoded subsets for the rest."""
 
-    train: Any  # contrastkit.data.stream.ImageFileDataset
-    test: Any
-    subsets: DataSplits
+    splits: StreamedSplits
     note: str
-    workers: int
+
+    @property
+    def subsets(self) -> DataSplits:
+        return self.splits.subsets
 
     @property
     def sizes(self) -> tuple[int, int]:
-        return len(self.train), len(self.test)
+        return len(self.splits.train), len(self.splits.test)
 
     def features(
         self, fns: list[Any], split: str, kw: dict[str, Any]
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         from contrastkit.data.stream import sequential_batches
 
-        dataset = self.train if split == "train" else self.test
+        dataset = self.splits.train if split == "train" else self.splits.test
         batches = sequential_batches(
-            dataset, workers=self.workers, pin_memory=torch.device(kw["device"]).type == "cuda"
+            dataset, workers=self.splits.workers, pin_memory=torch.device(kw["device"]).type == "cuda"
         )
         return extract_features_from_batches(fns, batches, **kw)
 
@@ -129,31 +131,12 @@ def _streamed_splits(config: TrainConfig, few_label: bool) -> _Streamed | None:
                 "--limit N (images per split, class-balanced) to fine-tune on a decoded subset"
             )
         return None
-    from contrastkit.data.stream import default_workers, stream_image_folder
-    from contrastkit.training.data import HELD_OUT_FRACTION
-
-    assert config.image_size is not None
-    train, test = stream_image_folder(
-        config.data,
-        image_size=config.image_size,
-        limit=config.limit,
-        seed=config.seed,
-        hold_out=HELD_OUT_FRACTION,
-    )
-    assert test is not None
-    workers = default_workers() if config.workers is None else config.workers
-    subsets = DataSplits(
-        train=train.decode(balanced_indices(train.labels, config.knn_images, config.seed), workers=workers),
-        test=test.decode(balanced_indices(test.labels, config.knn_images, config.seed), workers=workers),
-        name=config.data,
-    )
-    has_test = "test" in {n.split("/", 1)[0] for n in test.names}
-    note = "test split" if has_test else f"held out {HELD_OUT_FRACTION:.0%} of train (no test/ folder)"
-    note += (
+    splits = stream_splits(config)
+    note = splits.split_note + (
         f"; streamed: kNN and probe on every image, raw pixels and geometry on at most {config.knn_images} "
         "decoded images per split"
     )
-    return _Streamed(train=train, test=test, subsets=subsets, note=note, workers=workers)
+    return _Streamed(splits=splits, note=note)
 
 
 def evaluate_checkpoint(
