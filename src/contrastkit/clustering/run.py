@@ -27,6 +27,7 @@ from torch import Tensor
 
 from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
 from contrastkit.errors import ConfigError
+from contrastkit.training.precision import PRECISIONS, autocast_dtype
 
 __all__ = ["SelaConfig", "cluster_scores", "run_sela"]
 
@@ -72,8 +73,8 @@ class SelaConfig:
             raise ConfigError(f"lam must be positive, got {self.lam!r}")
         if not (isinstance(self.marginal_std, (int, float)) and self.marginal_std >= 0):
             raise ConfigError(f"marginal_std must be >= 0, got {self.marginal_std!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be one of auto, fp32, bf16; got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
 
 def cluster_scores(pred: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> dict[str, float]:
@@ -185,11 +186,7 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     d = _prepare(config, device)
     if device.type == "cuda" and d.kind == "images":  # the images live on the GPU (CIFAR-10: 150 MB uint8)
         d.train, d.test = d.train.to(device), d.test.to(device)
-    amp = (
-        torch.bfloat16
-        if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-        else None
-    )
+    amp = autocast_dtype(config.precision, device)
     n = d.train.shape[0]
     if config.batch_size > n:
         raise ConfigError(f"batch size {config.batch_size} is larger than the training set ({n}); lower it")

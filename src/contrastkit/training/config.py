@@ -16,6 +16,7 @@ from typing import Any
 from contrastkit.errors import ConfigError
 from contrastkit.negatives import NEGATIVES
 from contrastkit.negatives.mined import INDEX_KINDS
+from contrastkit.training.precision import PRECISIONS
 from contrastkit.views.image import RECIPES
 
 try:  # Python 3.11+
@@ -243,7 +244,7 @@ class TrainConfig:
         _check(_positive(self.margin), "margin", "a positive number")
         _check(self.mining in ("all", "hardest", "semi-hard"), "mining", "one of: all, hardest, semi-hard")
         _check(self.optimizer in ("sgd", "lars", "adamw"), "optimizer", "one of: sgd, lars, adamw")
-        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "one of: auto, fp32, bf16")
+        _check(self.precision in PRECISIONS, "precision", "one of: " + ", ".join(PRECISIONS))
         dev = self.device
         _check(
             dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),

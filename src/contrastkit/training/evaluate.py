@@ -30,6 +30,7 @@ from contrastkit.evaluation.features import extract_features_from_batches
 from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint, write_atomic
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.data import StreamedSplits, stream_splits
+from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.trainer import (
     DataInfo,
     KnnEvaluator,
@@ -194,11 +195,7 @@ def evaluate_checkpoint(
     evaluator = KnnEvaluator(splits, info, config, dev)
     torch.manual_seed(config.seed)
     fresh = build_model(config, info.channels, info.image_size).to(dev)
-    amp = (
-        torch.bfloat16
-        if config.precision == "bf16" or (config.precision == "auto" and dev.type == "cuda")
-        else None
-    )
+    amp = autocast_dtype(config.precision, dev)
     n_train, n_test = (len(splits.train), len(splits.test)) if streamed is None else streamed.sizes
     context = {
         "checkpoint": str(path),

@@ -46,6 +46,7 @@ from contrastkit.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
+from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.trainer import _progress, resolve_device
 from contrastkit.views.text import TextViews, trim_padding
 
@@ -334,7 +335,7 @@ def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
     encoder, tokenizer = build_text_encoder(config, sentences)
     head: nn.Module = SimCSEHead(encoder.feature_dim) if config.head == "mlp" else nn.Identity()
     model = ContrastiveModel(encoder, head).to(device)
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    use_bf16 = autocast_dtype(config.precision, device) is not None
 
     def evaluate(m: ContrastiveModel) -> float:  # always float32: comparable across devices and precisions
         return sts_spearman(

@@ -86,6 +86,7 @@ from contrastkit.training.config import TrainConfig
 from contrastkit.training.data import TrainingData, load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
 from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
 from contrastkit.views import ImageViews, eval_transform, view_pair
@@ -495,8 +496,7 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
     rank_, world = rank(), world_size()
     torch.manual_seed(config.seed)
     model = build_model(config, info.channels, info.image_size).to(device)
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    amp_dtype = torch.bfloat16 if use_bf16 else None
+    amp_dtype = autocast_dtype(config.precision, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     views1, views2 = (v.to(device) for v in build_view_pair(config, info))
