@@ -16,7 +16,7 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-300}
 if [ -z "${SKIP_TESTS:-}" ]; then
   # every CUDA-only test (they skip on the CPU machine); kornia and faiss are absent there, so the tests
   # that use them as oracles skip or fail at import: those are listed, not fatal
-  python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -k "cuda or CUDA or pinned or placement" \
+  python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -k "cuda or CUDA or pinned or test_placement" \
     tests/data tests/training tests/evaluation tests/negatives tests/clustering 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 BENCH_ARGS=${BENCH_ARGS:---steps 60 --warmup-steps 15}   # CPU dry run: '--encoder small_cnn --image-size 8 --steps 2 --warmup-steps 1'

@@ -412,7 +412,9 @@ def run_suite(
 ) -> list[dict[str, Any]]:
     """Run every (row, seed) that fits the budget; append each record to ``out/results.jsonl``."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = out / "runs"
+    # The device returns at most 8 files from $OUT: the run folders (checkpoints of ~90 MB) stay outside it,
+    # and every row's output goes into one log; the records hold what the tables need.
+    runs = Path(os.environ.get("SUITE_RUNS", "/tmp/suite-runs")) if not smoke else out / "runs"
     start = time.perf_counter()
     deadline = start + budget
     done: list[float] = []
@@ -441,8 +443,11 @@ def run_suite(
                     flush=True,
                 )
                 continue
-            run_dir = runs / f"{suite.name}-{row.name}-s{seed}"
-            log = out / f"{suite.name}-{row.name}-s{seed}.log"
+            run_dir = (
+                runs / f"{suite.name}-{row.name}-s{seed}-{time.strftime('%H%M%S')}"
+            )  # a rerun: a new folder
+            log = out / f"{suite.name}.log"
+            start_of_row = log.stat().st_size if log.exists() else 0
             cmd = row_command(suite, row, seed, run_dir, smoke)
             print(f"[suite] {row.name} seed {seed}: {shlex.join(cmd[1:])}", flush=True)
             t0 = time.perf_counter()
@@ -459,7 +464,7 @@ def run_suite(
                 record |= _train_record(run_dir) if suite.command == "train" else _sela_record(run_dir)
                 if rc != 0:
                     record["error"] = "killed at the budget's end" if rc == -9 else f"exited {rc}"
-                    record["log_tail"] = log.read_text()[-2000:]
+                    record["log_tail"] = log.read_text()[start_of_row:][-2000:]
             record["wall_seconds"] = time.perf_counter() - t0
             if "error" not in record:
                 done.append(record["wall_seconds"])

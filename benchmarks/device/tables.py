@@ -40,17 +40,26 @@ def _fmt(values: list[float], digits: int = 3) -> str:
     return f"{statistics.fmean(values):.{digits}f} ({seeds})"
 
 
+def _num(record: dict[str, Any], key: str, spec: str) -> str:
+    """``record[key]`` formatted, or ``-`` when it is missing."""
+    v = record.get(key)
+    return "-" if v is None else format(float(v), spec)
+
+
 def _column(group: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in group if r.get(key) is not None]
 
 
 def table(records: list[dict[str, Any]], suite: str) -> str:
     """One suite's markdown table (one line per row name, in first-seen order)."""
+    latest: dict[tuple[str, Any], dict[str, Any]] = {}  # a row and seed run again: its last record counts
+    for r in records:
+        if r.get("suite") == suite:
+            latest.pop((r["row"], r.get("seed")), None)
+            latest[(r["row"], r.get("seed"))] = r
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     failed: list[str] = []
-    for r in records:
-        if r.get("suite") != suite:
-            continue
+    for r in sorted(latest.values(), key=lambda r: records.index(r)):
         if "error" in r:
             failed.append(f"{r['row']} seed {r.get('seed')}: {r['error']}")
             continue
@@ -64,10 +73,10 @@ def table(records: list[dict[str, Any]], suite: str) -> str:
         for name, group in groups.items():
             for r in group:
                 lines.append(
-                    f"| {name} | {r.get('resumed_at_steps')} | {r.get('knn_top1_whole'):.4f} / "
-                    f"{r.get('knn_top1_resumed'):.4f} | {r.get('final_loss_whole'):.4f} / "
-                    f"{r.get('final_loss_resumed'):.4f} | {r.get('max_abs_weight_diff'):.3g} "
-                    f"(of max {r.get('max_abs_weight'):.3g}) |"
+                    f"| {name} | {r.get('resumed_at_steps')} | {_num(r, 'knn_top1_whole', '.4f')} / "
+                    f"{_num(r, 'knn_top1_resumed', '.4f')} | {_num(r, 'final_loss_whole', '.4f')} / "
+                    f"{_num(r, 'final_loss_resumed', '.4f')} | {_num(r, 'max_abs_weight_diff', '.3g')} "
+                    f"(of max {_num(r, 'max_abs_weight', '.3g')}) |"
                 )
     elif suite == "sela":
         lines += [

@@ -110,3 +110,15 @@ def test_tables_report_failures_apart(tmp_path: Path) -> None:
     text = tables.table(tables.load([path]), "negatives")
     assert "| in-batch | 1 | 0.800 |" in text and "failed: queue-4096 seed 0: exited 2" in text
     assert "queue-4096 |" not in text
+
+
+def test_tables_take_the_last_record_of_a_rerun_and_missing_values(tmp_path: Path) -> None:
+    recs = [
+        {"suite": "objectives", "row": "infonce", "seed": 0, "knn_top1": 0.5},
+        {"suite": "objectives", "row": "infonce", "seed": 0, "knn_top1": 0.7},  # the same seed again
+        {"suite": "objectives", "row": "infonce", "seed": 1, "knn_top1": 0.8},
+        {"suite": "resume", "row": "resume", "seed": 0, "resumed_at_steps": [7]},  # metrics unreadable
+    ]
+    text = tables.table(recs, "objectives")
+    assert "| infonce | 2 | 0.750 (0.700, 0.800) |" in text
+    assert "| resume | [7] | - / - |" in tables.table(recs, "resume")
