@@ -41,3 +41,12 @@ def test_the_first_step_is_timed_apart(tmp_path) -> None:
     assert 0 < first < m["train_seconds"]
     steady = (m["steps"] - 1) * 256 / (m["train_seconds"] - first)
     assert m["images_per_second_after_first_step"] == pytest.approx(steady)
+
+
+def test_a_run_of_one_step_has_no_steady_throughput(tmp_path) -> None:
+    import math
+
+    from contrastkit.training import train
+
+    m = train(TrainConfig(epochs=1, batch_size=1024, progress=False, out=str(tmp_path / "r"))).metrics
+    assert m["steps"] == 1 and math.isnan(m["images_per_second_after_first_step"])

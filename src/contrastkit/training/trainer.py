@@ -965,9 +965,11 @@ def _final_metrics(
         "images_per_second": steps * config.batch_size / max(train_seconds, 1e-9),
         # each session's first step (compilation under --compile) left out: the steady throughput
         "first_step_seconds": firsts,
-        "images_per_second_after_first_step": (steps - len(firsts))
-        * config.batch_size
-        / max(train_seconds - sum(firsts), 1e-9),
+        "images_per_second_after_first_step": (
+            (steps - len(firsts)) * config.batch_size / max(train_seconds - sum(firsts), 1e-9)
+            if steps > len(firsts)
+            else float("nan")  # no step but first ones
+        ),
         "device": str(device),
         "processes": world_size(),
         "knn_curve": knn_curve,
@@ -1343,6 +1345,7 @@ def format_summary(metrics: dict[str, Any], run_dir: Path | None = None) -> str:
                 f" ({metrics['images_per_second_after_first_step']:.0f} after the first step, "
                 f"{sum(metrics['first_step_seconds']):.1f} s)"
                 if metrics.get("first_step_seconds")
+                and math.isfinite(metrics.get("images_per_second_after_first_step", float("nan")))
                 else ""
             )
         )
