@@ -79,3 +79,36 @@ def test_bad_fractions_are_a_clean_error(run_dir, capsys):
     err = capsys.readouterr().err
     assert "--few-label" in err and "0.01,0.1" in err and "Traceback" not in err
     assert main(["eval", str(run_dir), "--few-label", "1.5"]) == 2
+
+
+def test_eval_of_a_limited_run_without_a_test_split_holds_out_the_same_images(tmp_path):
+    """Without a test/ split the eval images are held out of the listing --limit chose: eval keeps the run's
+    limit (another listing would hold out images the run trained on) and refuses a different one."""
+    import numpy as np
+    from PIL import Image
+
+    from contrastkit.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("a", "b", "c")):
+        d = tmp_path / "imgs" / "train" / cls
+        d.mkdir(parents=True)
+        for i in range(40):
+            px = rng.integers(0, 100, (8, 8, 3), dtype=np.uint8)
+            px[:, :, k] += 150
+            Image.fromarray(px).save(d / f"{i}.png")
+    run = tmp_path / "run"
+    trained = train(
+        TrainConfig(
+            data=str(tmp_path / "imgs"), limit=60, encoder="small_cnn", epochs=1, batch_size=16, knn_k=10,
+            progress=False, device="cpu", out=str(run),
+        )
+    ).metrics  # fmt: skip
+    m = evaluate_checkpoint(run, device="cpu", write=False)
+    assert m["knn_protocol"]["eval_images"] == trained["knn_protocol"]["eval_images"] == 12
+    assert "with the run's --limit 60" in m["knn_protocol"]["eval_split"]
+    assert m["knn_top1"] == pytest.approx(trained["knn_top1"], abs=1e-6)  # the same images, the same model
+    with pytest.raises(
+        ConfigError, match=r"no test/ split.*--limit 90 would evaluate on images it trained on"
+    ):
+        evaluate_checkpoint(run, device="cpu", limit=90, write=False)

@@ -176,13 +176,29 @@ def evaluate_checkpoint(
         changes["knn_k"] = knn_k
     if knn_temperature is not None:
         changes["knn_temperature"] = knn_temperature
+    trained_limit, same_data = config.limit, data is None or data == config.data
     config = config.replace(**changes)
     dev = resolve_device(config.device)
-    streamed = _streamed_splits(config, fractions is not None)
-    if streamed is None:
-        splits, note = load_splits(config)
-    else:  # decoded subsets for the raw-pixel reference and the geometry; features come from the stream
-        splits, note = streamed.subsets, streamed.note
+
+    def load(config: TrainConfig) -> tuple[DataSplits, str, _Streamed | None]:
+        streamed = _streamed_splits(config, fractions is not None)
+        if streamed is None:
+            return (*load_splits(config), None)
+        # decoded subsets for the raw-pixel reference and the geometry; features come from the stream
+        return streamed.subsets, streamed.note, streamed
+
+    splits, note, streamed = load(config)
+    if same_data and note.startswith("held out") and config.limit != trained_limit:
+        # Without a test/ split the eval images are a share held out of the listing that --limit chose: with
+        # another limit they would include images the run trained on.
+        if limit is not None:
+            raise ConfigError(
+                f"this data has no test/ split: the run held out its eval images from --limit {trained_limit}, so "
+                f"--limit {limit} would evaluate on images it trained on; drop --limit (or give {trained_limit})"
+            )
+        config = config.replace(limit=trained_limit)
+        splits, note, streamed = load(config)
+        note += f" (with the run's --limit {trained_limit})"
     assert splits.test is not None
     c = splits.train.image_shape[0]
     if c != info.channels:
@@ -200,7 +216,7 @@ def evaluate_checkpoint(
     context = {
         "checkpoint": str(path),
         "data": splits.name,
-        "limit": limit,
+        "limit": config.limit,
         "train_images": n_train,
         "eval_images": n_test,
         "eval_split": note,
