@@ -86,13 +86,7 @@ class ImageFileDataset(Dataset):
         idx = [int(i) for i in torch.as_tensor(indices).flatten().tolist()]
         if not idx:
             raise DataError("no images to decode: the index list is empty")
-        loader = DataLoader(
-            self,
-            batch_sampler=[idx[i : i + 256] for i in range(0, len(idx), 256)],
-            num_workers=workers,
-            collate_fn=_collate,
-            multiprocessing_context=_context() if workers else None,
-        )
+        loader = _loader(self, [idx[i : i + 256] for i in range(0, len(idx), 256)], _collate, workers)
         images, labels = zip(*_clean_errors(loader), strict=True)
         return ImageDataset(
             images=torch.cat(images),
@@ -144,17 +138,7 @@ def batch_loader(
         order[i * batch_size : (i + 1) * batch_size][rows].tolist() for i in range(start_batch, n_batches)
     ]
     workers = default_workers() if workers is None else workers
-    return _Batches(
-        DataLoader(
-            _Indexed(dataset),
-            batch_sampler=batches,
-            num_workers=workers,
-            collate_fn=_collate_indexed,
-            pin_memory=pin_memory,
-            prefetch_factor=4 if workers else None,
-            multiprocessing_context=_context() if workers else None,
-        )
-    )
+    return _Batches(_loader(_Indexed(dataset), batches, _collate_indexed, workers, pin_memory))
 
 
 def sequential_batches(
@@ -165,17 +149,24 @@ def sequential_batches(
     if batch_size <= 0:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     workers = default_workers() if workers is None else workers
-    loader = DataLoader(
+    n = len(dataset)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return _clean_errors(_loader(dataset, batches, _collate, workers, pin_memory))
+
+
+def _loader(
+    dataset: Dataset, batches: list[list[int]], collate: Any, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """A ``DataLoader`` of the given batches of item indices, decoded by ``workers`` processes."""
+    return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=batches,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
         multiprocessing_context=_context() if workers else None,
     )
-    return _clean_errors(loader)
 
 
 class _Batches:
