@@ -26,7 +26,15 @@ RUNS = {
         "--mix-query",
         "8",
     ),
-    "in-batch-mined": ("--negatives", "in-batch+mined", "--oracle", "--mined-negatives", "4"),
+    "in-batch-mined": (
+        "--negatives",
+        "in-batch+mined",
+        "--oracle",
+        "--mined-negatives",
+        "4",
+        "--mined-index",
+        "torch",  # the torch kind end to end (auto takes faiss flat on the CPU)
+    ),
     "debiased": ("--objective", "debiased"),
     "supcon": ("--objective", "supcon"),
     "oracle": ("--oracle",),
@@ -56,7 +64,7 @@ REFUSED = {
     "queue-size": (("--negatives", "queue", "--queue-size", "0"), ("--queue-size",)),
     "mined-index": (
         ("--negatives", "mined", "--mined-index", "lsh"),
-        ("--mined-index", "torch, flat, hnsw, ivf"),
+        ("--mined-index", "auto, torch, flat, hnsw, ivf"),
     ),
     "no-batchnorm": (("--no-batchnorm",), ("--no-batchnorm", "small_cnn", "--encoder mlp")),
 }
@@ -114,7 +122,7 @@ def test_queue_checkpoint_holds_queue_and_key_encoder(runs, name):
 def test_mined_runs_log_staleness_and_keep_the_index_in_the_checkpoint(runs, name):
     _, out, _, run_dir = runs[name]
     refresh = 4 if name == "mined-debiased" else 10  # 10 steps an epoch (1,347 digits, batch 128)
-    index = "torch" if name == "mined-debiased" else "flat"
+    index = "flat"  # mined-debiased: auto, faiss flat on the CPU; mined-mochi: flat by name
     assert f"refresh_every={refresh} index={index}" in out
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [r["mined_staleness"] for r in rows] == [i % refresh for i in range(10)]
@@ -201,10 +209,23 @@ def test_mined_options_are_checked(changes, message):
         TrainConfig(**changes)
 
 
-def test_mined_index_defaults_to_the_torch_kind():
+def test_mined_index_defaults_to_auto(monkeypatch):
+    from contrastkit.errors import ConfigError
+    from contrastkit.negatives import mined
     from contrastkit.training.config import TrainConfig
 
-    assert TrainConfig().mined_index == "torch" and TrainConfig(mined_index="hnsw").mined_index == "hnsw"
+    assert TrainConfig().mined_index == "auto" and TrainConfig(mined_index="hnsw").mined_index == "hnsw"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (
+        mined.resolve_index_kind("auto", cpu) == "flat" and mined.resolve_index_kind("auto", cuda) == "torch"
+    )
+    assert mined.resolve_index_kind("hnsw", cuda) == "hnsw"
+
+    def no_faiss():
+        raise ConfigError("no faiss")
+
+    monkeypatch.setattr(mined, "import_faiss", no_faiss)
+    assert mined.resolve_index_kind("auto", cpu) == "torch"
 
 
 @pytest.mark.parametrize(

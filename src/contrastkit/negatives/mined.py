@@ -67,8 +67,26 @@ from contrastkit.errors import ConfigError
 from contrastkit.negatives.base import Candidates, NegativeSource
 
 INDEX_KINDS = ("torch", "flat", "hnsw", "ivf")
-"""Values of ``index``: ``torch`` (exact, on the anchors' device; the default) and the faiss kinds."""
+"""Values of ``index``: ``torch`` (exact, on the anchors' device; the Python default) and the faiss kinds."""
 FAISS_KINDS = ("flat", "hnsw", "ivf")
+INDEX_CHOICES = ("auto", *INDEX_KINDS)
+"""What ``--mined-index`` takes: an index kind, or ``auto`` (:func:`resolve_index_kind`)."""
+
+
+def resolve_index_kind(kind: str, device: torch.device) -> str:
+    """``auto``: ``torch`` on a GPU (the search stays on the device, and faiss-cpu would copy every query
+    to the host), faiss ``flat`` on the CPU when faiss is installed (1.2-1.45x faster than the torch search
+    there, :data:`TORCH_CHUNK_SCORES`), else ``torch``. Any other kind is returned as it is."""
+    if kind != "auto":
+        return kind
+    if device.type != "cpu":
+        return "torch"
+    try:
+        import_faiss()
+    except ConfigError:
+        return "torch"
+    return "flat"
+
 
 TORCH_CHUNK_SCORES = 1 << 26
 """The torch kind scores at most this many (query, item) pairs at once on a GPU (64M fp32 scores: 256 MiB),

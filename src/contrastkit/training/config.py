@@ -15,7 +15,7 @@ from typing import Any
 
 from contrastkit.errors import ConfigError
 from contrastkit.negatives import NEGATIVES
-from contrastkit.negatives.mined import INDEX_KINDS
+from contrastkit.negatives.mined import INDEX_CHOICES
 from contrastkit.training.precision import PRECISIONS
 from contrastkit.views.image import RECIPES
 
@@ -103,10 +103,10 @@ class TrainConfig:
         0, "mined: re-embed the training set and rebuild the index every R steps (0: once per epoch)"
     )
     mined_index: str = _opt(
-        "torch",
-        "mined: index kind: torch (exact inner product in torch, on the training device, no faiss needed) | "
-        "faiss on the CPU: flat (exact) | hnsw | ivf (approximate), for sets whose embeddings do not fit on "
-        "the device",
+        "auto",
+        "mined: index kind: auto (torch on a GPU; faiss flat on the CPU when faiss is installed, else torch) | "
+        "torch (exact inner product in torch, on the training device, no faiss needed) | faiss on the CPU: "
+        "flat (exact) | hnsw | ivf (approximate), for sets whose embeddings do not fit on the device",
     )
     mined_reencode: bool = _opt(
         False,
@@ -212,7 +212,7 @@ class TrainConfig:
         for name, low in (("mix_hardest", 1), ("mix_synthetic", 0), ("mix_query", 0)):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= low, name, f"an integer >= {low}")
-        _check(self.mined_index in INDEX_KINDS, "mined_index", "one of: " + ", ".join(INDEX_KINDS))
+        _check(self.mined_index in INDEX_CHOICES, "mined_index", "one of: " + ", ".join(INDEX_CHOICES))
         _check(
             isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
             "checkpoint_every",

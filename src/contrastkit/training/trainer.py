@@ -70,6 +70,7 @@ from contrastkit.negatives.distributed import (
     rank,
     world_size,
 )
+from contrastkit.negatives.mined import resolve_index_kind
 from contrastkit.objectives import build_objective
 from contrastkit.scores import Score, build_score
 from contrastkit.training.checkpoint import (
@@ -534,7 +535,7 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
         else None,
         mined_negatives=config.mined_negatives,
         refresh_every=refresh_every,
-        index=config.mined_index,
+        index=resolve_index_kind(config.mined_index, device),
         train_labels=data.labels,
         encode_items=_item_encoder(model, data.fetch, views1, gen, score)
         if mined and config.mined_reencode
@@ -707,7 +708,7 @@ def _banner(
         f"[{data.eval_note}], {c}x{h}x{w}, {len(splits.train.classes)} classes, {data.where})\n"
         f"  encoder={_encoder_name(config, h)} objective={config.objective}(temperature={config.temperature}) "
         f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}"
-        f"{_negatives_note(config, parts.key_momentum, parts.refresh_every)}\n"
+        f"{_negatives_note(config, parts.key_momentum, parts.refresh_every, device)}\n"
         f"  {config.epochs} epochs x {parts.steps_per_epoch} steps, batch {config.batch_size}{parallel}, "
         f"{config.optimizer} lr={config.lr:g} wd={config.weight_decay:g}, device={device}, "
         f"precision={'bf16' if parts.amp_dtype is not None else 'fp32'}"
@@ -1287,12 +1288,15 @@ def check_combinations(config: TrainConfig) -> None:
         )
 
 
-def _negatives_note(config: TrainConfig, key_momentum: float, refresh_every: int) -> str:
+def _negatives_note(
+    config: TrainConfig, key_momentum: float, refresh_every: int, device: torch.device
+) -> str:
     parts = []
     if "mined" in config.negatives:
         parts.append(
             f"mined_negatives={config.mined_negatives} refresh_every={refresh_every} "
-            f"index={config.mined_index} reencode={'on' if config.mined_reencode else 'off'}"
+            f"index={resolve_index_kind(config.mined_index, device)} "
+            f"reencode={'on' if config.mined_reencode else 'off'}"
         )
     if "queue" in config.negatives:
         parts.append(f"queue_size={config.queue_size}")
