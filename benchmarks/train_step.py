@@ -212,13 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed + 1)
 
-    def make_views(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # as the trainer does: both views sampled and rendered as one batch of 2B
-        both = torch.cat([batch, batch], dim=0)
-        v = render(both, views.sample(both, generator=gen))
-        v = v.contiguous(memory_format=torch.channels_last) if channels_last else v
-        v1, v2 = v.chunk(2, dim=0)
-        return v1, v2
+    make_views = TwoViews(views, views, gen, render, render, channels_last)  # the trainer's two views
 
     def autocast() -> torch.autocast:
         return torch.autocast(device.type, dtype=amp_dtype, enabled=use_bf16)
@@ -261,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         key_encoder=None,
         optimizer=optimizer,
         scheduler=scheduler,
-        views=TwoViews(views, views, gen, render, render, channels_last),
+        views=make_views,
         labels=torch.zeros(n, dtype=torch.long, device=device),
         device=device,
         amp_dtype=amp_dtype if use_bf16 else None,

@@ -17,6 +17,7 @@ from contrastkit.negatives.base import (
     NegativeSource,
     oracle_mask,
     score_candidates,
+    source_kwargs,
 )
 from contrastkit.negatives.distributed import GatherNegatives, gather_with_grad
 from contrastkit.negatives.in_batch import InBatchNegatives
@@ -120,4 +121,5 @@ __all__ = [
     "gather_with_grad",
     "oracle_mask",
     "score_candidates",
+    "source_kwargs",
 ]

@@ -102,6 +102,18 @@ def score_candidates(candidates: Candidates, score: Score, *, oracle: bool = Fal
     return Contrast(pos=pos, neg=neg, neg_mask=mask)
 
 
+def source_kwargs(source: nn.Module, indices: Tensor | None, how: str = "indices=...") -> dict[str, Tensor]:
+    """The keyword arguments ``source`` takes besides the embeddings: ``indices`` when it
+    ``needs_indices`` (an error naming ``how`` to pass them when they are missing), else none."""
+    if not getattr(source, "needs_indices", False):
+        return {}
+    if indices is None:
+        raise ValueError(
+            f"the negative source {type(source).__name__} needs the batch's dataset indices: pass {how}"
+        )
+    return {"indices": indices}
+
+
 class NegativeSource(nn.Module):
     """Base class of negative sources.
 

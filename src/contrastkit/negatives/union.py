@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contrastkit.negatives.base import Candidates, NegativeSource
+from contrastkit.negatives.base import Candidates, NegativeSource, source_kwargs
 
 
 class UnionNegatives(NegativeSource):
@@ -40,18 +40,11 @@ class UnionNegatives(NegativeSource):
         """The statistics both sources report (e.g. the mined index's staleness)."""
         return {**getattr(self.first, "last_stats", {}), **getattr(self.second, "last_stats", {})}
 
-    def _kwargs(self, source: NegativeSource, indices: Tensor | None) -> dict[str, Tensor]:
-        if not source.needs_indices:
-            return {}
-        if indices is None:
-            raise ValueError(f"{type(source).__name__} needs the batch's dataset indices: pass indices=")
-        return {"indices": indices}
-
     def forward(
         self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
     ) -> Candidates:
-        a = self.first(z1, z2, labels, **self._kwargs(self.first, indices))
-        b = self.second(z1, z2, labels, **self._kwargs(self.second, indices))
+        a = self.first(z1, z2, labels, **source_kwargs(self.first, indices))
+        b = self.second(z1, z2, labels, **source_kwargs(self.second, indices))
         if a.anchors.shape != b.anchors.shape or a.positives.shape != b.positives.shape:
             raise ValueError(
                 f"{type(self.first).__name__} and {type(self.second).__name__} give different anchors "
@@ -110,5 +103,5 @@ class UnionNegatives(NegativeSource):
     def update(
         self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
     ) -> None:
-        self.first.update(z1, z2, labels, **self._kwargs(self.first, indices))
-        self.second.update(z1, z2, labels, **self._kwargs(self.second, indices))
+        self.first.update(z1, z2, labels, **source_kwargs(self.first, indices))
+        self.second.update(z1, z2, labels, **source_kwargs(self.second, indices))

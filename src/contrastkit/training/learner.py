@@ -28,6 +28,7 @@ from contrastkit.negatives import (
     NegativeSource,
     oracle_mask,
     score_candidates,
+    source_kwargs,
 )
 from contrastkit.objectives import Objective, mutual_information_bound
 from contrastkit.scores import Score
@@ -78,16 +79,6 @@ class ContrastiveLearner(nn.Module):
         """Whether a step needs class labels (the oracle mask, or a supervised objective)."""
         return self.oracle or getattr(self.objective, "needs_labels", False)
 
-    def _source_kwargs(self, indices: Tensor | None) -> dict[str, Tensor]:
-        if not getattr(self.negatives, "needs_indices", False):
-            return {}
-        if indices is None:
-            raise ValueError(
-                f"the negative source {type(self.negatives).__name__} needs the batch's dataset indices: "
-                "pass learner(view1, view2, labels, indices=...)"
-            )
-        return {"indices": indices}
-
     def _loss(
         self, anchors: Tensor, positives: Tensor, labels: Tensor | None, kwargs: dict[str, Tensor]
     ) -> tuple[Tensor, Contrast]:
@@ -121,7 +112,7 @@ class ContrastiveLearner(nn.Module):
         """One step's loss for two views (B, ...) of B images; ``indices`` (B,) are their dataset indices."""
         if self.uses_labels and labels is None:
             raise ValueError("the oracle mask and supervised objectives need labels")
-        kwargs = self._source_kwargs(indices)
+        kwargs = source_kwargs(self.negatives, indices, "learner(view1, view2, labels, indices=...)")
         if self.key_encoder is not None:
             return self._forward_momentum(view1, view2, labels, kwargs)
         b = view1.shape[0]
