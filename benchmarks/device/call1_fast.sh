@@ -16,7 +16,7 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-300}
 if [ -z "${SKIP_TESTS:-}" ]; then
   # every CUDA-only test (they skip on the CPU machine); kornia and faiss are absent there, so the tests
   # that use them as oracles skip or fail at import: those are listed, not fatal
-  python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -k "cuda or CUDA or pinned or test_placement" \
+  python3 -m pytest -rfEs -p no:cacheprovider --continue-on-collection-errors -k "cuda or CUDA or pinned or test_placement" \
     tests/data tests/training tests/evaluation tests/negatives tests/clustering 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 BENCH_ARGS=${BENCH_ARGS:---steps 60 --warmup-steps 15}   # CPU dry run: '--encoder small_cnn --image-size 8 --steps 2 --warmup-steps 1'
@@ -26,7 +26,8 @@ IPS=$(python3 -c "import json;print(json.load(open('$OUT/bench.json'))['results'
 # ~150 s of the budget go to compiling, decoding and the kNN points (every 5 epochs)
 EP=${EPOCHS:-$(python3 -c "print(max(20,min(400,int(($TRAIN_SECONDS-150)*float('$IPS')/50000))))")}
 echo "full-step images/s=$IPS -> epochs=$EP"
+RUN=/tmp/run5-$(date +%H%M%S)   # a new folder per call: a warm machine keeps /tmp between calls
 python3 -m contrastkit train --data $DATA --epochs $EP --batch-size 512 $COMPILE --knn-every 5 --checkpoint-every 1000000 \
-  --crop-min-scale 0.2 --temperature 0.2 --lr 0.3 --no-progress --out /tmp/run5 2>&1 | tee "$OUT/train5.log"
-cp /tmp/run5/metrics.json /tmp/run5/config.yaml "$OUT/" 2>/dev/null
-gzip -c /tmp/run5/history.jsonl > "$OUT/history5.jsonl.gz" 2>/dev/null
+  --crop-min-scale 0.2 --temperature 0.2 --lr 0.3 --no-progress --out "$RUN" 2>&1 | tee "$OUT/train5.log"
+cp "$RUN/metrics.json" "$RUN/config.yaml" "$OUT/" 2>/dev/null
+gzip -c "$RUN/history.jsonl" > "$OUT/history5.jsonl.gz" 2>/dev/null

@@ -9,7 +9,7 @@ from contrastkit.scores import CosineSimilarity
 
 
 def reference_debiased(pos, neg, mask, t, tau_plus):
-    """Chuang et al. 2020, Eq. 6 with M = 1, in exp space with Python floats (float64), row by row."""
+    """Chuang et al. 2020, the debiased objective (estimator g) with M = 1, in exp space with Python floats (float64), row by row."""
     losses = []
     for i in range(pos.shape[0]):
         e_pos = math.exp(pos[i].item() / t)

@@ -9,7 +9,7 @@ from contrastkit.scores import CosineSimilarity
 
 
 def reference_decoupled(pos, neg, mask, t):
-    """Yeh et al. 2021, Eq. 6: -log(e^{s+/t} / Σ_j e^{s_j/t}), positive left out of the denominator."""
+    """Yeh et al. 2021 (the loss lightly cites as Eq. 6; unchecked): -log(e^{s+/t} / Σ_j e^{s_j/t}), positive left out of the denominator."""
     losses = []
     for i in range(pos.shape[0]):
         den = [math.exp(neg[i, j].item() / t) for j in range(neg.shape[1]) if mask is None or not mask[i, j]]

@@ -11,7 +11,7 @@ from contrastkit.scores import CosineSimilarity
 
 
 def reference_margin(pos, neg, mask, m):
-    """Hadsell et al. Eq. 4, d = ‖a - b‖ of unit vectors; per anchor ½ d+² + ½ mean_j max(0, m - d_j)²."""
+    """Hadsell et al. 2006 (commonly cited as Eq. 4), d = ‖a - b‖ of unit vectors; per anchor ½ d+² + ½ mean_j max(0, m - d_j)²."""
     losses_ = []
     for i in range(pos.shape[0]):
         d_pos = math.sqrt(max(2 - 2 * pos[i].item(), 0.0))

@@ -17,6 +17,8 @@ import time
 
 import pytest
 import torch
+
+pytest.importorskip("tensorboard", reason="the test extra's tensorboard is not installed")
 import torch.utils.tensorboard as tb
 
 from contrastkit.training import TrainConfig, train

@@ -5,13 +5,22 @@ Instead of contrasting with negatives, an encoder ``Φ`` with ``H`` clustering h
 clusters) is trained with cross-entropy to pseudo-labels ``y_i^(h)``; the labels are re-estimated every
 ``refresh_every`` epochs over the whole training set by the Sinkhorn-Knopp assignment of
 :func:`contrastkit.clustering.sinkhorn.sinkhorn` (equipartition, or any cluster marginal), one transport
-problem per head (SeLa Sec. 3.1 and "multiple heads", Sec. 3.2). The labels start as a random
-equipartition, as in the reference code.
+problem per head (SeLa, ICLR 2020, arXiv 1911.05371v3: the self-labelling step and its "multiple heads"
+variant; the section numbers 3.1 / 3.2 given here before were not verified against the paper's text and
+are dropped). The labels start as a random equipartition (``i mod K``, permuted per head), and the loss is
+the mean of the heads' cross-entropies, both as in the reference code (yukimasano/self-label,
+``main.py``). Refresh schedule: ``refresh_every`` epochs apart, i.e. evenly spaced, like the reference
+``cifar.py`` (400 refreshes over 800 epochs); the reference ImageNet ``main.py`` instead spaces its
+``nopts`` = 100 refreshes quadratically (``linspace(0, 1, nopts) ** 2`` of the training length, denser
+early on), which this module does not offer.
 
-Cross-view / cross-modal (SeLaVi Sec. 3): two views of an item (``encoder_b=None``: the same encoder and
-heads see both) or two modalities (``encoder_b`` given: each encoder has its own heads) *share* one
-assignment. The transport problem is solved on the combined posteriors ``P^a ⊙ P^b`` raised to λ/2, i.e.
-``log P = (log P^a + log P^b) / 2``, and both branches are trained towards the same labels.
+Cross-view / cross-modal (SeLaVi, NeurIPS 2020, arXiv 2006.13662v3; section not verified): two views of
+an item (``encoder_b=None``: the same encoder and heads see both) or two modalities (``encoder_b`` given:
+each encoder has its own heads) *share* one assignment. The transport problem is solved on the combined
+posteriors ``P^a ⊙ P^b`` raised to λ/2, i.e. ``log P = (log P^a + log P^b) / 2``, and both branches are
+trained towards the same labels. Checked against the reference code (facebookresearch/selavi,
+``src/sk_utils.py``: ``PS = PS_v * PS_a`` then ``PS.pow_(0.5 * lamb)``): the same. The SeLaVi paper text
+itself could not be read in this check.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ class ClusteringHeads(nn.Module):
     """``num_heads`` classifiers of ``num_clusters`` each on ``in_dim`` features: ``(B, D) -> (H, B, K)``.
 
     Linear heads (SeLa) by default; ``hidden_dim`` puts a ``Linear-BN-ReLU`` in front of each (SeLaVi's MLP
-    heads).
+    heads, ``MLPv2`` in facebookresearch/selavi ``model.py``, minus its two ``Dropout(p=0.3)`` layers).
     """
 
     def __init__(
@@ -82,8 +91,11 @@ class SelfLabelling(nn.Module):
     ``encoder_a`` (and ``encoder_b``) map a batch to ``(B, feature_dim)`` features and expose
     ``feature_dim``. ``lam`` is SeLa's λ; ``cluster_marginal`` a fixed cluster prior ``r`` (K,);
     ``marginal_std`` > 0 uses SeLaVi's Gaussian prior instead (drawn once, re-sorted to the current cluster
-    sizes at each refresh). ``tol`` is the Sinkhorn tolerance on the cluster marginals (relative; the
-    pseudo-labels are an argmax and need no more). ``labels`` (H, N) holds the current pseudo-labels (see :meth:`init_labels`).
+    sizes at each refresh; how it differs from the reference code:
+    :func:`~contrastkit.clustering.sinkhorn.gaussian_marginal`). The current sizes are ``Σ_i exp(log_p)``,
+    for two branches ``Σ_i sqrt(P^a P^b)``, where the reference code sorts by ``Σ_i P^a P^b``. ``tol`` is
+    the Sinkhorn tolerance on the cluster marginals (relative; the pseudo-labels are an argmax and need no
+    more). ``labels`` (H, N) holds the current pseudo-labels (see :meth:`init_labels`).
     """
 
     def __init__(

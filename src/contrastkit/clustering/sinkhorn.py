@@ -1,8 +1,9 @@
 """Sinkhorn-Knopp in the log domain for the self-labelling transport problem.
 
 SeLa (Asano, Rupprecht, Vedaldi 2020, "Self-labelling via simultaneous clustering and representation
-learning", ICLR), Sec. 3.1: with the model's posteriors ``P_yi = p(y | x_i) / N`` (K clusters x N items)
-and the label assignment ``Q`` constrained to the transportation polytope
+learning", ICLR 2020, arXiv 1911.05371v3), the self-labelling method section: with the model's
+posteriors ``P_yi = p(y | x_i) / N`` (K clusters x N items) and the label assignment ``Q`` constrained to
+the transportation polytope
 
     U(r, c) = {Q ∈ R_+^{K x N} : Q 1 = r, Q^T 1 = c},   r = 1/K (equipartition), c = 1/N,
 
@@ -13,18 +14,32 @@ problem. SeLa regularises it with the entropy term ``(1/λ) KL(Q || r c^T)``,
 
 whose solution is ``Q = diag(α) P^λ diag(β)``, the scaling vectors found by Sinkhorn-Knopp iterations
 ``α <- r / (P^λ β)``, ``β <- c / (α^T P^λ)`` (the "fast version" of Cuturi 2013 in the paper). Larger λ
-is closer to the unregularised problem; SeLa uses λ = 25 (ImageNet) and 10 (CIFAR, reference code).
-Pseudo-labels are ``argmax_y Q_yi``. (Equation numbers: the SeLa paper's numbering could not be checked
-against the text here, so equations are cited by content and section.)
+is closer to the unregularised problem; the reference code (github.com/yukimasano/self-label) uses
+λ = 25 (``main.py``, ImageNet) and 10 (``cifar.py``). Pseudo-labels are ``argmax_y Q_yi``.
+
+Citation check (what was and was not verified). The update rule and its order were checked against the
+authors' reference code, ``sinkhornknopp.py``/``cifar.py`` of yukimasano/self-label: with ``P^λ`` (K x N)
+it computes ``r <- (1/K) / (P^λ c)`` (the per-cluster vector, α here) and *then* ``c <- (1/N) / (r^T P^λ)``
+(the per-item vector, β here), and the plan ``diag(r) P^λ diag(c)`` -- the same order as below. The
+paper's body text (arXiv 1911.05371v3; the SPIQA copy of its LaTeX and the ar5iv page) could only be read
+as far as its opening in the reference store used for this check, so the equation and section numbers of
+the objective and of the update are still *not* verified, and none are given: the equations are cited by
+content (the "Sec. 3.1" cited here before was never read either and is dropped).
 
 SeLaVi (Asano, Patrick, Rupprecht, Vedaldi 2020, "Labelling unlabelled videos from scratch with
-multi-modal self-supervision", NeurIPS), Sec. 3: the equipartition prior ``r`` can be replaced by any
-cluster marginal, e.g. sizes drawn from a Gaussian and sorted to follow the current cluster sizes
-(:func:`gaussian_marginal`), for data whose classes are not balanced.
+multi-modal self-supervision", NeurIPS 2020, arXiv 2006.13662v3), method section (section number not
+verified): the equipartition prior ``r`` can be replaced by any cluster marginal, e.g. one drawn from a
+Gaussian and sorted against the current cluster sizes (:func:`gaussian_marginal`, which differs from the
+reference code in one respect, see there), for data whose classes are not balanced.
 
 Here the iterations run on the log scaling vectors, ``log α = log r - logsumexp(λ log P + log β)`` and its
 counterpart, so ``P^λ`` is never formed and a large λ (ε = 1/λ = 0.01) neither underflows nor overflows.
-The layout is items x clusters, ``(N, K)``, the transpose of the paper's ``K x N``.
+This is the exp-form update taken in logs, term for term (``log(r / (P^λ β)) = log r - log Σ_i
+exp(λ log P_ki + log β_i)``), so it has the same iterates and fixed point; the ε-scaling (``anneal``) only
+changes the starting point of the final stage. The layout is items x clusters, ``(N, K)``, the transpose
+of the paper's ``K x N``. The stopping rule differs from the reference code's (which stops when the
+per-item vector changes by less than 0.1 in summed relative terms): here the column sums must match ``r``
+to a relative ``tol``.
 """
 
 from __future__ import annotations
@@ -84,7 +99,8 @@ def sinkhorn(
     anneal: bool = True,
     dtype: torch.dtype = torch.float64,
 ) -> SinkhornResult:
-    """Solve ``min_{Q ∈ U(r, c)} <Q, -log P> + (1/λ) KL(Q || r c^T)`` (SeLa Sec. 3.1) in the log domain.
+    """Solve ``min_{Q ∈ U(r, c)} <Q, -log P> + (1/λ) KL(Q || r c^T)`` (SeLa's regularised transport problem,
+    module docstring) in the log domain.
 
     ``log_p`` is ``(N, K)``: log-posteriors ``log p(k | x_i)`` (any scores work: rows are only shifted by
     constants, which the scaling absorbs). ``cluster_marginal`` ``r`` (K,) defaults to equipartition
@@ -150,7 +166,15 @@ def gaussian_marginal(
 ) -> Tensor:
     """SeLaVi's non-uniform cluster prior: relative sizes ``s_k ~ N(1, std²)`` (floored at ``min_size``),
     normalised to sum to 1. With ``current_sizes`` (e.g. ``P.sum(0)``) the drawn sizes are sorted to follow
-    them (the largest prior size goes to the currently largest cluster), as the SeLaVi code does."""
+    them: the largest prior size goes to the currently largest cluster.
+
+    Compared with the SeLaVi reference code (facebookresearch/selavi, ``src/sk_utils.py``,
+    ``optimize_L_sk_gpu``): it draws sizes ``(N(0, 1) * gauss_sd + 1) * N / K``, clamps them at 1 item
+    (here: ``min_size`` relative to a mean of 1) and sorts them against ``PS.sum(0)`` the same way, but then
+    uses ``r = 1 / sizes`` (normalised) as the cluster marginal, so there the currently *largest* cluster
+    gets the *smallest* mass. This function returns the sorted sizes themselves (largest mass to the
+    largest cluster). The SeLaVi paper text, which would say which of the two is meant, could not be read
+    in this check."""
     if not isinstance(num_clusters, int) or num_clusters < 1:
         raise ConfigError(f"num_clusters must be a positive integer, got {num_clusters!r}")
     if not (isinstance(std, (int, float)) and std >= 0):

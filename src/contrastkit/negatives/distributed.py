@@ -1,8 +1,9 @@
 """Negatives across processes: all-gather embeddings with a correct gradient.
 
 With data parallelism each process (rank) encodes B_r samples. Contrasting its anchors against the
-*global* batch (SimCLR, Chen et al. 2020, Sec. 2.2 "Training with large batch size": negatives are
-aggregated over all devices) needs the embeddings of every rank, and the gradient must flow back to the
+*global* batch (SimCLR, Chen et al. 2020, ICML 2020, arXiv 2002.05709, Sec. 2.2 "Training with large
+batch size": negatives are aggregated over all devices; section as previously cited, not re-read in this
+check) needs the embeddings of every rank, and the gradient must flow back to the
 rank that produced each embedding.
 
 Gradient of :func:`gather_with_grad`

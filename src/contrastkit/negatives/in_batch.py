@@ -1,5 +1,6 @@
 """In-batch negatives, as in SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of
-Visual Representations", Sec. 2.1).
+Visual Representations", ICML 2020, arXiv 2002.05709, Sec. 2.1 as previously cited, and its NT-Xent loss,
+Eq. (1) as remembered; neither number was re-read: only the paper's opening was readable in this check).
 
 Each of the 2B views is an anchor; its partner view is the positive and the other 2B - 2 views are the
 negatives. The candidate set is all 2B views, with the anchor itself and its partner masked out, so the

@@ -1,9 +1,11 @@
 """Negatives mined from a nearest-neighbour index of the whole training set (ANCE).
 
-Xiong, Xiong, Li, Tang, Liu, Bennett, Ahmed, Overwijk 2021 (arXiv 2020), "Approximate Nearest Neighbor
-Negative Contrastive Learning for Dense Text Retrieval", the ANCE method section (Sec. 3 of the 2020
-arXiv version, Sec. 4 of the ICLR 2021 version): the training negatives of a query are its top-ranked
-items retrieved by an ANN index over the *whole corpus*, minus its positives, and the index is refreshed
+Xiong, Xiong, Li, Tang, Liu, Bennett, Ahmed, Overwijk 2021 (ICLR 2021; arXiv 2007.00808), "Approximate
+Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval", the ANCE method section (its
+number in the arXiv v1 and in the ICLR version was not verified: only the paper's opening was readable in
+this check, so the "Sec. 3 / Sec. 4" cited here before is dropped): the training negatives of a query are
+its top-ranked items retrieved by an ANN index over the *whole corpus*, minus its positives, and the index
+is refreshed
 asynchronously ("Asynchronous Index Refresh"): an inferencer re-encodes the corpus with a recent
 checkpoint of the model every few training steps and rebuilds the index, so the negatives are found with
 a slightly stale model.

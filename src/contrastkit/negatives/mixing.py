@@ -1,7 +1,8 @@
 """Hard negative mixing: synthetic hard negatives in feature space (MoCHi).
 
 Kalantidis, Sariyildiz, Pion, Weinzaepfel, Larlus 2020, "Hard Negative Mixing for Contrastive Learning"
-(NeurIPS). For a query q with negatives Q, order Q by similarity to q and keep the N hardest, Q̃^N. Then
+(NeurIPS 2020; arXiv 2010.01028). For a query q with negatives Q, order Q by similarity to q and keep the
+N hardest, Q̃^N. Then
 
 * Sec. 4.1, Eq. (4), mixing the hardest negatives: s synthetic points
   ``h_k = h̃_k / ‖h̃_k‖₂``, ``h̃_k = α_k n_i + (1 − α_k) n_j`` with n_i, n_j drawn at random from Q̃^N
@@ -10,16 +11,26 @@ Kalantidis, Sariyildiz, Pion, Weinzaepfel, Larlus 2020, "Hard Negative Mixing fo
   ``h'_k = h̃'_k / ‖h̃'_k‖₂``, ``h̃'_k = β_k q + (1 − β_k) n_j`` with n_j from Q̃^N and β_k ∈ (0, 0.5)
   uniform, so the query's contribution is always the smaller one;
 
-and the synthetic points are appended to the query's negatives. As in the paper no gradient flows
-through them: they are built from the detached query and negatives, and only the anchor-side gradient
-of ``q·h`` reaches the model. The paper lets training run a few epochs before mixing (``start_step``).
+and the synthetic points are appended to the query's negatives. No gradient flows through them: they are
+built from the detached query and negatives, and only the anchor-side gradient of ``q·h`` reaches the
+model. Training can run ``start_step`` updates before mixing starts (a warm-up).
 
-Sec. 3 (Fig. 3) tracks the *proxy-task accuracy* (fraction of queries whose positive scores above all
-negatives) and, for MoCHi, how many of the hardest negatives are synthetic: :attr:`last_stats`.
+The proxy-task accuracy (fraction of queries whose positive scores above all negatives) and, once mixing,
+the share of synthetic points among the k hardest negatives are in :attr:`last_stats`.
 
-Defaults. The paper's ImageNet-100 runs use a queue of K = 16384 with N up to 1024, s up to 1024 and s' up
-to 512 (e.g. MoCHi (N, s, s') = (1024, 1024, 128)); at our default queue of 4096 the same fractions give
-N = 256, s = 256, s' = 32. With in-batch negatives N is capped at the number of valid negatives.
+Citation check. The two mixing formulas above (convex pair mixing with α ∈ (0, 1); query mixing with
+β ∈ (0, 0.5) so that the query's share is the smaller; both L2-normalised) are what the code computes
+(:meth:`HardNegativeMixing._synthesise`). The equation numbers (4), (5), the sections 4.1, 4.2, and the
+paper's own statements about the stop-gradient, the warm-up, the figure that plots the proxy task and
+the ImageNet-100 settings below were *not* verified against the paper's text: the stored copies of the
+paper (arXiv 2010.01028 via ar5iv / arxiv-vanity, the NeurIPS PDF text) could only be read as far as the
+abstract and the start of the introduction in this check. The numbers are kept as previously cited and
+remain to be checked.
+
+Defaults. The paper's ImageNet-100 runs are remembered as using a queue of K = 16384 with N up to 1024,
+s up to 1024 and s' up to 512 (e.g. MoCHi (N, s, s') = (1024, 1024, 128); not verified, see above); at our
+default queue of 4096 the same fractions give N = 256, s = 256, s' = 32. With in-batch negatives N is
+capped at the number of valid negatives.
 
 Layout. Synthetic negatives differ per anchor, while :class:`Candidates` holds either shared (N, D)
 negatives or per-anchor (M, N, D) ones. Copying a shared queue for each anchor costs M·(N+S)·D floats
@@ -77,10 +88,11 @@ class HardNegativeMixing(NegativeSource):
         num_hardest: N, how many of the hardest valid negatives are mixed.
         num_mixed: s, synthetic negatives from pairs of hard negatives (Eq. 4).
         num_query_mixed: s', synthetic negatives mixing the query in (Eq. 5).
-        start_step: no mixing before this many :meth:`update` calls (the paper's warm-up).
+        start_step: no mixing before this many :meth:`update` calls (a warm-up; the paper's warm-up length was
+            not checked).
         layout: "auto", "per-anchor" or "block" (module docstring).
-        normalize: L2-normalise the synthetic points (the paper; right for the cosine score, whose prepared
-            embeddings are unit vectors). With the unnormalised dot score pass False to keep mixtures.
+        normalize: L2-normalise the synthetic points (as in the formulas of Eq. (4)/(5) above; right for the
+            cosine score, whose prepared embeddings are unit vectors). With the unnormalised dot score pass False to keep mixtures.
         exclude_same_label: when the candidates carry labels (oracle / supervised runs), same-label
             candidates are never chosen as hard negatives (they are false negatives).
         stats_top_k: k for the share of synthetic points among the k hardest (default N).

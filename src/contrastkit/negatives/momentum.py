@@ -1,10 +1,14 @@
 """A momentum (EMA) copy of the model that produces keys, and MoCo's shuffling BN.
 
-He, Fan, Wu, Xie, Girshick 2020, "Momentum Contrast for Unsupervised Visual Representation Learning":
+He, Fan, Wu, Xie, Girshick 2020, "Momentum Contrast for Unsupervised Visual Representation Learning"
+(CVPR 2020; arXiv 1911.05722):
 
 * Sec. 3.2, Eq. (2), momentum update: the key encoder's parameters follow the query encoder's,
   ``θ_k ← m θ_k + (1 − m) θ_q``, with only θ_q trained by back-propagation. MoCo uses m = 0.999 on
-  ImageNet (a slowly evolving key encoder keeps the queue's keys consistent; m = 0.9 fails). For short
+  ImageNet (the default of the official code, facebookresearch/moco): a slowly evolving key encoder keeps
+  the queue's keys consistent. In the paper's momentum ablation, as remembered (not re-read here), a much
+  smaller m such as 0.9 works clearly worse but trains, and it is m = 0 (key encoder = query encoder)
+  that fails to converge; an earlier "m = 0.9 fails" here was wrong on that reading. For short
   CIFAR-scale runs (hundreds of epochs of a few hundred steps) the common choice is m = 0.99, our default.
 * Sec. 3.3, "Shuffling BN": with BatchNorm, a query and its positive key computed in the same batch can
   "cheat" through the batch statistics. MoCo computes BN per GPU and shuffles the key mini-batch across
@@ -13,10 +17,21 @@ He, Fan, Wu, Xie, Girshick 2020, "Momentum Contrast for Unsupervised Visual Repr
   the key encoder on G groups separately (BN statistics per group, like per-GPU BN) and restore the
   order. Across GPUs one instead converts the models to synchronised BN
   (``torch.nn.SyncBatchNorm.convert_sync_batchnorm``), the "global BN" of SimCLR (Chen et al. 2020,
-  Sec. 2.2), whose statistics over the whole global batch leak nothing useful.
+  ICML 2020, arXiv 2002.05709, Sec. 2.2; not re-read in the check below), whose statistics over the whole
+  global batch leak nothing useful.
 
-:func:`cosine_momentum` is BYOL's schedule (Grill et al. 2020, "Bootstrap Your Own Latent", Sec. 3,
-implementation details): ``τ_k = 1 − (1 − τ_base) (cos(π k / K) + 1) / 2``, rising from τ_base to 1.
+:func:`cosine_momentum` is BYOL's schedule (Grill et al. 2020, "Bootstrap Your Own Latent", NeurIPS 2020,
+arXiv 2006.07733, the implementation details of Sec. 3): ``τ_k = 1 − (1 − τ_base) (cos(π k / K) + 1) / 2``,
+rising from τ_base to 1.
+
+Citation check. Verified against the authors' code: the update ``param_k * m + param_q * (1 − m)``, the
+key batch shuffled across GPUs before the key encoder and un-shuffled after it, the query batch not
+shuffled (facebookresearch/moco ``moco/builder.py``), and BYOL's schedule ``1 − (1 − base_ema) ·
+0.5 (1 + cos(π k / K))`` with k clipped at K (google-deepmind/deepmind-research
+``byol/utils/schedules.py``, ``target_ema``), which :func:`cosine_momentum` computes. The label
+"Eqn.(1)" for the InfoNCE loss appears in the paper's own Algorithm 1 (as quoted), and a transcription of
+the paper numbers the momentum update (2); the MoCo and BYOL papers' bodies could not be opened in this
+check, so Eq. (2), Sec. 3.2, Sec. 3.3 and BYOL's section are as cited, not as read.
 """
 
 from __future__ import annotations
@@ -31,8 +46,8 @@ from torch import Tensor, nn
 def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
     """BYOL's cosine momentum schedule, from ``base`` at step 0 to ``final`` at ``total_steps``.
 
-    ``m(k) = final − (final − base) (cos(π k / K) + 1) / 2`` (BYOL uses base 0.996, final 1). Steps past
-    ``total_steps`` stay at ``final``.
+    ``m(k) = final − (final − base) (cos(π k / K) + 1) / 2`` (BYOL uses base 0.996, final 1; with final 1 this
+    is the official ``target_ema``). Steps past ``total_steps`` stay at ``final``.
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")

@@ -1,8 +1,10 @@
 """The union of two negative sources: every anchor is contrasted with both sets of candidates.
 
 The common use is in-batch negatives *plus* mined hard negatives (``--negatives in-batch+mined``). Dense
-retrieval trains this way: Karpukhin et al. 2020 (DPR) add BM25 hard negatives to the in-batch ones, and
-the in-batch part keeps the embedding spread out. In this project, mined snapshot negatives alone collapse
+retrieval trains this way: Karpukhin et al. 2020 (DPR, "Dense Passage Retrieval for Open-Domain Question
+Answering", EMNLP 2020, arXiv 2004.04906) add BM25 hard negatives to the in-batch ones (no section or
+equation is cited here; the paper's body was not re-read in this check), and the in-batch part keeps the
+embedding spread out. In this project, mined snapshot negatives alone collapse
 a randomly initialised encoder on digits (kNN 0.833 against 0.864 at random init, ``docs/negatives.md``).
 The union needs no re-encoding of the mined items.
 

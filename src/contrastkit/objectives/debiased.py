@@ -1,19 +1,22 @@
 """Debiased contrastive loss.
 
-Chuang, Robinson, Lin, Torralba, Jegelka 2020, "Debiased Contrastive Learning" (NeurIPS), Sec. 3: the
-debiased objective L^{N,M}_Debiased with its estimator g (cited as Eq. 6; that number is unchecked against
-the paper's text, while the formula below is checked against the authors' code, chingyaoc/DCL
-``main.py``). Used here with M = 1: the one positive sample v_1 that estimates the τ+ term is the
-anchor's positive x+ itself, as in that code. With s+ = s(x, x+), s_j = s(x, x_j-), temperature t
-and class prior τ+ (the probability that a "negative" drawn at random shares the anchor's class):
+Chuang, Robinson, Lin, Torralba, Jegelka 2020, "Debiased Contrastive Learning" (NeurIPS 2020, arXiv
+2007.00224): the debiased objective L^{N,M}_Debiased with its estimator g, which replaces the sum over
+negatives in the standard (biased) objective, the paper's Eq. (1) (checked in arXiv v3, SPIQA's copy).
+The equation numbers of L^{N,M}_Debiased and g are not cited: the stored copies of the paper that could
+be searched (ar5iv, arXiv-vanity, SPIQA v3) give only its opening pages, so they could not be read. The
+formula below is checked against the authors' code instead (chingyaoc/DCL ``main.py``, ``train``).
+Used here with M = 1: the one positive sample v_1 that estimates the τ+ term is the anchor's positive x+
+itself, as in that code. With s+ = s(x, x+), s_j = s(x, x_j-), temperature t and class prior τ+ (the
+probability that a "negative" drawn at random shares the anchor's class):
 
     g = max{ 1/(1 - τ+) · ( (1/N) Σ_j e^{s_j/t}  -  τ+ e^{s+/t} ),  e^{-1/t} }
 
     L = -log  e^{s+/t} / ( e^{s+/t} + N g )
 
-N is the anchor's number of unmasked negatives. In the paper the temperature is absorbed in f
-(f(x)ᵀf(x') stands for s/t), so e^{-1/t} is the smallest value e^{s/t} can take for cosine scores and
-the max clamps g at that theoretical minimum; the official code computes N g directly as
+N is the anchor's number of unmasked negatives. The paper's f(x)ᵀf(x') is written s/t here (the
+temperature absorbed in f, as its e^{-1/t} floor implies): e^{-1/t} is the smallest value e^{s/t} can
+take for cosine scores, and the max clamps g at that theoretical minimum; the official code computes N g directly as
 (Σ_j e^{s_j/t} - τ+ N e^{s+/t}) / (1 - τ+) and clamps it at N e^{-1/t}, the same thing, with N = 2B - 2
 there (the number of negatives). As there, no gradient flows through a clamped g. (The e^{-1/t} floor
 assumes scores >= -1, i.e. cosine.)

@@ -1,16 +1,23 @@
 """Decoupled contrastive loss.
 
-Yeh, Hong, Hsu, Liu, Chen, LeCun 2021, "Decoupled Contrastive Learning" (ECCV 2022), Eq. 6 (the number
-lightly's ``DCLLoss`` also cites, for arXiv 2110.06848; not checked against the paper's text): InfoNCE
-with the positive removed from the denominator, which removes the negative-positive coupling of its
-gradient:
+Yeh, Hong, Hsu, Liu, Chen, LeCun 2021, "Decoupled Contrastive Learning" (ECCV 2022, arXiv 2110.06848):
+InfoNCE with the positive removed from the denominator, which removes the negative-positive coupling of
+its gradient:
 
     L_i = -log  e^{s+/t} / Σ_j e^{s_j/t}  =  -s+/t + logsumexp_j(s_j / t)
 
-over the anchor's unmasked negatives. Unlike InfoNCE the loss is not bounded below by 0. An anchor whose
-negatives are all masked contributes 0 (there is nothing to contrast with). This is lightly's ``DCLLoss``
-without its optional weighting (DCLW); it is unrelated to the *debiased* loss of Chuang et al. 2020
-(:mod:`.debiased`), despite the shared acronym.
+over the anchor's unmasked negatives, one logsumexp over all of them (in-batch: the 2B - 2 views other
+than the anchor and its positive, from both augmentations). Unlike InfoNCE the loss is not bounded below by 0. An anchor whose negatives are all
+masked contributes 0 (there is nothing to contrast with). The paper's weighted variant (DCLW) is not
+implemented. Unrelated to the *debiased* loss of Chuang et al. 2020 (:mod:`.debiased`), despite the
+shared acronym.
+
+Equation number: the loss is cited as the paper's Eq. 6 by lightly's ``DCLLoss`` and by lightly PRs
+#1826/#1827, for arXiv 2110.06848; that number could not be checked against the paper's own text (the
+stored copies that could be searched, ar5iv and the project page, give only its opening pages), and the
+ECCV version may number it differently. Note that lightly's ``DCLLoss`` (at the version read) adds two
+separate logsumexp terms, one over the same-view and one over the other-view negatives, which is not
+this formula; PR #1827 proposes the single logsumexp used here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Hard-negative contrastive loss (HCL).
 
-Robinson, Chuang, Sra, Jegelka 2021, "Contrastive Learning with Hard Negative Samples" (ICLR), Sec. 3:
-negatives are drawn from q_β(x-) ∝ e^{β f(x)ᵀf(x-)} p(x-) conditioned on a different class, and the
-expectation under q_β is estimated by importance sampling from the uniformly drawn negatives (Sec. 3.1),
-then debiased as in Chuang et al. 2020 (see :mod:`.debiased`). With s+ = s(x, x+), s_j = s(x, x_j-),
+Robinson, Chuang, Sra, Jegelka 2021, "Contrastive Learning with Hard Negative Samples" (ICLR 2021, arXiv
+2010.04592v2), Sec. 3: negatives are drawn from q_β(x-) ∝ e^{β f(x)ᵀf(x-)} p(x-) conditioned on a
+different class, and the expectation under q_β is estimated by importance sampling from the uniformly
+drawn negatives (Sec. 3.1), then debiased as in Chuang et al. 2020 (see :mod:`.debiased`). With s+ = s(x, x+), s_j = s(x, x_j-),
 temperature t, class prior τ+, concentration β >= 0 and N unmasked negatives:
 
     w_j = e^{β s_j / t}                                      (importance weights)
@@ -11,12 +11,14 @@ temperature t, class prior τ+, concentration β >= 0 and N unmasked negatives:
     g   = max{ 1/(1 - τ+) · ( ĝ - τ+ e^{s+/t} ),  e^{-1/t} }
     L   = -log  e^{s+/t} / ( e^{s+/t} + N g )
 
-Weight e^{β s/t}, not e^{β s}: in the paper the temperature is absorbed in f (f(x)ᵀf(x-) stands for
-the tempered score s/t, which is also why the clamp is e^{-1/t}), and the official code (joshr17/HCL,
-``image/main.py``) computes the weights as ``(e^{s/t})^β``, i.e. e^{β s/t}; both agree. (Its appendix
-pseudo-code has typos in the reweighting; the authors confirmed the repository code and Sec. 3.1 are
-correct, joshr17/HCL issues #1 and #5.) Hence β here is the paper's β; a weight e^{β' s} corresponds to
-β = β' t. Equation numbers are not cited: they could not be checked against the paper's text.
+Weight e^{β s/t}, not e^{β s}: the paper's f(x)ᵀf(x-) is the tempered score s/t (the temperature
+absorbed in f, as the e^{-1/t} clamp implies), and the official code (joshr17/HCL, ``image/main.py``,
+``criterion``) computes the weights as ``(e^{s/t})^β``, i.e. e^{β s/t}; both agree. (Its appendix
+pseudo-code has typos in the reweighting; the first author confirmed that the repository code and the
+method of Sec. 3.1 are correct, joshr17/HCL issues #1 and #5.) Hence β here is the paper's β; a weight
+e^{β' s} corresponds to β = β' t. Equation numbers are not cited: the stored copies of the paper that
+could be searched (ar5iv, and text dumps of arXiv v2 and of the camera-ready PDF) give only its opening
+pages, so its numbering could not be read. The formulas are checked against the official code.
 
 Normalisation, as in that code: there the reweighted sum is divided by the *mean* weight,
 Σ_j w_j e^{s_j/t} / ((1/N) Σ_j w_j) = N ĝ, and the debiasing subtracts τ+ N e^{s+/t}, with N the number

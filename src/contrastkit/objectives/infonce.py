@@ -1,13 +1,25 @@
 """InfoNCE / NT-Xent.
 
-van den Oord, Li, Vinyals 2018, "Representation Learning with Contrastive Predictive Coding", Eq. 4;
-used symmetrically over two views as NT-Xent by Chen et al. 2020 (SimCLR), Eq. 1:
+van den Oord, Li, Vinyals 2018, "Representation Learning with Contrastive Predictive Coding" (arXiv
+1807.03748), the InfoNCE loss L_N; used symmetrically over two views as NT-Xent by Chen et al.
+2020 (SimCLR, arXiv 2002.05709), whose per-pair loss ℓ_{i,j} has the positive inside the denominator's
+sum over k ≠ i. Here, per anchor:
 
     L_i = -log  exp(s_i+ / τ) / ( exp(s_i+ / τ) + Σ_j exp(s_ij / τ) )
         = logsumexp([s_i+, s_i1, ..., s_iN] / τ) - s_i+ / τ
 
-an (N+1)-way cross-entropy with the positive as the target. Masked negatives are left out of the sum.
-``log(N + 1) - L`` lower-bounds the mutual information between the views (CPC, Sec. 2.3).
+an (N+1)-way cross-entropy with the positive as the target (CPC's f_k = exp(s/τ)). Masked negatives are
+left out of the sum. SimCLR's loss covers both directions (i, j) and (j, i): with in-batch negatives
+every one of the 2B views is an anchor (:mod:`contrastkit.negatives.in_batch`), and the mean is over them.
+
+Equation numbers: CPC's L_N is commonly cited as its Eq. 4 (Sec. 2.3) and NT-Xent as SimCLR's Eq. 1
+(Sec. 2.1). These numbers could not be checked against the papers' own text (the stored copies that
+could be searched give only the papers' opening pages); the formulas above match the papers'
+definitions as quoted elsewhere (e.g. papers-with-code's InfoNCE and NT-Xent pages).
+
+Mutual information. CPC's bound is I(x; c) >= log(N) - L_N with N the size of the candidate set, i.e. one
+positive and N - 1 negatives. With N here counting negatives only, that is ``log(N + 1) - L``
+(:func:`mutual_information_bound`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The margin ("contrastive") loss of Hadsell, Chopra, LeCun 2006.
 
-Hadsell, Chopra, LeCun 2006, "Dimensionality Reduction by Learning an Invariant Mapping", Eq. 4:
+Hadsell, Chopra, LeCun 2006, "Dimensionality Reduction by Learning an Invariant Mapping" (CVPR 2006),
+the exact form of its contrastive loss, commonly cited as Eq. 4 (the number could not be checked against
+the paper's own text: the stored copies that could be searched give only its opening pages):
 
     L(W, Y, X1, X2) = (1 - Y) ½ D_W²  +  Y ½ max(0, m - D_W)²
 

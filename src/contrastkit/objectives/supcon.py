@@ -1,8 +1,11 @@
 """Supervised contrastive loss.
 
 Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan 2020, "Supervised Contrastive
-Learning" (NeurIPS), Eq. 2 (L^sup_out, the average over positives outside the log, the form the paper
-recommends and its official code computes; L^sup_in, the average inside the log, is not implemented):
+Learning" (NeurIPS 2020, arXiv 2004.11362), Sec. 3.2.2, Eq. 2: L^sup_out, the average over positives
+outside the log, the form the paper recommends and its official code computes. (Eq. 3, L^sup_in, the
+average inside the log, is not implemented; Eq. 1 is the self-supervised loss, i.e. InfoNCE.) The
+numbers were read in a text copy of the version that defines both L^sup_out and L^sup_in; an earlier
+arXiv version may number them differently:
 
     L_i = -1/|P(i)| Σ_{p ∈ P(i)} log  e^{s_ip/t} / Σ_{a ∈ A(i)} e^{s_ia/t}
         = logsumexp_{a ∈ A(i)}(s_ia / t)  -  1/|P(i)| Σ_{p ∈ P(i)} s_ip / t

@@ -1,8 +1,11 @@
 """Triplet loss with FaceNet's negative selection.
 
-Schroff, Kalenichenko, Philbin 2015, "FaceNet: A Unified Embedding for Face Recognition and Clustering",
-Sec. 3.1 (the triplet constraint, Eq. 1, and the hinge loss summed over triplets that follows it) and
-Sec. 3.2 (triplet selection; semi-hard negatives, Eq. 4). Written with similarity scores s:
+Schroff, Kalenichenko, Philbin 2015, "FaceNet: A Unified Embedding for Face Recognition and Clustering"
+(CVPR 2015, arXiv 1503.03832), Sec. 3.1 (the triplet constraint, and the hinge loss summed over triplets
+that follows it) and Sec. 3.2 (triplet selection, semi-hard negatives). The constraint and the semi-hard
+inequality are commonly cited as its Eq. 1 and Eq. 4; these numbers could not be checked against the
+paper's own text (the stored copies that could be searched give only its opening pages). Written with
+similarity scores s:
 
     ℓ(x, x+, x-) = max(0, m - s(x, x+) + s(x, x-))
 
@@ -13,8 +16,9 @@ Negative selection (``mining``), per anchor, over its unmasked negatives:
 
 * ``"all"``: every (anchor, positive, negative) triplet.
 * ``"hardest"``: the negative with the highest score (FaceNet's argmin over negatives of the distance).
-* ``"semi-hard"``: FaceNet Eq. 4, negatives further from the anchor than the positive but inside the
-  margin, ``s(x, x+) - m < s(x, x-) < s(x, x+)``; the one with the highest score is used (the hardest
+* ``"semi-hard"``: FaceNet's semi-hard negatives, further from the anchor than the positive (the strict
+  inequality cited as Eq. 4) yet, as FaceNet describes them, inside the margin α:
+  ``s(x, x+) - m < s(x, x-) < s(x, x+)``; the one with the highest score is used (the hardest
   semi-hard negative, as in the common per-anchor implementations). If an anchor has no semi-hard negative,
   it falls back to its hardest negative. (tf-addons' ``TripletSemiHardLoss`` differs here: it takes the
   closest negative further than the positive with no margin bound, and if there is none it falls back to

@@ -15,10 +15,15 @@ every random number drawn from one ``torch.Generator`` (so a seed fixes the view
 - **log-mel**: ``log(mel_fb @ |STFT|^2 + eps)`` with a Hann window, ``center=True`` and zero padding (as
   librosa ≥ 0.10); the mel filterbank is :func:`mel_filterbank` (Slaney's scale and area normalisation by
   default, librosa's ``filters.mel``; or the HTK formula).
-- **SpecAugment** (Park et al. 2019, Sec. 2): frequency masking: ``f ~ U{0..F}``, ``f0 ~ U{0..ν - f - 1}``,
-  channels ``[f0, f0 + f)`` masked, ``m_F`` times; time masking: ``t ~ U{0..T}`` with ``t <= p * τ``,
-  ``t0 ~ U{0..τ - t - 1}``, frames ``[t0, t0 + t)`` masked, ``m_T`` times. As in the paper the masked value is
-  0 on the normalised spectrogram, i.e. the data mean. (Time warping is not implemented.)
+- **SpecAugment** (Park et al. 2019, Interspeech 2019, arXiv 1904.08779, Sec. 2 "Augmentation Policy"):
+  frequency masking: ``f ~ U{0..F}``, ``f0 ~ U{0..ν - f - 1}``, channels ``[f0, f0 + f)`` masked, ``m_F``
+  times; time masking: ``t ~ U{0..T}`` with ``t <= p * τ``, ``t0 ~ U{0..τ - t - 1}``, frames
+  ``[t0, t0 + t)`` masked, ``m_T`` times. As in the paper the masked value is 0 on the normalised
+  spectrogram, i.e. the data mean. (Time warping is not implemented.) Checked: the paper's wording of the
+  frequency mask ("f is first chosen from a uniform distribution from 0 to the frequency mask parameter F,
+  and f0 is chosen from [0, ν − f)"), as quoted in the nlpaug documentation; "from 0 to F" is read here as
+  inclusive of F. Not re-read (only the paper's opening was readable in this check): the section number,
+  the time-mask bound ``p`` and the zero-mean remark, which are as previously cited.
 """
 
 from __future__ import annotations
@@ -247,7 +252,7 @@ def sample_masks(
     device: torch.device,
     max_fraction: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """SpecAugment mask parameters along an axis of ``size`` (Park et al. 2019, Sec. 2): widths
+    """SpecAugment mask parameters along an axis of ``size`` (Park et al. 2019, arXiv 1904.08779, Sec. 2): widths
     ``w ~ U{0..min(max_width, floor(max_fraction * size))}`` and starts ``w0 ~ U{0..size - w - 1}``
     (``w0 = 0`` when ``w = size``), ``count`` masks per sample: two ``(batch, count)`` int64 tensors."""
     bound = min(max_width, math.floor(max_fraction * size), size)

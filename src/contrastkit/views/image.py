@@ -1,6 +1,7 @@
 """SimCLR / MoCo v2 / BYOL image views on batched ``uint8`` tensors.
 
-Chen et al. 2020 (SimCLR), Appendix A, as the torchvision pipeline
+Chen et al. 2020 (SimCLR, ICML 2020, arXiv 2002.05709), Appendix A (the appendix number as previously
+cited; not re-read, see the recipe sources below), as the torchvision pipeline
 
     RandomResizedCrop(size, scale, ratio) -> RandomHorizontalFlip(flip_p)
     -> RandomApply([ColorJitter(b, c, s, h)], p=jitter_p) -> RandomGrayscale(grayscale_p)
@@ -403,17 +404,23 @@ class ImageViews(nn.Module):
 
 
 # Every recipe lists all its values (not just those that differ from ImageViews' defaults), as
-# (view 1, view 2). The sources, from memory of the papers and code (see docs/views.md):
-# - simclr: Chen et al. 2020, SimCLR, Appendix B.9 (CIFAR-10) and the google-research/simclr README's CIFAR
-#   command (color_jitter_strength=0.5, use_blur=False): Appendix A's pipeline with colour strength s = 0.5,
-#   i.e. ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) = (0.4, 0.4, 0.4, 0.1), and no blur. ImageViews' defaults.
+# (view 1, view 2). The sources (see docs/views.md). Checked against the authors' code: the values; not
+# re-read: the papers' appendix, section and table numbers (only the papers' openings were readable in the
+# reference store used for the check), which are as previously cited.
+# - simclr: Chen et al. 2020, SimCLR (arXiv 2002.05709), Appendix B.9 (CIFAR-10), and the google-research/simclr
+#   README's CIFAR command (--color_jitter_strength=0.5 --use_blur=False, checked): Appendix A's pipeline
+#   with colour strength s = 0.5, i.e. ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) (the formula of its
+#   data_util.color_jitter, checked) = (0.4, 0.4, 0.4, 0.1), and no blur. ImageViews' defaults.
 # - simclr_imagenet: SimCLR Appendix A (ImageNet): s = 1.0, blur with p 0.5, sigma U[0.1, 2.0], kernel 10% of
 #   the side.
-# - mocov2: Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", Section 2 / Table 1
-#   ("aug+"), as in facebookresearch/moco main_moco.py --aug-plus: crop scale (0.2, 1), jitter p 0.8
-#   (0.4, 0.4, 0.4, 0.1), grayscale 0.2, blur p 0.5 sigma U[0.1, 2.0], flip 0.5.
-# - byol: Grill et al. 2020, BYOL, Appendix B, Table 6: jitter p 0.8 with (0.4, 0.4, 0.2, 0.1), grayscale
-#   0.2, blur p 1.0 / 0.1 (23x23 at 224 px, sigma U[0.1, 2.0]), solarisation p 0.0 / 0.2, flip 0.5.
+# - mocov2: Chen, Fan, Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning" (arXiv
+#   2003.04297), Section 2 / Table 1 ("aug+"), as in facebookresearch/moco main_moco.py --aug-plus (checked):
+#   crop scale (0.2, 1), jitter p 0.8 (0.4, 0.4, 0.4, 0.1), grayscale 0.2, blur p 0.5 sigma U[0.1, 2.0],
+#   flip 0.5.
+# - byol: Grill et al. 2020, BYOL (arXiv 2006.07733), Appendix B, Table 6, as in google-deepmind/
+#   deepmind-research byol/utils/augmentations.py augment_config (checked): jitter p 0.8 with
+#   (0.4, 0.4, 0.2, 0.1), grayscale 0.2, blur p 1.0 / 0.1 (kernel side / 10: 23x23 at 224 px, sigma
+#   U[0.1, 2.0]), solarisation p 0.0 / 0.2 (threshold 0.5), flip 0.5.
 _SIMCLR: dict[str, Any] = {
     "scale": (0.08, 1.0),
     "ratio": (3.0 / 4.0, 4.0 / 3.0),

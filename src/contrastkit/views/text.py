@@ -5,19 +5,22 @@ attention mask from it). Special tokens (``[CLS]``, ``[SEP]``) listed in ``speci
 are never removed; the operations act on the other, *content* tokens only.
 
 * **Dropout (unsupervised SimCSE)**, Gao, Yao, Chen 2021, "SimCSE: Simple Contrastive Learning of
-  Sentence Embeddings", Sec. 3, Eq. (4): the positive is the *same* sentence passed twice through the
+  Sentence Embeddings" (EMNLP 2021, arXiv 2104.08821; Sec. 3, Eq. (4), and Table 1 below, as previously
+  cited: these numbers were not re-read, only the paper's opening was readable in this check, and the
+  arXiv versions may number them differently): the positive is the *same* sentence passed twice through the
   encoder, ``h_i^{z_i}`` and ``h_i^{z'_i}`` differing only by their independent dropout masks ``z, z'``.
   The view function is then the identity: :class:`TextViews` with every probability 0 (the default).
   The encoder must be in training mode with dropout > 0.
-* **Span cropping** ("crop k%" of SimCSE Table 1; span cropping as in CLEAR, Wu et al. 2020, Sec. 3.2):
-  keep one contiguous span of ``ceil(r n)`` of the ``n`` content tokens, ``r ~ U(crop_min_ratio, 1)``,
-  its start uniform over the valid starts.
+* **Span cropping** ("crop k%" of SimCSE Table 1; span cropping as in CLEAR, Wu et al. 2020, arXiv
+  2012.15466, Sec. 3.2, not re-read): keep one contiguous span of ``ceil(r n)`` of the ``n`` content
+  tokens, ``r ~ U(crop_min_ratio, 1)``, its start uniform over the valid starts.
 * **Token deletion** ("word deletion" of SimCSE Table 1; CLEAR's word deletion): every content token is
   removed independently with probability ``delete_rate``. Tokens are the tokenizer's (WordPiece pieces
   for a subword vocabulary).
 * **Word-order noise** (Lample, Conneau, Denoyer, Ranzato 2018, "Unsupervised Machine Translation Using
-  Monolingual Corpora Only", Sec. 2.3): a random permutation ``σ`` with ``|σ(i) − i| ≤ k``, obtained by
-  sorting the keys ``q_i = i + U(0, α)`` with ``α = k + 1`` (``k = shuffle_window``).
+  Monolingual Corpora Only", ICLR 2018, arXiv 1711.00043, Sec. 2.3, not re-read): a random permutation
+  ``σ`` with ``|σ(i) − i| ≤ k``, obtained by sorting the keys ``q_i = i + U(0, α)`` with ``α = k + 1``
+  (``k = shuffle_window``).
 
 Each operation is applied to a sample with its own probability (``crop_p``, ``delete_p``,
 ``shuffle_p``), in the order crop, delete, shuffle. Shapes and dtypes are kept (removed tokens leave
