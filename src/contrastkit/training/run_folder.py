@@ -1,0 +1,69 @@
+"""A new run's output folder, checked before any work starts: no run is overwritten, no result is lost.
+
+Every training command (``train``, ``text-train``, ``audio-train``, ``sela``) calls
+:func:`prepare_run_dir` on its ``--out`` before it loads data or trains, so a folder that already holds a
+run, a path that is a file, or a folder that cannot be created or written is refused at once, not after
+the training whose results it was to hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from contrastkit.errors import ConfigError
+from contrastkit.training.checkpoint import write_atomic
+
+# The files a contrastkit run writes into its folder (any command); one of them marks the folder as a run.
+RUN_FILES = ("checkpoint.pt", "metrics.json", "config.yaml", "history.jsonl")
+
+
+def existing_run_files(run_dir: Path) -> list[str]:
+    """The run files already in ``run_dir`` (empty when it is a new or empty folder)."""
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def prepare_run_dir(run_dir: str | Path, hint: str = "choose another --out or remove it") -> Path:
+    """Create ``run_dir`` for a new run, or raise :class:`ConfigError` naming why it cannot be used.
+
+    Refused: a path that is a file; a folder holding any of :data:`RUN_FILES` (``hint`` says what to do:
+    the image trainer points an unfinished run to ``--resume``); a folder that cannot be created or is
+    not writable. An existing empty folder, or one holding other files, is accepted.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder; choose another --out")
+    held = existing_run_files(run_dir) if run_dir.is_dir() else []
+    if held:
+        raise ConfigError(f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); {hint}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"cannot create the run folder {str(run_dir)!r} ({reason}); choose another --out"
+        ) from e
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"the run folder {str(run_dir)!r} is not writable; choose another --out")
+    return run_dir
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``, recursively: strict JSON
+    has no NaN, and a metric that could not be computed is written as ``null``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write ``metrics`` as strict JSON (non-finite numbers as ``null``), atomically."""
+    text = json.dumps(json_safe(metrics), indent=2, allow_nan=False)
+    return write_atomic(path, lambda f: f.write(text), binary=False)
