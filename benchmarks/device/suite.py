@@ -187,16 +187,30 @@ RESUME = Suite(
 SUITES = {s.name: s for s in (OBJECTIVES, NEGATIVES, SELA, RESUME)}
 
 
+# --smoke runs one epoch: a row's flag that only makes sense in a longer run takes this value instead
+SMOKE_OVERRIDES = {"--mix-start-epoch": "0"}  # MoCHi's warm-up: mix from the start, so the smoke run mixes
+
+
+def _smoke_args(args: tuple[str, ...]) -> list[str]:
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg in SMOKE_OVERRIDES:
+            out[i + 1] = SMOKE_OVERRIDES[arg]
+    return out
+
+
 def row_command(suite: Suite, row: Row, seed: int, run_dir: Path, smoke: bool) -> list[str]:
-    """The ``contrastkit`` command line of one row and seed (smoke: the digits/CPU common flags)."""
+    """The ``contrastkit`` command line of one row and seed (smoke: the digits/CPU common flags, and
+    :data:`SMOKE_OVERRIDES`)."""
     common = suite.smoke if smoke else suite.common
+    args = _smoke_args(row.args) if smoke else list(row.args)
     return [
         sys.executable,
         "-m",
         "contrastkit",
         suite.command,
         *common,
-        *row.args,
+        *args,
         "--seed",
         str(seed),
         "--out",

@@ -8,6 +8,7 @@ command exits with status 2, never with a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import MISSING, fields
@@ -15,6 +16,7 @@ from typing import Any
 
 from contrastkit import __version__
 from contrastkit.errors import ContrastkitError
+from contrastkit.training.checkpoint import ForeignRunError
 from contrastkit.training.resume import TrainingInterrupted
 
 EXAMPLES = """examples:
@@ -54,6 +56,28 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
         if f.name in ("data", "out"):
             metavar = "PATH" if f.name == "out" else "digits|PATH"
         parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
+
+
+def finite_float(text: str) -> float:
+    """argparse type of every float flag: a finite number (``nan`` and ``inf`` are refused)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def _finite_float_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every ``type=float`` flag of ``parser`` and its sub-commands the :func:`finite_float` check (the
+    sub-commands' flags are built from their config dataclasses in several modules)."""
+    for action in parser._actions:
+        if action.type is float:
+            action.type = finite_float
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _finite_float_flags(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     from contrastkit.training.audio import add_parsers as audio_parsers
 
     audio_parsers(sub)  # audio-train, sela
+    _finite_float_flags(parser)
     return parser
 
 
@@ -155,11 +180,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def _train(args: argparse.Namespace) -> None:
     from contrastkit.errors import ConfigError
     from contrastkit.training import train
+    from contrastkit.training.checkpoint import refuse_foreign_run
     from contrastkit.training.resume import resume_config
 
     if args.resume is None:
         train(config_from_args(args))
         return
+    refuse_foreign_run(args.resume)  # a text-train / audio-train / sela run, even one without checkpoint.pt
     given = _given_options(args)
     if "out" in given:
         raise ConfigError("--resume continues the run in its own folder: drop --out")
@@ -209,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"{_rank_prefix()}contrastkit: {exc}", file=sys.stderr)
         return exc.exit_status
+    except ForeignRunError as exc:  # another command's run: say what this command takes instead
+        command = "train --resume" if getattr(args, "resume", None) else args.command
+        print(f"{_rank_prefix()}contrastkit: error: {exc.message_for(command)}", file=sys.stderr)
+        return 2
     except ContrastkitError as exc:
         print(f"{_rank_prefix()}contrastkit: error: {exc}", file=sys.stderr)
         return 2

@@ -70,8 +70,10 @@ def compute_embeddings(
     """Embed every image of ``data`` (default: the data the run was trained on) with the run's backbone."""
     from contrastkit.data import has_split_layout, load_dataset, load_image_files
     from contrastkit.reporting.run import backbone_features, load_trained_run
+    from contrastkit.training.checkpoint import refuse_nonfinite_model
 
     trained = load_trained_run(run, device)
+    refuse_nonfinite_model(trained.model, trained.checkpoint)  # before decoding and embedding the data
     spec = str(data) if data is not None else trained.config.data
     size = trained.info.image_size
     if spec == "digits" or has_split_layout(spec):

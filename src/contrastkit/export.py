@@ -32,6 +32,7 @@ from torch import nn
 from contrastkit import __version__
 from contrastkit.encoders import build_encoder
 from contrastkit.errors import ContrastkitError
+from contrastkit.training.checkpoint import refuse_nonfinite_model
 
 __all__ = ["FORMAT", "export_backbone", "load_backbone", "read_export_metadata"]
 
@@ -74,6 +75,7 @@ def export_backbone(run: str | Path, out_path: str | Path | None = None, *, out:
 
     out = out or sys.stdout
     trained = load_trained_run(run, device="cpu")
+    refuse_nonfinite_model(trained.model, trained.checkpoint)  # a diverged run exports nothing
     target = Path(out_path) if out_path is not None else trained.checkpoint.parent / "backbone.safetensors"
     if target.suffix != ".safetensors":
         raise ContrastkitError(f"the export file must end in .safetensors, got {str(target)!r}")

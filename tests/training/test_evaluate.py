@@ -30,7 +30,10 @@ def run_dir(tmp_path_factory):
 
 def test_eval_all_merges_every_result_into_metrics_json(run_dir, capsys):
     trained = json.loads((run_dir / "metrics.json").read_text())
-    assert main(["eval", str(run_dir), "--all", "--limit", "400", "--device", "cpu"]) == 0
+    assert (
+        main(["eval", str(run_dir), "--all", "--few-label", "0.025,0.1", "--limit", "400", "--device", "cpu"])
+        == 0
+    )
     printed = capsys.readouterr().out
     for needle in (
         "learned encoder",
@@ -52,12 +55,13 @@ def test_eval_all_merges_every_result_into_metrics_json(run_dir, capsys):
     assert 0.2 < lp["top1"] <= 1.0  # chance is 0.1
     assert lp["weight_decay"] in lp["protocol"]["weight_decay_grid"]
     assert len(lp["heldout_top1_per_weight_decay"]) == len(lp["protocol"]["weight_decay_grid"])
-    assert set(ev["few_label"]) == {"0.01", "0.1"}
-    one = ev["few_label"]["0.01"]
+    # (--all's default 0.01 of 400 images is 4 for 10 classes, which eval refuses: at least one a class)
+    assert set(ev["few_label"]) == {"0.025", "0.1"}
+    one = ev["few_label"]["0.025"]
     assert (
-        one["fraction"] == 0.01
-        and one["protocol"]["labelled_images"] == 4
-        and one["protocol"]["epochs"] == 60
+        one["fraction"] == 0.025
+        and one["protocol"]["labelled_images"] == 10
+        and one["protocol"]["epochs"] == 30
     )
     assert ev["few_label"]["0.1"]["protocol"]["labelled_images"] == 40
     geo = ev["geometry"]
@@ -70,7 +74,7 @@ def test_eval_all_merges_every_result_into_metrics_json(run_dir, capsys):
     result = evaluate_checkpoint(run_dir, limit=400, device="cpu", few_label=[0.05], out=io.StringIO())
     assert set(result["evaluation"]) == {"knn", "few_label"}
     ev2 = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
-    assert set(ev2["few_label"]) == {"0.01", "0.1", "0.05"}
+    assert set(ev2["few_label"]) == {"0.025", "0.1", "0.05"}
     assert ev2["geometry"] == before and ev2["linear_probe"] == lp
 
 

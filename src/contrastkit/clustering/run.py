@@ -13,7 +13,7 @@ number of classes, the usual protocol for NMI/ARI).
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +27,17 @@ from torch import Tensor
 
 from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
 from contrastkit.errors import ConfigError
+from contrastkit.training.options import check_option as _check
+from contrastkit.training.options import is_integer, is_number, is_positive
 from contrastkit.training.precision import PRECISIONS, autocast_dtype
 
-__all__ = ["SelaConfig", "cluster_scores", "run_sela"]
+__all__ = ["MAX_MARGINAL_STD", "SelaConfig", "cluster_scores", "run_sela"]
+
+MAX_MARGINAL_STD = 1.0
+"""The largest ``--marginal-std`` accepted. SeLaVi's prior draws relative cluster sizes from N(1, std²) and
+floors them at 1e-3: the share floored, P(N(1, std²) < 0) = Φ(-1/std), is 2% at std 0.5, 16% at 1, 31% at
+2 and 42% at 5, and the remaining sizes spread as widely, so a few clusters take most of the items (a run
+at 5 collapsed to a single cluster, NMI 0)."""
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -51,6 +59,9 @@ class SelaConfig:
     cross_view: bool = _opt(True, "two views per item share one assignment (SeLaVi); off: one view (SeLa)")
     hidden_dim: int = _opt(0, "hidden width of MLP heads (0: linear heads)")
     width: int = _opt(16, "AudioCNN width (audio only)")
+    resample: bool = _opt(
+        False, "resample WAVs at another rate to 8 kHz (linear interpolation) instead of failing (audio only)"
+    )
     epochs: int = _opt(20, "training epochs")
     batch_size: int = _opt(256, "items per batch")
     optimizer: str = _opt("sgd", "sgd | lars | adamw")
@@ -63,18 +74,73 @@ class SelaConfig:
     out: str | None = _opt(None, "run folder (default runs/<data>-sela-<time>)")
 
     def __post_init__(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid value (the option and what it must be)."""
+        from contrastkit.training.optim import BASE_LR
+
         for name in ("heads", "refresh_every", "epochs", "batch_size", "width"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.clusters, int) or self.clusters < 0 or self.clusters == 1:
-            raise ConfigError(f"clusters must be 0 (number of classes) or at least 2, got {self.clusters!r}")
-        if not (isinstance(self.lam, (int, float)) and self.lam > 0):
-            raise ConfigError(f"lam must be positive, got {self.lam!r}")
-        if not (isinstance(self.marginal_std, (int, float)) and self.marginal_std >= 0):
-            raise ConfigError(f"marginal_std must be >= 0, got {self.marginal_std!r}")
+            _check(is_integer(v, 1), name, "a positive integer", v)
+        for name in ("limit", "image_size"):
+            v = getattr(self, name)
+            _check(v is None or is_integer(v, 1), name, "a positive integer", v)
+        _check(
+            self.batch_size >= 2,
+            "batch_size",
+            "at least 2 (batch normalisation in the encoder and heads needs 2 items per batch)",
+            self.batch_size,
+        )
+        _check(
+            is_integer(self.clusters, 0) and self.clusters != 1,
+            "clusters",
+            "0 (the number of classes) or at least 2",
+            self.clusters,
+        )
+        _check(
+            is_integer(self.hidden_dim, 0), "hidden_dim", "an integer >= 0 (0: linear heads)", self.hidden_dim
+        )
+        _check(is_positive(self.lam), "lam", "a positive number", self.lam)
+        if not (is_number(self.marginal_std) and 0 <= self.marginal_std <= MAX_MARGINAL_STD):
+            raise ConfigError(
+                f"option marginal_std (--marginal-std) must be a number in [0, {MAX_MARGINAL_STD:g}], got "
+                f"{self.marginal_std!r}: the prior draws relative cluster sizes from N(1, std²) floored near 0, "
+                f"so a larger std leaves many clusters almost empty and a few holding most items (at 5 the "
+                f"clustering collapses to one cluster); use 0 (equipartition) or e.g. 0.1-0.5"
+            )
+        _check(
+            self.lr is None or is_positive(self.lr),
+            "lr",
+            "a positive number (the peak learning rate)",
+            self.lr,
+        )
+        _check(
+            self.weight_decay is None or (is_number(self.weight_decay) and self.weight_decay >= 0),
+            "weight_decay",
+            "a number >= 0",
+            self.weight_decay,
+        )
+        _check(self.optimizer in BASE_LR, "optimizer", "one of: " + ", ".join(BASE_LR), self.optimizer)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+
+
+_AUDIO_ONLY = {"width": "sets the AudioCNN width", "resample": "resamples WAVs"}
+_IMAGE_ONLY = {"image_size": "resizes images"}
+
+
+def _check_data_options(config: SelaConfig, audio: bool) -> None:
+    """Refuse an option of the other kind of data (set away from its default): it would be ignored.
+
+    Skipped for a ``--data`` path that does not exist (its loader says so, naming the path)."""
+    if config.data != "digits" and not Path(config.data).exists():
+        return
+    defaults = SelaConfig()
+    kind, other = ("audio (an FSDD zip of WAVs)", _IMAGE_ONLY) if audio else ("images", _AUDIO_ONLY)
+    for name, what in other.items():
+        if getattr(config, name) != getattr(defaults, name):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {what}, but --data {config.data!r} is {kind}, so it would be ignored; drop {flag}"
+            )
 
 
 def cluster_scores(pred: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> dict[str, float]:
@@ -111,16 +177,20 @@ class _Prepared:
     reference: Any  # callable: (train data, test data) -> (train features, test features)
 
 
-def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
+def _is_audio(config: SelaConfig) -> bool:
     from contrastkit.data.audio import is_fsdd_zip
 
-    if config.data != "digits" and is_fsdd_zip(config.data):
+    return config.data != "digits" and is_fsdd_zip(config.data)
+
+
+def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
+    if _is_audio(config):
         from contrastkit.data.audio import load_fsdd
         from contrastkit.encoders.audio import AudioCNN
         from contrastkit.training.audio import AudioTrainConfig, build_audio_views, mfcc_baseline
         from contrastkit.views.audio import LogMel
 
-        splits = load_fsdd(config.data, limit=config.limit, seed=config.seed)
+        splits = load_fsdd(config.data, resample=config.resample, limit=config.limit, seed=config.seed)
         views = build_audio_views(AudioTrainConfig(data=config.data), splits).to(device)
         logmel = LogMel(sample_rate=splits.train.sample_rate)
         return _Prepared(
@@ -173,15 +243,43 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
 
 
 def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
-    """Train by self-labelling as ``config`` says, evaluate, write ``metrics.json``; return the metrics."""
-    from contrastkit.evaluation import extract_features
-    from contrastkit.training.audio import evaluate_features
-    from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+    """Train by self-labelling as ``config`` says, evaluate, write ``metrics.json``; return the metrics.
+
+    Checked before the data are read: options of the other kind of data (``--image-size`` with audio,
+    ``--width``/``--resample`` with images) and the run folder (``config.out``: a file, a folder already
+    holding a run, or one that cannot be created is refused, so no earlier run is overwritten). Once the
+    data are read, before training: the batch size and ``--clusters`` against the training set. A run
+    that fails removes the folder it created, if still empty.
+    """
+    from contrastkit.training.run_folder import new_folders, prepare_run_dir, remove_if_empty
     from contrastkit.training.trainer import resolve_device
 
     out = out or sys.stdout
     t_start = time.perf_counter()
+    _check_data_options(config, _is_audio(config))
     device = resolve_device(config.device)
+    data_name = "digits" if config.data == "digits" else Path(config.data).stem
+    run_dir = (
+        Path(config.out) if config.out else Path("runs") / f"{data_name}-sela-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+    created = new_folders(run_dir)
+    prepare_run_dir(run_dir)
+    try:
+        return _run_sela(config, run_dir, device, out, t_start)
+    except BaseException:
+        remove_if_empty(created)  # a run that failed leaves no empty folder behind
+        raise
+
+
+def _run_sela(
+    config: SelaConfig, run_dir: Path, device: torch.device, out: Any, t_start: float
+) -> dict[str, Any]:
+    from contrastkit.evaluation import extract_features
+    from contrastkit.training.audio import evaluate_features
+    from contrastkit.training.checkpoint import write_atomic
+    from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+    from contrastkit.training.run_folder import write_metrics
+
     torch.manual_seed(config.seed)
     d = _prepare(config, device)
     if device.type == "cuda" and d.kind == "images":  # the images live on the GPU (CIFAR-10: 150 MB uint8)
@@ -193,6 +291,12 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     k = config.clusters or d.num_classes
     if k < 2:
         raise ConfigError("the data has a single class; pass --clusters K (K >= 2)")
+    if k > n:
+        raise ConfigError(
+            f"--clusters {k} is more than the {n} training items (each cluster needs at least one, and "
+            f"k-means on the features needs n >= K); lower --clusters to at most {n}, or use more data "
+            "(raise or drop --limit)"
+        )
     model = SelfLabelling(
         d.encoder,
         num_clusters=k,
@@ -284,25 +388,21 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
         "device": str(device),
         "config": asdict(config) | {"clusters": k, "lr": lr, "weight_decay": wd},
     }
-    data_name = "digits" if config.data == "digits" else Path(config.data).stem
-    run_dir = (
-        Path(config.out) if config.out else Path("runs") / f"{data_name}-sela-{datetime.now():%Y%m%d-%H%M%S}"
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    torch.save({"model": model.state_dict(), "config": metrics["config"]}, run_dir / "checkpoint.pt")
+    checkpoint = {"model": model.state_dict(), "config": metrics["config"]}
+    write_atomic(run_dir / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
+    write_metrics(run_dir / "metrics.json", metrics)  # strict JSON: a skipped linear probe is null
     hm = metrics["heads_test_mean"]
     lines = [
         f"test split ({d.test.shape[0]} items)           NMI     ARI     kNN top-1  linear top-1",
         f"  SeLa heads (mean of {config.heads})         {hm['nmi']:.4f}  {hm['ari']:.4f}",
         f"  learned encoder, k-means        {learned['kmeans']['nmi']:.4f}  {learned['kmeans']['ari']:.4f}  "
-        f"{learned['knn_top1']:.4f}     {learned['linear_top1']:.4f}",
+        f"{learned['knn_top1']:.4f}     {_fmt(learned['linear_top1'])}",
     ]
     for name, r in references.items():
         label = "same encoder, random" if name == "random_init" else name
         lines.append(
             f"  {label + ', k-means':<31} {r['kmeans']['nmi']:.4f}  {r['kmeans']['ari']:.4f}  "
-            f"{r['knn_top1']:.4f}     {r['linear_top1']:.4f}"
+            f"{r['knn_top1']:.4f}     {_fmt(r['linear_top1'])}"
         )
     lines.append(
         f"train pseudo-labels vs labels (head 0): NMI {pseudo[0]['nmi']:.4f}  ARI {pseudo[0]['ari']:.4f}"
@@ -313,3 +413,8 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     lines.append(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'checkpoint.pt'}")
     print("\n".join(lines), file=out, flush=True)
     return metrics
+
+
+def _fmt(v: float) -> str:
+    """A score for the printed table: 4 decimals, or ``-`` when it was not computed (NaN)."""
+    return f"{v:.4f}" if math.isfinite(v) else "-"

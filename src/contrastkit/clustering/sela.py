@@ -60,6 +60,12 @@ class ClusteringHeads(nn.Module):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if num_clusters < 2:
             raise ConfigError(f"num_clusters must be at least 2, got {num_clusters}")
+        if hidden_dim is not None and (
+            not isinstance(hidden_dim, int) or isinstance(hidden_dim, bool) or hidden_dim < 0
+        ):
+            raise ConfigError(
+                f"hidden_dim must be None, 0 (linear heads) or a positive integer, got {hidden_dim!r}"
+            )
         self.num_heads, self.num_clusters = num_heads, num_clusters
         self.heads = nn.ModuleList()
         for _ in range(num_heads):

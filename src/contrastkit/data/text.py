@@ -45,6 +45,11 @@ def shared_data_dir() -> Path:
 
 def _read_text(path: Path) -> str:
     """Whole file as UTF-8 text, gunzipped when it starts with the gzip magic bytes."""
+    if path.is_dir():
+        raise DataError(
+            f"text file {str(path)!r} is a folder; give a file (one sentence a line, plain or .gz), "
+            "not the folder that holds it"
+        )
     if not path.is_file():
         raise DataError(f"text file {str(path)!r} does not exist; check the path")
     try:
@@ -165,7 +170,12 @@ def load_sts_split(root: str | Path, split: str = "test") -> StsPairs:
     """``root/sts-{split}.csv`` for ``split`` in train | dev | test."""
     if split not in ("train", "dev", "test"):
         raise DataError(f"unknown STS-B split {split!r}; choose one of: train, dev, test")
-    return load_sts(Path(root) / f"sts-{split}.csv")
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"STS-B folder {str(root)!r} is a file; give the folder that holds sts-{{train,dev,test}}.csv"
+        )
+    return load_sts(root / f"sts-{split}.csv")
 
 
 __all__ = ["StsPairs", "load_sentences", "load_sts", "load_sts_split", "shared_data_dir"]

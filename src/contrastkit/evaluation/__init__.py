@@ -6,7 +6,13 @@ few-label fine-tuning (:mod:`~contrastkit.evaluation.finetune`) and the geometry
 """
 
 from contrastkit.evaluation.features import extract_features
-from contrastkit.evaluation.finetune import FinetuneResult, few_label_subset, finetune, finetune_few_labels
+from contrastkit.evaluation.finetune import (
+    FinetuneResult,
+    check_label_fractions,
+    few_label_subset,
+    finetune,
+    finetune_few_labels,
+)
 from contrastkit.evaluation.geometry import alignment, cluster_scores, embedding_geometry, uniformity
 from contrastkit.evaluation.knn import knn_accuracy, knn_predict
 from contrastkit.evaluation.linear import LinearProbeResult, linear_probe
@@ -15,6 +21,7 @@ __all__ = [
     "FinetuneResult",
     "LinearProbeResult",
     "alignment",
+    "check_label_fractions",
     "cluster_scores",
     "embedding_geometry",
     "extract_features",

@@ -39,6 +39,7 @@ __all__ = [
     "FINETUNE_EPOCHS",
     "FinetuneResult",
     "FinetunedClassifier",
+    "check_label_fractions",
     "few_label_subset",
     "finetune_few_labels",
 ]
@@ -90,6 +91,42 @@ def few_label_subset(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
         )
     size = max(1, round(fraction * known.numel()))
     return known[balanced_indices(y[known], size, seed)]
+
+
+def _minimum_fraction(classes: int, known: int) -> float:
+    """The smallest fraction (3 significant digits, rounded up) whose subset holds ``classes`` images."""
+    exact = classes / known
+    digits = 2 - math.floor(math.log10(exact))
+    value = math.ceil(exact * 10**digits - 1e-9) / 10**digits
+    return min(value, 1.0)
+
+
+def check_label_fractions(labels: Tensor, fractions: Sequence[float]) -> None:
+    """Refuse a label fraction whose class-balanced subset would miss a class (fewer images than classes).
+
+    Fine-tuning on fewer labelled images than there are classes cannot learn the missing classes, so its
+    top-1 says little; the :class:`ConfigError` names the count and the smallest fraction that works.
+    """
+    y = torch.as_tensor(labels).cpu()
+    known = y[y >= 0]
+    if known.numel() == 0:
+        return  # few_label_subset says so
+    classes = int(torch.unique(known).numel())
+    n_known = int(known.numel())
+    for fraction in fractions:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            continue  # few_label_subset says so
+        size = max(1, round(fraction * n_known))
+        if size < 2:
+            continue  # finetune's "at least 2" error says so
+        if size < classes:
+            raise ConfigError(
+                f"label fraction {fraction:g} of the {n_known} labelled training images is {size} "
+                f"image(s) for {classes} classes, fewer than one per class: fine-tuning on it cannot learn "
+                f"every class. Use a fraction of at least {_minimum_fraction(classes, n_known):g} "
+                f"({classes} images), e.g. --few-label {_minimum_fraction(classes, n_known):g} (with --all "
+                "too: --few-label replaces its default 0.01,0.1), or more data"
+            )
 
 
 def _feature_dim(backbone: nn.Module, sample: Tensor) -> int:
@@ -203,6 +240,7 @@ def finetune(
             f"{fraction:g} of {train_labels.numel()} training images is {n} image; fine-tuning needs at least 2 "
             "(BatchNorm): use a larger fraction"
         )
+    check_label_fractions(train_labels, [fraction])
     k = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
     epochs = epochs if epochs is not None else FINETUNE_EPOCHS.get(round(fraction, 6), 30)
     batch = min(batch_size, n)
@@ -304,6 +342,7 @@ def finetune_few_labels(
     """:func:`finetune` once per label fraction (default 1% and 10%), each from the same pretrained copy."""
     if not fractions:
         raise ConfigError("give at least one label fraction, e.g. 0.01,0.1")
+    check_label_fractions(train_labels, fractions)  # every fraction before the first fine-tuning
     return [
         finetune(backbone, train_images, train_labels, test_images, test_labels, fraction=f, **kwargs)
         for f in fractions

@@ -22,6 +22,10 @@ figure { margin: 12px 0 24px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eeeeee; }
 figcaption { color: #424242; font-size: 14px; margin-top: 6px; }
 .note { color: #8d6e63; font-style: italic; }
+.warnings { background: #fff3e0; border: 2px solid #e65100; border-left-width: 8px; border-radius: 4px;
+            padding: 8px 16px; margin: 16px 0; color: #3e2723; }
+.warnings h2 { color: #bf360c; border: none; margin: 4px 0; font-size: 18px; }
+.warnings li { margin: 4px 0; }
 table { border-collapse: collapse; font-size: 13px; margin: 4px 0; }
 th, td { border: 1px solid #e0e0e0; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f5f5f5; font-weight: 600; }
@@ -103,17 +107,21 @@ def render_page(
     """The whole page as a string."""
     nav = " ".join(f'<a href="#{f.id}">{escape(f.title)}</a>' for f in figures)
     nav += ' <a href="#metrics">Metrics</a> <a href="#config">Config</a>'
-    parts = [
+    parts: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">{escape(subtitle)}</p>',
-        f"<nav>{nav}</nav>",
     ]
-    for note in notes:
-        parts.append(f'<p class="note">{escape(note)}</p>')
+    if notes:  # what the page cannot show, or a run that did not finish: first thing on the page
+        items = "".join(f"<li>{escape(note)}</li>" for note in notes)
+        parts.append(
+            f'<div class="warnings" id="warnings" role="alert"><h2>Warning{"s" if len(notes) > 1 else ""}'
+            f"</h2><ul>{items}</ul></div>"
+        )
+    parts.append(f"<nav>{nav}</nav>")
     for fig in figures:
         parts.append(
             f'<section id="{escape(fig.id)}"><h2>{escape(fig.title)}</h2><figure>{_img(fig)}'

@@ -5,6 +5,9 @@ scalars, a t-SNE map of the test embeddings coloured by class, a retrieval grid 
 nearest training images in feature space, wrong-class neighbours marked red), every entry of
 ``metrics.json`` and the resolved ``config.yaml``. Curves need only the run folder's files; the map and the
 grid need the checkpoint and the data (when those are missing, the page says so instead).
+
+What the page could not show, and a run that did not finish (``unfinished: step 73 of 630``), are warnings:
+in a box at the top of the page (and in its header), and printed on the terminal as ``WARNING:`` lines.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from contrastkit.reporting.run import (
     run_folder,
 )
 from contrastkit.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from contrastkit.training.evaluate import training_progress, unfinished_note
 from contrastkit.training.trainer import load_splits
 
 __all__ = ["REPORT_NAME", "ReportResult", "write_report"]
@@ -48,8 +52,8 @@ FIGURE_FILES = {
 
 @dataclass
 class ReportResult:
-    """What :func:`write_report` wrote: the page, each figure's PNG (by element id), and notes shown on
-    the page about what could not be drawn."""
+    """What :func:`write_report` wrote: the page, each figure's PNG (by element id), and notes (warnings)
+    shown at the top of the page and printed: what could not be drawn, a run that did not finish."""
 
     html: Path
     figures: dict[str, Path]
@@ -104,6 +108,7 @@ def write_report(
             "written by contrastkit train"
         )
     ckpt_config: dict[str, Any] | None = None
+    state: dict[str, Any] = {}
     if has_checkpoint:
         try:
             state = load_checkpoint(folder / CHECKPOINT_NAME)
@@ -113,6 +118,12 @@ def write_report(
         if metrics is None and isinstance(state.get("metrics"), dict):
             metrics = dict(state["metrics"])
             notes.append("metrics.json is missing; the metrics shown are those stored in the checkpoint")
+    unfinished = unfinished_note(_progress_of(state, metrics))
+    if unfinished is not None:
+        notes.append(
+            f"{unfinished}: the run did not finish (it was interrupted); its curves, metrics and figures "
+            "are of the model at that step, not of the trained model"
+        )
 
     figs: list[Figure] = []
     reason = f"this run folder has no {HISTORY_NAME} (runs from older contrastkit versions do not write one)"
@@ -167,7 +178,6 @@ def write_report(
         if data is not None:
             raise  # the user asked for this data: tell them what is wrong with it
         notes.append(f"embedding map and retrieval grid not drawn: {exc}")
-        print(f"contrastkit report: note: {notes[-1]}", file=out)
     else:
         figs.extend(_feature_figures(trained, splits, map_points, pool, queries, neighbours, seed))
 
@@ -177,12 +187,16 @@ def write_report(
         path.write_bytes(fig.png)
         figure_paths[fig.id] = path
     subtitle = f"run folder {folder.resolve()}"
+    progress_text = f" ({unfinished})" if unfinished is not None else ""
     if ckpt_config:
         subtitle = (
             f"data={ckpt_config.get('data')} encoder={ckpt_config.get('encoder')} "
             f"objective={ckpt_config.get('objective')} negatives={ckpt_config.get('negatives')} "
-            f"epochs={ckpt_config.get('epochs')} batch={ckpt_config.get('batch_size')} - " + subtitle
+            f"epochs={ckpt_config.get('epochs')}{progress_text} batch={ckpt_config.get('batch_size')} - "
+            + subtitle
         )
+    elif unfinished is not None:
+        subtitle = f"{unfinished} - {subtitle}"
     page = render_page(
         title=f"contrastkit report: {folder.resolve().name}",
         subtitle=subtitle,
@@ -193,12 +207,28 @@ def write_report(
     )
     html_path = folder / REPORT_NAME
     html_path.write_text(page, encoding="utf-8")
+    for note in notes:
+        print(f"contrastkit report: WARNING: {note}", file=out)
     print(
         f"wrote {html_path} ({len(figs)} figures, {time.perf_counter() - t0:.1f} s) and "
-        f"{', '.join(p.name for p in figure_paths.values())}",
+        f"{', '.join(p.name for p in figure_paths.values())}"
+        + (f"; {len(notes)} warning(s), shown above and at the top of the page" if notes else ""),
         file=out,
     )
     return ReportResult(html=html_path, figures=figure_paths, notes=notes)
+
+
+def _progress_of(state: dict[str, Any], metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """How far the run got: from its checkpoint, else (no readable checkpoint) from its metrics.json."""
+    progress = training_progress(state)
+    if progress["finished"] is None and metrics and metrics.get("finished") is False:
+        steps, total = metrics.get("steps"), metrics.get("total_steps")
+        progress = {
+            "finished": False,
+            "trained_steps": steps if isinstance(steps, int) else None,
+            "total_steps": total if isinstance(total, int) else None,
+        }
+    return progress
 
 
 def _load_model_and_data(

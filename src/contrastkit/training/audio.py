@@ -13,7 +13,7 @@ dimension with the training split's statistics).
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import sys
 import time
@@ -33,11 +33,15 @@ from contrastkit.evaluation import extract_features, knn_accuracy
 from contrastkit.negatives import build_negatives
 from contrastkit.objectives import build_objective
 from contrastkit.scores import build_score
+from contrastkit.training.checkpoint import write_atomic
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+from contrastkit.training.options import check_option, is_integer, is_number, is_positive
+from contrastkit.training.run_folder import new_folders, prepare_run_dir, remove_if_empty, write_metrics
 from contrastkit.views.audio import AudioViews, LogMel, mfcc
 
 __all__ = [
+    "AUDIO_NEGATIVES",
     "AudioTrainConfig",
     "add_config_flags",
     "config_from_flags",
@@ -101,20 +105,69 @@ class AudioTrainConfig:
     out: str | None = _opt(None, "run folder (default runs/fsdd-<objective>-<time>)")
 
     def __post_init__(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid value (the option and what it must be)."""
         for name in ("width", "n_mels", "proj_hidden_dim", "proj_dim", "epochs", "batch_size", "knn_k"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            check_option(is_integer(getattr(self, name), 1), name, "a positive integer", getattr(self, name))
+        check_option(
+            self.limit is None or is_integer(self.limit, 1), "limit", "a positive integer", self.limit
+        )
         for name in ("clip_seconds", "temperature", "knn_temperature"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+            check_option(is_positive(getattr(self, name)), name, "a positive number", getattr(self, name))
+        check_option(
+            is_number(self.max_shift) and self.max_shift >= 0, "max_shift", "a number >= 0", self.max_shift
+        )
         for name in ("noise_p", "stretch_p"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ConfigError(f"{name} must be a probability in [0, 1], got {v!r}")
-        if self.optimizer not in BASE_LR:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(BASE_LR)}")
+            check_option(is_number(v) and 0 <= v <= 1, name, "a probability in [0, 1]", v)
+        check_option(
+            self.lr is None or is_positive(self.lr),
+            "lr",
+            "a positive number (the peak learning rate)",
+            self.lr,
+        )
+        check_option(
+            self.weight_decay is None or (is_number(self.weight_decay) and self.weight_decay >= 0),
+            "weight_decay",
+            "a number >= 0",
+            self.weight_decay,
+        )
+        check_option(self.optimizer in BASE_LR, "optimizer", "one of: " + ", ".join(BASE_LR), self.optimizer)
+        # SpecAugment: a mask's width is drawn from 0..F, capped at the mel bands, so an F wider than the
+        # bands would be capped silently (and masks every band at times); refused instead. T is capped by
+        # the clip too (and by 20% of its frames, SpecAugment's p), as in Park et al.: not refused.
+        check_option(is_integer(self.freq_mask, 0), "freq_mask", "an integer >= 0", self.freq_mask)
+        if self.freq_mask > self.n_mels:
+            raise ConfigError(
+                f"option freq_mask (--freq-mask) {self.freq_mask} is wider than the {self.n_mels} mel bands "
+                f"(--n-mels): lower --freq-mask to at most {self.n_mels} (default 8), or raise --n-mels"
+            )
+        check_option(is_integer(self.time_mask, 0), "time_mask", "an integer >= 0", self.time_mask)
+        if self.negatives in ("gather", "mined", "in-batch+mined", "mined+mochi"):
+            why = (
+                "gathers negatives across torchrun processes, but audio-train runs on one process"
+                if self.negatives == "gather"
+                else "mines from an index of the whole training set, which audio-train does not build"
+            )
+            raise ConfigError(
+                f"--negatives {self.negatives} {why}; audio-train supports --negatives "
+                f"{' | '.join(AUDIO_NEGATIVES)} (contrastkit train supports the others)"
+            )
+        check_option(
+            self.negatives in AUDIO_NEGATIVES,
+            "negatives",
+            "one of: " + ", ".join(AUDIO_NEGATIVES),
+            self.negatives,
+        )
+        if self.batch_size < 2 and self.negatives.startswith("in-batch"):
+            raise ConfigError(
+                f"option batch_size (--batch-size) must be at least 2 with --negatives {self.negatives}: "
+                "in-batch negatives need at least 2 items per batch (with 1 the loss is exactly 0 and "
+                "nothing is learned)"
+            )
+
+
+AUDIO_NEGATIVES: tuple[str, ...] = ("in-batch", "queue", "in-batch+mochi", "queue+mochi")
+"""The ``--negatives`` sources ``audio-train`` supports (one process, no index of the training set)."""
 
 
 # ------------------------------------------------------------------------------ CLI flags from a dataclass
@@ -237,13 +290,35 @@ def build_audio_views(config: AudioTrainConfig, splits: AudioSplits) -> AudioVie
 
 # -------------------------------------------------------------------------------------------- training
 def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
-    """Train on FSDD train with the shared learner; evaluate; write ``metrics.json``; return the metrics."""
+    """Train on FSDD train with the shared learner; evaluate; write ``metrics.json``; return the metrics.
+
+    The run folder (``config.out``) is checked first, before the data are read: a path that is a file, a
+    folder that already holds a run, or one that cannot be created is refused with :class:`ConfigError`,
+    so no earlier run is overwritten. A run that fails removes the folder it created, if still empty.
+    """
     from contrastkit.training.trainer import resolve_device
 
     out = out or sys.stdout
     t_start = time.perf_counter()
     device = resolve_device(config.device)
     data = config.data or default_fsdd_path()
+    run_dir = (
+        Path(config.out)
+        if config.out
+        else Path("runs") / f"fsdd-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+    created = new_folders(run_dir)
+    prepare_run_dir(run_dir)
+    try:
+        return _train_audio(config, run_dir, data, device, out, t_start)
+    except BaseException:
+        remove_if_empty(created)  # a run that failed leaves no empty folder behind
+        raise
+
+
+def _train_audio(
+    config: AudioTrainConfig, run_dir: Path, data: str, device: torch.device, out: Any, t_start: float
+) -> dict[str, Any]:
     splits = load_fsdd(
         data, clip_seconds=config.clip_seconds, resample=config.resample, limit=config.limit, seed=config.seed
     )
@@ -254,11 +329,6 @@ def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
         )
     lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
-    run_dir = (
-        Path(config.out)
-        if config.out
-        else Path("runs") / f"fsdd-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
-    )
 
     torch.manual_seed(config.seed)
     views = build_audio_views(config, splits).to(device)
@@ -363,23 +433,25 @@ def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
         "device": str(device),
         "config": asdict(config) | {"data": data, "lr": lr, "weight_decay": wd},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "config": metrics["config"],
-            "views": {"mean": views.mean, "std": views.std},
-        },
-        run_dir / "checkpoint.pt",
-    )
+    checkpoint = {
+        "model": model.state_dict(),
+        "config": metrics["config"],
+        "views": {"mean": views.mean, "std": views.std},
+    }
+    write_atomic(run_dir / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
+    write_metrics(run_dir / "metrics.json", metrics)  # strict JSON: a skipped linear probe is null
     rows = [("learned encoder", learned), ("same encoder, random", random_init), ("MFCC mean+std", mfcc_ref)]
     lines = [f"FSDD test ({len(splits.test)} clips)        kNN top-1   linear top-1"]
-    lines += [f"  {name:<28} {m['knn_top1']:.4f}      {m['linear_top1']:.4f}" for name, m in rows]
+    lines += [f"  {name:<28} {m['knn_top1']:.4f}      {_fmt(m['linear_top1'])}" for name, m in rows]
     lines.append(f"time: {metrics['total_seconds']:.1f} s total, {train_seconds:.1f} s training on {device}")
     lines.append(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'checkpoint.pt'}")
     print("\n".join(lines), file=out, flush=True)
     return metrics
+
+
+def _fmt(v: float) -> str:
+    """A score for the printed tables: 4 decimals, or ``-`` when it was not computed (NaN)."""
+    return f"{v:.4f}" if math.isfinite(v) else "-"
 
 
 # ------------------------------------------------------------------------------------------ CLI wiring

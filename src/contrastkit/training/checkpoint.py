@@ -72,12 +72,131 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
 
 
+class ForeignRunError(ContrastkitError):
+    """A run folder or checkpoint that another contrastkit command wrote (text-train, audio-train, sela).
+
+    ``eval``, ``export``, ``embed`` and ``train --resume`` read image runs (those of ``contrastkit train``);
+    :meth:`message_for` words the refusal for one command (the command line uses it).
+    """
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        super().__init__(self.message_for(None))
+
+    def message_for(self, command: str | None) -> str:
+        writer, results, weights = FOREIGN_RUNS[self.kind]
+        if command is None:
+            what = "contrastkit eval, export, embed and train --resume support"
+        elif command == "train --resume":
+            what = "`contrastkit train --resume` continues"
+        else:
+            what = f"`contrastkit {command}` supports"
+        article = "an" if self.kind == "audio" else "a"
+        head = f"{str(self.path)!r} is {article} {self.kind} run (written by contrastkit {writer})"
+        if command == "train --resume":
+            return (
+                f"{head}; {what} image runs (train's runs) only, and {writer} runs cannot be resumed: run "
+                f"contrastkit {writer} again"
+            )
+        return (
+            f"{head}; {what} image runs (train's runs). {writer} evaluates its encoder itself: {results} "
+            f"are in the run's metrics.json; {weights}"
+        )
+
+
+# kind: (the command that writes it, what its metrics.json holds, where the trained weights are)
+FOREIGN_RUNS = {
+    "text": (
+        "text-train",
+        "the STS-B Spearman before and after training",
+        "with --save-model its checkpoint.pt holds the encoder's state_dict and tokenizer for your own code "
+        "(torch.load); no contrastkit command evaluates, exports or embeds with it",
+    ),
+    "audio": (
+        "audio-train",
+        "the kNN and linear-probe top-1 on the FSDD test takes",
+        "its checkpoint.pt holds the AudioCNN's state_dict under 'model' for your own code (torch.load); no "
+        "contrastkit command evaluates, exports or embeds with it",
+    ),
+    "sela": (
+        "sela",
+        "the clusters' NMI/ARI and the features' kNN and linear-probe top-1",
+        "its checkpoint.pt holds the model's state_dict under 'model' for your own code (torch.load); no "
+        "contrastkit command evaluates, exports or embeds with it",
+    ),
+}
+
+
+def _state_kind(state: Any) -> str | None:
+    """Which command wrote a loaded checkpoint: ``image`` (train), ``text``, ``audio``, ``sela`` or None."""
+    if not isinstance(state, dict):
+        return None
+    if "data_info" in state:
+        return "image"
+    config = state.get("config")
+    keys = set(config) if isinstance(config, dict) else set()
+    if "tokenizer" in state or {"sentences", "sts", "eval_split"} & keys:
+        return "text"
+    if {"clip_seconds", "n_mels"} & keys or "views" in state:
+        return "audio"
+    if {"lam", "cross_view", "marginal_std"} & keys:
+        return "sela"
+    return None
+
+
+def detect_run_kind(run: str | Path) -> str | None:
+    """Which command wrote run folder ``run`` (or the folder of the file ``run``), from its metrics.json and
+    config.yaml: ``image`` (train), ``text`` (text-train), ``audio`` (audio-train), ``sela``, or None."""
+    import json
+
+    p = Path(run)
+    folder = p if p.is_dir() else p.parent
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = None
+    if isinstance(metrics, dict):
+        if "sts_spearman_after" in metrics or "sts_spearman_before" in metrics:
+            return "text"
+        if "heads_test" in metrics or "pseudo_labels_train" in metrics:
+            return "sela"
+        if "mfcc" in metrics:
+            return "audio"
+        if "knn_top1" in metrics:
+            return "image"
+        kind = _state_kind(metrics)  # audio and sela keep their config in metrics.json
+        if kind is not None:
+            return kind
+    try:
+        import yaml
+
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except Exception:  # missing, unreadable or not YAML: nothing to tell from it
+        config = None
+    if isinstance(config, dict):
+        if {"sentences", "sts", "eval_split"} & set(config):
+            return "text"
+        if {"encoder", "views", "negatives"} <= set(config):
+            return "image"
+    return None
+
+
+def refuse_foreign_run(run: str | Path) -> None:
+    """Raise :class:`ForeignRunError` when ``run`` is a folder (or a file in one) of another command's run."""
+    kind = detect_run_kind(run)
+    if kind in FOREIGN_RUNS:
+        p = Path(run)
+        raise ForeignRunError(p if p.is_dir() else p.parent, kind)
+
+
 def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """Accept a run folder (uses its checkpoint.pt) or a checkpoint file."""
     p = Path(run_or_checkpoint)
     if p.is_dir():
         p = p / CHECKPOINT_NAME
         if not p.is_file():
+            refuse_foreign_run(p.parent)
             raise ContrastkitError(
                 f"run folder {str(p.parent)!r} has no {CHECKPOINT_NAME}; did the run finish?"
             )
@@ -86,20 +205,124 @@ def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
     return p
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
-    p = find_checkpoint(path)
+def _short_reason(exc: BaseException) -> str:
+    """``Class: first line`` of an exception, without torch's weights-only boilerplate, at most ~100 chars."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(first) > 100:
+        first = first[:97] + "..."
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
+
+
+def _unreadable(p: Path, what: str) -> ContrastkitError:
+    return ContrastkitError(
+        f"{str(p)!r} is not a readable contrastkit checkpoint ({what}); it cannot be read: give the run folder "
+        f"or its {CHECKPOINT_NAME}, or restore it from a copy"
+    )
+
+
+def _read(p: Path, map_location: str | torch.device) -> Any:
+    """``torch.load`` (tensors and plain containers only), with an error that says why a file is unusable."""
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
         raise ContrastkitError(
-            f"checkpoint {str(p)!r} cannot be read ({exc.__class__.__name__}: {exc})"
+            f"checkpoint {str(p)!r} cannot be opened ({exc.strerror or exc.__class__.__name__}); check that it "
+            "is readable"
         ) from None
+    if not head:
+        raise _unreadable(p, "the file is empty") from None
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        if head.startswith(b"PK") or head.startswith(b"\x80"):  # torch's zip format; the legacy pickle one
+            if "Weights only load failed" in str(exc) and _whole_zip(p):
+                what = (
+                    "a torch file holding Python objects besides tensors and plain containers, which "
+                    "contrastkit does not load: it was not written by contrastkit"
+                )
+            else:
+                what = f"truncated or damaged: {_short_reason(exc)}"
+        else:
+            what = "not a torch file: it holds text" if _looks_like_text(head) else "not a torch file"
+        kind = detect_run_kind(p)  # e.g. the config.yaml of a text-train run: say what the run is
+        if kind in FOREIGN_RUNS:
+            raise ForeignRunError(p.parent, kind) from None
+        raise _unreadable(p, what) from None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether the first bytes of a file are printable UTF-8 text (a config, metrics or log file)."""
+    import codecs
+
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut-off last character
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+def _whole_zip(p: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            return z.testzip() is None
+    except Exception:
+        return False
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, image_run: bool = True
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    With ``image_run`` (the default: what eval, export, embed and resume need) a checkpoint of another
+    command's run (text-train with --save-model, audio-train, sela) raises :class:`ForeignRunError`.
+    """
+    p = find_checkpoint(path)
+    state = _read(p, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ContrastkitError(f"{str(p)!r} is not a contrastkit checkpoint")
+        kind = _state_kind(state) or detect_run_kind(p)
+        if kind in FOREIGN_RUNS:
+            raise ForeignRunError(p, kind)
+        raise ContrastkitError(
+            f"{str(p)!r} is a torch file but not a contrastkit checkpoint (it has no contrastkit format mark); "
+            f"give the folder of a contrastkit train run or its {CHECKPOINT_NAME}"
+        )
     if state.get("version", 0) > VERSION:
         raise ContrastkitError(
             f"checkpoint {str(p)!r} has format version {state['version']}; this contrastkit reads up to "
             f"{VERSION}: upgrade contrastkit"
         )
+    if image_run:
+        kind = _state_kind(state)
+        if kind in FOREIGN_RUNS:
+            raise ForeignRunError(p, kind)
     return state
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a ``state_dict`` that hold NaN or infinite values."""
+    return [
+        name
+        for name, t in state.items()
+        if isinstance(t, torch.Tensor)
+        and (t.is_floating_point() or t.is_complex())
+        and not bool(torch.isfinite(t).all())
+    ]
+
+
+def refuse_nonfinite_model(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Raise when a model's parameters or buffers hold NaN or infinite values, naming the tensors."""
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        raise ContrastkitError(
+            f"the checkpoint's model ({str(checkpoint)!r}) has non-finite values in {bad[0]}{more}: training "
+            "diverged; resume from an earlier checkpoint or retrain with a lower --lr"
+        )

@@ -282,12 +282,70 @@ class TrainConfig:
         return cls(**_coerce(norm, source))
 
 
+def check_option_combinations(config: TrainConfig) -> None:
+    """Refuse static option combinations that cannot work, naming the options and what to use instead.
+
+    Only what the options alone decide is checked here. Training runs it when it starts (with the checks
+    that depend on the launch, :func:`contrastkit.training.trainer.check_combinations`), not every
+    :class:`TrainConfig`: a run saved by an earlier version, which clamped these values, still loads for
+    ``eval``, ``export`` and ``report``.
+    """
+    if config.resolved_key_momentum() > 0 and config.shuffle_bn_groups > config.batch_size:
+        raise ConfigError(
+            f"--shuffle-bn-groups {config.shuffle_bn_groups} would split the key encoder's batch of "
+            f"--batch-size {config.batch_size} images into more groups than it has images (MoCo's shuffling "
+            f"BN runs each group with its own BatchNorm statistics): use --shuffle-bn-groups "
+            f"{config.batch_size} or less (1 disables shuffling BN), or a larger --batch-size"
+        )
+    if config.negatives.endswith("+mochi"):
+        base = config.negatives.partition("+")[0]
+        if base == "queue" and config.mix_hardest > config.queue_size:
+            raise ConfigError(
+                f"--mix-hardest {config.mix_hardest} asks MoCHi for the {config.mix_hardest} hardest negatives "
+                f"of each query, but --queue-size {config.queue_size} holds only {config.queue_size}: use "
+                f"--mix-hardest {config.queue_size} or less, or a larger --queue-size"
+            )
+        in_batch = 2 * config.batch_size - 2
+        if base == "in-batch" and config.mix_hardest > in_batch:
+            raise ConfigError(
+                f"--mix-hardest {config.mix_hardest} asks MoCHi for the {config.mix_hardest} hardest negatives "
+                f"of each query, but a batch of --batch-size {config.batch_size} gives each query only "
+                f"2 x {config.batch_size} - 2 = {in_batch} in-batch negatives: use --mix-hardest "
+                f"{max(in_batch, 1)} or less, or a larger --batch-size"
+            )
+        if config.mix_start_epoch >= config.epochs:
+            raise ConfigError(
+                f"--mix-start-epoch {config.mix_start_epoch:g} would start MoCHi's mixing after the run ends "
+                f"(--epochs {config.epochs}), so no negative would ever be mixed: use a --mix-start-epoch below "
+                f"{config.epochs}, more --epochs, or --negatives {base} without +mochi"
+            )
+
+
+CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (.toml) or YAML (.yaml/.yml) file into a flat mapping of options."""
+    """Read a TOML (.toml), YAML (.yaml/.yml) or JSON (.json) file into a flat mapping of options."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(
+            f"config file {str(p)!r} is a folder; give the path of a .toml, .yaml/.yml or .json file of options"
+        )
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    if p.suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"config file {str(p)!r}: use a .toml, .yaml/.yml or .json file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(p)!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); give a text file of options, saved as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {str(p)!r} cannot be read ({exc.strerror or exc.__class__.__name__})"
+        ) from None
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
@@ -295,16 +353,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
 
             data = yaml.safe_load(text) or {}
-        elif p.suffix == ".json":
-            data = json.loads(text)
         else:
-            raise ConfigError(f"config file {str(p)!r}: use a .toml, .yaml/.yml or .json file")
-    except ConfigError:
-        raise
+            data = json.loads(text)
     except Exception as exc:  # parse errors of three libraries
         raise ConfigError(f"config file {str(p)!r} cannot be parsed: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of option = value")
+    for name, v in data.items():  # for every command that reads config files (train, text-train)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"config file {str(p)!r}: option {name} must be a finite number, got {v}")
     return data
 
 
@@ -322,6 +379,10 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
         elif t.startswith("int"):
             ok = isinstance(v, int) and not isinstance(v, bool)
         elif t.startswith("float"):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+                raise ConfigError(
+                    f"{source}: option {name} (--{name.replace('_', '-')}) must be a finite number, got {v}"
+                )
             ok = _number(v)
             v = float(v) if ok else v
         else:

@@ -19,8 +19,10 @@ batch on, so an interrupted run resumes with exactly the batches it would have s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,9 +48,20 @@ class TrainingData:
     resident: ResidentImages | None = None
     stream: ImageFileDataset | None = None
     workers: int | None = None
+    names: list[str] | None = None  # the training images' names (file paths in the folder or zip), if known
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint keeps to tell whether a resume sees the same training data: the number of
+        training items, their shape and (when the names are known) a SHA-256 of their sorted names. The saved
+        epoch order indexes the items, so a resume on other data would train on other batches."""
+        found: dict[str, Any] = {"train_items": len(self), "image_shape": [int(d) for d in self.image_shape]}
+        if self.names is not None:
+            digest = hashlib.sha256("\n".join(sorted(self.names)).encode("utf-8", "surrogateescape"))
+            found["names_sha256"] = digest.hexdigest()
+        return found
 
     @property
     def where(self) -> str:
@@ -113,6 +126,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
             image_shape=splits.train.image_shape,
             stats=stats,
             resident=resident,
+            names=list(splits.train.names),
         )
     streamed = stream_splits(config)
     return TrainingData(
@@ -123,6 +137,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
         stats=channel_stats(streamed.subsets.train),  # from the decoded subset: no pass over the whole set
         stream=streamed.train,
         workers=streamed.workers,
+        names=list(streamed.train.names),
     )
 
 

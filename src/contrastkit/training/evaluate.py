@@ -5,7 +5,10 @@ linear probe, few-label fine-tuning and the embedding's geometry (see :mod:`cont
 Backbone features are extracted once (no augmentation) and shared by the kNN and the linear probe.
 Every result, with its protocol parameters and the data it was measured on, is merged into the run
 folder's ``metrics.json`` under ``"evaluation"`` (written atomically); a later ``eval`` replaces only the
-results it recomputes.
+results it recomputes. Results on the data the run was trained on sit directly under ``"evaluation"`` (as
+before); results on other data (``--data``) under ``"evaluation"["other_data"][<data name>]``, in the same
+layout, so one table never mixes data sets. Every entry records how far the checkpoint's run got
+(``finished``, ``trained_steps``, ``total_steps``): an interrupted run is evaluated, and said to be one.
 """
 
 from __future__ import annotations
@@ -24,13 +27,20 @@ import torch
 
 from contrastkit.data import DataSplits
 from contrastkit.errors import ConfigError, ContrastkitError
-from contrastkit.evaluation import embedding_geometry, extract_features, finetune_few_labels, knn_accuracy
+from contrastkit.evaluation import (
+    check_label_fractions,
+    embedding_geometry,
+    extract_features,
+    finetune_few_labels,
+    knn_accuracy,
+)
 from contrastkit.evaluation import linear_probe as run_linear_probe
 from contrastkit.evaluation.features import extract_features_from_batches
-from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint, write_atomic
+from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.data import StreamedSplits, stream_splits
 from contrastkit.training.precision import autocast_dtype
+from contrastkit.training.run_folder import write_metrics
 from contrastkit.training.trainer import (
     DataInfo,
     KnnEvaluator,
@@ -39,10 +49,36 @@ from contrastkit.training.trainer import (
     format_summary,
     load_splits,
     resolve_device,
+    resume_command,
 )
 
 DEFAULT_FEW_LABEL_FRACTIONS = (0.01, 0.1)
 METRICS_NAME = "metrics.json"
+OTHER_DATA = "other_data"
+"""Key under ``"evaluation"`` of the results on data other than the run's own, by data name."""
+
+
+def training_progress(state: dict[str, Any]) -> dict[str, Any]:
+    """How far a checkpoint's run got: ``finished`` (None: unknown, an older checkpoint), ``trained_steps``
+    and ``total_steps`` (None where the checkpoint does not say)."""
+    progress = state.get("progress")
+    progress = progress if isinstance(progress, dict) else {}
+    finished = state.get("finished")
+    step, total = state.get("step"), progress.get("total_steps", state.get("total_steps"))
+    return {
+        "finished": bool(finished) if finished is not None else None,
+        "trained_steps": int(step) if isinstance(step, int) else None,
+        "total_steps": int(total) if isinstance(total, int) else None,
+    }
+
+
+def unfinished_note(progress: dict[str, Any]) -> str | None:
+    """``"unfinished: step 73 of 630"`` for a checkpoint of a run that did not finish, else None."""
+    if progress.get("finished") is not False:
+        return None
+    step, total = progress.get("trained_steps"), progress.get("total_steps")
+    where = f"step {step} of {total}" if total is not None else f"step {step}"
+    return f"unfinished: {where}"
 
 
 def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
@@ -60,12 +96,45 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON to ``path`` via a temporary file and a rename (never a half-written file)."""
-    write_atomic(path, lambda f: json.dump(payload, f, indent=2), binary=False)
+    """Write ``payload`` as strict JSON (NaN/inf as null) via a temporary file and a rename."""
+    write_metrics(path, payload)
 
 
-def merge_evaluation(run_dir: Path, results: dict[str, Any]) -> Path:
-    """Merge ``results`` into ``run_dir/metrics.json`` under ``"evaluation"`` (few-label per fraction)."""
+def _merge_into(evaluation: dict[str, Any], results: dict[str, Any]) -> None:
+    for key, value in results.items():
+        if key == "few_label" and isinstance(evaluation.get(key), dict):
+            evaluation[key] = {**evaluation[key], **value}
+        else:
+            evaluation[key] = value
+
+
+def _entry_data(entry: Any) -> str | None:
+    return entry.get("data") if isinstance(entry, dict) and isinstance(entry.get("data"), str) else None
+
+
+def _move_other_data(evaluation: dict[str, Any], others: dict[str, Any], elsewhere: Any) -> None:
+    """Move the top-level entries whose data ``elsewhere(name)`` says is not the run's own into ``others``
+    (older versions wrote every evaluation at the top level, whatever its data); newer ones there win."""
+    for key in [k for k in evaluation if k != OTHER_DATA]:
+        value = evaluation[key]
+        if key == "few_label" and isinstance(value, dict):
+            for fraction in [f for f, e in value.items() if elsewhere(_entry_data(e))]:
+                entry = value.pop(fraction)
+                target = others.setdefault(_entry_data(entry), {}).setdefault("few_label", {})
+                target.setdefault(fraction, entry)
+            if not value:
+                del evaluation[key]
+        elif elsewhere(_entry_data(value)):
+            others.setdefault(_entry_data(value), {}).setdefault(key, evaluation.pop(key))
+
+
+def merge_evaluation(run_dir: Path, results: dict[str, Any], *, data_key: str | None = None) -> Path:
+    """Merge ``results`` into ``run_dir/metrics.json`` under ``"evaluation"`` (few-label per fraction).
+
+    ``data_key`` None: the results are on the run's own data and go directly under ``"evaluation"``;
+    otherwise under ``"evaluation"["other_data"][data_key]``. Entries an older version left at the top level
+    for other data are moved under ``"other_data"`` too, so no table mixes data sets.
+    """
     target = run_dir / METRICS_NAME
     metrics: dict[str, Any] = {}
     if target.is_file():
@@ -81,13 +150,24 @@ def merge_evaluation(run_dir: Path, results: dict[str, Any]) -> Path:
             )
     evaluation = metrics.get("evaluation")
     evaluation = dict(evaluation) if isinstance(evaluation, dict) else {}
-    for key, value in results.items():
-        if key == "few_label" and isinstance(evaluation.get(key), dict):
-            evaluation[key] = {**evaluation[key], **value}
-        else:
-            evaluation[key] = value
+    others = evaluation.get(OTHER_DATA)
+    others = (
+        {k: dict(v) for k, v in others.items() if isinstance(v, dict)} if isinstance(others, dict) else {}
+    )
+    if data_key is None:
+        own = {_entry_data(v) for v in results.values()} - {None}
+        if own:  # first, so that an old entry of other data is moved, not replaced
+            _move_other_data(evaluation, others, lambda name: name is not None and name not in own)
+        _merge_into(evaluation, results)
+    else:
+        _move_other_data(evaluation, others, lambda name: name == data_key)
+        entry = others.get(data_key, {})
+        _merge_into(entry, results)
+        others[data_key] = entry
+    if others:
+        evaluation[OTHER_DATA] = others
     metrics["evaluation"] = evaluation
-    write_json_atomic(target, metrics)
+    write_metrics(target, metrics)
     return target
 
 
@@ -159,8 +239,13 @@ def evaluate_checkpoint(
     kNN top-1 always; ``linear_probe``, ``few_label`` (label fractions, e.g. ``(0.01, 0.1)``) and
     ``geometry`` on request. Images are resized to the size the encoder was trained at and normalised with
     its training statistics. Results are printed and, with ``write``, merged into ``metrics.json`` beside
-    the checkpoint (key ``"evaluation"``). Returns the kNN figures at the top level (as ``train`` reports
-    them) and every result under ``"evaluation"``.
+    the checkpoint (key ``"evaluation"``; results on other data than the run's under
+    ``"evaluation"["other_data"][<data name>]``, see :func:`merge_evaluation`). Returns the kNN figures at
+    the top level (as ``train`` reports them), how far the run got (``finished``, ``trained_steps``,
+    ``total_steps``), ``warnings`` when there are any (an unfinished run, a single class) and every result
+    under ``"evaluation"``. A ``knn_k`` larger than the training set is clamped to it, and the k used is
+    recorded (``k``, with ``k_requested``). Label fractions that would leave a class without a labelled
+    image are refused before any work.
     """
     out = out or sys.stdout
     t0 = time.perf_counter()
@@ -168,6 +253,7 @@ def evaluate_checkpoint(
     path = find_checkpoint(run_or_checkpoint)
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"], source=str(path))
+    run_progress = training_progress(state)
     info = DataInfo(**{k: tuple(v) if k in ("mean", "std") else v for k, v in state["data_info"].items()})
     changes: dict[str, Any] = {"device": device, "image_size": info.image_size, "limit": limit}
     if data is not None:
@@ -176,7 +262,7 @@ def evaluate_checkpoint(
         changes["knn_k"] = knn_k
     if knn_temperature is not None:
         changes["knn_temperature"] = knn_temperature
-    trained_limit, same_data = config.limit, data is None or data == config.data
+    trained_limit, same_data = config.limit, _same_data(data, config.data)
     config = config.replace(**changes)
     dev = resolve_device(config.device)
 
@@ -200,6 +286,8 @@ def evaluate_checkpoint(
         splits, note, streamed = load(config)
         note += f" (with the run's --limit {trained_limit})"
     assert splits.test is not None
+    if fractions is not None:  # before any work: a fraction too small for the classes is refused
+        check_label_fractions(splits.train.labels, fractions)
     c = splits.train.image_shape[0]
     if c != info.channels:
         raise ConfigError(
@@ -213,6 +301,13 @@ def evaluate_checkpoint(
     fresh = build_model(config, info.channels, info.image_size).to(dev)
     amp = autocast_dtype(config.precision, dev)
     n_train, n_test = (len(splits.train), len(splits.test)) if streamed is None else streamed.sizes
+    warnings: list[str] = []
+    unfinished = unfinished_note(run_progress)
+    if unfinished is not None:
+        warnings.append(
+            f"{unfinished}: this checkpoint is of an interrupted run, not of the trained model; continue it "
+            f"with {resume_command(path.parent, _world_size(state))} and evaluate again"
+        )
     context = {
         "checkpoint": str(path),
         "data": splits.name,
@@ -222,8 +317,15 @@ def evaluate_checkpoint(
         "eval_split": note,
         "device": str(dev),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_progress,
     }
-    print(f"contrastkit eval: {path} on {splits.name}", file=out, flush=True)
+    print(
+        f"contrastkit eval: {path} on {splits.name}" + (f" ({unfinished})" if unfinished else ""),
+        file=out,
+        flush=True,
+    )
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=out, flush=True)
 
     # kNN on backbone features extracted once (no augmentation), shared with the linear probe
     t = time.perf_counter()
@@ -237,8 +339,23 @@ def evaluate_checkpoint(
             fresh.eval()
             (train_f, fresh_train), train_y = streamed.features([model.features, fresh.features], "train", kw)
             (test_f, fresh_test), test_y = streamed.features([model.features, fresh.features], "test", kw)
+    k = min(config.knn_k, n_train)  # what the kNN uses: at most every training image
+    classes = sorted({int(v) for v in train_y.unique().tolist() if v >= 0})
+    if len(classes) < 2:
+        names = splits.train.classes
+        name = names[classes[0]] if classes and classes[0] < len(names) else "no labels"
+        warning = (
+            f"{splits.name!r} has a single class ({name!r}) among its training images: kNN top-1 is 1.0 "
+            "whatever the encoder, and so are the linear probe and fine-tuning; these accuracies are "
+            "meaningless: evaluate on data with at least 2 classes"
+        )
+        warnings.append(warning)
+        print(f"WARNING: {warning}", file=out, flush=True)
+    if warnings:
+        context["warnings"] = list(warnings)
     knn_protocol = {
-        "k": config.knn_k,
+        "k": k,
+        **({"k_requested": config.knn_k} if k != config.knn_k else {}),
         "temperature": config.knn_temperature,
         "features": "backbone, L2-normalised",
         "train_images": n_train,
@@ -248,7 +365,7 @@ def evaluate_checkpoint(
 
     def knn(train_features: torch.Tensor, test_features: torch.Tensor) -> float:
         return knn_accuracy(
-            train_features, train_y, test_features, test_y, k=config.knn_k, temperature=config.knn_temperature
+            train_features, train_y, test_features, test_y, k=k, temperature=config.knn_temperature
         )
 
     metrics: dict[str, Any] = {
@@ -260,6 +377,7 @@ def evaluate_checkpoint(
         else knn(fresh_train, fresh_test),
         "knn_top1_raw_pixels": evaluator.raw_pixels(),
         "knn_protocol": knn_protocol,
+        **run_progress,
     }
     results: dict[str, Any] = {
         "knn": {
@@ -272,6 +390,12 @@ def evaluate_checkpoint(
         }
     }
     print(format_summary(metrics), file=out, flush=True)
+    if k != config.knn_k:
+        print(
+            f"  (k={k}: --knn-k {config.knn_k} clamped to the {n_train} training images)",
+            file=out,
+            flush=True,
+        )
 
     if linear_probe:
         probe = run_linear_probe(train_f, train_y, test_f, test_y, seed=config.seed)
@@ -340,8 +464,30 @@ def evaluate_checkpoint(
         )
 
     metrics["seconds"] = time.perf_counter() - t0
+    if warnings:
+        metrics["warnings"] = warnings
     metrics["evaluation"] = results
     if write:
-        target = merge_evaluation(path.parent, results)
-        print(f'wrote {target} ("evaluation": {", ".join(results)})', file=out, flush=True)
+        data_key = None if same_data else splits.name
+        target = merge_evaluation(path.parent, results, data_key=data_key)
+        where = '"evaluation"' + (f' > "{OTHER_DATA}" > "{data_key}"' if data_key is not None else "")
+        print(f"wrote {target} ({where}: {', '.join(results)})", file=out, flush=True)
+    for warning in warnings:  # again at the end, where they are read
+        print(f"WARNING: {warning}", file=out, flush=True)
     return metrics
+
+
+def _world_size(state: dict[str, Any]) -> int:
+    progress = state.get("progress")
+    world = progress.get("world_size", 1) if isinstance(progress, dict) else 1
+    return world if isinstance(world, int) and world > 0 else 1
+
+
+def _same_data(data: str | None, trained: str) -> bool:
+    """Whether ``--data`` names the data the run was trained on (the same name, or the same path)."""
+    if data is None or data == trained:
+        return True
+    try:
+        return Path(data).exists() and Path(data).resolve() == Path(trained).resolve()
+    except OSError:
+        return False

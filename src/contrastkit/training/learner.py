@@ -70,8 +70,10 @@ class ContrastiveLearner(nn.Module):
         self.objective = objective
         self.oracle = oracle
         self.key_encoder = key_encoder
-        # Set by a trainer that skips non-finite steps: a predicate on the loss (True: finite everywhere);
-        # when it says no, the negative source is not updated, so a skipped step leaves its state as it was.
+        # Set by a trainer that skips non-finite steps: a predicate on a tensor (True: finite everywhere),
+        # asked about the loss and the model's (and key encoder's) floating buffers after the forward pass;
+        # when it says no, the negative source is not updated, so a skipped step leaves its state as it was,
+        # and the step's loss is returned as NaN, so that the trainer skips the step (see ``forward``).
         self.finite_check: Callable[[Tensor], bool] | None = None
 
     @property
@@ -103,8 +105,32 @@ class ContrastiveLearner(nn.Module):
         stats = getattr(self.negatives, "last_stats", None)
         return {k: v.detach() for k, v in stats.items()} if stats else {}
 
+    def _state_buffers(self) -> list[Tensor]:
+        """The model's and key encoder's floating buffers (BatchNorm statistics), not the negative source's."""
+        return [
+            b
+            for name, b in self.named_buffers()
+            if not name.startswith("negatives.") and b.is_floating_point() and b.numel()
+        ]
+
     def _may_update(self, loss: Tensor) -> bool:
-        return self.finite_check is None or self.finite_check(loss)
+        """Whether the step's results may be kept: with ``finite_check``, the loss and every buffer the
+        forward pass moved (BatchNorm running statistics) must be finite (one check, one synchronisation)."""
+        if self.finite_check is None:
+            return True
+        values = [
+            loss.detach().float().reshape(()),
+            *(b.detach().float().abs().amax() for b in self._state_buffers()),
+        ]
+        return self.finite_check(torch.stack(values))
+
+    @staticmethod
+    def _refused(loss: Tensor) -> Tensor:
+        """The loss of a step ``_may_update`` refused: NaN (it is already when the loss itself was not finite),
+        so that the trainer skips the step and puts the buffers back. A finite loss whose forward pass left
+        non-finite BatchNorm statistics (huge activations: their variance overflows) cannot be kept either:
+        the next evaluation, and the checkpoint, would carry them."""
+        return loss + float("nan")
 
     def forward(
         self, view1: Tensor, view2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
@@ -123,6 +149,8 @@ class ContrastiveLearner(nn.Module):
         extra = self._source_stats()
         if self._may_update(loss):
             self.negatives.update(z1.detach(), z2.detach(), labels, **kwargs)
+        else:
+            loss = self._refused(loss)
         with torch.no_grad():
             return _step_output(loss, [contrast], extra)
 
@@ -151,6 +179,8 @@ class ContrastiveLearner(nn.Module):
                 None if labels is None else torch.cat([labels, labels]),
                 **both_kwargs,
             )
+        else:
+            loss = self._refused(loss)
         with torch.no_grad():
             return _step_output(loss, [contrast_a, contrast_b], extra)
 

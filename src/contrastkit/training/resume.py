@@ -67,7 +67,8 @@ def resume_config(
     if folder.is_dir() and not (folder / CHECKPOINT_NAME).is_file():
         raise ConfigError(
             f"run folder {str(folder)!r} has no {CHECKPOINT_NAME}: the run stopped before its first checkpoint "
-            "(after its first epoch, or --checkpoint-every steps), so there is nothing to resume; start it again"
+            "(after its first epoch, or --checkpoint-every steps), so there is nothing to resume; start it again "
+            "with another --out (or remove the folder first)"
         )
     path = find_checkpoint(run)
     state = load_checkpoint(path)

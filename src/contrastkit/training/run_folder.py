@@ -67,3 +67,23 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
     """Write ``metrics`` as strict JSON (non-finite numbers as ``null``), atomically."""
     text = json.dumps(json_safe(metrics), indent=2, allow_nan=False)
     return write_atomic(path, lambda f: f.write(text), binary=False)
+
+
+def new_folders(run_dir: Path) -> list[Path]:
+    """The folders that creating ``run_dir`` would make: it and its missing parents, innermost first."""
+    out: list[Path] = []
+    p = Path(run_dir).absolute()
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty: undo a failed run's new run folder
+    without ever removing a file."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            return

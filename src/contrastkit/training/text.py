@@ -15,15 +15,15 @@ from-scratch encoder "before" is the same encoder at random initialisation.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import signal
 import sys
 import time
 from argparse import ArgumentParser, BooleanOptionalAction, Namespace
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml
@@ -47,6 +47,8 @@ from contrastkit.training.config import _check, _number, _opt, _positive, load_c
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
+from contrastkit.training.resume import StopSignals, TrainingInterrupted
+from contrastkit.training.run_folder import prepare_run_dir, write_metrics
 from contrastkit.training.trainer import _progress, resolve_device
 from contrastkit.views.text import TextViews, trim_padding
 
@@ -303,7 +305,14 @@ def _paths(config: TextTrainConfig) -> tuple[Path, Path]:
 
 
 def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
-    """Train a sentence encoder as ``config`` says; report STS Spearman ×100 before and after."""
+    """Train a sentence encoder as ``config`` says; report STS Spearman ×100 before and after.
+
+    The run folder is checked (and created) first: a file, a folder that holds a run or one that cannot be
+    created is refused before any work. A first SIGINT (Ctrl-C) or SIGTERM during training stops at the
+    next step and writes what there is: ``checkpoint.pt`` (the model so far, ``finished: False``),
+    ``config.yaml`` and ``metrics.json`` (marked interrupted, with the loss curve so far); then
+    :class:`~contrastkit.training.resume.TrainingInterrupted` is raised. text-train cannot resume.
+    """
     out = out or sys.stdout
     t_start = time.perf_counter()
     config = config.resolved()
@@ -313,24 +322,18 @@ def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
         if config.out
         else Path("runs") / (f"text-{config.encoder}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     )
-    if (run_dir / "metrics.json").exists():
-        raise ConfigError(
-            f"run folder {str(run_dir)!r} already holds a run; choose another --out or remove it"
-        )
+    prepare_run_dir(run_dir)
     config = dataclasses.replace(config, out=str(run_dir))
 
     sentences_path, sts_dir = _paths(config)
     sentences = load_sentences(sentences_path, skip_empty=config.skip_empty)
+    n_read = len(sentences)
     torch.manual_seed(config.seed)
     if config.limit is not None and config.limit < len(sentences):
         pick = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(config.seed))
         sentences = [sentences[i] for i in pick[: config.limit].tolist()]
     pairs = load_sts_split(sts_dir, config.eval_split)
-    if config.batch_size > len(sentences):
-        raise ConfigError(
-            f"batch size {config.batch_size} is larger than the {len(sentences)} training sentences; "
-            f"use --batch-size {len(sentences)} or less"
-        )
+    _check_sentence_count(config, sentences_path, n_read, len(sentences))
 
     encoder, tokenizer = build_text_encoder(config, sentences)
     head: nn.Module = SimCSEHead(encoder.feature_dim) if config.head == "mlp" else nn.Identity()
@@ -406,84 +409,108 @@ def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
         flush=True,
     )
 
-    gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     loss_curve: list[dict[str, float]] = []
+
+    def base_metrics(steps_done: int, train_seconds: float) -> dict[str, Any]:
+        return {
+            "sts_split": config.eval_split,
+            "sts_pairs": len(pairs),
+            "sts_spearman_before": before,
+            "sts_spearman_after": None,
+            "sts_spearman_tfidf": tfidf,
+            "before_is": "pretrained all-MiniLM-L6-v2"
+            if config.encoder == "pretrained"
+            else "random initialisation",
+            "encoder": name,
+            "train_sentences": len(sentences),
+            "finished": False,
+            "steps": steps_done,
+            "total_steps": total_steps,
+            "final_loss": loss_curve[-1]["loss"] if loss_curve else float("nan"),
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "sentences_per_second": steps_done * config.batch_size / max(train_seconds, 1e-9),
+            "total_seconds": time.perf_counter() - t_start,
+            "device": str(device),
+            "loss_curve": loss_curve,
+        }
+
+    def checkpoint_state(metrics: dict[str, Any]) -> dict[str, Any]:
+        to_dict = getattr(tokenizer, "to_dict", None)
+        return {
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "tokenizer": to_dict() if to_dict else None,
+            "finished": metrics["finished"],
+            "step": metrics["steps"],
+            "total_steps": total_steps,
+            "metrics": {k: v for k, v in metrics.items() if k != "loss_curve"},
+        }
+
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     pending: list[Tensor] = []
     bar = _progress(total_steps, config.progress)
     order = torch.empty(0, dtype=torch.long, device=device)
-    learner.train()
     t_train = time.perf_counter()
-    for step in range(1, total_steps + 1):
-        i = (step - 1) % steps_per_epoch
-        if i == 0:
-            order = torch.randperm(len(sentences), device=device, generator=gen)
-        ids = trim_padding(
-            tokens[order[i * config.batch_size : (i + 1) * config.batch_size]], tokenizer.pad_id
-        )
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            result = learner(views(ids, generator=gen), views(ids, generator=gen))
-        optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        optimizer.step()
-        if key_encoder is not None:
-            key_encoder.update(model)
-        scheduler.step()
-        pending.append(result.loss.detach())
-        if step % config.log_every == 0 or step == total_steps:
-            losses = torch.stack(pending).float().cpu().tolist()
-            pending.clear()
-            mean_loss = sum(losses) / len(losses)
-            if not all(math.isfinite(v) for v in losses):
-                raise TrainingError(
-                    f"the loss became non-finite by step {step}; try a lower --lr or a higher --temperature"
-                )
-            seconds = time.perf_counter() - t_train
-            loss_curve.append({"step": step, "loss": mean_loss, "seconds": seconds})
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            bar.write(f"step {step}/{total_steps}  loss {mean_loss:.4f}  {seconds:.0f} s", file=sys.stderr)
-        bar.update(1)
-    bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_seconds = time.perf_counter() - t_train
-    after = evaluate(model)
 
-    metrics = {
-        "sts_split": config.eval_split,
-        "sts_pairs": len(pairs),
-        "sts_spearman_before": before,
-        "sts_spearman_after": after,
-        "sts_spearman_tfidf": tfidf,
-        "before_is": "pretrained all-MiniLM-L6-v2"
-        if config.encoder == "pretrained"
-        else "random initialisation",
-        "encoder": name,
-        "train_sentences": len(sentences),
-        "steps": total_steps,
-        "final_loss": loss_curve[-1]["loss"] if loss_curve else float("nan"),
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "sentences_per_second": total_steps * config.batch_size / max(train_seconds, 1e-9),
-        "total_seconds": time.perf_counter() - t_start,
-        "device": str(device),
-        "loss_curve": loss_curve,
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    def log(step: int) -> None:
+        """Read the pending losses (one synchronisation) into the loss curve; stop on a non-finite one."""
+        losses = torch.stack(pending).float().cpu().tolist()
+        pending.clear()
+        mean_loss = sum(losses) / len(losses)
+        if not all(math.isfinite(v) for v in losses):
+            raise TrainingError(
+                f"the loss became non-finite by step {step}; try a lower --lr or a higher --temperature"
+            )
+        seconds = time.perf_counter() - t_train
+        loss_curve.append({"step": step, "loss": mean_loss, "seconds": seconds})
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        bar.write(f"step {step}/{total_steps}  loss {mean_loss:.4f}  {seconds:.0f} s", file=sys.stderr)
+
+    stopped: int | None = None
+    step = 0
+    learner.train()
+    with StopSignals() as stop:  # a first Ctrl-C / SIGTERM stops at the next step; a second one at once
+        for step in range(1, total_steps + 1):
+            i = (step - 1) % steps_per_epoch
+            if i == 0:
+                order = torch.randperm(len(sentences), device=device, generator=gen)
+            ids = trim_padding(
+                tokens[order[i * config.batch_size : (i + 1) * config.batch_size]], tokenizer.pad_id
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                result = learner(views(ids, generator=gen), views(ids, generator=gen))
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            optimizer.step()
+            if key_encoder is not None:
+                key_encoder.update(model)
+            scheduler.step()
+            pending.append(result.loss.detach())
+            if step % config.log_every == 0 or step == total_steps:
+                log(step)
+            bar.update(1)
+            if stop.requested is not None and step < total_steps:
+                stopped = stop.requested
+                break
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - t_train
+        if stopped is not None:
+            if pending:
+                log(step)
+            _stop(stopped, run_dir, base_metrics(step, train_seconds), checkpoint_state)
+        after = evaluate(model)
+
+    metrics = base_metrics(total_steps, train_seconds)
+    metrics.update(sts_spearman_after=after, finished=True, total_seconds=time.perf_counter() - t_start)
     written = [run_dir / "metrics.json", run_dir / "config.yaml"]
     if config.save_model:
-        to_dict = getattr(tokenizer, "to_dict", None)
-        save_checkpoint(
-            {
-                "config": config.to_dict(),
-                "model": model.state_dict(),
-                "tokenizer": to_dict() if to_dict else None,
-                "metrics": {k: v for k, v in metrics.items() if k != "loss_curve"},
-            },
-            run_dir / CHECKPOINT_NAME,
-        )
+        save_checkpoint(checkpoint_state(metrics), run_dir / CHECKPOINT_NAME)
         written.append(run_dir / CHECKPOINT_NAME)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics(run_dir / "metrics.json", metrics)
     print(
         f"STS-B {config.eval_split} Spearman x100 ({len(pairs)} pairs, cosine):\n"
         f"  before training ({metrics['before_is']})  {before:.2f}\n"
@@ -496,6 +523,50 @@ def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
         flush=True,
     )
     return TextTrainResult(run_dir=run_dir, metrics=metrics, model=model, tokenizer=tokenizer)
+
+
+def _check_sentence_count(config: TextTrainConfig, path: Path, n_read: int, n: int) -> None:
+    """Enough training sentences for one batch, and at least 2 (each is contrasted with the others)."""
+    limited = n < n_read
+    if n < 2:
+        source = f"--limit {config.limit} keeps" if limited else f"text file {str(path)!r} holds"
+        fix = "raise --limit" if limited else "add sentences to the file (one a line)"
+        raise ConfigError(
+            f"{source} {n} sentence; contrastive training needs at least 2 (each sentence is contrasted "
+            f"with the others in its batch): {fix}"
+        )
+    if config.batch_size > n:
+        kept = f" (--limit {config.limit} of {n_read})" if limited else ""
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than the {n} training sentences{kept}; "
+            f"use --batch-size {n} or less"
+        )
+
+
+def _stop(
+    signum: int,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    checkpoint_state: Any,
+) -> NoReturn:
+    """After a stop signal: write the model so far, the metrics (interrupted) and say where they are."""
+    sig = signal.Signals(signum).name
+    step, total = metrics["steps"], metrics["total_steps"]
+    metrics.update(
+        interrupted=sig,
+        note=f"stopped by {sig} at step {step} of {total}: the model is unfinished and was not evaluated "
+        "after training; text-train cannot resume, start a new run to train to the end",
+    )
+    path = save_checkpoint(checkpoint_state(metrics), run_dir / CHECKPOINT_NAME)
+    write_metrics(run_dir / "metrics.json", metrics)
+    raise TrainingInterrupted(
+        f"{sig} received: stopped at step {step} of {total} and wrote {path} (the model so far, unfinished), "
+        f"{run_dir / 'metrics.json'} (interrupted, with the loss curve so far) and {run_dir / 'config.yaml'}; "
+        "text-train cannot resume: start a new run (another --out) to train to the end",
+        signum=signum,
+        checkpoint=path,
+        step=step,
+    )
 
 
 def _views_note(views: TextViews) -> str:

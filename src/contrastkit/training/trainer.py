@@ -4,10 +4,14 @@
 monitors kNN accuracy, and writes ``metrics.json``, ``config.yaml`` and ``checkpoint.pt`` into the run
 folder. The checkpoint holds the model (all ``contrastkit eval`` needs) and, to resume, the optimizer,
 the scheduler, the negative source's state (``negatives``: queue buffers, MoCHi's step, the mined
-negatives' snapshot embeddings and index) and the momentum key encoder (``key_encoder``, None without
-one). The loop reads the loss (and the negative source's statistics) from the device only every
-``log_every`` steps, so it does not synchronise with the GPU on every step. A checkpoint due at an epoch's
-end is written after that epoch's kNN point, and so records it.
+negatives' snapshot embeddings and index), the momentum key encoder (``key_encoder``, None without
+one) and the training data's fingerprint (``data_fingerprint``: a resume on other data is refused). No
+checkpoint, final model or metrics.json is written from a state with a NaN or an infinity in it
+(BatchNorm's running variance can overflow while the loss stays finite): the run stops with a
+:class:`TrainingError` and the latest finite checkpoint is kept. The loop reads the loss (and the negative
+source's statistics) from the device only every ``log_every`` steps, so it does not synchronise with the
+GPU on every step. A checkpoint due at an epoch's end is written after that epoch's kNN point, and so
+records it.
 
 The pieces of a run: :func:`_open_run` (the run folder, the checkpoint to resume), :func:`_build` (model,
 views, negatives, learner, optimizer, schedule), :func:`_fresh_progress` or :func:`_restore`, one
@@ -83,18 +87,24 @@ from contrastkit.training.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from contrastkit.training.config import TrainConfig
+from contrastkit.training.config import TrainConfig, check_option_combinations
 from contrastkit.training.data import TrainingData, load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
+from contrastkit.training.run_folder import prepare_run_dir, write_metrics
 from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
 HELD_OUT_FRACTION = 0.2
 HISTORY_NAME = "history.jsonl"
 RANK_SEED_STRIDE = 100_003  # rank r > 0 offsets its generators' seeds by r times this
+# --skip-nonfinite: a run that skipped more than this share of its steps ends with a warning (printed and in
+# metrics.json): its model trained on much less than it was asked to
+SKIPPED_WARNING_SHARE = 0.25
+# what to do about a run whose numbers became non-finite (there is no gradient clipping option)
+NONFINITE_ADVICE = "a lower --lr, a higher --temperature or --precision fp32"
 
 
 @dataclass
@@ -382,13 +392,44 @@ def _train(
     config: TrainConfig, device: torch.device, *, log_every: int, out: Any, resume: str | Path | None
 ) -> TrainResult:
     """The run, piece by piece: its folder, the data, the parts, the progress (fresh or restored from the
-    checkpoint), the loop, the final metrics."""
+    checkpoint), the loop, the final metrics. A run folder this call created is removed again when the run
+    fails before writing anything into it (bad data, an impossible option): no empty folder is left."""
     t_start = time.perf_counter()
     main = rank() == 0
     out = (out or sys.stdout) if main else io.StringIO()  # only rank 0 prints
-    config, run_dir, saved = _open_run(resolve_hyperparameters(config), device, resume)
+    config, run_dir, saved, created = _open_run(resolve_hyperparameters(config), device, resume)
+    try:
+        return _run(config, device, run_dir, saved, log_every=log_every, out=out, t_start=t_start)
+    except BaseException:
+        if created and main:
+            _remove_if_empty(run_dir)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only an empty folder: anything written into it stays
+    except OSError:
+        pass
+
+
+def _run(
+    config: TrainConfig,
+    device: torch.device,
+    run_dir: Path,
+    saved: dict[str, Any] | None,
+    *,
+    log_every: int,
+    out: Any,
+    t_start: float,
+) -> TrainResult:
+    """:func:`_train` once the run folder is open."""
+    main = rank() == 0
     data = load_training_data(config, device)
     info = _data_info(config, data)
+    fingerprint = data.fingerprint()
+    if saved is not None:
+        _check_same_data(saved, fingerprint, config, run_dir)
     parts = _build(config, device, data, info)
     if saved is None:
         progress, step, history = _fresh_progress(parts, run_dir, device)
@@ -406,6 +447,7 @@ def _train(
         device=device,
         data=data,
         info=info,
+        fingerprint=fingerprint,
         parts=parts,
         train_step=train_step,
         run_dir=run_dir,
@@ -434,21 +476,24 @@ def _train(
     )
     loop.finish(metrics)
     metrics["total_seconds"] = loop.elapsed_base + time.perf_counter() - t_start
-    if main:
-        write_atomic(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), binary=False)
+    if main:  # strict JSON: a metric that could not be computed (NaN) is null
+        write_metrics(run_dir / "metrics.json", metrics)
     print(format_summary(metrics, run_dir), file=out, flush=True)
     return TrainResult(run_dir=run_dir, metrics=metrics, model=parts.model, history=loop.history)
 
 
 def _open_run(
     config: TrainConfig, device: torch.device, resume: str | Path | None
-) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+) -> tuple[TrainConfig, Path, dict[str, Any] | None, bool]:
     """The run folder and, to resume, its checkpoint; a new run never takes a folder that holds one.
 
-    Returns the config with ``out`` set to the folder (checked for option combinations) and the loaded
-    checkpoint (None for a new run). ``--deterministic`` is switched on here, before anything is built.
+    Returns the config with ``out`` set to the folder (checked for option combinations, before the folder is
+    made), the loaded checkpoint (None for a new run) and whether this call created the folder.
+    ``--deterministic`` is switched on here, before anything is built.
     """
+    check_combinations(config)
     saved: dict[str, Any] | None = None
+    created = False
     if resume is not None:
         ckpt_path = find_checkpoint(resume)
         run_dir = ckpt_path.parent
@@ -457,14 +502,17 @@ def _open_run(
             remove_stale_temporaries(ckpt_path)
     else:
         run_dir = Path(broadcast_object(str(Path(config.out) if config.out else default_run_dir(config))))
-        _refuse_existing_run(run_dir)
+        created = not run_dir.exists()  # (rank 0's answer is the one used: it alone removes the folder)
+        # every rank checks; a refusal on any of them is raised on all (none is left at the barrier)
+        refusals = [r for r in all_gather_objects(_run_dir_refusal(run_dir)) if r]
+        if refusals:
+            raise ConfigError(refusals[0])
     if world_size() > 1:
         dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
     config = config.replace(out=str(run_dir))
-    check_combinations(config)
     if config.deterministic:
         _make_deterministic(device)
-    return config, run_dir, saved
+    return config, run_dir, saved, created
 
 
 def _data_info(config: TrainConfig, data: TrainingData) -> DataInfo:
@@ -477,6 +525,15 @@ def _data_info(config: TrainConfig, data: TrainingData) -> DataInfo:
         raise ConfigError(
             f"batch size {config.batch_size} is larger than the training set ({n_train} images); "
             f"use --batch-size {n_train} or less"
+        )
+    if "mined" in config.negatives and config.mined_negatives > n_train - 1:
+        most = n_train - 1
+        raise ConfigError(
+            f"--mined-negatives {config.mined_negatives} asks for more negatives per anchor than the training "
+            f"set has: its {n_train} images give each anchor at most {most} other items (its own is never "
+            "its negative); "
+            + (f"use --mined-negatives {most} or less" if most >= 1 else "mining needs at least 2 images")
+            + (", or more training images (a larger --limit)" if config.limit is not None else "")
         )
     mean, std = data.stats
     c, h, w = data.image_shape
@@ -607,9 +664,7 @@ def _fresh_progress(
         "skipped_steps": 0,
         "resumed_at_steps": [],
     }
-    if rank() == 0:  # a history.jsonl here was left by a run that stopped before its first checkpoint
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / HISTORY_NAME).unlink(missing_ok=True)
+    # the run folder was checked by _open_run: it holds no history.jsonl of another run to lose
     return progress, 0, []
 
 
@@ -734,6 +789,7 @@ class _Loop:
     device: torch.device
     data: TrainingData
     info: DataInfo
+    fingerprint: dict[str, Any]  # the training data's, kept in every checkpoint
     parts: _Parts
     train_step: TrainStep
     run_dir: Path
@@ -887,21 +943,46 @@ class _Loop:
             self.bar.set_postfix(loss=f"{self.progress['last_loss']:.3f}", img_s=f"{images_per_second:.0f}")
             self.board.rows(rows, images_per_second)
 
+    def _state(self) -> dict[str, Any]:
+        return _state(self.config, self.info, self.parts, self.step, self.progress, self.fingerprint)
+
+    def _refuse_nonfinite(self, state: dict[str, Any], *, final: bool) -> None:
+        """Raise :class:`TrainingError` when ``state`` (a checkpoint payload) holds a non-finite tensor: the
+        latest checkpoint, finite, is left as it is, and the message names the step, the tensors and what to
+        do. BatchNorm's running variance overflows to inf while the loss stays finite (the batch's own
+        statistics normalise it), so the parameters and the loss alone do not tell."""
+        bad = nonfinite_state(state, self.device)
+        if not bad:
+            return
+        latest = self.latest
+        if final:
+            what = "the final model and metrics.json were not written"
+        else:
+            what = "the checkpoint was not written" if latest.step is None else "it was not saved"
+        if latest.step is not None:
+            then = (
+                f"Resume from it with {resume_command(self.run_dir, world_size())} --skip-nonfinite (steps "
+                f"that make the state non-finite are then skipped), or start a new run with {NONFINITE_ADVICE}."
+            )
+        else:
+            then = f"Start a new run (another --out, or remove this folder) with {NONFINITE_ADVICE}."
+        raise TrainingError(
+            f"the model's state became non-finite by step {self.step} of {self.parts.total_steps} "
+            f"(epoch {max(self.step - 1, 0) // self.parts.steps_per_epoch + 1}): {_name_some(bad)} "
+            f"({len(bad)} tensor{'s' if len(bad) != 1 else ''} with NaN or inf; the loss may stay finite while "
+            f"BatchNorm's running statistics overflow); {what}. "
+            f"{latest.describe()} {then}"
+        )
+
     def checkpoint(self) -> None:
         """Write the checkpoint of this step (after reading the statistics, with the clock stopped); never
-        over a good one with non-finite parameters."""
+        over a good one with a non-finite state (parameters, buffers, key encoder, queue, optimizer)."""
         self.drain()
-        learner = self.parts.learner
-        if not all_finite(torch.stack([p.detach().abs().amax().float() for p in learner.parameters()])):
-            raise TrainingError(
-                f"the parameters became non-finite by step {self.step} although the losses were finite; "
-                f"{self.latest.describe()} It was not overwritten. Start a new run with a lower --lr, "
-                "a higher --temperature or --precision fp32, or resume with --skip-nonfinite."
-            )
         self.clock.stop()
         self.progress["train_seconds"] = self.clock.seconds()
         self.progress["elapsed_seconds"] = self.elapsed_base + time.perf_counter() - self.t_start
-        state = _state(self.config, self.info, self.parts, self.step, self.progress)
+        state = self._state()
+        self._refuse_nonfinite(state, final=False)
         self.board.flush()  # the points up to this step are on disk first: a resume writes only later ones
         if self.main:
             save_checkpoint(state, self.latest.path)
@@ -909,9 +990,11 @@ class _Loop:
         self.clock.start()
 
     def finish(self, metrics: dict[str, Any]) -> None:
-        """The last checkpoint, marked finished, with the metrics (but the kNN curve, in its progress)."""
+        """The last checkpoint, marked finished, with the metrics (but the kNN curve, in its progress); a
+        non-finite final state is refused (:meth:`_refuse_nonfinite`), the latest checkpoint kept."""
         self.progress["train_seconds"] = metrics["train_seconds"]
-        state = _state(self.config, self.info, self.parts, self.step, self.progress)
+        state = self._state()
+        self._refuse_nonfinite(state, final=True)
         if self.main:
             save_checkpoint(
                 {
@@ -977,6 +1060,13 @@ def _final_metrics(
     }
     if mined:
         metrics["mined_index_refresh_seconds"] = sum(r.get("mined_refresh_seconds", 0.0) for r in history)
+    skipped = progress["skipped_steps"]
+    if steps and skipped > SKIPPED_WARNING_SHARE * steps:
+        metrics["warnings"] = [
+            f"--skip-nonfinite skipped {skipped} of {steps} steps ({skipped / steps:.0%}): the model was "
+            f"updated in only {steps - skipped} of them, so this is not the run that was asked for. Start a "
+            f"new run with {NONFINITE_ADVICE}"
+        ]
     return metrics
 
 
@@ -1052,21 +1142,33 @@ def resume_command(run_dir: Path, world: int) -> str:
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
-    """A new run never overwrites a folder that holds a run; a resumable one is pointed to --resume."""
-    path = run_dir / CHECKPOINT_NAME
-    if not path.exists():
-        return
+    """A new run's folder, checked and created before any work (:func:`prepare_run_dir`): a path that is a
+    file, a folder that cannot be created or written, and a folder holding any run's files (a checkpoint,
+    metrics.json, config.yaml, history.jsonl, of any command) are refused, and nothing in them is touched;
+    an unfinished image run is pointed to --resume."""
     hint = "choose another --out or remove it"
+    path = run_dir / CHECKPOINT_NAME
+    if path.is_file():
+        try:
+            state = load_checkpoint(path)
+            if "progress" in state and not state.get("finished"):
+                hint = (
+                    f"it stopped at step {state['step']} of {state['progress']['total_steps']}: continue it "
+                    f"with {resume_command(run_dir, int(state['progress'].get('world_size', 1)))}, or choose "
+                    "another --out"
+                )
+        except ContrastkitError:
+            pass
+    prepare_run_dir(run_dir, hint=hint)
+
+
+def _run_dir_refusal(run_dir: Path) -> str | None:
+    """:func:`_refuse_existing_run`'s refusal as a message (None: the folder is ready)."""
     try:
-        state = load_checkpoint(path)
-        if "progress" in state and not state.get("finished"):
-            hint = (
-                f"it stopped at step {state['step']} of {state['progress']['total_steps']}: continue it with "
-                f"{resume_command(run_dir, int(state['progress'].get('world_size', 1)))}, or choose another --out"
-            )
-    except ContrastkitError:
-        pass
-    raise ConfigError(f"run folder {str(run_dir)!r} already holds a run ({CHECKPOINT_NAME}); {hint}")
+        _refuse_existing_run(run_dir)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _make_deterministic(device: torch.device) -> None:
@@ -1078,11 +1180,18 @@ def _make_deterministic(device: torch.device) -> None:
 
 
 def _state(
-    config: TrainConfig, info: DataInfo, parts: _Parts, step: int, progress: dict[str, Any]
+    config: TrainConfig,
+    info: DataInfo,
+    parts: _Parts,
+    step: int,
+    progress: dict[str, Any],
+    fingerprint: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything a resume needs, as a checkpoint payload (tensors, numbers, strings, lists, dicts).
 
-    With several processes the random states are lists, one per rank (a collective: every rank calls this).
+    ``fingerprint`` is the training data's (:meth:`TrainingData.fingerprint`): a resume on other data is
+    refused (:func:`_check_same_data`). With several processes the random states are lists, one per rank (a
+    collective: every rank calls this).
     """
     order = progress["order"]
     view_rng: Any = parts.gen.get_state()
@@ -1092,6 +1201,7 @@ def _state(
     return {
         "config": config.to_dict(),
         "data_info": info.to_dict(),
+        "data_fingerprint": dict(fingerprint),
         "model": parts.model.state_dict(),
         "negatives": parts.learner.negatives.state_dict(),
         "key_encoder": None if parts.key_encoder is None else parts.key_encoder.state_dict(),
@@ -1107,6 +1217,39 @@ def _state(
             "global_rng": global_rng,
         },
     }
+
+
+def _check_same_data(
+    saved: dict[str, Any], fingerprint: dict[str, Any], config: TrainConfig, run_dir: Path
+) -> None:
+    """Refuse to resume on training data other than the run's (the saved epoch order, the mined negatives'
+    index and the step count all index its items), naming what differs, old against new. A checkpoint
+    written before fingerprints were kept has none and is not checked; only what both sides hold is
+    compared."""
+    old = saved.get("data_fingerprint")
+    if not isinstance(old, dict):
+        return
+    changed = []
+    if "train_items" in old and old["train_items"] != fingerprint["train_items"]:
+        changed.append(f"training images: run had {old['train_items']}, now {fingerprint['train_items']}")
+    if "image_shape" in old and list(old["image_shape"]) != list(fingerprint["image_shape"]):
+        shape = "x".join(map(str, old["image_shape"])), "x".join(map(str, fingerprint["image_shape"]))
+        changed.append(f"image shape: run had {shape[0]}, now {shape[1]}")
+    if (
+        old.get("names_sha256") is not None
+        and fingerprint.get("names_sha256") is not None
+        and old["names_sha256"] != fingerprint["names_sha256"]
+    ):
+        changed.append(
+            "the training images' file names differ (files added, removed or renamed; names hash "
+            f"{old['names_sha256'][:12]} then, {fingerprint['names_sha256'][:12]} now)"
+        )
+    if changed:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: its training data ({config.data}) changed since the run started "
+            f"({'; '.join(changed)}). The saved epoch order and state index the old images: put the data back "
+            "as it was, or start a new run (another --out)"
+        )
 
 
 def _load_states(saved: dict[str, Any], run_dir: Path, parts: _Parts) -> None:
@@ -1148,6 +1291,38 @@ def _last_good(path: Path, step: int | None) -> str:
     if step is None:
         return "No checkpoint was written for this run yet."
     return f"The latest checkpoint is {path} (step {step})."
+
+
+def _floating_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """``(dotted name, tensor)`` of every non-empty floating tensor in a (nested) checkpoint payload."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() and value.numel():
+            yield prefix, value
+    elif isinstance(value, dict):
+        for key, v in value.items():
+            yield from _floating_tensors(v, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _floating_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def nonfinite_state(state: dict[str, Any], device: torch.device) -> list[str]:
+    """The names of the floating tensors of a checkpoint payload (:func:`_state`: the model's parameters and
+    buffers, the key encoder's, the negative source's queue or index embeddings, the optimizer's state) that
+    hold a NaN or an infinity; empty when all are finite. One synchronisation; with several processes the
+    ranks agree (a tensor is named when it is non-finite on any of them)."""
+    named = [(n, t) for key, v in state.items() if key != "progress" for n, t in _floating_tensors(v, key)]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t.detach()).all().to(device) for _, t in named]).float()
+    if world_size() > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return [name for (name, _), ok in zip(named, flags.tolist(), strict=True) if not ok]
+
+
+def _name_some(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 class _Clock:
@@ -1269,6 +1444,7 @@ def _drain(
 
 def check_combinations(config: TrainConfig) -> None:
     """Refuse option combinations that cannot work, naming the options (the config checks single values)."""
+    check_option_combinations(config)
     if config.negatives == "gather" and not is_distributed():
         raise ConfigError(
             "--negatives gather gathers negatives across processes, but torch.distributed is not initialised: "
@@ -1285,6 +1461,17 @@ def check_combinations(config: TrainConfig) -> None:
         raise ConfigError(
             f"--batch-size {config.batch_size} is the global batch, split evenly over the {world} processes: "
             f"use a multiple of {world} (e.g. --batch-size {max(config.batch_size // world, 1) * world})"
+        )
+    # in-batch negatives are the other images of the (per-process) batch; gather's, of the global batch
+    batch = config.batch_size if config.negatives == "gather" else config.batch_size // world
+    if (config.negatives.startswith("in-batch") or config.negatives == "gather") and batch < 2:
+        where = f" on each of the {world} processes" if world > 1 and config.negatives != "gather" else ""
+        least = 2 * world if where else 2
+        raise ConfigError(
+            f"--negatives {config.negatives} takes each image's negatives from the other images of its batch, "
+            f"but a batch of {batch}{where} has none (the loss would be exactly 0 and nothing learnt): use "
+            f"--batch-size {least} or more, or --negatives queue (or mined), whose negatives do not come "
+            "from the batch"
         )
 
 
@@ -1355,8 +1542,10 @@ def format_summary(metrics: dict[str, Any], run_dir: Path | None = None) -> str:
         )
     if metrics.get("skipped_steps"):
         lines.append(
-            f"skipped {metrics['skipped_steps']} of {metrics['steps']} steps: their loss was not finite"
+            f"skipped {metrics['skipped_steps']} of {metrics['steps']} steps: their loss, gradient or "
+            "BatchNorm statistics were not finite"
         )
+    lines.extend(f"WARNING: {w}" for w in metrics.get("warnings", []))
     if metrics.get("resumed_at_steps"):
         lines.append(f"resumed at step(s) {', '.join(map(str, metrics['resumed_at_steps']))}")
     if run_dir is not None:

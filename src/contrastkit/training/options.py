@@ -1,0 +1,30 @@
+"""Checks of single option values shared by the commands' configs (``audio-train``, ``sela``): each
+failed check is a :class:`ConfigError` naming the option, its flag, what it must be and the value given."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from contrastkit.errors import ConfigError
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_positive(v: Any) -> bool:
+    """A finite number above 0."""
+    return is_number(v) and v > 0
+
+
+def is_integer(v: Any, low: int) -> bool:
+    """An int (not a bool) of at least ``low``."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def check_option(ok: bool, name: str, what: str, value: Any) -> None:
+    """Raise :class:`ConfigError` ``option NAME (--flag) must be WHAT, got VALUE`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"option {name} (--{name.replace('_', '-')}) must be {what}, got {value!r}")

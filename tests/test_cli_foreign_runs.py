@@ -1,0 +1,144 @@
+"""`eval`, `export`, `embed` and `train --resume` given the run of another command (audio-train,
+text-train, sela): they recognise it and say what they take instead, rather than calling the checkpoint
+foreign or the finished run unfinished."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from contrastkit.cli import main
+from contrastkit.errors import ContrastkitError
+from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
+from contrastkit.training.text import TextTrainConfig, train_text
+
+_spec = importlib.util.spec_from_file_location(
+    "audio_data_helpers", Path(__file__).parent / "data" / "test_audio.py"
+)
+assert _spec is not None and _spec.loader is not None
+audio_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(audio_helpers)
+
+WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
+WRITERS = {"audio": "audio-train", "text": "text-train", "text-saved": "text-train", "sela": "sela"}
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (int(k),), generator=g).tolist())
+        for k in torch.randint(3, 9, (n,), generator=g)
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real (tiny) runs of audio-train, text-train (with and without --save-model) and sela."""
+    root = tmp_path_factory.mktemp("foreign")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        z = audio_helpers.small_fsdd(root / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
+        audio = ["--data", str(z), "--clip-seconds", "0.1", "--epochs", "1", "--batch-size", "8"]
+        audio += ["--width", "4", "--proj-hidden-dim", "16", "--proj-dim", "8", "--knn-k", "5"]
+        rc = main(
+            ["audio-train", *audio, "--no-linear-probe", "--device", "cpu", "--out", str(root / "audio")]
+        )
+        assert rc == 0
+        (root / "sentences.txt").write_text("\n".join(_sentences(48, 0)) + "\n", encoding="utf-8")
+        (root / "sts").mkdir()
+        rows = [
+            f"g\tf\t2012\t{i:04d}\t{(i * 7) % 11 / 2:.3f}\t{x}\t{y}"
+            for i, (x, y) in enumerate(zip(_sentences(12, 1), _sentences(12, 2)))
+        ]
+        (root / "sts" / "sts-test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        tiny = dict(
+            sentences=str(root / "sentences.txt"), sts=str(root / "sts"), encoder="scratch", dim=16, depth=1,
+            heads=2, min_freq=1, batch_size=8, steps=2, max_length=12, eval_max_length=12, progress=False,
+            device="cpu",
+        )  # fmt: skip
+        train_text(TextTrainConfig(**tiny, out=str(root / "text")))
+        train_text(TextTrainConfig(**tiny, save_model=True, out=str(root / "text-saved")))
+        sela = [
+            "--limit",
+            "60",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--no-linear-probe",
+            "--device",
+            "cpu",
+        ]
+        assert main(["sela", *sela, "--out", str(root / "sela")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {name: root / name for name in ("audio", "text", "text-saved", "sela")}
+
+
+@pytest.mark.parametrize("name", ["audio", "text", "text-saved", "sela"])
+@pytest.mark.parametrize("command", ["eval", "export", "embed"])
+def test_commands_name_the_run_kind(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, command: str
+) -> None:
+    run = runs[name]
+    kind = name.split("-")[0]
+    for target in (run, run / "checkpoint.pt") if (run / "checkpoint.pt").is_file() else (run,):
+        argv = [command, str(target)]
+        if command == "embed":
+            argv += ["--out", str(tmp_path / "e.npz")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"a{'n' if kind == 'audio' else ''} {kind} run (written by contrastkit {WRITERS[name]})" in err
+        ), err
+        assert f"`contrastkit {command}` supports image runs (train's runs)" in err, err
+        assert "metrics.json" in err and "Traceback" not in err, err
+        assert "is not a contrastkit checkpoint" not in err and "did the run finish" not in err, err
+    assert not (tmp_path / "e.npz").exists() and not (run / "backbone.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["audio", "text", "text-saved", "sela"])
+def test_resume_names_the_run_kind(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    assert main(["train", "--resume", str(runs[name])]) == 2
+    err = capsys.readouterr().err
+    assert "`contrastkit train --resume` continues image runs (train's runs) only" in err, err
+    assert f"{WRITERS[name]} runs cannot be resumed: run contrastkit {WRITERS[name]} again" in err, err
+
+
+def test_the_loader_recognises_the_kinds(runs: dict[str, Path]) -> None:
+    from contrastkit.training.checkpoint import ForeignRunError, detect_run_kind
+
+    assert detect_run_kind(runs["audio"]) == "audio" and detect_run_kind(runs["sela"]) == "sela"
+    assert detect_run_kind(runs["text"]) == detect_run_kind(runs["text-saved"] / "config.yaml") == "text"
+    with pytest.raises(ForeignRunError) as info:
+        find_checkpoint(runs["text"])  # no checkpoint.pt: text-train writes one only with --save-model
+    assert info.value.kind == "text"
+    for name in ("audio", "text-saved", "sela"):
+        with pytest.raises(ForeignRunError) as info:
+            load_checkpoint(runs[name])
+        assert info.value.kind == name.split("-")[0]
+        assert "contrastkit eval, export, embed and train --resume support image runs" in str(info.value)
+    with pytest.raises(ForeignRunError, match="is a text run"):
+        load_checkpoint(runs["text"] / "config.yaml")  # not a torch file, but the folder says what it is
+    state = load_checkpoint(runs["text-saved"], image_run=False)  # still readable as a checkpoint
+    assert state["tokenizer"]["kind"] == "words"
+
+
+def test_an_image_run_is_an_image_run(tmp_path: Path) -> None:
+    from contrastkit.training import TrainConfig
+    from contrastkit.training.checkpoint import detect_run_kind
+
+    cfg = TrainConfig(limit=200, epochs=1, batch_size=32)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert detect_run_kind(tmp_path) == "image"
+    (tmp_path / "metrics.json").write_text('{"knn_top1": 0.9}')
+    assert detect_run_kind(tmp_path) == "image"
+    with pytest.raises(ContrastkitError, match=r"has no checkpoint\.pt; did the run finish"):
+        find_checkpoint(tmp_path)

@@ -1,0 +1,154 @@
+"""Config files that cannot be read, non-finite numbers and static option combinations that cannot work:
+each is a :class:`ConfigError` that names the problem and what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contrastkit.cli import main
+from contrastkit.errors import ConfigError
+from contrastkit.training.config import TrainConfig, check_option_combinations, load_config_file
+from contrastkit.training.trainer import check_combinations
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml", ".json"])
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"bin{suffix}"
+    path.write_bytes(b"\xff\xfe\x00\x01 binary \x89PNG")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xff at offset 0\).*UTF-8"):
+        load_config_file(path)
+
+
+def test_a_folder_given_as_config_file_is_named_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    with pytest.raises(ConfigError, match=r"'.*cfg' is a folder; give the path of a \.toml"):
+        load_config_file(tmp_path / "cfg")
+
+
+@pytest.mark.parametrize("command", ["train", "text-train"])
+def test_cli_config_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(bytes(range(128, 256)))
+    (tmp_path / "cfg").mkdir()
+    nan = tmp_path / "nan.toml"
+    nan.write_text("temperature = nan\n")
+    for path, needle in (
+        (binary, "is not UTF-8 text"),
+        (tmp_path / "cfg", "is a folder"),
+        (nan, "option temperature must be a finite number, got nan"),
+    ):
+        assert main([command, "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_not_called_a_wrong_type(value: float) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"temperature \(--temperature\) must be a finite number, got {value}"
+    ):
+        TrainConfig.from_dict({"temperature": value})
+    with pytest.raises(ConfigError, match="must be a finite number") as info:
+        TrainConfig.from_dict({"lr": value})
+    assert "wrong type" not in str(info.value)
+
+
+def test_yaml_and_json_nan_in_a_config_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("temperature: .nan\n")
+    (tmp_path / "a.json").write_text('{"temperature": NaN}\n')
+    for name in ("a.yaml", "a.json"):
+        with pytest.raises(ConfigError, match="option temperature must be a finite number, got nan"):
+            load_config_file(tmp_path / name)
+
+
+@pytest.mark.parametrize("command", ["train", "text-train"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_cli_non_finite_flags(capsys: pytest.CaptureFixture[str], command: str, value: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, f"--temperature={value}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--temperature: must be a finite number, got {value}" in err and "wrong type" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"negatives": "queue", "batch_size": 32, "shuffle_bn_groups": 64},
+            r"--shuffle-bn-groups 64 .*--batch-size 32.*use --shuffle-bn-groups 32 or less",
+        ),
+        (
+            {"negatives": "in-batch", "key_momentum": 0.9, "batch_size": 8, "shuffle_bn_groups": 9},
+            r"--shuffle-bn-groups 9 .*--batch-size 8",
+        ),
+        (
+            {"negatives": "queue+mochi", "queue_size": 64, "mix_hardest": 1000},
+            r"--mix-hardest 1000 .*--queue-size 64 holds only 64: use --mix-hardest 64 or less",
+        ),
+        (
+            {"negatives": "in-batch+mochi", "batch_size": 32, "mix_hardest": 100},
+            r"--mix-hardest 100 .*2 x 32 - 2 = 62 in-batch negatives: use --mix-hardest 62 or less",
+        ),
+        (
+            {"negatives": "queue+mochi", "epochs": 1, "mix_start_epoch": 10},
+            r"--mix-start-epoch 10 would start MoCHi's mixing after the run ends \(--epochs 1\)",
+        ),
+        (
+            {"negatives": "in-batch+mochi", "epochs": 3, "mix_start_epoch": 3},
+            r"--mix-start-epoch 3 would start MoCHi's mixing after the run ends",
+        ),
+    ],
+)
+def test_impossible_combinations_are_refused(changes: dict, message: str) -> None:
+    config = TrainConfig.from_dict(changes)  # a saved config of an earlier version still loads
+    with pytest.raises(ConfigError, match=message):
+        check_option_combinations(config)
+    with pytest.raises(ConfigError, match=message):
+        check_combinations(config)  # what training runs first
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"negatives": "in-batch", "batch_size": 2, "shuffle_bn_groups": 4},  # no key encoder: unused
+        {"negatives": "queue", "key_momentum": 0, "batch_size": 2, "shuffle_bn_groups": 4},
+        {"negatives": "queue", "batch_size": 32, "shuffle_bn_groups": 32},
+        {"negatives": "queue+mochi", "queue_size": 64, "mix_hardest": 64},
+        {"negatives": "in-batch+mochi", "batch_size": 32, "mix_hardest": 62},
+        {"negatives": "queue", "queue_size": 64, "mix_hardest": 1000, "mix_start_epoch": 50},  # no mixing
+        {"negatives": "queue+mochi", "epochs": 2, "mix_start_epoch": 1.5},
+        {"negatives": "mined+mochi", "mined_negatives": 8},  # N is capped by the mined set, checked later
+    ],
+)
+def test_possible_combinations_pass(changes: dict) -> None:
+    check_option_combinations(TrainConfig(**changes))
+
+
+def test_cli_refuses_the_combination_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--limit",
+        "200",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--negatives", "queue", "--shuffle-bn-groups", "64"]) == 2
+    assert "--shuffle-bn-groups 64" in capsys.readouterr().err
+    assert main([*args, "--negatives", "queue+mochi", "--queue-size", "64", "--mix-hardest", "1000"]) == 2
+    assert "--mix-hardest 1000" in capsys.readouterr().err
+    assert main([*args, "--negatives", "queue+mochi", "--mix-hardest", "64", "--mix-start-epoch", "10"]) == 2
+    assert "after the run ends" in capsys.readouterr().err
+    assert not out.exists()

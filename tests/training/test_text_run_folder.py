@@ -1,0 +1,229 @@
+"""text-train's run folder: checked before any work, never overwritten, strict JSON, and what a Ctrl-C keeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import contrastkit.training.text as text_module
+from contrastkit.cli import main
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.training.resume import TrainingInterrupted
+from contrastkit.training.text import TextTrainConfig, train_text
+
+WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
+TINY = dict(
+    encoder="scratch", dim=16, depth=2, heads=2, min_freq=1, batch_size=8, steps=4, max_length=12,
+    eval_max_length=12, log_every=2, progress=False, device="cpu",
+)  # fmt: skip
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+    return [
+        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (k,), generator=g).tolist()) for k in lengths
+    ]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def text_data(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "sentences.txt").write_text("\n".join(sentences(48)) + "\n", encoding="utf-8")
+    sts = tmp_path / "sts"
+    sts.mkdir()
+    a, b = sentences(12, seed=1), sentences(12, seed=2)
+    rows = [f"g\tf\t2012\t{i:04d}\t{(i * 7) % 11 / 2:.3f}\t{x}\t{y}" for i, (x, y) in enumerate(zip(a, b))]
+    (sts / "sts-test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {"sentences": str(tmp_path / "sentences.txt"), "sts": str(sts)}
+
+
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the encoder is ever built: the refusal must come before any work."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the encoder was built before the run folder was checked")
+
+    monkeypatch.setattr(text_module, "build_text_encoder", boom)
+
+
+def test_out_that_is_a_file_is_refused_before_training(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_training(monkeypatch)
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        train_text(TextTrainConfig(**TINY, **text_data, out=str(target)))
+    assert target.read_text() == "not a folder"
+
+
+def test_uncreatable_out_is_refused_before_training(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_training(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot create the run folder"):
+        train_text(TextTrainConfig(**TINY, **text_data, out=str(tmp_path / "file" / "run")))
+
+
+@pytest.mark.parametrize("held", ["checkpoint.pt", "config.yaml", "metrics.json"])
+def test_existing_run_folder_is_never_overwritten(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    no_training(monkeypatch)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / held).write_text("keep me")
+    with pytest.raises(ConfigError, match=rf"already holds a run \({held}\)"):
+        train_text(TextTrainConfig(**TINY, **text_data, out=str(run)))
+    assert (run / held).read_text() == "keep me"
+
+
+def test_cli_bad_out_is_one_line_exit_2(
+    tmp_path: Path, text_data: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "taken"
+    target.write_text("x")
+    flags = ["--encoder", "scratch", "--dim", "16", "--depth", "2", "--heads", "2", "--steps", "2"]
+    flags += ["--batch-size", "8", "--no-progress", "--device", "cpu"]
+    flags += ["--sentences", text_data["sentences"], "--sts", text_data["sts"], "--out", str(target)]
+    assert main(["text-train", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("contrastkit: error:") and "is a file" in err and "\n" not in err
+
+
+def test_metrics_json_is_strict_json_when_a_value_is_nan(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(text_module, "sts_spearman", lambda *a, **k: float("nan"))
+    train_text(TextTrainConfig(**TINY, **text_data, out=str(tmp_path / "run")))
+    raw = (tmp_path / "run" / "metrics.json").read_text()
+    assert "NaN" not in raw
+    metrics = json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert metrics["sts_spearman_after"] is None and metrics["sts_spearman_before"] is None
+    assert metrics["finished"] is True and metrics["steps"] == metrics["total_steps"] == 4
+
+
+def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGINT) -> None:
+    """Deliver ``signum`` to this process during training step ``step`` (as Ctrl-C or kill would).
+
+    Until the code under test installs its own handlers, the signal raises ``Unhandled`` instead of ending
+    the test session (SIGINT's KeyboardInterrupt) or the process (SIGTERM).
+    """
+    calls = {"n": 0}
+    real = text_module.trim_padding
+
+    def trim(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == step:
+            signal.raise_signal(signum)
+        return real(*args, **kwargs)
+
+    def unhandled(signum: int, frame: object) -> None:
+        raise Unhandled(f"{signal.Signals(signum).name} was not handled by text-train")
+
+    monkeypatch.setattr(text_module, "trim_padding", trim)
+    for s in (signal.SIGINT, signal.SIGTERM):  # put back by _restore_signal_handlers
+        signal.signal(s, unhandled)
+
+
+class Unhandled(Exception):
+    """A stop signal reached the test's fallback handler: the code under test did not catch it."""
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers():
+    """Every test leaves SIGINT and SIGTERM as it found them."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_saves_the_model_so_far_config_and_the_loss_curve(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    interrupt_at_step(monkeypatch, 3, signum)
+    run = tmp_path / "run"
+    cfg = TextTrainConfig(
+        **{**TINY, "steps": 50, "log_every": 2}, **text_data, out=str(run)
+    )  # no --save-model
+    with pytest.raises(TrainingInterrupted) as info:
+        train_text(cfg)
+    exc = info.value
+    name = signal.Signals(signum).name
+    assert exc.step == 3 and exc.exit_status == 128 + signum and exc.checkpoint == run / "checkpoint.pt"
+    message = str(exc)
+    assert f"{name} received: stopped at step 3 of 50" in message
+    assert "cannot resume" in message and str(run / "checkpoint.pt") in message
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["finished"] is False and state["step"] == 3 and state["total_steps"] == 50
+    assert "backbone.tokens.weight" in state["model"] and state["tokenizer"]["kind"] == "words"
+    assert "progress" not in state  # not a resumable image-trainer checkpoint
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] is False and metrics["interrupted"] == name
+    assert metrics["steps"] == 3 and metrics["total_steps"] == 50
+    assert [row["step"] for row in metrics["loss_curve"]] == [2, 3]  # the pending step 3 is logged too
+    assert math.isfinite(metrics["final_loss"]) and metrics["sts_spearman_after"] is None
+    assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 50
+    # the interrupted folder is a run: a new one is not written over it
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_text(cfg)
+
+
+def test_cli_ctrl_c_exits_130_with_one_message_naming_the_files(
+    tmp_path: Path,
+    text_data: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    interrupt_at_step(monkeypatch, 2)
+    run = tmp_path / "tx40"
+    flags = ["--encoder", "scratch", "--dim", "16", "--depth", "2", "--heads", "2", "--min-freq", "1"]
+    flags += ["--batch-size", "8", "--steps", "5000", "--max-length", "12", "--eval-max-length", "12"]
+    flags += ["--no-progress", "--device", "cpu", "--save-model"]
+    flags += ["--sentences", text_data["sentences"], "--sts", text_data["sts"], "--out", str(run)]
+    assert main(["text-train", *flags]) == 130
+    err = capsys.readouterr().err
+    assert "stopped at step 2 of 5000" in err and "interrupted\n" not in err and "Traceback" not in err
+    assert {p.name for p in run.iterdir()} >= {"checkpoint.pt", "metrics.json", "config.yaml"}
+
+
+def test_finished_checkpoint_says_finished(tmp_path: Path, text_data: dict[str, str]) -> None:
+    train_text(TextTrainConfig(**TINY, **text_data, save_model=True, out=str(tmp_path / "run")))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["finished"] is True and state["step"] == state["total_steps"] == 4
+
+
+def test_one_sentence_file_does_not_advise_batch_size_1(tmp_path: Path, text_data: dict[str, str]) -> None:
+    one = tmp_path / "one.txt"
+    one.write_text("a single sentence\n", encoding="utf-8")
+    cfg = TextTrainConfig(**TINY, sts=text_data["sts"], sentences=str(one), out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="holds 1 sentence; contrastive training needs at least 2") as info:
+        train_text(cfg)
+    assert "--batch-size 1" not in str(info.value)
+    limited = TextTrainConfig(**{**TINY, "limit": 1}, **text_data, out=str(tmp_path / "run2"))
+    with pytest.raises(ConfigError, match=r"--limit 1 keeps 1 sentence.*raise --limit"):
+        train_text(limited)
+    few = TextTrainConfig(**{**TINY, "limit": 5}, **text_data, out=str(tmp_path / "run3"))
+    with pytest.raises(ConfigError, match=r"larger than the 5 training sentences.*--batch-size 5 or less"):
+        train_text(few)
+
+
+def test_sentences_that_are_a_folder_say_so(tmp_path: Path, text_data: dict[str, str]) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    cfg = TextTrainConfig(**TINY, sts=text_data["sts"], sentences=str(folder), out=str(tmp_path / "run"))
+    with pytest.raises(DataError, match="is a folder; give a file") as info:
+        train_text(cfg)
+    assert "does not exist" not in str(info.value)
