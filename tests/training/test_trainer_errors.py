@@ -250,3 +250,26 @@ def test_nonfinite_state_names_buffers_queue_and_optimizer_state():
     assert nonfinite_state(state, torch.device("cpu")) == ["model.bn.running_var", "negatives.queue.keys"]
     state["optimizer"]["state"][0]["momentum_buffer"][1] = float("-inf")
     assert nonfinite_state(state, torch.device("cpu"))[-1] == "optimizer.state.0.momentum_buffer"
+
+
+# ----- one class -----------------------------------------------------------------------------------------------
+
+
+def test_one_class_data_trains_with_a_warning_that_knn_means_nothing(tmp_path, one_thread, capsys):
+    from PIL import Image
+
+    from contrastkit.data import load_dataset
+
+    digits = load_dataset("digits", limit=80).train
+    (tmp_path / "one" / "train" / "seven").mkdir(parents=True)
+    for i, img in enumerate(digits.images):
+        Image.fromarray(img[0].numpy()).save(tmp_path / "one" / "train" / "seven" / f"{i:03d}.png")
+    result = train(config(tmp_path, data=str(tmp_path / "one"), limit=None, batch_size=16))
+    warnings = result.metrics["warnings"]
+    assert len(warnings) == 1 and "1 class (seven)" in warnings[0] and "mean nothing" in warnings[0]
+    assert json.loads((result.run_dir / "metrics.json").read_text())["warnings"] == warnings
+    assert "WARNING: the data has 1 class" in capsys.readouterr().out
+
+
+def test_several_classes_give_no_class_warning(tmp_path, one_thread):
+    assert "warnings" not in train(config(tmp_path)).metrics

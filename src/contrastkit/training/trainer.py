@@ -1060,13 +1060,22 @@ def _final_metrics(
     }
     if mined:
         metrics["mined_index_refresh_seconds"] = sum(r.get("mined_refresh_seconds", 0.0) for r in history)
+    warnings = []
     skipped = progress["skipped_steps"]
     if steps and skipped > SKIPPED_WARNING_SHARE * steps:
-        metrics["warnings"] = [
+        warnings.append(
             f"--skip-nonfinite skipped {skipped} of {steps} steps ({skipped / steps:.0%}): the model was "
             f"updated in only {steps - skipped} of them, so this is not the run that was asked for. Start a "
             f"new run with {NONFINITE_ADVICE}"
-        ]
+        )
+    if len(train_set.classes) < 2:
+        warnings.append(
+            f"the data has {len(train_set.classes)} class ({', '.join(train_set.classes) or 'none'}): the kNN "
+            "accuracies are 1.0 by construction and mean nothing; give labelled data of several classes "
+            "(one sub-folder per class) to monitor the encoder"
+        )
+    if warnings:
+        metrics["warnings"] = warnings
     return metrics
 
 
