@@ -7,7 +7,14 @@ import math
 import pytest
 
 from contrastkit.errors import ConfigError
-from contrastkit.training.run_folder import RUN_FILES, json_safe, prepare_run_dir, write_metrics
+from contrastkit.training.run_folder import (
+    RUN_FILES,
+    json_safe,
+    lock_run_dir,
+    prepare_run_dir,
+    unlock_run_dir,
+    write_metrics,
+)
 
 
 def test_new_and_empty_folders_are_accepted(tmp_path):
@@ -46,3 +53,45 @@ def test_metrics_are_strict_json_with_null_for_non_finite(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["c"] == {"d": None, "e": 2}
+
+
+LOCKER = """
+import sys, time
+from contrastkit.training.run_folder import prepare_run_dir
+prepare_run_dir(sys.argv[1])
+print("locked", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_folder_in_use_by_another_process_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", LOCKER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match="in use by another contrastkit process"):
+            prepare_run_dir(run)
+        with pytest.raises(ConfigError, match="in use by another contrastkit process"):
+            lock_run_dir(run)  # what a resume takes
+    finally:
+        holder.kill()
+        holder.wait()
+    prepare_run_dir(run)  # the lock went with the process
+    unlock_run_dir(run)
+
+
+def test_run_files_written_between_the_check_and_the_lock_are_seen(tmp_path, monkeypatch):
+    import contrastkit.training.run_folder as rf
+
+    real = rf.lock_run_dir
+
+    def lock_after_another_run_wrote(path):
+        (tmp_path / "config.yaml").write_text("written by a run that held the folder first")
+        real(path)
+
+    monkeypatch.setattr(rf, "lock_run_dir", lock_after_another_run_wrote)
+    with pytest.raises(ConfigError, match=r"already holds a run \(config.yaml\)"):
+        rf.prepare_run_dir(tmp_path)

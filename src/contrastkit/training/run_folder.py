@@ -26,12 +26,51 @@ def existing_run_files(run_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (run_dir / name).exists()]
 
 
-def prepare_run_dir(run_dir: str | Path, hint: str = "choose another --out or remove it") -> Path:
+_LOCKS: dict[str, int] = {}  # run folder -> the open descriptor whose lock this process holds until it exits
+
+
+def lock_run_dir(run_dir: str | Path) -> None:
+    """Hold an exclusive lock on the folder ``run_dir`` for the rest of this process, or raise
+    :class:`ConfigError` when another process holds it: two runs (or two resumes) never write into one
+    folder at once. The lock is the kernel's ``flock`` on the folder itself (no lock file is left behind;
+    it goes when the process ends, however it ends). Where ``fcntl`` does not exist (Windows) nothing is
+    locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    key = str(Path(run_dir).resolve())
+    if key in _LOCKS:
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} is in use by another contrastkit process (a run or a resume started "
+            "at the same time); wait for it to end, or choose another --out"
+        ) from None
+    _LOCKS[key] = fd
+
+
+def unlock_run_dir(run_dir: str | Path) -> None:
+    """Release :func:`lock_run_dir`'s lock before the process ends (tests; a run that removed its folder)."""
+    fd = _LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def prepare_run_dir(
+    run_dir: str | Path, hint: str = "choose another --out or remove it", *, lock: bool = True
+) -> Path:
     """Create ``run_dir`` for a new run, or raise :class:`ConfigError` naming why it cannot be used.
 
     Refused: a path that is a file; a folder holding any of :data:`RUN_FILES` (``hint`` says what to do:
     the image trainer points an unfinished run to ``--resume``); a folder that cannot be created or is
-    not writable. An existing empty folder, or one holding other files, is accepted.
+    not writable; a folder another process has locked (``lock``: this process then holds the lock, see
+    :func:`lock_run_dir`, and the run files are checked again under it, so of two runs started at once on
+    one folder exactly one goes ahead). An existing empty folder, or one holding other files, is accepted.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -48,6 +87,12 @@ def prepare_run_dir(run_dir: str | Path, hint: str = "choose another --out or re
         ) from e
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"the run folder {str(run_dir)!r} is not writable; choose another --out")
+    if lock:
+        lock_run_dir(run_dir)
+        held = existing_run_files(run_dir)  # written by a run that held the folder between the checks
+        if held:
+            unlock_run_dir(run_dir)
+            raise ConfigError(f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); {hint}")
     return run_dir
 
 
