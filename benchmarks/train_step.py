@@ -41,15 +41,19 @@ except ModuleNotFoundError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from contrastkit.data import channel_stats, load_dataset
+from contrastkit.errors import ContrastkitError
 from contrastkit.negatives import InBatchNegatives
 from contrastkit.objectives import InfoNCE
 from contrastkit.scores import CosineSimilarity
+from contrastkit.training.checkpoint import check_output_folder, write_atomic
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.step import TrainStep, TwoViews
 from contrastkit.training.trainer import build_model
 from contrastkit.views import ImageViews
+
+MEASUREMENTS = ("compute", "augment", "full")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,9 +109,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
     if args.warmup_steps < 0:
         p.error("--warmup-steps must be >= 0")
-    unknown = {s for s in args.skip.split(",") if s} - {"compute", "augment", "full"}
+    if args.channels not in (1, 3):
+        p.error(f"--channels must be 1 or 3 (synthetic grey or colour images), got {args.channels}")
+    if args.batch_size < 2:
+        p.error(
+            "--batch-size must be at least 2: with one image a step has no in-batch negatives and its loss is 0"
+        )
+    skipped = {s for s in args.skip.split(",") if s}
+    unknown = skipped - set(MEASUREMENTS)
     if unknown:
         p.error(f"--skip: unknown measurement(s) {', '.join(sorted(unknown))}")
+    if skipped >= set(MEASUREMENTS):
+        p.error(
+            f"--skip {args.skip}: that skips every measurement; keep at least one of {', '.join(MEASUREMENTS)}"
+        )
+    if args.json:  # before the run: a result that cannot be written would be lost
+        json_path = Path(args.json)
+        if json_path.is_dir():
+            p.error(f"--json {args.json!r} is a folder; give a file name")
+        try:
+            check_output_folder(json_path)
+        except ContrastkitError as exc:
+            p.error(f"--json: {exc}")
     return args
 
 
@@ -157,7 +180,17 @@ def timed(step: Callable[[], Any], steps: int, warmup: int, device: torch.device
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; bad input (an encoder, channel count or temperature contrastkit refuses, data that
+    cannot be read, a --json file that cannot be written) prints ``train_step: error: ...`` and returns 2."""
     args = parse_args(argv)
+    try:
+        return _run(args)
+    except ContrastkitError as exc:
+        print(f"train_step: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"
     precision = args.precision or ("bf16" if on_cuda else "fp32")
@@ -348,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     line = json.dumps(record)
     print(line)
     if args.json:
-        Path(args.json).write_text(line + "\n")
+        write_atomic(args.json, lambda f: f.write(line + "\n"), binary=False)
     return 0
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.training.checkpoint import check_output_folder, write_atomic
 
 __all__ = ["FORMATS", "Embeddings", "compute_embeddings", "embed_run", "write_embeddings"]
 
@@ -59,8 +60,7 @@ def _check_out(out_path: str | Path) -> Path:
         )
     if target.is_dir():
         raise ConfigError(f"{str(target)!r} is a folder; give a file name ending in {target.suffix}")
-    if not target.parent.is_dir():
-        raise ConfigError(f"folder {str(target.parent)!r} does not exist; create it first")
+    check_output_folder(target)  # exists, is a folder, is writable
     return target
 
 
@@ -122,23 +122,26 @@ def write_embeddings(emb: Embeddings, out_path: str | Path) -> list[Path]:
     target = _check_out(out_path)
     suffix = target.suffix.lower()
     if suffix == ".npz":
-        np.savez(
-            target,
+        arrays = dict(
             embeddings=emb.embeddings,
             names=np.asarray(emb.names, dtype=str),
             splits=np.asarray(emb.splits, dtype=str),
             labels=emb.labels,
             classes=np.asarray(emb.classes, dtype=str),
         )
+        write_atomic(target, lambda f: np.savez(f, **arrays))
         return [target]
     if suffix == ".npy":
-        np.save(target, emb.embeddings)
+        write_atomic(target, lambda f: np.save(f, emb.embeddings))
         index = target.with_name(target.name + ".tsv")
-        with index.open("w", newline="", encoding="utf-8") as f:
+
+        def write_index(f: Any) -> None:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
             w.writerow(["index", "name", "split", "label", "class"])
             for i, row in enumerate(zip(emb.names, emb.splits, emb.labels.tolist(), emb.class_names())):
                 w.writerow([i, *row])
+
+        write_atomic(index, write_index, binary=False)
         return [target, index]
     try:
         import pyarrow as pa
@@ -159,7 +162,7 @@ def write_embeddings(emb: Embeddings, out_path: str | Path) -> list[Path]:
         }
     )
     table = table.replace_schema_metadata({"contrastkit": json.dumps({**emb.meta, "classes": emb.classes})})
-    pq.write_table(table, target)
+    write_atomic(target, lambda f: pq.write_table(table, f))
     return [target]
 
 

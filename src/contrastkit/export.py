@@ -32,7 +32,7 @@ from torch import nn
 from contrastkit import __version__
 from contrastkit.encoders import build_encoder
 from contrastkit.errors import ContrastkitError
-from contrastkit.training.checkpoint import refuse_nonfinite_model
+from contrastkit.training.checkpoint import check_output_folder, refuse_nonfinite_model, write_atomic
 
 __all__ = ["FORMAT", "export_backbone", "load_backbone", "read_export_metadata"]
 
@@ -69,27 +69,26 @@ def export_backbone(run: str | Path, out_path: str | Path | None = None, *, out:
     The written file is read back and loaded (``strict=True``) into a freshly built encoder before this
     returns, so an export that could not be loaded is never reported as a success.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from contrastkit.reporting.run import load_trained_run
 
     out = out or sys.stdout
+    if out_path is not None:  # before loading the run: a bad location is refused before any work
+        _check_target(Path(out_path))
     trained = load_trained_run(run, device="cpu")
     refuse_nonfinite_model(trained.model, trained.checkpoint)  # a diverged run exports nothing
     target = Path(out_path) if out_path is not None else trained.checkpoint.parent / "backbone.safetensors"
-    if target.suffix != ".safetensors":
-        raise ContrastkitError(f"the export file must end in .safetensors, got {str(target)!r}")
-    if target.is_dir():
-        raise ContrastkitError(f"{str(target)!r} is a folder; give a file name ending in .safetensors")
-    if not target.parent.is_dir():
-        raise ContrastkitError(f"folder {str(target.parent)!r} does not exist; create it first")
+    _check_target(target)
     meta = _metadata(trained)
     tensors = {
         k: v.detach().cpu().contiguous().clone() for k, v in trained.model.backbone.state_dict().items()
     }
-    save_file(tensors, str(target), metadata={META_KEY: json.dumps(meta)})
+    payload = save(tensors, metadata={META_KEY: json.dumps(meta)})
+    write_atomic(target, lambda f: f.write(payload))
     sidecar = target.with_name(target.name + ".json")
-    sidecar.write_text(json.dumps(meta, indent=2))
+    sidecar_text = json.dumps(meta, indent=2)
+    write_atomic(sidecar, lambda f: f.write(sidecar_text), binary=False)
     load_backbone(target)  # proves the file loads into a plain module
     print(
         f"wrote {target} ({meta['architecture']}, {len(tensors)} tensors, feature_dim {meta['feature_dim']}) "
@@ -97,6 +96,16 @@ def export_backbone(run: str | Path, out_path: str | Path | None = None, *, out:
         file=out,
     )
     return target
+
+
+def _check_target(target: Path) -> None:
+    """Refuse an export file name that is not ``.safetensors``, is a folder, or whose folder is missing,
+    not a folder or not writable."""
+    if target.suffix != ".safetensors":
+        raise ContrastkitError(f"the export file must end in .safetensors, got {str(target)!r}")
+    if target.is_dir():
+        raise ContrastkitError(f"{str(target)!r} is a folder; give a file name ending in .safetensors")
+    check_output_folder(target)
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:

@@ -227,3 +227,60 @@ def test_sentences_that_are_a_folder_say_so(tmp_path: Path, text_data: dict[str,
     with pytest.raises(DataError, match="is a folder; give a file") as info:
         train_text(cfg)
     assert "does not exist" not in str(info.value)
+
+
+def test_a_failed_run_removes_what_it_wrote_so_the_folder_can_be_reused(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contrastkit.errors import TrainingError
+
+    real = text_module.trim_padding
+
+    def diverge(*args: object, **kwargs: object) -> None:
+        raise TrainingError("the loss became non-finite by step 1; try a lower --lr")
+
+    monkeypatch.setattr(text_module, "trim_padding", diverge)
+    run = tmp_path / "new" / "run"
+    with pytest.raises(TrainingError, match="non-finite"):
+        train_text(TextTrainConfig(**TINY, **text_data, out=str(run)))
+    assert not (tmp_path / "new").exists()  # the folders this run created are gone
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError):
+        train_text(TextTrainConfig(**TINY, **text_data, out=str(existing)))
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # config.yaml removed, nothing else
+    monkeypatch.setattr(text_module, "trim_padding", real)
+    train_text(TextTrainConfig(**TINY, **text_data, out=str(existing)))  # a rerun on the same --out works
+    assert (existing / "metrics.json").is_file()
+
+
+def test_a_failed_run_that_saved_something_says_what_the_folder_holds(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contrastkit.errors import ContrastkitError
+
+    def refuse(path: object, metrics: object) -> None:
+        raise ContrastkitError("cannot write 'metrics.json' (No space left on device)")
+
+    monkeypatch.setattr(text_module, "write_metrics", refuse)
+    run = tmp_path / "run"
+    with pytest.raises(ContrastkitError) as info:
+        train_text(TextTrainConfig(**TINY, **text_data, save_model=True, out=str(run)))
+    assert "holds this failed run's config.yaml, checkpoint.pt" in str(info.value)
+    assert (run / "checkpoint.pt").is_file()  # what was saved is kept
+
+
+def test_cli_divergence_leaves_no_run_behind(
+    tmp_path: Path, text_data: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "td"
+    flags = ["--encoder", "scratch", "--dim", "16", "--depth", "2", "--heads", "2", "--min-freq", "1"]
+    flags += ["--steps", "4", "--batch-size", "8", "--log-every", "1", "--lr", "1e6", "--device", "cpu"]
+    flags += ["--sentences", text_data["sentences"], "--sts", text_data["sts"], "--no-progress"]
+    rc = main(["text-train", *flags, "--out", str(run)])
+    err = capsys.readouterr().err
+    if rc == 0:
+        pytest.skip("lr 1e6 did not diverge in 4 steps here")
+    assert rc == 2 and "non-finite" in err
+    assert not run.exists()

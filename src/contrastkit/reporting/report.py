@@ -33,7 +33,15 @@ from contrastkit.reporting.run import (
     read_metrics,
     run_folder,
 )
-from contrastkit.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from contrastkit.training.checkpoint import (
+    CHECKPOINT_NAME,
+    FOREIGN_RUNS,
+    ForeignRunError,
+    check_output_folder,
+    detect_run_kind,
+    load_checkpoint,
+    write_atomic,
+)
 from contrastkit.training.evaluate import training_progress, unfinished_note
 from contrastkit.training.trainer import load_splits
 
@@ -60,9 +68,38 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _positive(name: str, value: int) -> None:
+MAX_QUERIES = 64
+"""Most rows of the retrieval grid (each row is a ~110 px strip of the PNG)."""
+MAX_NEIGHBOURS = 32
+"""Most neighbours per query in the retrieval grid (each one a ~110 px column of the PNG)."""
+MAX_SEED = 2**32 - 2
+"""Largest --seed: t-SNE (scikit-learn) takes seeds in [0, 2**32 - 1], and the grid's queries use seed + 1."""
+
+
+def _positive(name: str, value: int, most: int | None = None) -> None:
+    flag = "--" + name.replace("_", "-")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    if most is not None and value > most:
+        raise ConfigError(
+            f"{flag} {value} is too large: the retrieval grid draws one image per query and neighbour; give at "
+            f"most {most}"
+        )
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+
+
+def _run_warnings(metrics: dict[str, Any] | None) -> list[str]:
+    """The warnings the run itself recorded in its metrics.json (``warnings``: a string or a list of them)."""
+    raw = (metrics or {}).get("warnings")
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        return []
+    return [f"the run recorded: {w}" for w in dict.fromkeys(w for w in raw if isinstance(w, str) and w)]
 
 
 def write_report(
@@ -87,17 +124,24 @@ def write_report(
     training images (a seeded class-balanced subset).
     """
     out = out or sys.stdout
-    for name, value in (
-        ("map_points", map_points),
-        ("pool", pool),
-        ("queries", queries),
-        ("neighbours", neighbours),
+    for name, value, most in (
+        ("map_points", map_points, None),
+        ("pool", pool, None),
+        ("queries", queries, MAX_QUERIES),
+        ("neighbours", neighbours, MAX_NEIGHBOURS),
     ):
-        _positive(name, value)
+        _positive(name, value, most)
     if limit is not None:
         _positive("limit", limit)
+    _check_seed(seed)
     t0 = time.perf_counter()
     folder = run_folder(run)
+    kind = detect_run_kind(folder)
+    if kind in FOREIGN_RUNS:  # before "no history.jsonl": their folders are not train's
+        exc = ForeignRunError(folder, kind)
+        exc.args = (exc.message_for("report"),)
+        raise exc
+    check_output_folder(folder / REPORT_NAME)  # before any work: a page that cannot be written is lost
     notes: list[str] = []
     metrics = read_metrics(folder)
     history = read_history(folder)
@@ -118,6 +162,7 @@ def write_report(
         if metrics is None and isinstance(state.get("metrics"), dict):
             metrics = dict(state["metrics"])
             notes.append("metrics.json is missing; the metrics shown are those stored in the checkpoint")
+    notes.extend(_run_warnings(metrics))  # e.g. --skip-nonfinite's skipped steps, a single class
     unfinished = unfinished_note(_progress_of(state, metrics))
     if unfinished is not None:
         notes.append(
@@ -179,12 +224,13 @@ def write_report(
             raise  # the user asked for this data: tell them what is wrong with it
         notes.append(f"embedding map and retrieval grid not drawn: {exc}")
     else:
-        figs.extend(_feature_figures(trained, splits, map_points, pool, queries, neighbours, seed))
+        figs.extend(_feature_figures(trained, splits, map_points, pool, queries, neighbours, seed, notes))
 
     figure_paths: dict[str, Path] = {}
     for fig in figs:
         path = folder / FIGURE_FILES[fig.id]
-        path.write_bytes(fig.png)
+        png = fig.png
+        write_atomic(path, lambda f, png=png: f.write(png))
         figure_paths[fig.id] = path
     subtitle = f"run folder {folder.resolve()}"
     progress_text = f" ({unfinished})" if unfinished is not None else ""
@@ -206,7 +252,7 @@ def write_report(
         config_text=read_config_text(folder, ckpt_config),
     )
     html_path = folder / REPORT_NAME
-    html_path.write_text(page, encoding="utf-8")
+    write_atomic(html_path, lambda f: f.write(page), binary=False)
     for note in notes:
         print(f"contrastkit report: WARNING: {note}", file=out)
     print(
@@ -252,6 +298,7 @@ def _feature_figures(
     queries: int,
     neighbours: int,
     seed: int,
+    notes: list[str],
 ) -> list[Figure]:
     train, test = splits.train, splits.test
     assert test is not None  # load_splits holds out part of train when there is no test split
@@ -282,6 +329,16 @@ def _feature_figures(
     q_idx = balanced_indices(test.labels, min(queries, len(test)), seed + 1)
     q_feats = backbone_features(trained, test.images[q_idx])
     nn_idx, sims = F.nearest_neighbours(q_feats, pool_feats, neighbours)
+    if len(q_idx) < queries:
+        notes.append(
+            f"--queries {queries} is more than the {len(test)} test images: the retrieval grid shows "
+            f"{len(q_idx)} queries"
+        )
+    if nn_idx.shape[1] < neighbours:
+        notes.append(
+            f"--neighbours {neighbours} is more than the {len(pool_idx)} training images searched: the "
+            f"retrieval grid shows {nn_idx.shape[1]} neighbours per query"
+        )
     train_idx = pool_idx[nn_idx]  # (Q, K) indices into the training split
     q_labels = test.labels[q_idx]
     nn_labels = train.labels[train_idx]

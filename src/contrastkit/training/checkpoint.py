@@ -8,6 +8,7 @@ mid-write leaves the temporary file behind; :func:`remove_stale_temporaries` cle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,21 +24,81 @@ VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def _reason(exc: OSError) -> str:
+    """The reason of an ``OSError`` in words (``Read-only file system``), without the errno and path."""
+    if exc.errno is not None:
+        return os.strerror(exc.errno)
+    return str(exc) or exc.__class__.__name__
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def cannot_write(path: str | Path, exc: OSError) -> ContrastkitError:
+    """The error for an output file that the file system refused (read-only, no permission, disk full)."""
+    return ContrastkitError(
+        f"cannot write {str(path)!r} ({_reason(exc)}): choose another location or check its permissions "
+        "and free space"
+    )
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """Check, before any work, that the folder of output file ``path`` exists, is a folder and is writable;
+    raise a :class:`ContrastkitError` naming the folder and what to do otherwise. Returns ``path``."""
+    target = Path(path)
+    folder = target.parent
+    if not folder.exists():
+        missing = folder
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        if missing.parent.exists() and not missing.parent.is_dir():
+            raise ContrastkitError(
+                f"{str(missing.parent)!r} is a file, not a folder, so {str(target)!r} cannot be written "
+                "inside it; choose another location"
+            )
+        raise ContrastkitError(f"folder {str(folder)!r} does not exist; create it first")
+    if not folder.is_dir():
+        raise ContrastkitError(
+            f"{str(folder)!r} is a file, not a folder, so {str(target)!r} cannot be written inside it; "
+            "choose another location"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ContrastkitError(
+            f"folder {str(folder)!r} is not writable, so {str(target)!r} cannot be written: choose another "
+            "location or check its permissions"
+        )
+    return target
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
     """Write a file atomically: ``write(f)`` fills a temporary file beside ``path``, which is flushed to disk
-    and renamed over ``path``; a crash or kill mid-write leaves the previous file intact."""
+    and renamed over ``path``; a crash or kill mid-write leaves the previous file intact.
+
+    The file gets the permissions of a newly created file (``0o666`` less the umask), not ``mkstemp``'s
+    ``0o600``. When the file system refuses (read-only, no permission, disk full) the temporary file is
+    removed and a :class:`ContrastkitError` names the path and the reason.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_current_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
     return path
 
 

@@ -36,7 +36,12 @@ from contrastkit.evaluation import (
 )
 from contrastkit.evaluation import linear_probe as run_linear_probe
 from contrastkit.evaluation.features import extract_features_from_batches
-from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
+from contrastkit.training.checkpoint import (
+    check_output_folder,
+    find_checkpoint,
+    load_checkpoint,
+    refuse_nonfinite_model,
+)
 from contrastkit.training.config import TrainConfig
 from contrastkit.training.data import StreamedSplits, stream_splits
 from contrastkit.training.precision import autocast_dtype
@@ -251,6 +256,8 @@ def evaluate_checkpoint(
     t0 = time.perf_counter()
     fractions = parse_fractions(few_label) if few_label is not None else None
     path = find_checkpoint(run_or_checkpoint)
+    if write:  # before any work: results that cannot be merged into metrics.json would be lost
+        check_output_folder(path.parent / METRICS_NAME)
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"], source=str(path))
     run_progress = training_progress(state)
@@ -295,6 +302,7 @@ def evaluate_checkpoint(
         )
     model = build_model(config, info.channels, info.image_size)
     model.load_state_dict(state["model"])
+    refuse_nonfinite_model(model, path)  # a diverged run's kNN would be chance, and merged into metrics.json
     model.to(dev).eval()
     evaluator = KnnEvaluator(splits, info, config, dev)
     torch.manual_seed(config.seed)

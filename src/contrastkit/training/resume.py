@@ -12,6 +12,7 @@ data set or schedule).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -83,6 +84,9 @@ def resume_config(
         )
     saved = TrainConfig.from_dict(state["config"], source=str(path))
     overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
+    data = _resume_data(saved.data, overrides.get("data"), state, path.parent)
+    if data is not None:  # the run's data, found: not a change
+        overrides["data"] = saved.data
     wanted = TrainConfig.from_dict({**saved.to_dict(), **overrides}, source="command line")
     changed = [
         (name, getattr(saved, name), getattr(wanted, name))
@@ -99,7 +103,50 @@ def resume_config(
             f"resume: {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE_OPTIONS - {'out'}))}, and "
             "--data-placement among auto, device and host"
         )
+    if data is not None:
+        wanted = wanted.replace(data=data)
     return wanted.replace(out=str(path.parent)), state
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _resume_data(saved: str, given: Any, state: dict[str, Any], run_dir: Path) -> str | None:
+    """The run's data for a resume from the current folder, as an absolute path, when it is found: the
+    saved path itself, or a ``--data`` given again that is the same file or folder; for a run started with
+    a relative path from another folder, a ``--data`` with the same name (or any, when the checkpoint keeps
+    the data's fingerprint, which the trainer then checks). None: nothing to resolve (a data set name such
+    as digits, a ``--data`` that is another data set: the comparison of the options refuses it). A saved
+    relative path that does not exist from here, and no ``--data``, is a ConfigError saying what to give."""
+    from contrastkit.data import KNOWN_DATASETS
+
+    if saved in KNOWN_DATASETS:
+        return None
+    relative_missing = not os.path.isabs(saved) and not os.path.exists(saved)
+    if given is None or str(given) == saved:
+        if relative_missing:
+            raise ConfigError(
+                f"run {str(run_dir)!r} was started with --data {saved!r}, a path relative to the folder it "
+                f"was started from, which does not exist from here ({os.getcwd()}): resume it from that folder, "
+                f"or give the data's absolute path: --resume {run_dir} --data /absolute/path/to/"
+                f"{os.path.basename(os.path.normpath(saved))}"
+            )
+        return os.path.abspath(saved) if os.path.exists(saved) else None
+    given = str(given)
+    if not os.path.exists(given):
+        return None
+    if _same_path(saved, given):
+        return os.path.abspath(given)
+    if relative_missing and (
+        os.path.basename(os.path.normpath(given)) == os.path.basename(os.path.normpath(saved))
+        or isinstance(state.get("data_fingerprint"), dict)  # compared with the data's when it is loaded
+    ):
+        return os.path.abspath(given)
+    return None
 
 
 class StopSignals:

@@ -37,7 +37,7 @@ from contrastkit.encoders.text import (
     WordTokenizer,
     load_minilm,
 )
-from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation.sts import sts_spearman, tfidf_spearman
 from contrastkit.negatives import MomentumEncoder, build_negatives
 from contrastkit.objectives import OBJECTIVES, build_objective
@@ -48,7 +48,13 @@ from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
-from contrastkit.training.run_folder import prepare_run_dir, write_metrics
+from contrastkit.training.run_folder import (
+    new_folders,
+    prepare_run_dir,
+    remove_if_empty,
+    unlock_run_dir,
+    write_metrics,
+)
 from contrastkit.training.trainer import _progress, resolve_device
 from contrastkit.views.text import TextViews, trim_padding
 
@@ -322,8 +328,43 @@ def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
         if config.out
         else Path("runs") / (f"text-{config.encoder}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     )
+    created = new_folders(run_dir)
     prepare_run_dir(run_dir)
     config = dataclasses.replace(config, out=str(run_dir))
+    try:
+        return _train_text(config, run_dir, device, out, t_start)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        raise  # an interrupt keeps what it wrote (or is a second Ctrl-C: stop at once)
+    except BaseException as exc:
+        kept = _undo_failed_run(run_dir, created)
+        if kept and isinstance(exc, ContrastkitError) and exc.args:
+            exc.args = (
+                f"{exc.args[0]}; the run folder {str(run_dir)!r} holds this failed run's {', '.join(kept)}: "
+                "remove it (or choose another --out) before running again",
+                *exc.args[1:],
+            )
+        raise
+
+
+def _undo_failed_run(run_dir: Path, created: list[Path]) -> list[str]:
+    """After a failure that is not an interrupt: when the run saved nothing useful (no checkpoint, no
+    metrics), remove the config.yaml it wrote and the folders it created (if empty), so the same --out can be
+    used again. Returns the run files left in the folder (the failed run's, when it saved something)."""
+    useful = [name for name in ("metrics.json", CHECKPOINT_NAME) if (run_dir / name).is_file()]
+    if not useful:
+        try:
+            (run_dir / "config.yaml").unlink(missing_ok=True)
+        except OSError:
+            pass
+        unlock_run_dir(run_dir)
+        remove_if_empty(created)
+    left = [name for name in ("config.yaml", "metrics.json", CHECKPOINT_NAME) if (run_dir / name).is_file()]
+    return left
+
+
+def _train_text(
+    config: TextTrainConfig, run_dir: Path, device: torch.device, out: Any, t_start: float
+) -> TextTrainResult:
 
     sentences_path, sts_dir = _paths(config)
     sentences = load_sentences(sentences_path, skip_empty=config.skip_empty)

@@ -60,7 +60,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from contrastkit.data import DataSplits, load_dataset
+from contrastkit.data import KNOWN_DATASETS, DataSplits, load_dataset
 from contrastkit.encoders import MLP, ContrastiveModel, ProjectionHead, build_encoder, resolve_stem
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
@@ -93,7 +93,7 @@ from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
-from contrastkit.training.run_folder import prepare_run_dir, write_metrics
+from contrastkit.training.run_folder import lock_run_dir, prepare_run_dir, write_metrics
 from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
@@ -105,6 +105,10 @@ RANK_SEED_STRIDE = 100_003  # rank r > 0 offsets its generators' seeds by r time
 SKIPPED_WARNING_SHARE = 0.25
 # what to do about a run whose numbers became non-finite (there is no gradient clipping option)
 NONFINITE_ADVICE = "a lower --lr, a higher --temperature or --precision fp32"
+# a run whose final kNN top-1 is at most this times chance (1 / classes), or more than COLLAPSE_BELOW_RANDOM
+# below the untrained encoder's, ends with a warning that its representation likely collapsed
+COLLAPSE_CHANCE_FACTOR = 1.5
+COLLAPSE_BELOW_RANDOM = 0.1
 
 
 @dataclass
@@ -406,6 +410,58 @@ def _train(
         raise
 
 
+def _write_config(path: Path, config: TrainConfig) -> None:
+    """``config.yaml`` of the run, written atomically; a path the file system refuses is a ConfigError."""
+    if path.is_dir():
+        raise ConfigError(
+            f"cannot write the run's configuration {str(path)!r}: it is a folder; move it away (the "
+            "checkpoint keeps the configuration) and run again"
+        )
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    try:
+        write_atomic(path, lambda f: f.write(text), binary=False)
+    except ContrastkitError as exc:
+        raise ConfigError(f"cannot write the run's configuration {str(path)!r}: {exc}") from None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool | None):
+        return float(a) == float(b) or (math.isnan(float(a)) and math.isnan(float(b)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def edited_config_keys(path: Path, saved: dict[str, Any] | None) -> list[str]:
+    """The keys in which the run folder's ``config.yaml`` differs from its checkpoint's configuration
+    (``saved``): it was edited by hand. Empty when it is missing, unreadable or the same."""
+    if not isinstance(saved, dict) or not path.is_file():
+        return []
+    try:
+        on_disk = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(on_disk, dict):
+        return []
+    on_disk = {str(k).replace("-", "_"): v for k, v in on_disk.items()}
+    # out: the run's folder, set on every resume (a moved folder has another)
+    keys = [k for k in saved if k in on_disk and k != "out" and not _same_value(on_disk[k], saved[k])]
+    return keys + [k for k in on_disk if k not in saved]
+
+
+def _warn_edited_config(path: Path, saved: dict[str, Any] | None, out: Any) -> None:
+    """A resume uses the checkpoint's configuration: say so when ``config.yaml`` was edited."""
+    keys = edited_config_keys(path, saved)
+    if keys:
+        print(
+            f"WARNING: {path} differs from the checkpoint's configuration in {', '.join(keys)}: a resume "
+            "continues with the checkpoint's values (and rewrites config.yaml with them); an option that "
+            "may change on resume is given as a flag (--resume RUN --device ...), which is checked",
+            file=out,
+            flush=True,
+        )
+
+
 def _remove_if_empty(folder: Path) -> None:
     try:
         folder.rmdir()  # only an empty folder: anything written into it stays
@@ -436,7 +492,9 @@ def _run(
     else:
         progress, step, history = _restore(saved, run_dir, parts, device)
     if main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if saved is not None:
+            _warn_edited_config(run_dir / "config.yaml", saved.get("config"), out)
+        _write_config(run_dir / "config.yaml", config)
     latest = _LatestCheckpoint(run_dir / CHECKPOINT_NAME, step if saved is not None else None)
     train_step = _train_step(config, device, data, parts, latest)
     print(
@@ -462,22 +520,32 @@ def _run(
         clock=_Clock(progress["train_seconds"], device),
         bar=_progress(parts.total_steps, config.progress) if main else _QuietBar(),
     )
-    loop.run()
-    metrics = _final_metrics(
-        config,
-        data,
-        loop.progress,
-        loop.history,
-        steps=loop.step,
-        train_seconds=loop.clock.seconds(),
-        total_seconds=loop.elapsed_base + time.perf_counter() - t_start,
-        device=device,
-        mined=parts.mined,
-    )
-    loop.finish(metrics)
-    metrics["total_seconds"] = loop.elapsed_base + time.perf_counter() - t_start
-    if main:  # strict JSON: a metric that could not be computed (NaN) is null
-        write_metrics(run_dir / "metrics.json", metrics)
+    # the stop signals are watched up to the final write: a first one during the final evaluation lets the
+    # run finish (its last step's checkpoint was written before that evaluation, so a second one, which
+    # stops at once, leaves it resumable: the resume only evaluates and finishes it)
+    with StopSignals() as stop:
+        loop.run(stop)
+        metrics = _final_metrics(
+            config,
+            data,
+            loop.progress,
+            loop.history,
+            steps=loop.step,
+            train_seconds=loop.clock.seconds(),
+            total_seconds=loop.elapsed_base + time.perf_counter() - t_start,
+            device=device,
+            mined=parts.mined,
+        )
+        loop.finish(metrics)
+        metrics["total_seconds"] = loop.elapsed_base + time.perf_counter() - t_start
+        if main:  # strict JSON: a metric that could not be computed (NaN) is null
+            write_metrics(run_dir / "metrics.json", metrics)
+    if stop.requested is not None:
+        print(
+            f"{signal.Signals(stop.requested).name} received after the last step: the run was finished first",
+            file=out,
+            flush=True,
+        )
     print(format_summary(metrics, run_dir), file=out, flush=True)
     return TrainResult(run_dir=run_dir, metrics=metrics, model=parts.model, history=loop.history)
 
@@ -497,10 +565,13 @@ def _open_run(
     if resume is not None:
         ckpt_path = find_checkpoint(resume)
         run_dir = ckpt_path.parent
+        if rank() == 0:
+            lock_run_dir(run_dir)  # a second resume of this run, started at the same time, is refused
         saved = load_checkpoint(ckpt_path)
         if rank() == 0:
             remove_stale_temporaries(ckpt_path)
     else:
+        config = config.replace(data=absolute_data(config.data))  # a resume from another folder finds it
         run_dir = Path(broadcast_object(str(Path(config.out) if config.out else default_run_dir(config))))
         created = not run_dir.exists()  # (rank 0's answer is the one used: it alone removes the folder)
         # every rank checks; a refusal on any of them is raised on all (none is left at the barrier)
@@ -513,6 +584,13 @@ def _open_run(
     if config.deterministic:
         _make_deterministic(device)
     return config, run_dir, saved, created
+
+
+def absolute_data(spec: str) -> str:
+    """``--data`` as a run keeps it: an existing path made absolute; a data set name (digits) as it is."""
+    if spec in KNOWN_DATASETS or not os.path.exists(spec):
+        return spec
+    return os.path.abspath(spec)
 
 
 def _data_info(config: TrainConfig, data: TrainingData) -> DataInfo:
@@ -810,18 +888,18 @@ class _Loop:
     def main(self) -> bool:
         return rank() == 0
 
-    def run(self) -> None:
-        """Train to the end of the last epoch (a stop signal raises TrainingInterrupted, after a checkpoint)."""
+    def run(self, stop: StopSignals) -> None:
+        """Train to the end of the last epoch (a stop signal, caught by ``stop``, which the caller holds
+        open, raises TrainingInterrupted at the next step boundary, after a checkpoint)."""
         self.bar.update(self.step)
         self.parts.learner.train()
-        with StopSignals() as stop:
-            self.clock.start()
-            while self.progress["epoch"] < self.config.epochs:
-                epoch = self.progress["epoch"]
-                for idx, batch in self._batches():
-                    self._step(idx, batch, epoch, stop)
-                self._end_epoch(epoch)
-            self.clock.stop()
+        self.clock.start()
+        while self.progress["epoch"] < self.config.epochs:
+            epoch = self.progress["epoch"]
+            for idx, batch in self._batches():
+                self._step(idx, batch, epoch, stop)
+            self._end_epoch(epoch)
+        self.clock.stop()
         self.bar.close()
 
     def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -900,8 +978,12 @@ class _Loop:
         the epoch's last step was a multiple of it, or when the latest checkpoint is at this very step (a stop
         there, before the kNN: written again, so that a later resume does not evaluate the epoch again)."""
         config = self.config
-        self.clock.stop()
         is_last = epoch == config.epochs - 1
+        if is_last and self.latest.step != self.step:
+            # the last step's checkpoint (not finished, its kNN still to do) before the final evaluation: a
+            # kill or a second signal from here on leaves a run that a resume just evaluates and finishes
+            self.checkpoint(final=True)
+        self.clock.stop()
         if is_last or (config.knn_every and (epoch + 1) % config.knn_every == 0):
             self._knn(epoch)
         self.progress.update(epoch=epoch + 1, next_batch=0, order=None)
@@ -974,15 +1056,16 @@ class _Loop:
             f"{latest.describe()} {then}"
         )
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, final: bool = False) -> None:
         """Write the checkpoint of this step (after reading the statistics, with the clock stopped); never
-        over a good one with a non-finite state (parameters, buffers, key encoder, queue, optimizer)."""
+        over a good one with a non-finite state (parameters, buffers, key encoder, queue, optimizer).
+        ``final``: the last step's, before the final evaluation (a refusal says no final model is written)."""
         self.drain()
         self.clock.stop()
         self.progress["train_seconds"] = self.clock.seconds()
         self.progress["elapsed_seconds"] = self.elapsed_base + time.perf_counter() - self.t_start
         state = self._state()
-        self._refuse_nonfinite(state, final=False)
+        self._refuse_nonfinite(state, final=final)
         self.board.flush()  # the points up to this step are on disk first: a resume writes only later ones
         if self.main:
             save_checkpoint(state, self.latest.path)
@@ -1074,9 +1157,41 @@ def _final_metrics(
             "accuracies are 1.0 by construction and mean nothing; give labelled data of several classes "
             "(one sub-folder per class) to monitor the encoder"
         )
+    # (a run that skipped most of its steps has its warning already, with the same advice)
+    collapse = _collapse_warning(
+        metrics["knn_top1"], metrics["knn_top1_random_init"], len(train_set.classes), config
+    )
+    if collapse and not warnings:
+        warnings.append(collapse)
     if warnings:
         metrics["warnings"] = warnings
     return metrics
+
+
+def _collapse_warning(learned: Any, random_init: Any, classes: int, config: TrainConfig) -> str | None:
+    """The warning for a run whose final kNN top-1 is at chance (at most ``COLLAPSE_CHANCE_FACTOR`` times
+    1 / classes) or well below the untrained encoder's (by more than ``COLLAPSE_BELOW_RANDOM``): its
+    representation most likely collapsed. None for a healthy run, for one class, and for a NaN."""
+    if classes < 2 or not isinstance(learned, (int, float)) or not math.isfinite(learned):
+        return None
+    chance = 1.0 / classes
+    reasons = []
+    if learned <= COLLAPSE_CHANCE_FACTOR * chance:
+        reasons.append(f"at or below chance level (1/{classes} classes = {chance:.3f})")
+    if (
+        isinstance(random_init, (int, float))
+        and math.isfinite(random_init)
+        and learned < random_init - COLLAPSE_BELOW_RANDOM
+    ):
+        reasons.append(f"well below the same encoder's at random initialisation ({random_init:.4f})")
+    if not reasons:
+        return None
+    lr = f" (this run had {config.lr:g})" if isinstance(config.lr, (int, float)) else ""
+    temperature = f" (this run had {config.temperature:g})" if isinstance(config.temperature, float) else ""
+    return (
+        f"the learned encoder's kNN top-1 {learned:.4f} is {' and '.join(reasons)}: the representation "
+        f"likely collapsed. Start a new run with a lower --lr{lr} or another --temperature{temperature}"
+    )
 
 
 def _train_set_embedder(
@@ -1168,7 +1283,7 @@ def _refuse_existing_run(run_dir: Path) -> None:
                 )
         except ContrastkitError:
             pass
-    prepare_run_dir(run_dir, hint=hint)
+    prepare_run_dir(run_dir, hint=hint, lock=rank() == 0)  # one process of a launch holds the folder
 
 
 def _run_dir_refusal(run_dir: Path) -> str | None:
