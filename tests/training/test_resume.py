@@ -234,6 +234,14 @@ def test_skip_nonfinite_skips_exactly_the_bad_steps(tmp_path, monkeypatch, one_t
     assert [r["step"] for r in rows if r["skipped"]] == bad_steps
     assert all(r["loss"] == r["loss"] for r in rows if not r["skipped"])
     assert result.metrics["skipped_steps"] == 3 and result.metrics["steps"] == 15
+
+    # history.jsonl is strict JSON: the skipped steps' NaN losses are null
+    def no_constants(c):
+        raise AssertionError(f"{c} in history.jsonl")
+
+    lines = (result.run_dir / "history.jsonl").read_text().splitlines()
+    written = [json.loads(line, parse_constant=no_constants) for line in lines]
+    assert [r["step"] for r in written if r["loss"] is None] == bad_steps
     if negatives == "queue":  # the skipped steps enqueued nothing: 12 steps x 2 x 64 keys
         state = load_checkpoint(result.run_dir / "checkpoint.pt")["negatives"]
         assert int(state["queue.filled"]) == 12 * 2 * 64

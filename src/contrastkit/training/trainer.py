@@ -93,7 +93,7 @@ from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
-from contrastkit.training.run_folder import lock_run_dir, prepare_run_dir, write_metrics
+from contrastkit.training.run_folder import json_safe, lock_run_dir, prepare_run_dir, write_metrics
 from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
@@ -1404,10 +1404,11 @@ def _truncate_history(path: Path, step: int, *, write: bool = True) -> list[dict
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict) and row.get("step", step + 1) <= step:
-                rows.append(row)
+                rows.append({k: float("nan") if v is None else v for k, v in row.items()})  # null: NaN
     if not write:
         return rows
-    write_atomic(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), binary=False)
+    text = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in rows)
+    write_atomic(path, lambda f: f.write(text), binary=False)
     return rows
 
 
@@ -1561,8 +1562,8 @@ def _drain(
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+            for row in rows:  # strict JSON: a skipped step's NaN loss is null (read back as NaN)
+                f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
     return rows
 
 
