@@ -107,3 +107,19 @@ def test_bad_inputs():
         linear_probe(x, y, x, y, weight_decays=(-1.0,))
     with pytest.raises(ConfigError, match="heldout_fraction"):
         linear_probe(x, y, x, y, heldout_fraction=1.5)
+
+
+def test_heldout_split_of_tiny_data_falls_back_to_a_plain_split():
+    y = torch.arange(20) % 10  # 20 items, 10 classes: 4 held out cannot hold one of each class
+    fit_idx, val_idx = heldout_split(y, 0.2, 0)
+    assert len(val_idx) == 4 and len(fit_idx) == 16
+    assert sorted(torch.cat([fit_idx, val_idx]).tolist()) == list(range(20))
+    again = heldout_split(y, 0.2, 0)
+    assert torch.equal(again[0], fit_idx) and torch.equal(again[1], val_idx)  # still seeded
+
+
+def test_heldout_split_needs_two_items():
+    from contrastkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 2 training items"):
+        heldout_split(torch.tensor([3]), 0.2, 0)

@@ -130,13 +130,26 @@ def standardisation(features: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def heldout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Stratified, seeded (fit, held-out) index split of the training labels (scikit-learn)."""
+    """Stratified, seeded (fit, held-out) index split of the training labels (scikit-learn).
+
+    Stratified when it can be: every class has 2 items and each side has at least one item per class;
+    otherwise (tiny data: 20 items of 10 classes hold out 4) a plain seeded split. Fewer than 2 items, or
+    a held-out share that rounds to no item, is a :class:`ConfigError`."""
     from sklearn.model_selection import train_test_split
 
     y = labels.cpu().numpy()
+    n = len(y)
+    n_heldout = math.ceil(fraction * n)  # what train_test_split holds out
+    if n < 2 or n_heldout >= n:
+        raise ConfigError(
+            f"the linear probe needs at least 2 training items to hold {fraction:g} of them out for choosing "
+            f"its weight decay, got {n}; use more data (a larger --limit)"
+        )
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    idx = np.arange(len(y))
+    classes = int((counts > 0).sum())
+    stratifiable = counts[counts > 0].min() >= 2 and min(n_heldout, n - n_heldout) >= classes
+    stratify = y if stratifiable else None
+    idx = np.arange(n)
     fit_idx, val_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
     return torch.as_tensor(np.sort(fit_idx)), torch.as_tensor(np.sort(val_idx))
 
