@@ -19,6 +19,8 @@ from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.resume import resume_config
 from contrastkit.training.trainer import format_summary
 
+from .conftest import digit_folder
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -103,20 +105,6 @@ def test_more_mined_negatives_than_training_items_are_refused(tmp_path, one_thre
 
 
 # ----- a resume on changed data ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """60 digit images as PNG files under train/<class>/ (no test/: 20% held out)."""
-    from PIL import Image
-
-    from contrastkit.data import load_dataset
-
-    digits = load_dataset("digits", limit=60).train
-    for i, (img, label) in enumerate(zip(digits.images, digits.labels.tolist(), strict=True)):
-        (tmp_path / "imgs" / "train" / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[0].numpy()).save(tmp_path / "imgs" / "train" / str(label) / f"{i:03d}.png")
-    return tmp_path / "imgs"
 
 
 def unfinished(run_dir, drop_fingerprint=False):
@@ -256,15 +244,8 @@ def test_nonfinite_state_names_buffers_queue_and_optimizer_state():
 
 
 def test_one_class_data_trains_with_a_warning_that_knn_means_nothing(tmp_path, one_thread, capsys):
-    from PIL import Image
-
-    from contrastkit.data import load_dataset
-
-    digits = load_dataset("digits", limit=80).train
-    (tmp_path / "one" / "train" / "seven").mkdir(parents=True)
-    for i, img in enumerate(digits.images):
-        Image.fromarray(img[0].numpy()).save(tmp_path / "one" / "train" / "seven" / f"{i:03d}.png")
-    result = train(config(tmp_path, data=str(tmp_path / "one"), limit=None, batch_size=16))
+    one = digit_folder(tmp_path / "one", limit=80, class_name="seven")
+    result = train(config(tmp_path, data=str(one), limit=None, batch_size=16))
     warnings = result.metrics["warnings"]
     assert len(warnings) == 1 and "1 class (seven)" in warnings[0] and "mean nothing" in warnings[0]
     assert json.loads((result.run_dir / "metrics.json").read_text())["warnings"] == warnings

@@ -144,20 +144,6 @@ def test_the_collapse_warning_compares_with_chance_and_the_untrained_encoder():
 # ----- a resume from another working directory ----------------------------------------------------------------
 
 
-@pytest.fixture
-def folder(tmp_path):
-    """60 digit images as PNG files under imgs/train/<class>/ (no test/: 20% held out)."""
-    from PIL import Image
-
-    from contrastkit.data import load_dataset
-
-    digits = load_dataset("digits", limit=60).train
-    for i, (img, label) in enumerate(zip(digits.images, digits.labels.tolist(), strict=True)):
-        (tmp_path / "imgs" / "train" / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[0].numpy()).save(tmp_path / "imgs" / "train" / str(label) / f"{i:03d}.png")
-    return tmp_path / "imgs"
-
-
 def test_a_new_run_keeps_its_data_path_absolute_and_resumes_from_anywhere(
     tmp_path, folder, monkeypatch, one_thread
 ):
