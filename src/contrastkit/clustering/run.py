@@ -251,7 +251,7 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     data are read, before training: the batch size and ``--clusters`` against the training set. A run
     that fails removes the folder it created, if still empty.
     """
-    from contrastkit.training.run_folder import new_folders, prepare_run_dir, remove_if_empty
+    from contrastkit.training.run_folder import new_run_folder
     from contrastkit.training.trainer import resolve_device
 
     out = out or sys.stdout
@@ -262,13 +262,8 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     run_dir = (
         Path(config.out) if config.out else Path("runs") / f"{data_name}-sela-{datetime.now():%Y%m%d-%H%M%S}"
     )
-    created = new_folders(run_dir)
-    prepare_run_dir(run_dir)
-    try:
+    with new_run_folder(run_dir):
         return _run_sela(config, run_dir, device, out, t_start)
-    except BaseException:
-        remove_if_empty(created)  # a run that failed leaves no empty folder behind
-        raise
 
 
 def _run_sela(

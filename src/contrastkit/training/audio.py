@@ -37,7 +37,7 @@ from contrastkit.training.checkpoint import write_atomic
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.options import check_option, is_integer, is_number, is_positive
-from contrastkit.training.run_folder import new_folders, prepare_run_dir, remove_if_empty, write_metrics
+from contrastkit.training.run_folder import new_run_folder, write_metrics
 from contrastkit.views.audio import AudioViews, LogMel, mfcc
 
 __all__ = [
@@ -307,13 +307,8 @@ def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
         if config.out
         else Path("runs") / f"fsdd-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
     )
-    created = new_folders(run_dir)
-    prepare_run_dir(run_dir)
-    try:
+    with new_run_folder(run_dir):
         return _train_audio(config, run_dir, data, device, out, t_start)
-    except BaseException:
-        remove_if_empty(created)  # a run that failed leaves no empty folder behind
-        raise
 
 
 def _train_audio(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +134,16 @@ def remove_if_empty(folders: list[Path]) -> None:
             p.rmdir()
         except OSError:
             return
+
+
+@contextmanager
+def new_run_folder(run_dir: Path) -> Iterator[Path]:
+    """:func:`prepare_run_dir` for a command's new run, and, when the run fails (any exception, Ctrl-C
+    too), the folders it created removed again while they are empty: a failed run leaves no empty folder."""
+    created = new_folders(run_dir)
+    prepare_run_dir(run_dir)
+    try:
+        yield run_dir
+    except BaseException:
+        remove_if_empty(created)
+        raise

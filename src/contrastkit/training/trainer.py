@@ -93,7 +93,13 @@ from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import StopSignals, TrainingInterrupted
-from contrastkit.training.run_folder import json_safe, lock_run_dir, prepare_run_dir, write_metrics
+from contrastkit.training.run_folder import (
+    json_safe,
+    lock_run_dir,
+    prepare_run_dir,
+    remove_if_empty,
+    write_metrics,
+)
 from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
@@ -406,7 +412,7 @@ def _train(
         return _run(config, device, run_dir, saved, log_every=log_every, out=out, t_start=t_start)
     except BaseException:
         if created and main:
-            _remove_if_empty(run_dir)
+            remove_if_empty([run_dir])  # only while empty: anything written into it stays
         raise
 
 
@@ -460,13 +466,6 @@ def _warn_edited_config(path: Path, saved: dict[str, Any] | None, out: Any) -> N
             file=out,
             flush=True,
         )
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()  # only an empty folder: anything written into it stays
-    except OSError:
-        pass
 
 
 def _run(
