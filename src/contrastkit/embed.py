@@ -13,6 +13,10 @@ trained at and normalised with its training statistics. The output format follow
   float32), plus the run's details in the schema metadata (key ``contrastkit``); needs ``pyarrow``.
 
 Names are the images' paths relative to the folder (or inside the zip), e.g. ``train/cat/0001.png``.
+
+An existing output file (or the ``.npy``'s ``.tsv`` beside it) is refused before any work unless
+``overwrite`` (``--overwrite``) is given; then it is replaced atomically (a temporary file renamed over
+it), so a failure leaves the previous file whole.
 """
 
 from __future__ import annotations
@@ -51,7 +55,16 @@ class Embeddings:
         return [self.classes[i] if 0 <= i < len(self.classes) else "" for i in self.labels.tolist()]
 
 
-def _check_out(out_path: str | Path) -> Path:
+def _outputs(target: Path) -> list[Path]:
+    """The files written for output file ``target``: itself, and the index beside a ``.npy``."""
+    if target.suffix.lower() == ".npy":
+        return [target, target.with_name(target.name + ".tsv")]
+    return [target]
+
+
+def _check_out(out_path: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output file name whose format is unknown, that is a folder, whose folder
+    cannot be written, or that exists (unless ``overwrite``)."""
     target = Path(out_path)
     if target.suffix.lower() not in FORMATS:
         raise ConfigError(
@@ -61,15 +74,39 @@ def _check_out(out_path: str | Path) -> Path:
     if target.is_dir():
         raise ConfigError(f"{str(target)!r} is a folder; give a file name ending in {target.suffix}")
     check_output_folder(target)  # exists, is a folder, is writable
+    for path in _outputs(target)[1:]:
+        if path.is_dir():
+            raise ConfigError(
+                f"{str(path)!r} is a folder, so the index of {str(target)!r} cannot be written beside it; "
+                "give another --out"
+            )
+    if not overwrite:
+        for path in _outputs(target):
+            if path.exists():
+                raise ConfigError(
+                    f"{str(path)!r} already exists; give another --out, or pass --overwrite to replace it"
+                )
     return target
 
 
 def compute_embeddings(
-    run: str | Path, data: str | None = None, *, device: str = "auto", normalize: bool = False
+    run: str | Path,
+    data: str | None = None,
+    *,
+    device: str = "auto",
+    normalize: bool = False,
+    out: Any = None,
 ) -> Embeddings:
-    """Embed every image of ``data`` (default: the data the run was trained on) with the run's backbone."""
+    """Embed every image of ``data`` (default: the data the run was trained on) with the run's backbone.
+
+    Grayscale images for an RGB encoder are repeated to three channels, with a ``NOTE:`` line on ``out``
+    (default: standard output) and the note in ``meta["notes"]``; RGB images for a grayscale encoder are an
+    error (:func:`contrastkit.reporting.run.fit_channels`).
+    """
     from contrastkit.data import has_split_layout, load_dataset, load_image_files
-    from contrastkit.reporting.run import backbone_features, load_trained_run
+    from contrastkit.reporting.run import backbone_features, fit_channels, load_trained_run
+
+    out = out or sys.stdout
     from contrastkit.training.checkpoint import refuse_nonfinite_model
 
     trained = load_trained_run(run, device)
@@ -85,11 +122,16 @@ def compute_embeddings(
         layout = "plain folder"
     feats, names, split_names, labels = [], [], [], []
     classes: list[str] = []
+    notes: list[str] = []
     for split, ds in parts:
         if ds is None or len(ds) == 0:
             continue
         classes = classes or list(ds.classes)
-        f = backbone_features(trained, ds.images)
+        images, note = fit_channels(trained, ds.images, repr(spec))  # before embedding any split
+        if note is not None and note not in notes:
+            notes.append(note)
+            print(f"NOTE: {note}", file=out, flush=True)
+        f = backbone_features(trained, images)
         if normalize:
             f = torch.nn.functional.normalize(f, dim=1)
         feats.append(f)
@@ -106,6 +148,7 @@ def compute_embeddings(
         "image_size": size,
         "normalized": normalize,
         "features": "backbone f(x), " + ("L2-normalised" if normalize else "not normalised"),
+        **({"notes": notes} if notes else {}),
     }
     return Embeddings(
         embeddings=torch.cat(feats).numpy().astype(np.float32, copy=False),
@@ -117,9 +160,12 @@ def compute_embeddings(
     )
 
 
-def write_embeddings(emb: Embeddings, out_path: str | Path) -> list[Path]:
-    """Write ``emb`` in the format of ``out_path``'s suffix; returns the files written."""
-    target = _check_out(out_path)
+def write_embeddings(emb: Embeddings, out_path: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Write ``emb`` in the format of ``out_path``'s suffix; returns the files written.
+
+    An existing file is refused (:class:`ConfigError`) unless ``overwrite``; then it is replaced atomically.
+    """
+    target = _check_out(out_path, overwrite=overwrite)
     suffix = target.suffix.lower()
     if suffix == ".npz":
         arrays = dict(
@@ -173,13 +219,18 @@ def embed_run(
     *,
     device: str = "auto",
     normalize: bool = False,
+    overwrite: bool = False,
     out: Any = None,
 ) -> Embeddings:
-    """Compute the embeddings (:func:`compute_embeddings`) and write them (:func:`write_embeddings`)."""
+    """Compute the embeddings (:func:`compute_embeddings`) and write them (:func:`write_embeddings`).
+
+    The output file name is checked first (format, folder, and that no file of that name exists unless
+    ``overwrite``), so a bad ``out_path`` is refused before the model is loaded or any image decoded.
+    """
     out = out or sys.stdout
-    _check_out(out_path)  # fail before the work, not after
-    emb = compute_embeddings(run, data, device=device, normalize=normalize)
-    written = write_embeddings(emb, out_path)
+    _check_out(out_path, overwrite=overwrite)  # fail before the work, not after
+    emb = compute_embeddings(run, data, device=device, normalize=normalize, out=out)
+    written = write_embeddings(emb, out_path, overwrite=overwrite)
     n, d = emb.embeddings.shape
     counts = ", ".join(f"{s} {emb.splits.count(s)}" for s in dict.fromkeys(emb.splits))
     print(

@@ -17,6 +17,9 @@ To load it by hand::
     backbone.eval()   # input: float (B, C, H, W), (x / 255 - mean) / std; output: (B, feature_dim)
 
 or simply ``contrastkit.export.load_backbone(path)``.
+
+An existing export file (or its ``.json``) is refused before any work unless ``--overwrite``
+(``overwrite=True``) is given; then both are replaced atomically.
 """
 
 from __future__ import annotations
@@ -31,14 +34,21 @@ from torch import nn
 
 from contrastkit import __version__
 from contrastkit.encoders import build_encoder
-from contrastkit.errors import ContrastkitError
-from contrastkit.training.checkpoint import check_output_folder, refuse_nonfinite_model, write_atomic
+from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.training.checkpoint import (
+    check_output_folder,
+    find_checkpoint,
+    refuse_nonfinite_model,
+    write_atomic,
+)
 
 __all__ = ["FORMAT", "export_backbone", "load_backbone", "read_export_metadata"]
 
 FORMAT = "contrastkit-backbone"
 VERSION = 1
 META_KEY = "contrastkit"
+DEFAULT_NAME = "backbone.safetensors"
+"""The export's file name in the run folder when no ``--out`` is given."""
 
 
 def _metadata(trained: Any) -> dict[str, Any]:
@@ -62,10 +72,16 @@ def _metadata(trained: Any) -> dict[str, Any]:
     }
 
 
-def export_backbone(run: str | Path, out_path: str | Path | None = None, *, out: Any = None) -> Path:
+def export_backbone(
+    run: str | Path, out_path: str | Path | None = None, *, overwrite: bool = False, out: Any = None
+) -> Path:
     """Write the backbone of run folder (or checkpoint) ``run`` to ``out_path`` (default:
     ``RUN/backbone.safetensors``) and its metadata to ``out_path`` + ``.json``; returns ``out_path``.
 
+    The file name is checked before the run is loaded: a name not ending in ``.safetensors``, a folder, a
+    folder that is missing or not writable, or an existing file (or ``.json`` beside it) is refused with a
+    :class:`ContrastkitError`, unless ``overwrite`` (``--overwrite``) allows replacing existing files; they
+    are replaced atomically (a temporary file renamed over them), so a failure leaves the old ones whole.
     The written file is read back and loaded (``strict=True``) into a freshly built encoder before this
     returns, so an export that could not be loaded is never reported as a success.
     """
@@ -74,12 +90,13 @@ def export_backbone(run: str | Path, out_path: str | Path | None = None, *, out:
     from contrastkit.reporting.run import load_trained_run
 
     out = out or sys.stdout
-    if out_path is not None:  # before loading the run: a bad location is refused before any work
-        _check_target(Path(out_path))
+    if out_path is not None:
+        target = Path(out_path)
+    else:  # the checkpoint's folder, found without loading it
+        target = find_checkpoint(run).parent / DEFAULT_NAME
+    _check_target(target, overwrite=overwrite)  # before loading the run: refused before any work
     trained = load_trained_run(run, device="cpu")
     refuse_nonfinite_model(trained.model, trained.checkpoint)  # a diverged run exports nothing
-    target = Path(out_path) if out_path is not None else trained.checkpoint.parent / "backbone.safetensors"
-    _check_target(target)
     meta = _metadata(trained)
     tensors = {
         k: v.detach().cpu().contiguous().clone() for k, v in trained.model.backbone.state_dict().items()
@@ -98,14 +115,26 @@ def export_backbone(run: str | Path, out_path: str | Path | None = None, *, out:
     return target
 
 
-def _check_target(target: Path) -> None:
-    """Refuse an export file name that is not ``.safetensors``, is a folder, or whose folder is missing,
-    not a folder or not writable."""
+def _check_target(target: Path, *, overwrite: bool = False) -> None:
+    """Refuse an export file name that is not ``.safetensors``, is a folder, whose folder is missing, not a
+    folder or not writable, or (unless ``overwrite``) that exists or has its ``.json`` sidecar beside it."""
     if target.suffix != ".safetensors":
         raise ContrastkitError(f"the export file must end in .safetensors, got {str(target)!r}")
     if target.is_dir():
         raise ContrastkitError(f"{str(target)!r} is a folder; give a file name ending in .safetensors")
     check_output_folder(target)
+    sidecar = target.with_name(target.name + ".json")
+    if sidecar.is_dir():
+        raise ContrastkitError(
+            f"{str(sidecar)!r} is a folder, so the metadata of {str(target)!r} cannot be written beside it; "
+            "give another --out"
+        )
+    if not overwrite:
+        for path in (target, sidecar):
+            if path.exists():
+                raise ConfigError(
+                    f"{str(path)!r} already exists; give another --out, or pass --overwrite to replace it"
+                )
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from contrastkit.cli import main
 from contrastkit.data import has_split_layout, load_dataset, load_image_files
 from contrastkit.embed import compute_embeddings, embed_run, write_embeddings
 from contrastkit.encoders import ContrastiveModel, ProjectionHead, SmallCNN
-from contrastkit.errors import DataError
+from contrastkit.errors import ConfigError, ContrastkitError, DataError
+from contrastkit.training import TrainConfig, train
 
 
 def reference_features(run: Path, images: torch.Tensor) -> np.ndarray:
@@ -158,9 +159,114 @@ def test_cli_embed_and_its_errors(
         (["--out", str(tmp_path / "e.csv")], "end the file name in one of .npz, .npy, .parquet"),
         (["--out", str(tmp_path / "no" / "e.npz")], "does not exist; create it first"),
         (["--out", str(tmp_path / "e.npz"), "--data", str(tmp_path / "missing")], "does not exist"),
-        (["--out", str(tmp_path / "e.npz"), "--data", str(rgb)], "takes 1-channel images"),
+        (["--out", str(tmp_path / "e.npz"), "--data", str(rgb)], "takes 1-channel images (grayscale), but"),
     ):
         assert main(["embed", str(trained_run), "--device", "cpu", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("contrastkit: error:") and words in err and "\n" not in err
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_cli_embed_refuses_an_existing_file_before_the_work(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contrastkit.reporting.run as run_module
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the output file was checked")
+
+    monkeypatch.setattr(run_module, "load_trained_run", boom)
+    for name, existing in (
+        ("e.npz", "e.npz"),
+        ("e.parquet", "e.parquet"),
+        ("e.npy", "e.npy"),
+        ("f.npy", "f.npy.tsv"),
+    ):
+        (tmp_path / existing).write_text("precious")
+        assert main(["embed", str(trained_run), "--device", "cpu", "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("contrastkit: error:") and "\n" not in err
+        assert f"{str(tmp_path / existing)!r} already exists" in err
+        assert "another --out" in err and "--overwrite" in err
+        assert (tmp_path / existing).read_text() == "precious"
+    assert not (tmp_path / "f.npy").exists()
+    (tmp_path / "g.npy.tsv").mkdir()  # a folder where the index goes: refused, even with --overwrite
+    with pytest.raises(ConfigError, match=r"g\.npy\.tsv' is a folder"):
+        embed_run(trained_run, tmp_path / "g.npy", overwrite=True, out=io.StringIO())
+
+
+def test_overwrite_replaces_the_embeddings_atomically(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contrastkit.training.checkpoint as ckpt
+
+    target, index = tmp_path / "e.npy", tmp_path / "e.npy.tsv"
+    target.write_text("old")
+    index.write_text("old")
+    args = ["embed", str(trained_run), "--device", "cpu", "--out", str(target), "--overwrite"]
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:  # a write that fails half-way leaves the old file whole
+        m.setattr(ckpt.os, "fsync", disk_full)
+        assert main(args) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert target.read_text() == "old" and index.read_text() == "old" and not list(tmp_path.glob("*.tmp"))
+    assert main(args) == 0
+    assert "embedded 1797 images" in capsys.readouterr().out
+    assert np.load(target).shape == (1797, 256) and index.read_text().startswith("index\tname")
+    emb = compute_embeddings(trained_run, device="cpu")
+    with pytest.raises(ContrastkitError, match="already exists"):  # the Python API refuses too
+        write_embeddings(emb, target)
+    assert write_embeddings(emb, target, overwrite=True) == [target, index]
+
+
+def rgb_digit_folder(root: Path, limit: int = 60) -> Path:
+    """``limit`` digits as RGB PNGs under ``root/train/<class>/`` (three different channels)."""
+    digits = load_dataset("digits", limit=limit).train
+    for i, (img, label) in enumerate(zip(digits.images, digits.labels.tolist(), strict=True)):
+        g = img[0].numpy()
+        rgb = np.stack([g, 255 - g, g // 2], axis=2)
+        (root / "train" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(root / "train" / str(label) / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-epoch run on 60 RGB 8x8 digits (an encoder that takes 3 channels)."""
+    root = tmp_path_factory.mktemp("rgb")
+    config = TrainConfig(
+        data=str(rgb_digit_folder(root / "data")), epochs=1, batch_size=16, knn_every=0, progress=False,
+        device="cpu", out=str(root / "run"),
+    )  # fmt: skip
+    return train(config, out=io.StringIO()).run_dir
+
+
+def test_grayscale_images_for_an_rgb_encoder_are_repeated_with_a_note(rgb_run: Path, tmp_path: Path) -> None:
+    rels = ["a.png", "b.png", "c.png"]
+    write_pngs(tmp_path / "gray", rels, mode="L")
+    for rel in rels:  # the same images with their channel written out three times
+        (tmp_path / "gray3").mkdir(exist_ok=True)
+        Image.open(tmp_path / "gray" / rel).convert("RGB").save(tmp_path / "gray3" / rel)
+    printed = io.StringIO()
+    gray = embed_run(rgb_run, tmp_path / "g.npz", data=str(tmp_path / "gray"), device="cpu", out=printed)
+    lines = [line for line in printed.getvalue().splitlines() if line.startswith("NOTE:")]
+    assert len(lines) == 1, printed.getvalue()
+    assert "grayscale (1-channel) images" in lines[0] and "takes RGB (3-channel) images" in lines[0]
+    assert "repeated to 3" in lines[0] and gray.meta["notes"] == [lines[0].removeprefix("NOTE: ")]
+    rgb = compute_embeddings(rgb_run, str(tmp_path / "gray3"), device="cpu", out=io.StringIO())
+    assert "notes" not in rgb.meta
+    np.testing.assert_allclose(gray.embeddings, rgb.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_other_channel_mismatches_are_errors(rgb_run: Path, trained_run: Path) -> None:
+    from contrastkit.reporting.run import backbone_features, load_trained_run
+
+    rgb = load_trained_run(rgb_run)
+    with pytest.raises(ConfigError, match="takes 3-channel images, but this batch has 2-channel"):
+        backbone_features(rgb, torch.zeros(2, 2, 8, 8, dtype=torch.uint8))
+    gray = load_trained_run(trained_run)
+    with pytest.raises(ConfigError, match=r"takes 1-channel images \(grayscale\), but this batch has 3"):
+        backbone_features(gray, torch.zeros(2, 3, 8, 8, dtype=torch.uint8))

@@ -99,3 +99,66 @@ def test_cli_export_errors(trained_run: Path, tmp_path: Path, capsys: pytest.Cap
         assert main(["export", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("contrastkit: error:") and words in err and "\n" not in err
+
+
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the run's model is loaded: a refusal must come before the work."""
+    import contrastkit.reporting.run as run_module
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the output file was checked")
+
+    monkeypatch.setattr(run_module, "load_trained_run", boom)
+
+
+def test_an_existing_export_is_refused_before_the_work(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "f.safetensors"
+    target.write_bytes(b"precious")
+    no_model_loading(monkeypatch)
+    assert main(["export", str(trained_run), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("contrastkit: error:") and "\n" not in err
+    assert f"{str(target)!r} already exists" in err and "another --out" in err and "--overwrite" in err
+    assert target.read_bytes() == b"precious"
+    # the sidecar alone is refused too: it would be replaced
+    target.unlink()
+    sidecar = tmp_path / "f.safetensors.json"
+    sidecar.write_text("{}")
+    with pytest.raises(ContrastkitError, match=r"f\.safetensors\.json' already exists"):
+        export_backbone(trained_run, target, out=io.StringIO())
+    assert sidecar.read_text() == "{}" and not target.exists()
+
+
+def test_an_existing_default_export_is_refused_before_the_work(
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (run_copy / "backbone.safetensors").write_bytes(b"an earlier export")
+    no_model_loading(monkeypatch)
+    with pytest.raises(ContrastkitError, match=r"backbone\.safetensors' already exists.*--overwrite"):
+        export_backbone(run_copy, out=io.StringIO())
+    assert (run_copy / "backbone.safetensors").read_bytes() == b"an earlier export"
+
+
+def test_overwrite_replaces_the_export_atomically(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contrastkit.training.checkpoint as ckpt
+
+    target = tmp_path / "f.safetensors"
+    target.write_bytes(b"old")
+    (tmp_path / "f.safetensors.json").write_text("old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:  # a write that fails half-way leaves the old file whole
+        m.setattr(ckpt.os, "fsync", disk_full)
+        assert main(["export", str(trained_run), "--out", str(target), "--overwrite"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert target.read_bytes() == b"old" and not list(tmp_path.glob("*.tmp"))
+    assert main(["export", str(trained_run), "--out", str(target), "--overwrite"]) == 0
+    assert f"wrote {target}" in capsys.readouterr().out
+    assert type(load_backbone(target)) is SmallCNN
+    assert json.loads((tmp_path / "f.safetensors.json").read_text()) == read_export_metadata(target)

@@ -249,6 +249,54 @@ def test_cli_report_and_its_errors(run_copy: Path, capsys: pytest.CaptureFixture
     assert "no metrics.json" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------------------- channels
+
+
+def digit_folder(root: Path, mode: str, limit: int = 60) -> Path:
+    """``limit`` digits as 8x8 PNGs under ``root/train/<class>/``: grayscale (``L``) or RGB (``RGB``, three
+    different channels)."""
+    from contrastkit.data import load_dataset
+
+    digits = load_dataset("digits", limit=limit).train
+    for i, (img, label) in enumerate(zip(digits.images, digits.labels.tolist(), strict=True)):
+        g = img[0].numpy()
+        array = g if mode == "L" else np.stack([g, 255 - g, g // 2], axis=2)
+        (root / "train" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(root / "train" / str(label) / f"{i:03d}.png")
+    return root
+
+
+def test_grayscale_data_for_an_rgb_run_is_repeated_with_a_warning(tmp_path: Path) -> None:
+    from contrastkit.training import TrainConfig, train
+
+    config = TrainConfig(
+        data=str(digit_folder(tmp_path / "rgb", "RGB")), epochs=1, batch_size=16, knn_every=0,
+        progress=False, device="cpu", out=str(tmp_path / "run"),
+    )  # fmt: skip
+    run = train(config, out=io.StringIO()).run_dir
+    gray = digit_folder(tmp_path / "gray", "L")
+    printed = io.StringIO()
+    result = write_report(run, data=str(gray), device="cpu", queries=2, neighbours=3, out=printed)
+    [note] = [n for n in result.notes if "channel" in n]
+    assert f"{str(gray)!r} has grayscale (1-channel) images" in note and "repeated to 3" in note
+    assert "takes RGB (3-channel) images" in note
+    assert f"WARNING: {note}" in printed.getvalue()
+    page = parse(result.html)
+    assert "fig-embedding" in page.sections and "fig-retrieval" in page.sections
+    assert "repeated to 3" in result.html.read_text(encoding="utf-8")
+
+
+def test_rgb_data_for_a_grayscale_run_is_an_error_naming_both_channel_counts(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rgb = digit_folder(tmp_path / "rgb", "RGB")
+    assert main(["report", str(trained_run), "--device", "cpu", "--data", str(rgb)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("contrastkit: error:") and "\n" not in err
+    assert "takes 1-channel images (grayscale)" in err and f"{str(rgb)!r} has 3-channel images (RGB)" in err
+    assert "convert them to grayscale" in err
+
+
 # ------------------------------------------------------------------------------------------- browser
 
 

@@ -116,3 +116,102 @@ def test_eval_of_a_limited_run_without_a_test_split_holds_out_the_same_images(tm
         ConfigError, match=r"no test/ split.*--limit 90 would evaluate on images it trained on"
     ):
         evaluate_checkpoint(run, device="cpu", limit=90, write=False)
+
+
+# ----- channels: the rule eval shares with embed and report ----------------------------------------------------
+
+
+def digit_split_folder(root, mode):
+    """60 digits as 8x8 PNGs under root/train/<class>/ (40) and root/test/<class>/ (20): ``L`` (grayscale),
+    ``RGB`` (three different channels) or ``gray3`` (RGB files whose three channels are the gray image)."""
+    import numpy as np
+    from PIL import Image
+
+    from contrastkit.data import load_dataset
+
+    digits = load_dataset("digits", limit=60).train
+    for i, (img, label) in enumerate(zip(digits.images, digits.labels.tolist(), strict=True)):
+        g = img[0].numpy()
+        array = {"L": g, "RGB": np.stack([g, 255 - g, g // 2], 2), "gray3": np.stack([g, g, g], 2)}[mode]
+        folder = root / ("test" if i % 3 == 0 else "train") / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def rgb_runs(tmp_path_factory):
+    """Two 1-epoch runs on 40 RGB digits (encoders that take 3 channels): in memory, and streamed."""
+    root = tmp_path_factory.mktemp("rgb")
+    data = str(digit_split_folder(root / "data", "RGB"))
+    runs = {}
+    for placement in ("auto", "stream"):
+        config = TrainConfig(
+            data=data, epochs=1, batch_size=16, knn_every=0, knn_k=5, progress=False, device="cpu",
+            image_size=8, data_placement=placement, workers=0, out=str(root / placement),
+        )  # fmt: skip
+        runs[placement] = train(config, out=io.StringIO()).run_dir
+    return runs
+
+
+def test_eval_repeats_grayscale_for_an_rgb_encoder_and_records_the_note(rgb_runs, tmp_path, capsys):
+    run = rgb_runs["auto"]
+    gray = digit_split_folder(tmp_path / "gray", "L")
+    args = ["eval", str(run), "--data", str(gray), "--device", "cpu"]
+    assert main([*args, "--linear-probe", "--geometry", "--few-label", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    notes = [line.removeprefix("NOTE: ") for line in printed.splitlines() if line.startswith("NOTE:")]
+    assert len(notes) == 1, printed
+    assert f"{str(gray)!r} has grayscale (1-channel) images" in notes[0] and "repeated to 3" in notes[0]
+    ev = json.loads((run / "metrics.json").read_text())["evaluation"]["other_data"][str(gray)]
+    for entry in (ev["knn"], ev["linear_probe"], ev["geometry"], *ev["few_label"].values()):
+        assert entry["notes"] == notes  # a reader of metrics.json knows how the images were fed
+    # the same as RGB files whose three channels are the gray image
+    same = evaluate_checkpoint(run, data=str(digit_split_folder(tmp_path / "gray3", "gray3")), write=False)
+    assert "notes" not in same and "notes" not in same["evaluation"]["knn"]
+    assert ev["knn"]["top1"] == pytest.approx(same["knn_top1"], abs=1e-6)
+    assert ev["knn"]["top1_raw_pixels"] == pytest.approx(same["knn_top1_raw_pixels"], abs=1e-6)
+
+
+def test_eval_of_a_streamed_rgb_run_on_grayscale_data(rgb_runs, tmp_path):
+    gray = digit_split_folder(tmp_path / "gray", "L")
+    out = io.StringIO()
+    m = evaluate_checkpoint(rgb_runs["stream"], data=str(gray), device="cpu", write=False, out=out)
+    assert len(m["notes"]) == 1 and "repeated to 3" in m["notes"][0] and "NOTE: " in out.getvalue()
+    same = evaluate_checkpoint(
+        rgb_runs["stream"], data=str(digit_split_folder(tmp_path / "gray3", "gray3")), write=False
+    )
+    assert m["knn_top1"] == pytest.approx(same["knn_top1"], abs=1e-6)
+
+
+def test_eval_refuses_rgb_data_for_a_grayscale_encoder(run_dir, tmp_path, capsys):
+    rgb = digit_split_folder(tmp_path / "rgb", "RGB")
+    before = (run_dir / "metrics.json").read_text()
+    assert main(["eval", str(run_dir), "--data", str(rgb), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("contrastkit: error:") and "\n" not in err
+    assert "takes 1-channel images (grayscale)" in err and f"{str(rgb)!r} has 3-channel images (RGB)" in err
+    assert "convert them to grayscale" in err
+    assert (run_dir / "metrics.json").read_text() == before
+
+
+def test_match_channels_rule():
+    from contrastkit.errors import ConfigError
+    from contrastkit.training.evaluate import match_channels
+
+    gray = torch.arange(2 * 4 * 4, dtype=torch.uint8).view(2, 1, 4, 4)
+    same, note = match_channels(gray, 1, encoder="the encoder", data="'x'")
+    assert same is gray and note is None
+    rgb, note = match_channels(gray, 3, encoder="the encoder", data="'x'")
+    assert rgb.shape == (2, 3, 4, 4) and torch.equal(rgb[:, 2], gray[:, 0])
+    assert note == (
+        "'x' has grayscale (1-channel) images and the encoder takes RGB (3-channel) images: each image's "
+        "channel is repeated to 3"
+    )
+    for c, want in ((3, 1), (2, 3), (4, 3), (2, 1)):
+        with pytest.raises(
+            ConfigError, match=rf"the encoder takes {want}-channel images.*'x' has {c}-channel"
+        ):
+            match_channels(
+                torch.zeros(1, c, 4, 4, dtype=torch.uint8), want, encoder="the encoder", data="'x'"
+            )

@@ -55,7 +55,17 @@ def add_parsers(sub: Any) -> None:
     )
     emb.add_argument("run", metavar="RUN", help="a run folder or checkpoint.pt")
     emb.add_argument("--data", metavar="digits|PATH", help="images to embed (default: the training data)")
-    emb.add_argument("--out", required=True, metavar="FILE", help="output file: .npz, .npy or .parquet")
+    emb.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="output file: .npz, .npy or .parquet (an existing FILE is refused unless --overwrite)",
+    )
+    emb.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing FILE (and FILE.tsv for .npy), atomically (default: refuse it)",
+    )
     emb.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     emb.add_argument(
         "--normalize", action=argparse.BooleanOptionalAction, default=False, help="L2-normalise (default: no)"
@@ -70,7 +80,15 @@ def add_parsers(sub: Any) -> None:
     )
     exp.add_argument("run", metavar="RUN", help="a run folder or checkpoint.pt")
     exp.add_argument(
-        "--out", metavar="FILE", help="output .safetensors file (default: RUN/backbone.safetensors)"
+        "--out",
+        metavar="FILE",
+        help="output .safetensors file (default: RUN/backbone.safetensors); an existing one is refused "
+        "unless --overwrite",
+    )
+    exp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing FILE and FILE.json, atomically (default: refuse them)",
     )
 
 
@@ -93,10 +111,17 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "embed":
         from contrastkit.embed import embed_run
 
-        embed_run(args.run, args.out, args.data, device=args.device, normalize=args.normalize)
+        embed_run(
+            args.run,
+            args.out,
+            args.data,
+            device=args.device,
+            normalize=args.normalize,
+            overwrite=args.overwrite,
+        )
     elif args.command == "export":
         from contrastkit.export import export_backbone
 
-        export_backbone(args.run, args.out)
+        export_backbone(args.run, args.out, overwrite=args.overwrite)
     else:  # pragma: no cover - argparse only lets the registered names through
         raise ValueError(f"not a reporting command: {args.command}")

@@ -27,6 +27,7 @@ from contrastkit.reporting.run import (
     TrainedRun,
     backbone_features,
     finite,
+    fit_channels,
     load_trained_run,
     read_config_text,
     read_history,
@@ -218,12 +219,14 @@ def write_report(
         )
 
     try:
-        trained, splits = _load_model_and_data(folder, data, device, limit)
+        trained, splits, channel_note = _load_model_and_data(folder, data, device, limit)
     except ContrastkitError as exc:
         if data is not None:
             raise  # the user asked for this data: tell them what is wrong with it
         notes.append(f"embedding map and retrieval grid not drawn: {exc}")
     else:
+        if channel_note is not None:  # printed as a WARNING: line and shown at the top of the page
+            notes.append(f"embedding map and retrieval grid: {channel_note}")
         figs.extend(_feature_figures(trained, splits, map_points, pool, queries, neighbours, seed, notes))
 
     figure_paths: dict[str, Path] = {}
@@ -279,15 +282,22 @@ def _progress_of(state: dict[str, Any], metrics: dict[str, Any] | None) -> dict[
 
 def _load_model_and_data(
     folder: Path, data: str | None, device: str, limit: int | None
-) -> tuple[TrainedRun, DataSplits]:
+) -> tuple[TrainedRun, DataSplits, str | None]:
+    """The run's model, its data (fitted to the encoder's channels by :func:`fit_channels`) and the note of
+    that fitting (None: the images were used as they are)."""
     trained = load_trained_run(folder, device)
     changes: dict[str, Any] = {"image_size": trained.info.image_size, "device": str(trained.device)}
     if data is not None:
         changes["data"] = data
     if limit is not None:
         changes["limit"] = limit
-    splits, _ = load_splits(trained.config.replace(**changes))
-    return trained, splits
+    config = trained.config.replace(**changes)
+    splits, _ = load_splits(config)
+    note = None
+    for ds in (splits.train, splits.test):
+        if ds is not None:
+            ds.images, note = fit_channels(trained, ds.images, repr(config.data))
+    return trained, splits, note
 
 
 def _feature_figures(

@@ -21,6 +21,7 @@ from contrastkit.errors import ContrastkitError
 from contrastkit.evaluation import extract_features
 from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
 from contrastkit.training.config import TrainConfig
+from contrastkit.training.evaluate import match_channels
 from contrastkit.training.trainer import DataInfo, build_model, resolve_device
 from contrastkit.views import eval_transform
 
@@ -28,6 +29,7 @@ __all__ = [
     "HISTORY_NAME",
     "TrainedRun",
     "backbone_features",
+    "fit_channels",
     "load_trained_run",
     "read_config_text",
     "read_history",
@@ -138,22 +140,23 @@ def load_trained_run(run: str | Path, device: str = "cpu") -> TrainedRun:
     )
 
 
+def fit_channels(trained: TrainedRun, images: Tensor, data: str) -> tuple[Tensor, str | None]:
+    """``images`` fitted to the channels of ``trained``'s encoder, and the note to print (None: unchanged):
+    :func:`contrastkit.training.evaluate.match_channels`, the rule ``eval``, ``embed`` and ``report`` share
+    (grayscale for an RGB encoder repeated to three channels; RGB for a grayscale encoder an error)."""
+    return match_channels(
+        images, trained.info.channels, encoder=f"the encoder of {str(trained.checkpoint)!r}", data=data
+    )
+
+
 def backbone_features(trained: TrainedRun, images: Tensor, batch_size: int = 256) -> Tensor:
     """Backbone features ``h = f(x)`` of ``uint8`` ``(N, C, H, W)`` images, float32 ``(N, D)`` on the CPU.
 
-    Images are normalised with the training statistics, exactly as the kNN evaluation does. Grayscale
-    images are repeated to three channels for an RGB encoder; RGB images for a grayscale encoder are an error.
+    Images are normalised with the training statistics, exactly as the kNN evaluation does. Channels are
+    fitted by :func:`fit_channels` (grayscale repeated to three for an RGB encoder, other mismatches an
+    error); the commands call it first themselves, to print its note once.
     """
-    c = images.shape[1]
-    want = trained.info.channels
-    if c != want:
-        if c == 1 and want == 3:
-            images = images.expand(-1, 3, -1, -1)
-        else:
-            raise ContrastkitError(
-                f"the encoder of {str(trained.checkpoint)!r} takes {want}-channel images, but these have {c} "
-                "channels; give images like those it was trained on"
-            )
+    images, _ = fit_channels(trained, images, "this batch")
     size = trained.info.image_size
     if tuple(images.shape[2:]) != (size, size):
         raise ContrastkitError(

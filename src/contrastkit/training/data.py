@@ -20,14 +20,18 @@ batch on, so an interrupted run resumes with exactly the batches it would have s
 from __future__ import annotations
 
 import hashlib
+import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from contrastkit.data import DataSplits, balanced_indices, channel_stats
+from contrastkit.data.folder import _dir_root, _list_zip
 from contrastkit.data.placement import ResidentImages
 from contrastkit.data.stream import ImageFileDataset, batch_loader, default_workers, stream_image_folder
 from contrastkit.errors import ConfigError
@@ -49,18 +53,27 @@ class TrainingData:
     stream: ImageFileDataset | None = None
     workers: int | None = None
     names: list[str] | None = None  # the training images' names (file paths in the folder or zip), if known
+    source: str | None = None  # the folder or .zip the names are in (None: the embedded digits)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint keeps to tell whether a resume sees the same training data: the number of
-        training items, their shape and (when the names are known) a SHA-256 of their sorted names. The saved
-        epoch order indexes the items, so a resume on other data would train on other batches."""
+        training items, their shape, (when the names are known) a SHA-256 of their sorted names and (for a
+        folder or zip) a SHA-256 of their contents' records (:func:`contents_fingerprint`). The saved epoch
+        order indexes the items, so a resume on other data would train on other batches.
+
+        The records cost no read of the images: for a ``.zip`` each member's CRC-32 and size from the
+        central directory (a replaced image is noticed whenever its bytes differ), for a folder each file's
+        size (``stat``; a replacement of the same size in a folder is *not* noticed). The embedded digits
+        are fixed and get no contents record."""
         found: dict[str, Any] = {"train_items": len(self), "image_shape": [int(d) for d in self.image_shape]}
         if self.names is not None:
             digest = hashlib.sha256("\n".join(sorted(self.names)).encode("utf-8", "surrogateescape"))
             found["names_sha256"] = digest.hexdigest()
+            if self.source is not None:
+                found.update(contents_fingerprint(self.source, self.names))
         return found
 
     @property
@@ -103,6 +116,35 @@ class TrainingData:
             yield idx, self.resident.batch(source[i * batch_size : (i + 1) * batch_size][rows])
 
 
+def contents_fingerprint(source: str | os.PathLike[str], names: list[str]) -> dict[str, str]:
+    """``contents_sha256``, a SHA-256 over the sorted ``name, CRC-32, size`` records (a ``.zip``: from its
+    central directory) or ``name, size`` records (a folder: one ``stat`` per file, no read) of the images
+    ``names`` (relative to the data's root, as the loaders name them) in ``source``, and ``contents``, which
+    of the two it is. A same-size replacement in a folder is not detected; a file gone since it was listed
+    gets size -1."""
+    path = Path(source)
+    lines: list[str] = []
+    if path.is_file() and path.suffix.lower() == ".zip":
+        root, _ = _list_zip(path)
+        with zipfile.ZipFile(path) as zf:
+            infos = {info.filename: info for info in zf.infolist()}
+        basis = "zip: name, CRC-32, size"
+        for name in sorted(names):
+            info = infos.get(root + name)
+            lines.append(f"{name}\t{info.CRC:08x}\t{info.file_size}" if info else f"{name}\t-\t-1")
+    else:
+        root = _dir_root(path)
+        basis = "folder: name, size (same-size replacements not detected)"
+        for name in sorted(names):
+            try:
+                size = os.stat(path / (root + name)).st_size
+            except OSError:
+                size = -1
+            lines.append(f"{name}\t{size}")
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape"))
+    return {"contents_sha256": digest.hexdigest(), "contents": basis}
+
+
 def load_training_data(config: TrainConfig, device: torch.device) -> TrainingData:
     """Load (or list, for ``stream``) the data the config names, placed as ``--data-placement`` says."""
     from contrastkit.training.trainer import load_splits
@@ -127,6 +169,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
             stats=stats,
             resident=resident,
             names=list(splits.train.names),
+            source=None if config.data == "digits" else config.data,
         )
     streamed = stream_splits(config)
     return TrainingData(
@@ -138,6 +181,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
         stream=streamed.train,
         workers=streamed.workers,
         names=list(streamed.train.names),
+        source=config.data,
     )
 
 

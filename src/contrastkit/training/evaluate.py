@@ -86,6 +86,41 @@ def unfinished_note(progress: dict[str, Any]) -> str | None:
     return f"unfinished: {where}"
 
 
+def match_channels(
+    images: torch.Tensor, channels: int, *, encoder: str, data: str
+) -> tuple[torch.Tensor, str | None]:
+    """``uint8 (N, C, H, W)`` images fitted to an encoder that takes ``channels`` channels, and a note (None
+    when nothing was changed). The one rule of ``contrastkit eval``, ``embed`` and ``report``:
+
+    - as many channels as the encoder takes: unchanged;
+    - grayscale (1 channel) for an RGB (3-channel) encoder: the channel is repeated to three (a view, no
+      copy), and the note says so (the commands print it as a ``NOTE:`` line; eval records it);
+    - RGB (3 channels) for a grayscale encoder, or any other mismatch: a :class:`ConfigError` naming both
+      channel counts and what to do.
+
+    ``encoder`` names the encoder in messages (``"the encoder of 'runs/x/checkpoint.pt'"``), ``data`` the
+    images (``"'photos/'"``).
+    """
+    c = int(images.shape[1])
+    if c == channels:
+        return images, None
+    if c == 1 and channels == 3:
+        note = (
+            f"{data} has grayscale (1-channel) images and {encoder} takes RGB (3-channel) images: each image's "
+            "channel is repeated to 3"
+        )
+        return images.expand(-1, 3, -1, -1), note
+    if c == 3 and channels == 1:
+        raise ConfigError(
+            f"{encoder} takes 1-channel images (grayscale), but {data} has 3-channel images (RGB); convert them "
+            "to grayscale first (e.g. Pillow's Image.convert('L')), or use a run trained on RGB images"
+        )
+    raise ConfigError(
+        f"{encoder} takes {channels}-channel images, but {data} has {c}-channel images; give images like those "
+        "it was trained on (1-channel grayscale or 3-channel RGB)"
+    )
+
+
 def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
     """``"0.01,0.1"`` (or a sequence) -> ``(0.01, 0.1)``; each must lie in (0, 1]."""
     items = text.split(",") if isinstance(text, str) else list(text)
@@ -248,9 +283,11 @@ def evaluate_checkpoint(
     ``"evaluation"["other_data"][<data name>]``, see :func:`merge_evaluation`). Returns the kNN figures at
     the top level (as ``train`` reports them), how far the run got (``finished``, ``trained_steps``,
     ``total_steps``), ``warnings`` when there are any (an unfinished run, a single class) and every result
-    under ``"evaluation"``. A ``knn_k`` larger than the training set is clamped to it, and the k used is
-    recorded (``k``, with ``k_requested``). Label fractions that would leave a class without a labelled
-    image are refused before any work.
+    under ``"evaluation"``. Grayscale images for an RGB encoder are repeated to three channels
+    (:func:`match_channels`), with a ``NOTE:`` line and the note under ``notes`` of the result and of every
+    entry; RGB images for a grayscale encoder are refused. A ``knn_k`` larger than the training set is
+    clamped to it, and the k used is recorded (``k``, with ``k_requested``). Label fractions that would
+    leave a class without a labelled image are refused before any work.
     """
     out = out or sys.stdout
     t0 = time.perf_counter()
@@ -295,11 +332,10 @@ def evaluate_checkpoint(
     assert splits.test is not None
     if fractions is not None:  # before any work: a fraction too small for the classes is refused
         check_label_fractions(splits.train.labels, fractions)
-    c = splits.train.image_shape[0]
-    if c != info.channels:
-        raise ConfigError(
-            f"the encoder in {str(path)!r} takes {info.channels}-channel images, but {config.data!r} has {c} channels"
-        )
+    notes: list[str] = []
+    channel_note = _fit_channels(splits, streamed, info.channels, path, config.data)
+    if channel_note is not None:
+        notes.append(channel_note)
     model = build_model(config, info.channels, info.image_size)
     model.load_state_dict(state["model"])
     refuse_nonfinite_model(model, path)  # a diverged run's kNN would be chance, and merged into metrics.json
@@ -327,11 +363,15 @@ def evaluate_checkpoint(
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **run_progress,
     }
+    if notes:  # in every result entry, so a reader of metrics.json knows how the images were fed
+        context["notes"] = list(notes)
     print(
         f"contrastkit eval: {path} on {splits.name}" + (f" ({unfinished})" if unfinished else ""),
         file=out,
         flush=True,
     )
+    for note in notes:
+        print(f"NOTE: {note}", file=out, flush=True)
     for warning in warnings:
         print(f"WARNING: {warning}", file=out, flush=True)
 
@@ -474,6 +514,8 @@ def evaluate_checkpoint(
     metrics["seconds"] = time.perf_counter() - t0
     if warnings:
         metrics["warnings"] = warnings
+    if notes:
+        metrics["notes"] = notes
     metrics["evaluation"] = results
     if write:
         data_key = None if same_data else splits.name
@@ -483,6 +525,24 @@ def evaluate_checkpoint(
     for warning in warnings:  # again at the end, where they are read
         print(f"WARNING: {warning}", file=out, flush=True)
     return metrics
+
+
+def _fit_channels(
+    splits: DataSplits, streamed: _Streamed | None, channels: int, path: Path, data: str
+) -> str | None:
+    """Fit the loaded images (and a streamed run's image readers) to the encoder's channels, in place, by
+    :func:`match_channels`; returns its note."""
+    assert splits.test is not None
+    encoder, where = f"the encoder of {str(path)!r}", repr(data)
+    note = None
+    for ds in (splits.train, splits.test):
+        ds.images, note = match_channels(ds.images, channels, encoder=encoder, data=where)
+    if streamed is not None:  # the readers repeat a grayscale image to the channels they are set to
+        for reader in (streamed.splits.train, streamed.splits.test):
+            if reader.channels != channels:
+                match_channels(torch.empty(0, reader.channels, 1, 1), channels, encoder=encoder, data=where)
+                reader.channels = channels
+    return note
 
 
 def _world_size(state: dict[str, Any]) -> int:

@@ -1348,7 +1348,7 @@ def _check_same_data(
     """Refuse to resume on training data other than the run's (the saved epoch order, the mined negatives'
     index and the step count all index its items), naming what differs, old against new. A checkpoint
     written before fingerprints were kept has none and is not checked; only what both sides hold is
-    compared."""
+    compared (a checkpoint from before ``contents_sha256`` was kept resumes without the contents check)."""
     old = saved.get("data_fingerprint")
     if not isinstance(old, dict):
         return
@@ -1366,6 +1366,17 @@ def _check_same_data(
         changed.append(
             "the training images' file names differ (files added, removed or renamed; names hash "
             f"{old['names_sha256'][:12]} then, {fingerprint['names_sha256'][:12]} now)"
+        )
+    elif (
+        old.get("contents_sha256") is not None
+        and fingerprint.get("contents_sha256") is not None
+        and old.get("contents", fingerprint.get("contents")) == fingerprint.get("contents")
+        and old["contents_sha256"] != fingerprint["contents_sha256"]
+    ):  # the same names (else said above), other contents: an image was replaced by another
+        changed.append(
+            "the training images' contents differ under the same file names (an image was replaced by "
+            f"another; {fingerprint.get('contents', 'contents')} hash {old['contents_sha256'][:12]} then, "
+            f"{fingerprint['contents_sha256'][:12]} now)"
         )
     if changed:
         raise ConfigError(

@@ -1,0 +1,145 @@
+"""The training data's fingerprint covers the images' contents: a resume on a zip whose images were replaced by
+others of the same names is refused; an unchanged resume, and a checkpoint kept before the contents were
+fingerprinted, still resume. A folder's record is the files' sizes (no read of the images)."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contrastkit.data import load_dataset
+from contrastkit.errors import ConfigError
+from contrastkit.training import TrainConfig, train
+from contrastkit.training.checkpoint import load_checkpoint
+from contrastkit.training.resume import resume_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def png(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def digit_members(n=60):
+    """``{name: PNG bytes}`` of ``n`` digits laid out as train/<class>/ (two thirds) and test/<class>/."""
+    digits = load_dataset("digits", limit=n).train
+    members = {}
+    for i, (img, label) in enumerate(zip(digits.images, digits.labels.tolist(), strict=True)):
+        split = "test" if i % 3 == 0 else "train"
+        members[f"{split}/{label}/{i:03d}.png"] = png(img[0].numpy())
+    return members
+
+
+def write_zip(path, members, prefix=""):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(prefix + name, data)
+    return path
+
+
+def other_image(data):
+    """A valid PNG of the same size as ``data`` with other pixels (the image inverted)."""
+    return png(255 - np.asarray(Image.open(io.BytesIO(data))))
+
+
+def unfinished(run, drop_contents=False):
+    """The run's checkpoint made resumable again (its loop is done: a resume finishes it at once)."""
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["finished"] = False
+    if drop_contents:  # what a contrastkit that fingerprinted only the names kept
+        state["data_fingerprint"].pop("contents_sha256", None)
+        state["data_fingerprint"].pop("contents", None)
+    torch.save(state, run / "checkpoint.pt")
+
+
+def resume(run):
+    return train(resume_config(run)[0], resume=run, out=io.StringIO())
+
+
+@pytest.fixture
+def zip_run(tmp_path):
+    """A 1-epoch run on a zip of 40 train + 20 test digits (batch 16: 2 steps), and the zip's members."""
+    members = digit_members()
+    data = write_zip(tmp_path / "digits.zip", members)
+    config = TrainConfig(
+        data=str(data), epochs=1, batch_size=16, knn_every=0, progress=False, device="cpu", seed=0,
+        out=str(tmp_path / "run"),
+    )  # fmt: skip
+    run = train(config, out=io.StringIO()).run_dir
+    return run, data, members
+
+
+def test_a_zip_whose_image_was_replaced_under_the_same_name_is_refused(zip_run):
+    run, data, members = zip_run
+    saved = load_checkpoint(run / "checkpoint.pt")["data_fingerprint"]
+    unfinished(run)
+    assert resume(run).metrics["resumed_at_steps"] == [2]  # unchanged: resumes
+
+    name = next(n for n in members if n.startswith("train/"))
+    write_zip(data, {**members, name: other_image(members[name])})  # same names, count and size
+    unfinished(run)
+    with pytest.raises(ConfigError) as info:
+        resume(run)
+    message = str(info.value)
+    assert saved["contents"].startswith("zip: name, CRC-32, size") and len(saved["contents_sha256"]) == 64
+    assert "changed since the run started" in message
+    assert "contents differ under the same file names (an image was replaced" in message
+    assert "file names differ" not in message and "training images: run had" not in message
+    assert saved["contents_sha256"][:12] in message  # old hash, then the new one
+    assert not load_checkpoint(run / "checkpoint.pt")["finished"]  # the refused resume wrote nothing
+
+    write_zip(data, members)  # the data put back as it was: resumes again
+    assert resume(run).metrics["resumed_at_steps"] == [2, 2]
+
+
+def test_a_checkpoint_without_contents_still_resumes(zip_run):
+    run, data, members = zip_run
+    name = next(n for n in members if n.startswith("train/"))
+    write_zip(data, {**members, name: other_image(members[name])})
+    unfinished(run, drop_contents=True)  # compared only when both sides have it
+    resume(run)
+    assert load_checkpoint(run / "checkpoint.pt")["finished"]
+
+
+def test_zip_records_come_from_the_central_directory(tmp_path):
+    from contrastkit.training.data import contents_fingerprint
+
+    members = digit_members(12)
+    train_names = sorted(n for n in members if n.startswith("train/"))
+    plain = contents_fingerprint(write_zip(tmp_path / "a.zip", members), train_names)
+    wrapped = contents_fingerprint(write_zip(tmp_path / "b.zip", members, prefix="wrap/"), train_names)
+    assert plain == wrapped  # the names are relative to the data's root, as the loaders give them
+    assert contents_fingerprint(tmp_path / "a.zip", list(reversed(train_names))) == plain  # order-free
+    # a replaced test image is not among the training images: no change
+    test_name = next(n for n in members if n.startswith("test/"))
+    changed = {**members, test_name: other_image(members[test_name])}
+    assert contents_fingerprint(write_zip(tmp_path / "c.zip", changed), train_names) == plain
+    changed = {**members, train_names[0]: other_image(members[train_names[0]])}
+    assert contents_fingerprint(write_zip(tmp_path / "d.zip", changed), train_names) != plain
+
+
+def test_folder_records_are_names_and_sizes(tmp_path):
+    from contrastkit.training.data import contents_fingerprint
+
+    members = digit_members(12)
+    root = tmp_path / "imgs"
+    for name, data in members.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    names = sorted(n for n in members if n.startswith("train/"))
+    before = contents_fingerprint(root, names)
+    assert before["contents"].startswith("folder: name, size")
+    target = root / names[0]
+    target.write_bytes(target.read_bytes() + b"\0" * 7)  # another size: noticed
+    assert contents_fingerprint(root, names) != before
+    target.write_bytes(members[names[0]])
+    assert contents_fingerprint(root, names) == before
+    same_size = bytearray(members[names[0]])
+    same_size[-1] ^= 0xFF  # a same-size replacement in a folder is not detected (documented)
+    target.write_bytes(bytes(same_size))
+    assert contents_fingerprint(root, names) == before
