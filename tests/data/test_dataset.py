@@ -149,3 +149,30 @@ def test_load_dataset_path_and_bad_options(tmp_path):
         load_dataset("digits", limit=0)
     with pytest.raises(ConfigError, match="image_size"):
         load_dataset("digits", image_size=0)
+
+
+def test_held_out_indices_stratifies_when_it_can_and_splits_plainly_when_not():
+    from sklearn.model_selection import train_test_split
+
+    from contrastkit.data.dataset import held_out_indices
+
+    y = np.repeat(np.arange(5), 10)  # 50 items, 5 classes of 10: stratified, as scikit-learn does it
+    keep, held = held_out_indices(y, 0.2, seed=3)
+    ref_keep, ref_held = train_test_split(np.arange(50), test_size=0.2, random_state=3, stratify=y)
+    assert keep.tolist() == ref_keep.tolist() and held.tolist() == ref_held.tolist()
+    assert sorted(np.bincount(y[held]).tolist()) == [2] * 5
+    # 20 items of 10 classes hold out 4 < 10 classes: stratification is impossible (scikit-learn raises
+    # ValueError), a plain seeded split is made instead
+    y = np.repeat(np.arange(10), 2)
+    with pytest.raises(ValueError):
+        train_test_split(np.arange(20), test_size=0.2, random_state=0, stratify=y)
+    keep, held = held_out_indices(y, 0.2, seed=0)
+    assert len(held) == 4 and sorted(keep.tolist() + held.tolist()) == list(range(20))
+    assert held.tolist() == held_out_indices(y, 0.2, seed=0)[1].tolist()  # seeded
+
+
+def test_held_out_indices_refuses_too_few_items():
+    from contrastkit.data.dataset import held_out_indices
+
+    with pytest.raises(DataError, match=r"imgs has no test split and 1 labelled item\(s\).*at least 2"):
+        held_out_indices(np.array([0]), 0.2, seed=0, what="imgs")

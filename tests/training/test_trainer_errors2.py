@@ -4,13 +4,14 @@ edited by hand (and a config.yaml that cannot be written is a clear error)."""
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 import contrastkit.training.trainer as trainer_module
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.training import TrainConfig, train
 from contrastkit.training.checkpoint import load_checkpoint
 from contrastkit.training.resume import resume_config
@@ -214,3 +215,19 @@ def test_a_config_yaml_that_is_a_folder_is_a_clear_error(tmp_path, one_thread):
     with pytest.raises(ConfigError, match=rf"cannot write the run's configuration '{run / 'config.yaml'}'"):
         resume(run)
     assert not load_checkpoint(run / "checkpoint.pt")["finished"]  # nothing lost
+
+
+def test_tiny_folder_without_test_split_holds_out_a_plain_split(tmp_path: Path) -> None:
+    """20 images of 10 classes: the stratified 20% hold-out cannot hold one of each class (was scikit-learn's
+    ValueError); a plain seeded split is used and training runs."""
+    from contrastkit.training.trainer import load_splits
+
+    from .conftest import digit_folder
+
+    root = digit_folder(tmp_path / "imgs", limit=20)
+    config = TrainConfig(data=str(root), epochs=1, batch_size=8, device="cpu")
+    splits, note = load_splits(config)
+    assert len(splits.train) == 16 and len(splits.test) == 4 and "held out 20%" in note
+    one = digit_folder(tmp_path / "one", limit=1)
+    with pytest.raises(DataError, match="no test split and 1 labelled item"):
+        load_splits(TrainConfig(data=str(one), epochs=1, batch_size=1, device="cpu"))

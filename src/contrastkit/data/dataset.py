@@ -173,6 +173,36 @@ def balanced_indices(labels: torch.Tensor | Sequence[int], limit: int, seed: int
     return torch.from_numpy(chosen_idx.astype(np.int64))
 
 
+def held_out_indices(
+    labels: np.ndarray | Sequence[int], fraction: float, seed: int, *, what: str = "the data"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (kept, held-out) row indices holding out ``fraction`` of ``labels`` (scikit-learn's
+    ``train_test_split``, in its order), for a data set without a test split.
+
+    Stratified when it can be: every class has 2 items and both sides can hold one item of each class;
+    otherwise (tiny data: 20 images of 10 classes hold out 4) a plain seeded split. Fewer than 2 items, or a
+    share that would hold out every item, is a :class:`DataError` naming ``what``."""
+    import math
+
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(labels)
+    n = len(y)
+    n_held = math.ceil(fraction * n)  # what train_test_split holds out
+    if n < 2 or n_held >= n:
+        raise DataError(
+            f"{what} has no test split and {n} labelled item(s): holding out {fraction:.0%} for evaluation needs "
+            "at least 2; add items (or a test/ folder), or raise --limit"
+        )
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    stratifiable = counts.min() >= 2 and min(n_held, n - n_held) >= len(counts)
+    keep, held = train_test_split(
+        np.arange(n), test_size=fraction, random_state=seed, stratify=y if stratifiable else None
+    )
+    return keep, held
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize ``uint8`` ``(N, C, H, W)`` images to ``size`` x ``size`` with Pillow's bicubic filter."""
     from PIL import Image

@@ -238,15 +238,10 @@ def stream_image_folder(
 
 
 def _hold_out(listing: ImageFolderListing, fraction: float, seed: int) -> ImageFolderListing:
-    from sklearn.model_selection import train_test_split
+    from contrastkit.data.dataset import held_out_indices
 
     part = listing.splits["train"]
-    labels = np.asarray(part.labels)
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    keep, held = train_test_split(
-        np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=stratify
-    )
+    keep, held = held_out_indices(part.labels, fraction, seed, what=str(listing.source))
 
     def take(rows: np.ndarray) -> _Split:
         rows = np.sort(rows)

@@ -88,7 +88,7 @@ from contrastkit.training.checkpoint import (
     write_atomic,
 )
 from contrastkit.training.config import TrainConfig, check_option_combinations
-from contrastkit.training.data import TrainingData, load_training_data
+from contrastkit.training.data import HELD_OUT_FRACTION, TrainingData, load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
@@ -103,7 +103,6 @@ from contrastkit.training.run_folder import (
 from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
-HELD_OUT_FRACTION = 0.2
 HISTORY_NAME = "history.jsonl"
 RANK_SEED_STRIDE = 100_003  # rank r > 0 offsets its generators' seeds by r times this
 # --skip-nonfinite: a run that skipped more than this share of its steps ends with a warning (printed and in
@@ -167,13 +166,9 @@ def load_splits(config: TrainConfig) -> tuple[DataSplits, str]:
 
 
 def _hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
-    from sklearn.model_selection import train_test_split
+    from contrastkit.data.dataset import held_out_indices
 
-    labels = splits.train.labels.numpy()
-    idx = torch.arange(len(splits.train)).numpy()
-    counts = torch.bincount(splits.train.labels).tolist()
-    stratify = labels if min(c for c in counts if c > 0) >= 2 else None
-    train_idx, test_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    train_idx, test_idx = held_out_indices(splits.train.labels.numpy(), fraction, seed, what=splits.name)
     return DataSplits(
         train=splits.train.subset(torch.as_tensor(train_idx)),
         test=splits.train.subset(torch.as_tensor(test_idx)),
