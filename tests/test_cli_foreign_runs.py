@@ -109,7 +109,7 @@ def test_resume_names_the_run_kind(
     assert main(["train", "--resume", str(runs[name])]) == 2
     err = capsys.readouterr().err
     assert "`contrastkit train --resume` continues image runs (train's runs) only" in err, err
-    assert f"{WRITERS[name]} runs cannot be resumed: run contrastkit {WRITERS[name]} again" in err, err
+    assert f"continue it with contrastkit {WRITERS[name]} --resume " in err, err
 
 
 def test_the_loader_recognises_the_kinds(runs: dict[str, Path]) -> None:

@@ -158,6 +158,8 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         (dict(dim=30, heads=4), "dim .* divisible by heads"),
         (dict(delete_rate=1.0), r"delete_rate .* in \[0, 1\)"),
         (dict(encoder="bert"), "encoder .* one of: pretrained, scratch"),
+        (dict(checkpoint_every=-1), "checkpoint_every .* an integer >= 0"),
+        (dict(checkpoint_every=2.5), "checkpoint_every .* an integer >= 0"),
     ],
 )
 def test_bad_config_values_name_the_option(kw: dict, message: str) -> None:

@@ -1,4 +1,5 @@
-"""text-train's run folder: checked before any work, never overwritten, strict JSON, and what a Ctrl-C keeps."""
+"""text-train's run folder: checked before any work, never overwritten, strict JSON, and what a Ctrl-C keeps
+(a resumable checkpoint; the resume itself is tested in test_text_resume.py)."""
 
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ def _restore_signal_handlers():
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_signal_saves_the_model_so_far_config_and_the_loss_curve(
+def test_a_stop_signal_saves_a_resumable_checkpoint_config_and_the_loss_curve(
     tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, signum: int
 ) -> None:
     interrupt_at_step(monkeypatch, 3, signum)
@@ -164,21 +165,28 @@ def test_a_stop_signal_saves_the_model_so_far_config_and_the_loss_curve(
     name = signal.Signals(signum).name
     assert exc.step == 3 and exc.exit_status == 128 + signum and exc.checkpoint == run / "checkpoint.pt"
     message = str(exc)
-    assert f"{name} received: stopped at step 3 of 50" in message
-    assert "cannot resume" in message and str(run / "checkpoint.pt") in message
+    assert f"{name} received: stopped after step 3 of 50" in message
+    assert str(run / "checkpoint.pt") in message and "(resumable)" in message
+    assert f"continue with: contrastkit text-train --resume {run}" in message
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["finished"] is False and state["step"] == 3 and state["total_steps"] == 50
+    assert state["progress"] == {"done": 3, "total": 50, "unit": "step"}
     assert "backbone.tokens.weight" in state["model"] and state["tokenizer"]["kind"] == "words"
-    assert "progress" not in state  # not a resumable image-trainer checkpoint
+    assert state["pending_losses"].shape == (1,)  # step 3, not logged yet: the resume logs it at step 4
+    assert [row["step"] for row in state["loss_curve"]] == [2]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["finished"] is False and metrics["interrupted"] == name
+    assert metrics["finished"] is False and metrics["interrupted"] == name and metrics["resumable"] is True
+    assert f"contrastkit text-train --resume {run}" in metrics["note"]
     assert metrics["steps"] == 3 and metrics["total_steps"] == 50
     assert [row["step"] for row in metrics["loss_curve"]] == [2, 3]  # the pending step 3 is logged too
     assert math.isfinite(metrics["final_loss"]) and metrics["sts_spearman_after"] is None
     assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 50
-    # the interrupted folder is a run: a new one is not written over it
-    with pytest.raises(ConfigError, match="already holds a run"):
+    # the interrupted folder is a run: a new one is not written over it, and the refusal says how to resume
+    with pytest.raises(ConfigError, match="already holds a run") as refused:
         train_text(cfg)
+    assert f"stopped at step 3 of 50: continue it with contrastkit text-train --resume {run}" in str(
+        refused.value
+    )
 
 
 def test_cli_ctrl_c_exits_130_with_one_message_naming_the_files(
@@ -195,14 +203,37 @@ def test_cli_ctrl_c_exits_130_with_one_message_naming_the_files(
     flags += ["--sentences", text_data["sentences"], "--sts", text_data["sts"], "--out", str(run)]
     assert main(["text-train", *flags]) == 130
     err = capsys.readouterr().err
-    assert "stopped at step 2 of 5000" in err and "interrupted\n" not in err and "Traceback" not in err
+    assert "stopped after step 2 of 5000" in err and "interrupted\n" not in err and "Traceback" not in err
+    assert f"contrastkit text-train --resume {run}" in err
     assert {p.name for p in run.iterdir()} >= {"checkpoint.pt", "metrics.json", "config.yaml"}
 
 
 def test_finished_checkpoint_says_finished(tmp_path: Path, text_data: dict[str, str]) -> None:
-    train_text(TextTrainConfig(**TINY, **text_data, save_model=True, out=str(tmp_path / "run")))
+    train_text(
+        TextTrainConfig(**TINY, **text_data, save_model=True, checkpoint_every=2, out=str(tmp_path / "run"))
+    )
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["finished"] is True and state["step"] == state["total_steps"] == 4
+    assert state["progress"] == {"done": 4, "total": 4, "unit": "step"}
+    assert {"config", "model", "tokenizer", "metrics"} <= set(state)
+    assert "optimizer" not in state  # the finished checkpoint keeps the model, not the loop's state
+
+
+def test_without_save_model_the_resumable_checkpoint_is_removed_at_the_end(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[int] = []
+    real = text_module.save_checkpoint
+
+    def spy(state: dict, path: Path) -> Path:
+        written.append(state["step"])
+        return real(state, path)
+
+    monkeypatch.setattr(text_module, "save_checkpoint", spy)
+    run = tmp_path / "run"
+    train_text(TextTrainConfig(**{**TINY, "steps": 5}, **text_data, checkpoint_every=2, out=str(run)))
+    assert written == [2, 4]  # every 2 steps, not at the end
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.json"]
 
 
 def test_one_sentence_file_does_not_advise_batch_size_1(tmp_path: Path, text_data: dict[str, str]) -> None:

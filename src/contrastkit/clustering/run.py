@@ -9,6 +9,10 @@ or MFCCs; the encoder at random initialisation); and kNN / linear-probe top-1 of
 learned and at random initialisation (the MFCCs standardised with the training split's statistics, see
 :func:`contrastkit.training.audio.standardise`). Labels are used only for evaluation (and, by default, to set K to the
 number of classes, the usual protocol for NMI/ARI).
+
+Interrupted runs lose nothing: ``checkpoint.pt`` is written, resumable, once the pseudo-labels are
+initialised and at every epoch end; a first Ctrl-C / SIGTERM stops after the current step and writes it;
+``contrastkit sela --resume RUN`` (:func:`resume_sela`) continues bitwise as the run would have gone on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,12 +30,12 @@ import torch
 from torch import Tensor
 
 from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.training.options import check_option as _check
 from contrastkit.training.options import is_integer, is_number, is_positive
 from contrastkit.training.precision import PRECISIONS, autocast_dtype
 
-__all__ = ["MAX_MARGINAL_STD", "SelaConfig", "cluster_scores", "run_sela"]
+__all__ = ["MAX_MARGINAL_STD", "SelaConfig", "cluster_scores", "resume_sela", "run_sela"]
 
 MAX_MARGINAL_STD = 1.0
 """The largest ``--marginal-std`` accepted. SeLaVi's prior draws relative cluster sizes from N(1, std²) and
@@ -175,6 +179,7 @@ class _Prepared:
     encoder: torch.nn.Module
     reference_name: str
     reference: Any  # callable: (train data, test data) -> (train features, test features)
+    stats: dict[str, Any]  # the normalisation computed from the training split (kept for a resume)
 
 
 def _is_audio(config: SelaConfig) -> bool:
@@ -183,7 +188,9 @@ def _is_audio(config: SelaConfig) -> bool:
     return config.data != "digits" and is_fsdd_zip(config.data)
 
 
-def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
+def _prepare(config: SelaConfig, device: torch.device, stats: dict[str, Any] | None = None) -> _Prepared:
+    """The data, views, encoder and reference features of a run; ``stats``: a resumed run's saved
+    normalisation (the log-mel's or the channels' mean and std) instead of computing it again."""
     if _is_audio(config):
         from contrastkit.data.audio import load_fsdd
         from contrastkit.encoders.audio import AudioCNN
@@ -191,7 +198,8 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
         from contrastkit.views.audio import LogMel
 
         splits = load_fsdd(config.data, resample=config.resample, limit=config.limit, seed=config.seed)
-        views = build_audio_views(AudioTrainConfig(data=config.data), splits).to(device)
+        saved = None if stats is None else (float(stats["mean"]), float(stats["std"]))
+        views = build_audio_views(AudioTrainConfig(data=config.data), splits, stats=saved).to(device)
         logmel = LogMel(sample_rate=splits.train.sample_rate)
         return _Prepared(
             name=splits.name,
@@ -206,6 +214,7 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
             encoder=AudioCNN(width=config.width),
             reference_name="MFCC mean+std",
             reference=lambda tr, te: mfcc_baseline(tr, te, logmel),
+            stats={"mean": views.mean, "std": views.std},
         )
     from contrastkit.data import channel_stats
     from contrastkit.encoders import build_encoder
@@ -216,7 +225,7 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
     tc = TrainConfig(data=config.data, image_size=config.image_size, limit=config.limit, seed=config.seed)
     isplits, _ = load_splits(tc)
     assert isplits.test is not None
-    mean, std = channel_stats(isplits.train)
+    mean, std = channel_stats(isplits.train) if stats is None else (tuple(stats["mean"]), tuple(stats["std"]))
     c, h, _ = isplits.train.image_shape
     info = DataInfo(
         channels=c, image_size=h, mean=tuple(mean), std=tuple(std), classes=list(isplits.train.classes)
@@ -239,6 +248,7 @@ def _prepare(config: SelaConfig, device: torch.device) -> _Prepared:
         encoder=build_encoder("small_cnn" if h < 32 else "resnet18", in_channels=c, image_size=h),
         reference_name="raw pixels",
         reference=lambda tr, te: (ev(tr).flatten(1), ev(te).flatten(1)),
+        stats={"mean": list(mean), "std": list(std)},
     )
 
 
@@ -247,10 +257,12 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
 
     Checked before the data are read: options of the other kind of data (``--image-size`` with audio,
     ``--width``/``--resample`` with images) and the run folder (``config.out``: a file, a folder already
-    holding a run, or one that cannot be created is refused, so no earlier run is overwritten). Once the
-    data are read, before training: the batch size and ``--clusters`` against the training set. A run
-    that fails removes the folder it created, if still empty.
+    holding a run (an unfinished sela run: pointed to ``--resume``), or one that cannot be created is
+    refused, so no earlier run is overwritten). Once the data are read, before training: the batch size and
+    ``--clusters`` against the training set. A run that fails before its first checkpoint removes the
+    folder it created, if still empty. The resumable checkpoint and the stop signals: see :func:`_run_sela`.
     """
+    from contrastkit.training.audio import absolute_data, refuse_unfinished_run
     from contrastkit.training.run_folder import new_run_folder
     from contrastkit.training.trainer import resolve_device
 
@@ -262,21 +274,70 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     run_dir = (
         Path(config.out) if config.out else Path("runs") / f"{data_name}-sela-{datetime.now():%Y%m%d-%H%M%S}"
     )
+    config = replace(config, data=absolute_data(config.data), out=str(run_dir))
+    refuse_unfinished_run(run_dir, kind="sela", command="sela")
     with new_run_folder(run_dir):
         return _run_sela(config, run_dir, device, out, t_start)
 
 
+def resume_sela(run: str | Path, given: dict[str, Any] | None = None, *, out: Any = None) -> dict[str, Any]:
+    """Continue the interrupted ``sela`` run ``run`` (its folder or checkpoint.pt) to the end, in its folder,
+    exactly as it would have gone on; ``given``: the options given again (only ``device`` may differ,
+    within one device type). Returns the metrics."""
+    from contrastkit.training.audio import open_resume, resumed_config
+    from contrastkit.training.resume import check_resume_device
+    from contrastkit.training.trainer import resolve_device
+
+    out = out or sys.stdout
+    t_start = time.perf_counter()
+    path, state = open_resume(run, kind="sela", command="sela")
+    config = resumed_config(SelaConfig, state, given or {}, path.parent, "sela")
+    device = resolve_device(config.device)
+    check_resume_device(state, device, path.parent)
+    return _run_sela(config, path.parent, device, out, t_start, saved=state)
+
+
 def _run_sela(
-    config: SelaConfig, run_dir: Path, device: torch.device, out: Any, t_start: float
+    config: SelaConfig,
+    run_dir: Path,
+    device: torch.device,
+    out: Any,
+    t_start: float,
+    saved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The run (``saved``: the checkpoint of the run to resume).
+
+    ``checkpoint.pt`` is written once the pseudo-labels are initialised and at every epoch end, resumable
+    (``finished: False``): model (pseudo-labels included), optimizer, scheduler, the global random state,
+    the loop's state (:func:`~contrastkit.clustering.sela.train_self_labelling`: position, the epoch's
+    order, refreshes, prior, the views' generator), the normalisation and the references computed before
+    training; the finished run overwrites it with the model and config (``finished: True``). A first
+    SIGINT / SIGTERM stops after the current step (mid-epoch: the position inside the epoch is saved),
+    writes the checkpoint and raises :class:`~contrastkit.training.resume.TrainingInterrupted`.
+    """
     from contrastkit.evaluation import extract_features
-    from contrastkit.training.audio import evaluate_features
-    from contrastkit.training.checkpoint import write_atomic
+    from contrastkit.training.audio import (
+        check_fingerprint,
+        data_fingerprint,
+        describe_kept,
+        evaluate_features,
+        refuse_nonfinite_state,
+    )
+    from contrastkit.training.checkpoint import (
+        CHECKPOINT_NAME,
+        restore_rng_state,
+        rng_state,
+        save_checkpoint,
+    )
     from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+    from contrastkit.training.resume import StopSignals, TrainingInterrupted, interrupted_message
     from contrastkit.training.run_folder import write_metrics
 
     torch.manual_seed(config.seed)
-    d = _prepare(config, device)
+    d = _prepare(config, device, stats=None if saved is None else saved["normalisation"])
+    fingerprint = data_fingerprint(d.train, d.train_y)
+    if saved is not None:
+        check_fingerprint(saved, fingerprint, run_dir, config.data)
     if device.type == "cuda" and d.kind == "images":  # the images live on the GPU (CIFAR-10: 150 MB uint8)
         d.train, d.test = d.train.to(device), d.test.to(device)
     amp = autocast_dtype(config.precision, device)
@@ -304,9 +365,11 @@ def _run_sela(
         model = model.to(memory_format=torch.channels_last)
     lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
-    steps = (n // config.batch_size) * config.epochs
+    steps_per_epoch = n // config.batch_size
+    steps = steps_per_epoch * config.epochs
     optimizer = build_optimizer(config.optimizer, model, lr=lr, weight_decay=wd)
     scheduler = warmup_cosine(optimizer, warmup_steps=round(0.1 * steps), total_steps=steps)
+    resolved = asdict(config) | {"clusters": k, "lr": lr, "weight_decay": wd}
 
     def features(fn: Any, x: Tensor) -> Tensor:
         """Backbone features of ``x`` (float32, on ``device``: the kNN and linear probe run there)."""
@@ -315,45 +378,132 @@ def _run_sela(
         )
 
     ytr, yte = d.train_y, d.test_y
-    model.eval()
-    rnd_tr, rnd_te = features(d.encoder, d.train), features(d.encoder, d.test)
-    ref_tr, ref_te = d.reference(d.train, d.test)
-    references = {
-        "random_init": evaluate_features(
-            rnd_tr, ytr, rnd_te, yte, seed=config.seed, linear=config.linear_probe
+    if saved is None:
+        model.eval()
+        rnd_tr, rnd_te = features(d.encoder, d.train), features(d.encoder, d.test)
+        ref_tr, ref_te = d.reference(d.train, d.test)
+        references = {
+            "random_init": evaluate_features(
+                rnd_tr, ytr, rnd_te, yte, seed=config.seed, linear=config.linear_probe
+            )
+            | {"kmeans": _kmeans_scores(rnd_tr, rnd_te, yte, k, config.seed)},
+            d.reference_name: evaluate_features(
+                ref_tr, ytr, ref_te, yte, seed=config.seed, linear=config.linear_probe
+            )
+            | {"kmeans": _kmeans_scores(ref_tr, ref_te, yte, k, config.seed)},
+        }
+        elapsed_before, resumed_at = 0.0, []
+        resumed = ""
+    else:
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds "
+                f"({first}); start a new run"
+            ) from None
+        references = saved["references"]
+        elapsed_before = float(saved.get("elapsed_seconds", 0.0))
+        loop = saved["loop"]
+        at = int(loop["epoch"]) * steps_per_epoch + int(loop["next_step"])
+        resumed_at = [*saved.get("resumed_at_steps", []), at]
+        resumed = f"\n  resumed at epoch {loop['epoch']} of {config.epochs}" + (
+            f", step {at} of {steps}" if loop["next_step"] else ""
         )
-        | {"kmeans": _kmeans_scores(rnd_tr, rnd_te, yte, k, config.seed)},
-        d.reference_name: evaluate_features(
-            ref_tr, ytr, ref_te, yte, seed=config.seed, linear=config.linear_probe
-        )
-        | {"kmeans": _kmeans_scores(ref_tr, ref_te, yte, k, config.seed)},
-    }
     print(
         f"contrastkit sela: data={d.name} ({n} train / {d.test.shape[0]} test, {d.num_classes} classes)\n"
         f"  encoder={type(d.encoder).__name__}, {config.heads} heads x {k} clusters, λ={config.lam:g}, "
         f"marginal={'gaussian sd ' + str(config.marginal_std) if config.marginal_std else 'equipartition'}, "
         f"{'cross-view (two views share the assignment)' if config.cross_view else 'single view'}\n"
         f"  {config.epochs} epochs, refresh every {config.refresh_every}, batch {config.batch_size}, "
-        f"{config.optimizer} lr={lr:g} wd={wd:g}, device={device}, precision={'bf16' if amp else 'fp32'}",
+        f"{config.optimizer} lr={lr:g} wd={wd:g}, device={device}, precision={'bf16' if amp else 'fp32'}"
+        f"{resumed}",
         file=out,
         flush=True,
     )
     gen = torch.Generator(device=device)
     gen.manual_seed(config.seed + 1)
-    history = train_self_labelling(
-        model,
-        d.train,
-        d.views,
-        cross_view=config.cross_view,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        refresh_every=config.refresh_every,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        device=device,
-        generator=gen,
-        autocast_dtype=amp,
-    )
+    path = run_dir / CHECKPOINT_NAME
+    last: dict[str, Any] = {"done": None, "loop": {}, "step": 0}  # the latest checkpoint's position
+    if saved is not None:
+        last.update(done=int(saved["progress"]["done"]), loop=saved["loop"], step=int(saved["step"]))
+
+    def checkpoint(loop: dict[str, Any]) -> None:
+        """Write the resumable checkpoint of this position (refused when the state is not finite)."""
+        step = int(loop["epoch"]) * steps_per_epoch + int(loop["next_step"])
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "loop": loop,
+            "rng": rng_state(),
+            "normalisation": d.stats,
+            "references": references,
+            "data_fingerprint": fingerprint,
+            "elapsed_seconds": elapsed_before + time.perf_counter() - t_start,
+            "resumed_at_steps": resumed_at,
+            "step": step,
+            "device": str(device),
+            "config": resolved,
+            "options": asdict(config),
+            "progress": {"done": int(loop["epoch"]), "total": config.epochs, "unit": "epoch"},
+            "finished": False,
+        }
+        where = f"by step {step} of {steps} (epoch {min(int(loop['epoch']) + 1, config.epochs)})"
+        refuse_nonfinite_state(state, where=where, kept=describe_kept(run_dir, last["done"], config.epochs))
+        save_checkpoint(state, path)
+        last.update(done=int(loop["epoch"]), loop=loop, step=step)
+
+    if saved is not None:
+        restore_rng_state(saved["rng"])
+    try:
+        with StopSignals() as signals:  # a first Ctrl-C / SIGTERM stops after the current step
+            history = train_self_labelling(
+                model,
+                d.train,
+                d.views,
+                cross_view=config.cross_view,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                refresh_every=config.refresh_every,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                device=device,
+                generator=gen,
+                autocast_dtype=amp,
+                resume=None if saved is None else saved["loop"],
+                checkpoint=checkpoint,
+                stop=lambda: signals.requested is not None,
+            )
+            if signals.requested is not None:  # mid-run, or after the last step (the resume evaluates)
+                mid = bool(last["loop"].get("next_step"))
+                raise TrainingInterrupted(
+                    interrupted_message(
+                        signals.requested,
+                        command="sela",
+                        run_dir=run_dir,
+                        done=last["step"] if mid else int(last["done"]),
+                        total=steps if mid else config.epochs,
+                        unit="step" if mid else "epoch",
+                    ),
+                    signum=signals.requested,
+                    checkpoint=path,
+                    step=last["step"],
+                )
+    except ContrastkitError:
+        raise
+    except BaseException:  # a crash (out of memory, ...), a second Ctrl-C or SIGTERM: say how to go on
+        if last["done"] is not None:
+            print(
+                f"contrastkit: {path} keeps epoch {last['done']} of {config.epochs}; continue with: "
+                f"contrastkit sela --resume {run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     model.eval()
     with torch.no_grad():
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -379,13 +529,24 @@ def _run_sela(
         "references": references,
         "history": {"losses": history.losses, "refreshes": history.refreshes},
         "train_seconds": history.train_seconds,
-        "total_seconds": time.perf_counter() - t_start,
+        "total_seconds": elapsed_before + time.perf_counter() - t_start,
+        "resumed_at_steps": resumed_at,
         "device": str(device),
-        "config": asdict(config) | {"clusters": k, "lr": lr, "weight_decay": wd},
+        "config": resolved,
     }
-    checkpoint = {"model": model.state_dict(), "config": metrics["config"]}
-    write_atomic(run_dir / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
+    final = {
+        "model": model.state_dict(),
+        "config": metrics["config"],
+        "device": str(device),
+        "progress": {"done": config.epochs, "total": config.epochs, "unit": "epoch"},
+        "finished": True,
+    }
+    refuse_nonfinite_state(
+        final, where="after training", kept=describe_kept(run_dir, last["done"], config.epochs)
+    )
+    # metrics first: a kill between the two leaves the resumable checkpoint, whose resume writes both
     write_metrics(run_dir / "metrics.json", metrics)  # strict JSON: a skipped linear probe is null
+    save_checkpoint(final, path)
     hm = metrics["heads_test_mean"]
     lines = [
         f"test split ({d.test.shape[0]} items)           NMI     ARI     kNN top-1  linear top-1",

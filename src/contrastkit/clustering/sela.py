@@ -146,6 +146,13 @@ class SelfLabelling(nn.Module):
         )
         self._prior: Tensor | None = None
 
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Loading a ``state_dict`` takes its pseudo-labels ``(H, N)``, whatever N this model held."""
+        saved = state_dict.get(prefix + "labels")
+        if isinstance(saved, Tensor) and saved.shape != self.labels.shape:
+            self.labels = torch.zeros_like(saved, device=self.labels.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def encoder_b_or_a(self) -> nn.Module:
         return self.encoder_a if self.encoder_b is None else self.encoder_b
@@ -203,11 +210,13 @@ class SelfLabelling(nn.Module):
 
 @dataclass
 class SelaHistory:
-    """Per-epoch loss, and per refresh: the epoch, seconds and how many labels changed (fraction)."""
+    """Per-epoch loss, and per refresh: the epoch, seconds and how many labels changed (fraction);
+    ``stopped``: the loop returned early because ``stop()`` said so (see :func:`train_self_labelling`)."""
 
     losses: list[float] = field(default_factory=list)
     refreshes: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    stopped: bool = False
 
 
 @torch.no_grad()
@@ -257,6 +266,9 @@ def train_self_labelling(
     generator: torch.Generator | None = None,
     log: Callable[[str], None] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> SelaHistory:
     """Train ``model`` by self-labelling on ``data_a`` (e.g. uint8 images, or ``(N, 1, T)`` waveforms).
 
@@ -267,6 +279,14 @@ def train_self_labelling(
     mode on views of the same kind). ``scheduler`` (optional) is stepped after every optimizer step.
     ``autocast_dtype`` (bf16 on CUDA by ``contrastkit sela``) runs the forward passes under autocast; on CUDA
     4-D inputs go channels_last, and the loss is read once per epoch (no synchronisation per step).
+
+    Resuming: ``checkpoint(loop)`` is called with the loop's state (plain values and CPU tensors: epochs
+    done, steps done in the current epoch, its order and loss sum, the history, the Gaussian prior, the
+    generator's state) once the labels are initialised, at every epoch end and at a stop. ``stop()`` is
+    asked after every step; when true the loop checkpoints and returns with ``history.stopped`` (mid-epoch,
+    or after the epoch end when the step was an epoch's last; after the last epoch it just ends).
+    ``resume``: such a state, with the model's (labels included), optimizer's and scheduler's states
+    already loaded: the loop goes on bitwise as it would have.
     """
     device = torch.device(device)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -282,30 +302,66 @@ def train_self_labelling(
     second_data = data_a if data_b is None else data_b
     second_view = views_a if views_b is None else views_b
     model.to(device)
-    model.init_labels(n, generator=_cpu_generator(generator))
     history = SelaHistory()
     steps = n // batch_size
-    for epoch in range(epochs):
+    epoch, start, order = 0, 0, None
+    total = torch.zeros((), device=device)
+    if resume is None:
+        model.init_labels(n, generator=_cpu_generator(generator))
+    else:
+        if tuple(model.labels.shape) != (model.num_heads, n):
+            raise ConfigError(
+                f"resume needs the model's saved pseudo-labels for the {n} items (load its state_dict first); "
+                f"it holds labels of shape {tuple(model.labels.shape)}"
+            )
+        epoch, start, order = int(resume["epoch"]), int(resume["next_step"]), resume["order"]
+        total = resume["loss_sum"].to(device)
+        history = SelaHistory(
+            losses=list(resume["losses"]),
+            refreshes=[dict(r) for r in resume["refreshes"]],
+            train_seconds=float(resume["train_seconds"]),
+        )
+        model._prior = resume["prior"]
+        if generator is not None and resume.get("generator") is not None:
+            generator.set_state(resume["generator"])
+
+    def state() -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "next_step": start,
+            "order": None if order is None else order.cpu(),
+            "loss_sum": total.detach().cpu(),
+            "losses": list(history.losses),
+            "refreshes": [dict(r) for r in history.refreshes],
+            "train_seconds": history.train_seconds,
+            "prior": model._prior,
+            "generator": None if generator is None else generator.get_state(),
+        }
+
+    if checkpoint is not None and resume is None:
+        checkpoint(state())
+    while epoch < epochs:
         t0 = time.perf_counter()
-        if epoch % refresh_every == 0:
-            kw: dict[str, Any] = dict(
-                batch_size=max(batch_size, 512),
-                device=device,
-                generator=generator,
-                autocast_dtype=autocast_dtype,
-            )
-            lp_a = log_posteriors(model, data_a, views_a, "a", **kw)
-            lp_b = log_posteriors(model, second_data, second_view, "b", **kw) if cross_view else None
-            old = model.labels.clone()
-            model.labels = model.assign(lp_a, lp_b, generator=_cpu_generator(generator))
-            changed = float((model.labels != old).float().mean())
-            history.refreshes.append(
-                {"epoch": epoch, "seconds": time.perf_counter() - t0, "changed": changed}
-            )
+        if order is None:  # the epoch's start: refresh when due, then its order
+            if epoch % refresh_every == 0:
+                kw: dict[str, Any] = dict(
+                    batch_size=max(batch_size, 512),
+                    device=device,
+                    generator=generator,
+                    autocast_dtype=autocast_dtype,
+                )
+                lp_a = log_posteriors(model, data_a, views_a, "a", **kw)
+                lp_b = log_posteriors(model, second_data, second_view, "b", **kw) if cross_view else None
+                old = model.labels.clone()
+                model.labels = model.assign(lp_a, lp_b, generator=_cpu_generator(generator))
+                changed = float((model.labels != old).float().mean())
+                history.refreshes.append(
+                    {"epoch": epoch, "seconds": time.perf_counter() - t0, "changed": changed}
+                )
+            order = torch.randperm(n, generator=_cpu_generator(generator))
+            total = torch.zeros((), device=device)
         model.train()
-        order = torch.randperm(n, generator=_cpu_generator(generator))
-        total = torch.zeros((), device=device)
-        for i in range(steps):
+        for i in range(start, steps):
             idx = order[i * batch_size : (i + 1) * batch_size]
             x_a = _memory_format(views_a(data_a[idx.to(data_a.device)].to(device), generator))
             x_b = (
@@ -321,6 +377,13 @@ def train_self_labelling(
             if scheduler is not None:
                 scheduler.step()
             total += loss.detach().float()
+            start = i + 1
+            if stop is not None and start < steps and stop():
+                history.train_seconds += time.perf_counter() - t0
+                if checkpoint is not None:
+                    checkpoint(state())
+                history.stopped = True
+                return history
         mean_loss = float(total) / max(steps, 1)
         if not math.isfinite(mean_loss):
             raise TrainingError(
@@ -330,6 +393,13 @@ def train_self_labelling(
         history.train_seconds += time.perf_counter() - t0
         changed = history.refreshes[-1]["changed"] if history.refreshes else float("nan")
         log(f"epoch {epoch + 1}/{epochs}  loss {mean_loss:.4f}  labels changed at last refresh {changed:.1%}")
+        epoch, start, order = epoch + 1, 0, None
+        total = torch.zeros((), device=device)
+        if checkpoint is not None:
+            checkpoint(state())
+        if stop is not None and epoch < epochs and stop():
+            history.stopped = True
+            return history
     return history
 
 

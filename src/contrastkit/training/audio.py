@@ -8,16 +8,23 @@ score and objective. Evaluation on the conventional split (takes 0-4 are the tes
 features, next to two references: the same encoder at random initialisation and plain MFCCs (20
 coefficients of the log-mel, mean and standard deviation over time: 40 numbers per clip, standardised per
 dimension with the training split's statistics).
+
+Interrupted runs lose nothing: ``checkpoint.pt`` is written, resumable, before the first step and at every
+epoch end; a first Ctrl-C / SIGTERM stops after the current step and writes it; ``contrastkit audio-train
+--resume RUN`` (:func:`resume_audio`) continues bitwise as the run would have gone on. The helpers of that
+(the resumed configuration, the data's fingerprint, the refusal of a non-finite state) serve ``sela`` too.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,15 +35,30 @@ from torch import Tensor
 from contrastkit.data.audio import AudioSplits, load_fsdd
 from contrastkit.encoders import ContrastiveModel, ProjectionHead
 from contrastkit.encoders.audio import AudioCNN
-from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
 from contrastkit.negatives import build_negatives
 from contrastkit.objectives import build_objective
 from contrastkit.scores import build_score
-from contrastkit.training.checkpoint import write_atomic
+from contrastkit.training.checkpoint import (
+    CHECKPOINT_NAME,
+    ForeignRunError,
+    nonfinite_tensors,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.options import check_option, is_integer, is_number, is_positive
+from contrastkit.training.resume import (
+    StopSignals,
+    TrainingInterrupted,
+    check_resume_device,
+    interrupted_message,
+    open_command_resume,
+    refuse_changed_options,
+)
 from contrastkit.training.run_folder import new_run_folder, write_metrics
 from contrastkit.views.audio import AudioViews, LogMel, mfcc
 
@@ -50,6 +72,7 @@ __all__ = [
     "linear_probe_top1",
     "mfcc_baseline",
     "mfcc_features",
+    "resume_audio",
     "standardise",
     "train_audio",
 ]
@@ -272,9 +295,12 @@ def logmel_stats(waves: Tensor, logmel: LogMel) -> tuple[float, float]:
     return float(lm.mean()), float(lm.std())
 
 
-def build_audio_views(config: AudioTrainConfig, splits: AudioSplits) -> AudioViews:
+def build_audio_views(
+    config: AudioTrainConfig, splits: AudioSplits, stats: tuple[float, float] | None = None
+) -> AudioViews:
+    """The training views; ``stats``: a resumed run's saved log-mel mean and std (else computed)."""
     logmel = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
-    mean, std = logmel_stats(splits.train.waveforms, logmel)
+    mean, std = stats if stats is not None else logmel_stats(splits.train.waveforms, logmel)
     return AudioViews(
         sample_rate=splits.train.sample_rate,
         max_shift_seconds=config.max_shift,
@@ -288,32 +314,207 @@ def build_audio_views(config: AudioTrainConfig, splits: AudioSplits) -> AudioVie
     )
 
 
+# ------------------------------------------------- resumable runs (shared by audio-train and sela)
+def absolute_data(path: str) -> str:
+    """An existing data path made absolute (a resume from another folder finds it); a name as it is."""
+    return os.path.abspath(path) if path and os.path.exists(path) else path
+
+
+def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line (an argparse default of None means "not given")."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def refuse_unfinished_run(run_dir: Path, *, kind: str, command: str) -> None:
+    """Point a new run whose ``--out`` holds an unfinished run of ``command`` to ``--resume`` (the run
+    folder check refuses any run folder; this says how to continue this one)."""
+    from contrastkit.training.checkpoint import _state_kind, load_checkpoint
+
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        return
+    try:
+        state = load_checkpoint(path, image_run=False)
+    except ContrastkitError:
+        return  # not readable as a resumable run: the run folder check refuses the folder
+    progress = state.get("progress")
+    if _state_kind(state) == kind and isinstance(progress, dict) and not state.get("finished"):
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} holds an unfinished {command} run ({progress.get('done')} of "
+            f"{progress.get('total')} epochs): continue it with contrastkit {command} --resume {run_dir}, "
+            "or choose another --out"
+        )
+
+
+def open_resume(run: str | Path, *, kind: str, command: str) -> tuple[Path, dict[str, Any]]:
+    """:func:`~contrastkit.training.resume.open_command_resume`, with a checkpoint of an older contrastkit
+    (written without the format mark) refused in this command's words."""
+    try:
+        return open_command_resume(run, kind=kind, command=command)
+    except ForeignRunError as exc:
+        if exc.kind == kind:
+            raise ConfigError(
+                f"{str(exc.path)!r} holds no training state to continue (written by a contrastkit whose "
+                f"{command} could not resume); start a new run"
+            ) from None
+        raise ConfigError(exc.message_for(f"{command} --resume")) from None
+
+
+def resumed_config(
+    cls: type, state: dict[str, Any], given: dict[str, Any], run_dir: Path, command: str
+) -> Any:
+    """The configuration a resume continues with: the run's own (``state["options"]``, as given when it
+    started), with ``--device`` as given again. Any other option given again must equal the run's, as
+    given or as resolved (``--lr`` equal to the derived rate is no change); else :class:`ConfigError`
+    names it. ``--data`` may be the same file by another path, or the data moved elsewhere (then checked
+    against the run's fingerprint when loaded)."""
+    names = {f.name for f in fields(cls)}
+    options = {k: v for k, v in dict(state.get("options") or state["config"]).items() if k in names}
+    resolved = {k: v for k, v in dict(state["config"]).items() if k in names}
+    given = dict(given)
+    out = given.pop("out", None)
+    if out is not None and not _same_path(out, run_dir):
+        raise ConfigError(f"--resume continues the run in its own folder ({run_dir}): drop --out")
+    data, saved_data = given.pop("data", None), str(options.get("data", ""))
+    if data is not None and data != saved_data and not _same_path(data, saved_data):
+        if os.path.isabs(saved_data) and not os.path.exists(saved_data) and os.path.exists(data):
+            options["data"] = os.path.abspath(data)  # the run's data, moved: checked by its fingerprint
+        else:
+            given["data"] = data  # other data: refused below
+    wanted = dict(resolved)
+    for name, value in given.items():
+        if value != options.get(name):  # equal to the option as given, or to its resolved value: unchanged
+            wanted[name] = value
+    # of COMMAND_RESUMABLE_OPTIONS (device, progress, out) these commands have --device (--out: above)
+    refuse_changed_options(
+        resolved, wanted, run_dir=run_dir, command=command, resumable=frozenset({"device", "out"})
+    )
+    return cls(**{**options, "device": given.get("device", options.get("device")), "out": str(run_dir)})
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def data_fingerprint(*tensors: Tensor) -> dict[str, Any]:
+    """Items and a SHA-256 of the training data (``tensors``: e.g. waveforms and labels), so a resume on
+    other data is refused."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"train_items": int(tensors[0].shape[0]), "sha256": h.hexdigest()}
+
+
+def check_fingerprint(state: dict[str, Any], now: dict[str, Any], run_dir: Path, data: str) -> None:
+    """Refuse to resume on training data other than the run's (the saved order indexes its items)."""
+    old = state.get("data_fingerprint")
+    if isinstance(old, dict) and (old.get("train_items"), old.get("sha256")) != (
+        now["train_items"],
+        now["sha256"],
+    ):
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: its training data ({data}) changed since the run started "
+            f"({old.get('train_items')} training items then, {now['train_items']} now"
+            f"{'' if old.get('train_items') != now['train_items'] else ', other contents'}); give the run's "
+            "data with --data, or start a new run"
+        )
+
+
+def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    if isinstance(value, Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def refuse_nonfinite_state(state: dict[str, Any], *, where: str, kept: str) -> None:
+    """Raise :class:`TrainingError` before a checkpoint is written when ``state`` holds a NaN or an
+    infinity (model, optimizer, ...): the previous checkpoint (``kept`` describes it) stays as it is."""
+    bad = nonfinite_tensors(dict(_named_tensors(state)))
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise TrainingError(
+            f"the training state became non-finite {where} ({', '.join(bad[:3])}{more} hold NaN or inf): "
+            f"the checkpoint was not written, {kept}. Resuming would repeat the same steps: start a new run "
+            "with a lower --lr"
+        )
+
+
+def describe_kept(run_dir: Path, done: int | None, total: int) -> str:
+    """What the run folder keeps after a refused checkpoint (for :func:`refuse_nonfinite_state`)."""
+    if done is None:
+        return "and the run has none yet"
+    return f"{run_dir / CHECKPOINT_NAME} keeps the state after epoch {done} of {total}"
+
+
 # -------------------------------------------------------------------------------------------- training
 def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
     """Train on FSDD train with the shared learner; evaluate; write ``metrics.json``; return the metrics.
 
     The run folder (``config.out``) is checked first, before the data are read: a path that is a file, a
-    folder that already holds a run, or one that cannot be created is refused with :class:`ConfigError`,
-    so no earlier run is overwritten. A run that fails removes the folder it created, if still empty.
+    folder that already holds a run (an unfinished audio-train run: pointed to ``--resume``), or one that
+    cannot be created is refused with :class:`ConfigError`, so no earlier run is overwritten. A run that
+    fails before its first checkpoint removes the folder it created, if still empty. The resumable
+    checkpoint and the stop signals: see :func:`_train_audio`.
     """
     from contrastkit.training.trainer import resolve_device
 
     out = out or sys.stdout
     t_start = time.perf_counter()
     device = resolve_device(config.device)
-    data = config.data or default_fsdd_path()
     run_dir = (
         Path(config.out)
         if config.out
         else Path("runs") / f"fsdd-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
     )
+    config = replace(config, data=absolute_data(config.data or default_fsdd_path()), out=str(run_dir))
+    refuse_unfinished_run(run_dir, kind="audio", command="audio-train")
     with new_run_folder(run_dir):
-        return _train_audio(config, run_dir, data, device, out, t_start)
+        return _train_audio(config, run_dir, device, out, t_start)
+
+
+def resume_audio(run: str | Path, given: dict[str, Any] | None = None, *, out: Any = None) -> dict[str, Any]:
+    """Continue the interrupted ``audio-train`` run ``run`` (its folder or checkpoint.pt) to the end, in its
+    folder, exactly as it would have gone on; ``given``: the options given again (only ``device`` may
+    differ, within one device type; see :func:`resumed_config`). Returns the metrics."""
+    from contrastkit.training.trainer import resolve_device
+
+    out = out or sys.stdout
+    t_start = time.perf_counter()
+    path, state = open_resume(run, kind="audio", command="audio-train")
+    config = resumed_config(AudioTrainConfig, state, given or {}, path.parent, "audio-train")
+    device = resolve_device(config.device)
+    check_resume_device(state, device, path.parent)
+    return _train_audio(config, path.parent, device, out, t_start, saved=state)
 
 
 def _train_audio(
-    config: AudioTrainConfig, run_dir: Path, data: str, device: torch.device, out: Any, t_start: float
+    config: AudioTrainConfig,
+    run_dir: Path,
+    device: torch.device,
+    out: Any,
+    t_start: float,
+    saved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The run (``saved``: the checkpoint of the run to resume).
+
+    ``checkpoint.pt`` is written before the first step and at every epoch end, resumable
+    (``finished: False``): model, learner (negatives' queue), optimizer, scheduler, the views' generator and
+    the global random state, the position (epoch, step, the epoch's order and losses so far), the loss
+    history and the results computed before training (random-init and MFCC references); the finished run
+    overwrites it with the model, config and views (``finished: True``). A first SIGINT / SIGTERM stops
+    after the current step (mid-epoch: the position inside the epoch is saved), writes the checkpoint and
+    raises :class:`~contrastkit.training.resume.TrainingInterrupted`; the resume continues bitwise as the
+    uninterrupted run would have.
+    """
+    data = config.data
     splits = load_fsdd(
         data, clip_seconds=config.clip_seconds, resample=config.resample, limit=config.limit, seed=config.seed
     )
@@ -322,11 +523,16 @@ def _train_audio(
         raise ConfigError(
             f"batch size {config.batch_size} is larger than the training set ({n} clips); lower it"
         )
+    fingerprint = data_fingerprint(splits.train.waveforms, splits.train.labels)
+    if saved is not None:
+        check_fingerprint(saved, fingerprint, run_dir, data)
     lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
+    resolved = asdict(config) | {"data": data, "lr": lr, "weight_decay": wd}
 
     torch.manual_seed(config.seed)
-    views = build_audio_views(config, splits).to(device)
+    stats = None if saved is None else (saved["views"]["mean"], saved["views"]["std"])
+    views = build_audio_views(config, splits, stats=stats).to(device)
     backbone = AudioCNN(width=config.width)
     model = ContrastiveModel(
         backbone, ProjectionHead(backbone.feature_dim, config.proj_hidden_dim, config.proj_dim)
@@ -343,6 +549,8 @@ def _train_audio(
     total = steps_per_epoch * config.epochs
     optimizer = build_optimizer(config.optimizer, learner, lr=lr, weight_decay=wd)
     scheduler = warmup_cosine(optimizer, warmup_steps=round(0.1 * total), total_steps=total)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed + 1)
 
     train_w, test_w = splits.train.waveforms, splits.test.waveforms
     ytr, yte = splits.train.labels, splits.test.labels
@@ -352,54 +560,153 @@ def _train_audio(
         seed=config.seed,
         linear=config.linear_probe,
     )
-    model.eval()
-    random_init = evaluate_features(
-        encoder_features(model.features, train_w, views, device),
-        ytr,
-        encoder_features(model.features, test_w, views, device),
-        yte,
-        **ev,
+    pos = _Position()
+    if saved is None:
+        model.eval()
+        random_init = evaluate_features(
+            encoder_features(model.features, train_w, views, device),
+            ytr,
+            encoder_features(model.features, test_w, views, device),
+            yte,
+            **ev,
+        )
+        logmel_cpu = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
+        mfcc_tr, mfcc_te = mfcc_baseline(train_w, test_w, logmel_cpu)
+        mfcc_ref = evaluate_features(mfcc_tr, ytr, mfcc_te, yte, **ev)
+        elapsed_before, resumed_at = 0.0, []
+    else:
+        try:
+            learner.load_state_dict(saved["learner"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            pos.load(saved, device)
+            gen.set_state(saved["loop"]["generator"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds "
+                f"({first}); start a new run"
+            ) from None
+        random_init, mfcc_ref = saved["references"]["random_init"], saved["references"]["mfcc"]
+        elapsed_before = float(saved.get("elapsed_seconds", 0.0))
+        resumed_at = [*saved.get("resumed_at_steps", []), pos.step(steps_per_epoch)]
+    resumed = (
+        f"\n  resumed at epoch {pos.epoch} of {config.epochs}"
+        + (f", step {pos.step(steps_per_epoch)} of {total}" if pos.next_step else "")
+        if saved is not None
+        else ""
     )
-    logmel_cpu = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
-    mfcc_tr, mfcc_te = mfcc_baseline(train_w, test_w, logmel_cpu)
-    mfcc_ref = evaluate_features(mfcc_tr, ytr, mfcc_te, yte, **ev)
     print(
         f"contrastkit audio-train: data={splits.name} ({n} train / {len(splits.test)} test clips, "
         f"{config.clip_seconds:g} s at {splits.train.sample_rate} Hz)\n"
         f"  encoder=AudioCNN(width={config.width}) on {config.n_mels}-mel log spectrograms, "
         f"objective={config.objective}(temperature={config.temperature}) negatives={config.negatives}\n"
         f"  {config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, {config.optimizer} "
-        f"lr={lr:g} wd={wd:g}, device={device}",
+        f"lr={lr:g} wd={wd:g}, device={device}{resumed}",
         file=out,
         flush=True,
     )
-    gen = torch.Generator(device=device)
-    gen.manual_seed(config.seed + 1)
-    waves_dev = train_w.to(device)
-    learner.train()
-    train_seconds, history = 0.0, []
-    for epoch in range(config.epochs):
-        t0 = time.perf_counter()
-        order = torch.randperm(n, device=device, generator=gen)
-        losses = []
-        for i in range(steps_per_epoch):
-            batch = waves_dev[order[i * config.batch_size : (i + 1) * config.batch_size]]
-            result = learner(views(batch, gen), views(batch, gen))
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(result.loss.detach())
-        loss = float(torch.stack(losses).mean())
-        if not torch.isfinite(torch.tensor(loss)):
-            raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}; lower --lr")
-        train_seconds += time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "loss": loss})
-        print(
-            f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  ({train_seconds:.0f} s)",
-            file=sys.stderr,
-            flush=True,
+    written: list[int | None] = [None if saved is None else saved["progress"]["done"]]
+
+    def checkpoint() -> Path:
+        """Write the resumable checkpoint of this position (refused when the state is not finite)."""
+        state = {
+            "model": model.state_dict(),
+            "learner": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "views": {"mean": views.mean, "std": views.std},
+            "references": {"random_init": random_init, "mfcc": mfcc_ref},
+            "data_fingerprint": fingerprint,
+            "rng": rng_state(),
+            "loop": pos.state(gen),
+            "history": list(pos.history),
+            "train_seconds": pos.train_seconds,
+            "elapsed_seconds": elapsed_before + time.perf_counter() - t_start,
+            "resumed_at_steps": resumed_at,
+            "step": pos.step(steps_per_epoch),
+            "device": str(device),
+            "config": resolved,
+            "options": asdict(config),
+            "progress": {"done": pos.epoch, "total": config.epochs, "unit": "epoch"},
+            "finished": False,
+        }
+        where = f"by step {pos.step(steps_per_epoch)} of {total} (epoch {min(pos.epoch + 1, config.epochs)})"
+        refuse_nonfinite_state(state, where=where, kept=describe_kept(run_dir, written[0], config.epochs))
+        path = save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+        written[0] = pos.epoch
+        return path
+
+    def interrupt(signum: int) -> None:
+        path = checkpoint()
+        mid = pos.next_step > 0
+        raise TrainingInterrupted(
+            interrupted_message(
+                signum,
+                command="audio-train",
+                run_dir=run_dir,
+                done=pos.step(steps_per_epoch) if mid else pos.epoch,
+                total=total if mid else config.epochs,
+                unit="step" if mid else "epoch",
+            ),
+            signum=signum,
+            checkpoint=path,
+            step=pos.step(steps_per_epoch),
         )
+
+    try:
+        if saved is None:
+            checkpoint()  # the references are kept from the start: a resume never needs the random init
+        waves_dev = train_w.to(device)
+        learner.train()
+        if saved is not None:
+            restore_rng_state(saved["rng"])
+        with StopSignals() as stop:  # a first Ctrl-C / SIGTERM stops after the current step
+            while pos.epoch < config.epochs:
+                t0 = time.perf_counter()
+                if pos.order is None:
+                    pos.order = torch.randperm(n, device=device, generator=gen)
+                for i in range(pos.next_step, steps_per_epoch):
+                    batch = waves_dev[pos.order[i * config.batch_size : (i + 1) * config.batch_size]]
+                    result = learner(views(batch, gen), views(batch, gen))
+                    optimizer.zero_grad(set_to_none=True)
+                    result.loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    pos.losses.append(result.loss.detach())
+                    pos.next_step = i + 1
+                    if stop.requested is not None and pos.next_step < steps_per_epoch:
+                        pos.train_seconds += time.perf_counter() - t0
+                        interrupt(stop.requested)
+                loss = float(torch.stack(pos.losses).mean())
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss} at epoch {pos.epoch + 1}; lower --lr (the checkpoint was "
+                        f"not written, {describe_kept(run_dir, written[0], config.epochs)})"
+                    )
+                pos.train_seconds += time.perf_counter() - t0
+                pos.history.append({"epoch": pos.epoch + 1, "loss": loss})
+                pos.end_epoch()
+                print(
+                    f"epoch {pos.epoch}/{config.epochs}  loss {loss:.4f}  ({pos.train_seconds:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                checkpoint()
+                if stop.requested is not None:
+                    interrupt(stop.requested)
+    except ContrastkitError:
+        raise
+    except BaseException:  # a crash (out of memory, ...), a second Ctrl-C or SIGTERM: say how to go on
+        if written[0] is not None:
+            print(
+                f"contrastkit: {run_dir / CHECKPOINT_NAME} keeps epoch {written[0]} of {config.epochs}; "
+                f"continue with: contrastkit audio-train --resume {run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
+    train_seconds, history = pos.train_seconds, pos.history
     model.eval()
     learned = evaluate_features(
         encoder_features(model.features, train_w, views, device),
@@ -424,17 +731,25 @@ def _train_audio(
         },
         "history": history,
         "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - t_start,
+        "total_seconds": elapsed_before + time.perf_counter() - t_start,
+        "resumed_at_steps": resumed_at,
         "device": str(device),
-        "config": asdict(config) | {"data": data, "lr": lr, "weight_decay": wd},
+        "config": resolved,
     }
-    checkpoint = {
+    final = {
         "model": model.state_dict(),
         "config": metrics["config"],
         "views": {"mean": views.mean, "std": views.std},
+        "device": str(device),
+        "progress": {"done": config.epochs, "total": config.epochs, "unit": "epoch"},
+        "finished": True,
     }
-    write_atomic(run_dir / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
+    refuse_nonfinite_state(
+        final, where="after training", kept=describe_kept(run_dir, written[0], config.epochs)
+    )
+    # metrics first: a kill between the two leaves the resumable checkpoint, whose resume writes both
     write_metrics(run_dir / "metrics.json", metrics)  # strict JSON: a skipped linear probe is null
+    save_checkpoint(final, run_dir / CHECKPOINT_NAME)
     rows = [("learned encoder", learned), ("same encoder, random", random_init), ("MFCC mean+std", mfcc_ref)]
     lines = [f"FSDD test ({len(splits.test)} clips)        kNN top-1   linear top-1"]
     lines += [f"  {name:<28} {m['knn_top1']:.4f}      {_fmt(m['linear_top1'])}" for name, m in rows]
@@ -444,6 +759,40 @@ def _train_audio(
     return metrics
 
 
+@dataclass
+class _Position:
+    """Where the audio-train loop is: epochs done, steps done in the current epoch, its order and losses."""
+
+    epoch: int = 0
+    next_step: int = 0
+    order: Tensor | None = None
+    losses: list[Tensor] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    def step(self, steps_per_epoch: int) -> int:
+        return self.epoch * steps_per_epoch + self.next_step
+
+    def end_epoch(self) -> None:
+        self.epoch, self.next_step, self.order, self.losses = self.epoch + 1, 0, None, []
+
+    def state(self, gen: torch.Generator) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "next_step": self.next_step,
+            "order": None if self.order is None else self.order.cpu(),
+            "losses": torch.stack(self.losses).cpu() if self.losses else torch.zeros(0),
+            "generator": gen.get_state(),
+        }
+
+    def load(self, saved: dict[str, Any], device: torch.device) -> None:
+        loop = saved["loop"]
+        self.epoch, self.next_step = int(loop["epoch"]), int(loop["next_step"])
+        self.history, self.train_seconds = list(saved["history"]), float(saved["train_seconds"])
+        self.order = None if loop["order"] is None else loop["order"].to(device)
+        self.losses = list(loop["losses"].to(device).unbind())
+
+
 def _fmt(v: float) -> str:
     """A score for the printed tables: 4 decimals, or ``-`` when it was not computed (NaN)."""
     return f"{v:.4f}" if math.isfinite(v) else "-"
@@ -451,36 +800,51 @@ def _fmt(v: float) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI wiring
 def add_parsers(sub: Any) -> None:
-    """The ``audio-train`` and ``sela`` subcommands (flags from their config dataclasses)."""
+    """The ``audio-train`` and ``sela`` subcommands (flags from their config dataclasses, and ``--resume``)."""
     from contrastkit.clustering.run import SelaConfig
 
-    add_config_flags(
-        sub.add_parser(
-            "audio-train",
-            help="contrastive training on spoken digits (FSDD); kNN and linear probe vs random init and MFCCs",
-            description="Train AudioCNN on log-mel views of FSDD (takes 5-49) with the contrastive spine; "
-            "evaluate on takes 0-4 with kNN and a linear probe, next to the random-init encoder and MFCCs. "
-            "Writes metrics.json and checkpoint.pt into the run folder.",
-        ),
-        AudioTrainConfig,
+    audio = sub.add_parser(
+        "audio-train",
+        help="contrastive training on spoken digits (FSDD); kNN and linear probe vs random init and MFCCs",
+        description="Train AudioCNN on log-mel views of FSDD (takes 5-49) with the contrastive spine; "
+        "evaluate on takes 0-4 with kNN and a linear probe, next to the random-init encoder and MFCCs. "
+        "Writes metrics.json and checkpoint.pt into the run folder (checkpoint.pt at every epoch end, "
+        "resumable with --resume).",
     )
-    add_config_flags(
-        sub.add_parser(
-            "sela",
-            help="self-labelling by clustering (SeLa, Sinkhorn pseudo-labels; SeLaVi cross-view) on images or audio",
-            description="Train an encoder with clustering heads on Sinkhorn-Knopp pseudo-labels (Asano et al. "
-            "2020); --data digits | image folder/zip | FSDD zip of WAVs. Reports NMI/ARI of the clusters and "
-            "kNN / linear probe of the features against references; writes metrics.json.",
-        ),
-        SelaConfig,
+    add_config_flags(audio, AudioTrainConfig)
+    sela = sub.add_parser(
+        "sela",
+        help="self-labelling by clustering (SeLa, Sinkhorn pseudo-labels; SeLaVi cross-view) on images or audio",
+        description="Train an encoder with clustering heads on Sinkhorn-Knopp pseudo-labels (Asano et al. "
+        "2020); --data digits | image folder/zip | FSDD zip of WAVs. Reports NMI/ARI of the clusters and "
+        "kNN / linear probe of the features against references; writes metrics.json (and checkpoint.pt at "
+        "every epoch end, resumable with --resume).",
     )
+    add_config_flags(sela, SelaConfig)
+    for parser in (audio, sela):
+        parser.add_argument(
+            "--resume",
+            metavar="RUN",
+            default=None,
+            help="continue the interrupted run in folder RUN (or its checkpoint.pt) exactly where it stopped; "
+            "options given again must match the run's (--device may change within CPU or CUDA)",
+        )
 
 
 def run_command(args: argparse.Namespace) -> None:
-    """Run ``audio-train`` or ``sela`` from parsed flags."""
-    if args.command == "audio-train":
-        train_audio(config_from_flags(AudioTrainConfig, args))
-    else:
-        from contrastkit.clustering.run import SelaConfig, run_sela
+    """Run ``audio-train`` or ``sela`` from parsed flags (``--resume RUN``: continue that run)."""
+    from contrastkit.clustering.run import SelaConfig, resume_sela, run_sela
 
-        run_sela(config_from_flags(SelaConfig, args))
+    resume = getattr(args, "resume", None)
+    if args.command == "audio-train":
+        given = given_flags(AudioTrainConfig, args)
+        if resume is not None:
+            resume_audio(resume, given)
+        else:
+            train_audio(AudioTrainConfig(**given))
+    else:
+        given = given_flags(SelaConfig, args)
+        if resume is not None:
+            resume_sela(resume, given)
+        else:
+            run_sela(SelaConfig(**given))

@@ -157,8 +157,8 @@ class ForeignRunError(ContrastkitError):
         head = f"{str(self.path)!r} is {article} {self.kind} run (written by contrastkit {writer})"
         if command == "train --resume":
             return (
-                f"{head}; {what} image runs (train's runs) only, and {writer} runs cannot be resumed: run "
-                f"contrastkit {writer} again"
+                f"{head}; {what} image runs (train's runs) only: continue it with "
+                f"contrastkit {writer} --resume {self.path}"
             )
         return (
             f"{head}; {what} image runs (train's runs). {writer} evaluates its encoder itself: {results} "

@@ -180,3 +180,106 @@ class StopSignals:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
+
+
+# --- the other training commands (text-train, audio-train, sela): the same contract, shared checks ---
+
+# The options of text-train, audio-train and sela that may differ on resume (how the run is watched or
+# where it runs, not what it computes). ``device`` only within one device type: the random generators'
+# states of one type do not transfer to another (checked by :func:`check_resume_device`).
+COMMAND_RESUMABLE_OPTIONS = frozenset({"device", "progress", "out"})
+
+_WRITERS = {"image": "train", "text": "text-train", "audio": "audio-train", "sela": "sela"}
+
+
+def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint of run ``run`` (its folder or ``checkpoint.pt``) and its loaded state, for
+    ``contrastkit <command> --resume``; raises :class:`ConfigError` naming the problem when the run cannot
+    be continued: no checkpoint yet, another command's run (``kind`` is the one ``command`` writes:
+    ``text``, ``audio`` or ``sela``), a checkpoint without the loop's state (written before this command
+    could resume), or a finished run. The folder is locked for this process (a second resume started at
+    the same time is refused) and a kill's stale temporary files beside the checkpoint are removed."""
+    from contrastkit.training.checkpoint import _state_kind, remove_stale_temporaries
+    from contrastkit.training.run_folder import lock_run_dir
+
+    folder = Path(run)
+    if folder.is_dir() and not (folder / CHECKPOINT_NAME).is_file():
+        raise ConfigError(
+            f"run folder {str(folder)!r} has no {CHECKPOINT_NAME}: the run stopped before its first checkpoint, "
+            f"so there is nothing to resume; start contrastkit {command} again with another --out (or remove "
+            "the folder first)"
+        )
+    path = find_checkpoint(run)
+    state = load_checkpoint(path, image_run=False)
+    found = _state_kind(state)
+    if found != kind:
+        writer = _WRITERS.get(found or "", "another program")
+        raise ConfigError(
+            f"{str(path)!r} was written by contrastkit {writer}, not {command}: "
+            + (
+                f"resume it with contrastkit {writer} --resume {path.parent}"
+                if found in _WRITERS
+                else f"give the folder of a {command} run"
+            )
+        )
+    if not isinstance(state.get("progress"), dict):
+        raise ConfigError(
+            f"checkpoint {str(path)!r} holds no training state to continue (written by a contrastkit whose "
+            f"{command} could not resume, or saved only for its weights); start a new run"
+        )
+    if state.get("finished"):
+        p = state["progress"]
+        raise ConfigError(
+            f"run {str(path.parent)!r} finished ({p.get('done', '?')} of {p.get('total', '?')} "
+            f"{p.get('unit', 'step')}s); nothing to resume: its results are in {path.parent / 'metrics.json'}, "
+            "or start a new run"
+        )
+    lock_run_dir(path.parent)
+    remove_stale_temporaries(path)
+    return path, state
+
+
+def refuse_changed_options(
+    saved: dict[str, Any],
+    wanted: dict[str, Any],
+    *,
+    run_dir: str | Path,
+    command: str,
+    resumable: frozenset[str] = COMMAND_RESUMABLE_OPTIONS,
+) -> None:
+    """Raise :class:`ConfigError` when ``wanted`` (the saved options with the flags given again on resume)
+    differs from ``saved`` in an option outside ``resumable``, naming each with its old and new value."""
+    changed = [
+        (name, saved.get(name), wanted.get(name))
+        for name in sorted(set(saved) | set(wanted))
+        if name not in resumable and saved.get(name) != wanted.get(name)
+    ]
+    if changed:
+        diff = "; ".join(f"--{n.replace('_', '-')}: run has {a!r}, now {b!r}" for n, a, b in changed)
+        may = ", ".join("--" + n.replace("_", "-") for n in sorted(resumable - {"out"}))
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with a changed configuration ({diff}). The saved state cannot "
+            f"continue another setting: drop these flags, or start a new contrastkit {command} run. Options "
+            f"that may change on resume: {may}"
+        )
+
+
+def check_resume_device(state: dict[str, Any], device: Any, run_dir: str | Path) -> None:
+    """Refuse to resume on another device type than the run's (its saved random generators' states, CPU or
+    CUDA, do not transfer); another CUDA device is fine."""
+    saved = str(state.get("device", "cpu")).split(":")[0]
+    now = str(getattr(device, "type", device)).split(":")[0]
+    if saved != now:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} on {now}: it ran on {saved}, whose random generators' states do "
+            f"not transfer; resume it with --device {saved}"
+        )
+
+
+def interrupted_message(signum: int, *, command: str, run_dir: Path, done: int, total: int, unit: str) -> str:
+    """What a command prints when a stop signal ended it after writing a resumable checkpoint."""
+    sig = signal.Signals(signum).name
+    return (
+        f"{sig} received: stopped after {unit} {done} of {total} and wrote {run_dir / CHECKPOINT_NAME} "
+        f"(resumable); continue with: contrastkit {command} --resume {run_dir}"
+    )

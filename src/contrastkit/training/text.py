@@ -10,12 +10,22 @@ pretrained encoder are SimCSE's (Sec. 3 and Appendix A).
 :func:`train_text` writes ``metrics.json`` (STS Spearman ×100 before and after training, the TF-IDF
 bag-of-words reference, the loss curve, timings) and ``config.yaml`` into the run folder. For the
 from-scratch encoder "before" is the same encoder at random initialisation.
+
+Runs are resumable: every ``--checkpoint-every`` steps, and on a first Ctrl-C / SIGTERM, ``checkpoint.pt``
+holds everything the loop needs to continue exactly (model, key encoder, queue, optimizer, schedule, the
+random generators, the epoch's order, the loss curve, the clock, the tokenizer and the before-training
+scores); ``contrastkit text-train --resume RUN`` (:func:`train_text` with ``resume``) picks the run up
+and ends bit for bit like the uninterrupted run (on CPU). Without ``--save-model`` that checkpoint is
+removed when the run finishes; with it, it is replaced by the finished checkpoint (model and tokenizer).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import signal
 import sys
 import time
@@ -23,7 +33,7 @@ from argparse import ArgumentParser, BooleanOptionalAction, Namespace
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import yaml
@@ -42,12 +52,31 @@ from contrastkit.evaluation.sts import sts_spearman, tfidf_spearman
 from contrastkit.negatives import MomentumEncoder, build_negatives
 from contrastkit.objectives import OBJECTIVES, build_objective
 from contrastkit.scores import CosineSimilarity
-from contrastkit.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from contrastkit.training.checkpoint import (
+    CHECKPOINT_NAME,
+    FOREIGN_RUNS,
+    ForeignRunError,
+    _state_kind,
+    load_checkpoint,
+    nonfinite_tensors,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    write_atomic,
+)
 from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
-from contrastkit.training.resume import StopSignals, TrainingInterrupted
+from contrastkit.training.resume import (
+    COMMAND_RESUMABLE_OPTIONS,
+    StopSignals,
+    TrainingInterrupted,
+    check_resume_device,
+    interrupted_message,
+    open_command_resume,
+    refuse_changed_options,
+)
 from contrastkit.training.run_folder import (
     new_folders,
     prepare_run_dir,
@@ -60,6 +89,18 @@ from contrastkit.views.text import TextViews, trim_padding
 
 DEFAULT_LR = {"pretrained": 3e-5, "scratch": 5e-4}
 TEXT_NEGATIVES = ("in-batch", "queue")
+COMMAND = "text-train"
+
+# Options that may differ on resume: none changes what is computed. ``device`` within one device type
+# (checked); ``sentences`` and ``sts`` only as another path to the same data (the data's fingerprint is
+# compared); ``save_model`` only decides whether the model is kept at the end.
+TEXT_RESUMABLE_OPTIONS = COMMAND_RESUMABLE_OPTIONS | {
+    "checkpoint_every",
+    "log_every",
+    "save_model",
+    "sentences",
+    "sts",
+}
 
 
 @dataclass
@@ -123,7 +164,14 @@ class TextTrainConfig:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
     log_every: int = _opt(50, "print the loss every this many steps")
-    save_model: bool = _opt(False, "also write checkpoint.pt (the trained encoder and tokenizer)")
+    checkpoint_every: int = _opt(
+        500, "write a resumable checkpoint.pt every this many steps (0: only on Ctrl-C / SIGTERM)"
+    )
+    save_model: bool = _opt(
+        False,
+        "keep checkpoint.pt at the end (the trained encoder and tokenizer); without it the resumable "
+        "checkpoint written during training is removed when the run finishes",
+    )
     progress: bool = _opt(True, "show a progress bar")
     out: str | None = _opt(None, "run folder (default runs/text-<encoder>-<time>)")
 
@@ -148,6 +196,10 @@ class TextTrainConfig:
         ):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "a positive integer")
+        v = self.checkpoint_every
+        _check(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0, "checkpoint_every", "an integer >= 0"
+        )
         for name in ("limit", "steps"):
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
@@ -204,6 +256,11 @@ class TextTrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TextTrainConfig:
         """Build from a mapping (keys with ``-`` or ``_``); unknown keys and wrong types name themselves."""
+        return cls(**cls.typed_values(values, source=source))
+
+    @classmethod
+    def typed_values(cls, values: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+        """``values`` with ``_`` keys, floats as float; unknown keys and wrong types raise ConfigError."""
         known = {f.name: str(f.type) for f in fields(cls)}
         norm = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(norm) - set(known))
@@ -226,13 +283,21 @@ class TextTrainConfig:
                 )
             if t.startswith("float") and v is not None:
                 norm[name] = float(v)
-        return cls(**norm)
+        return norm
 
 
 def add_arguments(parser: ArgumentParser) -> None:
     """The ``text-train`` flags, one per :class:`TextTrainConfig` field, plus ``--config FILE``."""
     parser.add_argument(
         "--config", metavar="FILE", help="TOML or YAML file of options (keys as below); flags win"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a stopped text-train run (its folder or checkpoint.pt) from its checkpoint, with its "
+        "saved options, exactly; only --device (same device type), --progress, --log-every, "
+        "--checkpoint-every and --save-model may be given again with other values, and --sentences / --sts "
+        "as another path to the same data",
     )
     for f in fields(TextTrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -248,17 +313,41 @@ def add_arguments(parser: ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
 
 
+@dataclass
+class ResumeRequest:
+    """``--resume RUN`` and the options given with it (None: compare the whole config with the run's)."""
+
+    run: str
+    given: dict[str, Any] | None = None
+
+
+_RESUME_ATTR = "_resume_request"
+
+
 def config_from_args(args: Namespace) -> TextTrainConfig:
-    """Defaults < config file < flags."""
+    """Defaults < config file < flags.
+
+    With ``--resume RUN`` the options come from the run's checkpoint: the config returned is the default
+    one carrying a :class:`ResumeRequest` (the run and the options given explicitly, by the config file or
+    flags), which :func:`train_text` continues; the options are only type-checked here.
+    """
     values: dict[str, Any] = {}
+    source = getattr(args, "config", None) or "command line"
     if getattr(args, "config", None):
         values.update({k.replace("-", "_"): v for k, v in load_config_file(args.config).items()})
-        TextTrainConfig.from_dict(values, source=args.config)
+        TextTrainConfig.typed_values(values, source=args.config)
     for f in fields(TextTrainConfig):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    return TextTrainConfig.from_dict(values, source=getattr(args, "config", None) or "command line")
+    resume = getattr(args, "resume", None)
+    if resume is None:
+        return TextTrainConfig.from_dict(values, source=source)
+    config = TextTrainConfig()
+    setattr(
+        config, _RESUME_ATTR, ResumeRequest(str(resume), TextTrainConfig.typed_values(values, source=source))
+    )
+    return config
 
 
 class SimCSEHead(nn.Module):
@@ -282,15 +371,18 @@ class TextTrainResult:
     tokenizer: Any
 
 
-def build_text_encoder(config: TextTrainConfig, sentences: list[str]) -> tuple[nn.Module, Any]:
-    """The encoder and tokenizer the config asks for (a words vocabulary is built from ``sentences``)."""
+def build_text_encoder(
+    config: TextTrainConfig, sentences: list[str], *, tokenizer: Any = None
+) -> tuple[nn.Module, Any]:
+    """The encoder and tokenizer the config asks for (a words vocabulary is built from ``sentences``, unless
+    ``tokenizer``, one restored from a checkpoint, is given)."""
     if config.encoder == "pretrained":
         return load_minilm()
-    tokenizer: Any
-    if config.tokenizer == "wordpiece":
-        tokenizer = WordPieceTokenizer()
-    else:
-        tokenizer = WordTokenizer.build(sentences, min_freq=config.min_freq, max_size=config.vocab_size)
+    if tokenizer is None:
+        if config.tokenizer == "wordpiece":
+            tokenizer = WordPieceTokenizer()
+        else:
+            tokenizer = WordTokenizer.build(sentences, min_freq=config.min_freq, max_size=config.vocab_size)
     encoder = TransformerTextEncoder(
         tokenizer.vocab_size,
         dim=config.dim,
@@ -303,6 +395,15 @@ def build_text_encoder(config: TextTrainConfig, sentences: list[str]) -> tuple[n
     return encoder, tokenizer
 
 
+def _saved_tokenizer(state: dict[str, Any] | None) -> Any:
+    """The words tokenizer a checkpoint holds (its vocabulary, so the same ids result); None otherwise (a
+    WordPiece vocabulary is MiniLM's fixed one, loaded again from the package)."""
+    saved = (state or {}).get("tokenizer")
+    if isinstance(saved, dict) and saved.get("kind") == "words":
+        return WordTokenizer(saved["words"])
+    return None
+
+
 def _paths(config: TextTrainConfig) -> tuple[Path, Path]:
     root = shared_data_dir() / "text"
     sentences = Path(config.sentences) if config.sentences else root / "sentences.txt.gz"
@@ -310,40 +411,180 @@ def _paths(config: TextTrainConfig) -> tuple[Path, Path]:
     return sentences, sts
 
 
-def train_text(config: TextTrainConfig, *, out: Any = None) -> TextTrainResult:
+def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``sentences`` and ``sts``, when given, as absolute paths (a resume from another
+    folder finds them)."""
+    return {**values, **{k: os.path.abspath(values[k]) for k in ("sentences", "sts") if values.get(k)}}
+
+
+@dataclass
+class _Latest:
+    """The step of the resumable checkpoint the run folder holds (None: none) and the run's length."""
+
+    step: int | None = None
+    total: int | None = None
+
+
+def train_text(
+    config: TextTrainConfig, *, out: Any = None, resume: str | Path | None = None
+) -> TextTrainResult:
     """Train a sentence encoder as ``config`` says; report STS Spearman ×100 before and after.
 
-    The run folder is checked (and created) first: a file, a folder that holds a run or one that cannot be
-    created is refused before any work. A first SIGINT (Ctrl-C) or SIGTERM during training stops at the
-    next step and writes what there is: ``checkpoint.pt`` (the model so far, ``finished: False``),
-    ``config.yaml`` and ``metrics.json`` (marked interrupted, with the loss curve so far); then
-    :class:`~contrastkit.training.resume.TrainingInterrupted` is raised. text-train cannot resume.
+    A new run's folder is checked (and created) first: a file, a folder that holds a run or one that cannot
+    be created is refused before any work. Every ``checkpoint_every`` steps ``checkpoint.pt`` is written
+    (atomically) with everything needed to continue exactly. A first SIGINT (Ctrl-C) or SIGTERM stops at
+    the next step and writes that checkpoint, ``config.yaml`` and ``metrics.json`` (marked interrupted and
+    resumable, with the loss curve so far); then
+    :class:`~contrastkit.training.resume.TrainingInterrupted` is raised, whose message names the resume
+    command. At the end the resumable checkpoint is replaced by the finished one with ``save_model``, or
+    removed without it.
+
+    ``resume`` (a run folder or its ``checkpoint.pt``; or the :class:`ResumeRequest` that
+    :func:`config_from_args` attaches to the config for ``--resume``) continues that run in its folder, with
+    its saved options: ``config`` must agree with them except in :data:`TEXT_RESUMABLE_OPTIONS` (from the
+    command line only the options given explicitly are compared). On CPU the resumed run ends bit for bit
+    like the uninterrupted one.
     """
     out = out or sys.stdout
     t_start = time.perf_counter()
-    config = config.resolved()
-    device = resolve_device(config.device)
-    run_dir = (
-        Path(config.out)
-        if config.out
-        else Path("runs") / (f"text-{config.encoder}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    )
-    created = new_folders(run_dir)
-    prepare_run_dir(run_dir)
-    config = dataclasses.replace(config, out=str(run_dir))
+    request: ResumeRequest | None = getattr(config, _RESUME_ATTR, None)
+    if resume is not None:
+        request = ResumeRequest(str(resume), request.given if request is not None else None)
+    saved: dict[str, Any] | None = None
+    created: list[Path] = []
+    if request is not None:
+        config, run_dir, saved = _open_resume(config, request)
+        device = resolve_device(config.device)
+        check_resume_device(saved, device, run_dir)
+    else:
+        config = config.resolved()
+        device = resolve_device(config.device)
+        run_dir = (
+            Path(config.out)
+            if config.out
+            else Path("runs") / (f"text-{config.encoder}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        )
+        created = new_folders(run_dir)
+        prepare_run_dir(run_dir, hint=_existing_run_hint(run_dir))
+        config = TextTrainConfig(**_absolute_paths({**config.to_dict(), "out": str(run_dir)}))
+    latest = _Latest()
     try:
-        return _train_text(config, run_dir, device, out, t_start)
+        return _train_text(config, run_dir, device, out, t_start, saved, latest)
     except (TrainingInterrupted, KeyboardInterrupt):
         raise  # an interrupt keeps what it wrote (or is a second Ctrl-C: stop at once)
     except BaseException as exc:
-        kept = _undo_failed_run(run_dir, created)
-        if kept and isinstance(exc, ContrastkitError) and exc.args:
-            exc.args = (
-                f"{exc.args[0]}; the run folder {str(run_dir)!r} holds this failed run's {', '.join(kept)}: "
-                "remove it (or choose another --out) before running again",
-                *exc.args[1:],
+        kept = _undo_failed_run(run_dir, created) if saved is None else []  # a resumed run keeps its folder
+        note = None
+        if latest.step is not None and (run_dir / CHECKPOINT_NAME).is_file():
+            note = (
+                f"the run folder {str(run_dir)!r} keeps the resumable checkpoint of step {latest.step} of "
+                f"{latest.total}: continue from it with: contrastkit {COMMAND} --resume {run_dir} (or remove "
+                "the folder to start again)"
             )
+        elif kept:
+            note = (
+                f"the run folder {str(run_dir)!r} holds this failed run's {', '.join(kept)}: remove it (or "
+                "choose another --out) before running again"
+            )
+        if note and isinstance(exc, ContrastkitError) and exc.args:
+            exc.args = (f"{exc.args[0]}; {note}", *exc.args[1:])
         raise
+
+
+def _existing_run_hint(run_dir: Path) -> str:
+    """What to do about a folder that already holds a run: an unfinished text-train run is pointed to
+    ``--resume``."""
+    hint = "choose another --out or remove it"
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        return hint
+    try:
+        state = load_checkpoint(path, image_run=False)
+    except ContrastkitError:
+        return hint
+    progress = state.get("progress")
+    if _state_kind(state) == "text" and isinstance(progress, dict) and not state.get("finished"):
+        return (
+            f"it stopped at step {progress.get('done')} of {progress.get('total')}: continue it with "
+            f"contrastkit {COMMAND} --resume {run_dir}, or choose another --out"
+        )
+    return hint
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _open_resume(
+    config: TextTrainConfig, request: ResumeRequest
+) -> tuple[TextTrainConfig, Path, dict[str, Any]]:
+    """The run's checkpoint (loaded; its folder locked), its folder and the configuration to continue with:
+    the saved one, with the resumable options given again; any other difference is refused by name."""
+    _refuse_finished_without_checkpoint(Path(request.run))
+    try:
+        path, state = open_command_resume(request.run, kind="text", command=COMMAND)
+    except ForeignRunError as exc:  # another command's run (or a file of one): say it for text-train
+        writer = FOREIGN_RUNS[exc.kind][0]
+        if exc.kind == "text":
+            raise ConfigError(
+                f"{request.run!r} is not a text-train checkpoint (it is a file of the text-train run "
+                f"{str(exc.path)!r}): give the run folder or its {CHECKPOINT_NAME}"
+            ) from None
+        article = "an" if exc.kind == "audio" else "a"
+        raise ConfigError(
+            f"{str(exc.path)!r} belongs to {article} {exc.kind} run (written by contrastkit {writer}), not to a "
+            f"text-train run: contrastkit {COMMAND} --resume continues text-train runs only"
+        ) from None
+    run_dir = path.parent
+    saved = TextTrainConfig.typed_values(state["config"], source=str(path))
+    given = (  # from Python, the whole config; its unset options (None) take the run's
+        dict(request.given)
+        if request.given is not None
+        else {k: v for k, v in config.to_dict().items() if v is not None}
+    )
+    out = given.pop("out", None)
+    if out is not None and not _same_folder(out, run_dir):
+        raise ConfigError(
+            f"--resume continues the run in its own folder ({str(run_dir)!r}): drop --out {out}"
+        )
+    wanted = TextTrainConfig.from_dict(_absolute_paths({**saved, **given}), source="command line").resolved()
+    for name in ("sentences", "sts"):  # the run's data moved: say how to give its new place
+        value = getattr(wanted, name)
+        if value and name not in given and not os.path.exists(value):
+            flag = "--" + name
+            raise ConfigError(
+                f"run {str(run_dir)!r} was started with {flag} {value}, which does not exist now: give the "
+                f"data's new place with: contrastkit {COMMAND} --resume {run_dir} {flag} NEW_PATH (the same "
+                "data: its fingerprint is checked)"
+            )
+    refuse_changed_options(
+        saved,
+        {**wanted.to_dict(), "out": saved.get("out")},
+        run_dir=run_dir,
+        command=COMMAND,
+        resumable=TEXT_RESUMABLE_OPTIONS,
+    )
+    return dataclasses.replace(wanted, out=str(run_dir)), run_dir, state
+
+
+def _refuse_finished_without_checkpoint(folder: Path) -> None:
+    """A run that finished without --save-model removed its checkpoint: say it finished (not that it
+    stopped before its first checkpoint)."""
+    if not folder.is_dir() or (folder / CHECKPOINT_NAME).exists():
+        return
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(metrics, dict) and metrics.get("finished") is True and "sts_spearman_before" in metrics:
+        raise ConfigError(
+            f"run {str(folder)!r} finished ({metrics.get('steps')} of {metrics.get('total_steps')} steps); "
+            f"nothing to resume: its results are in {folder / 'metrics.json'} (without --save-model its "
+            "checkpoint was removed at the end), or start a new run"
+        )
 
 
 def _undo_failed_run(run_dir: Path, created: list[Path]) -> list[str]:
@@ -362,10 +603,95 @@ def _undo_failed_run(run_dir: Path, created: list[Path]) -> list[str]:
     return left
 
 
-def _train_text(
-    config: TextTrainConfig, run_dir: Path, device: torch.device, out: Any, t_start: float
-) -> TextTrainResult:
+def _data_fingerprint(sentences: list[str], pairs: Any) -> dict[str, Any]:
+    """SHA-256 of the training sentences (after ``--limit``) and of the evaluated STS pairs: a resume on
+    other data is refused."""
 
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+    return {
+        "sentences": digest(sentences),
+        "train_sentences": len(sentences),
+        "sts": digest([pairs.sentences1, pairs.sentences2, pairs.scores.tolist()]),
+        "sts_pairs": len(pairs),
+    }
+
+
+def _check_same_data(
+    saved: dict[str, Any], fingerprint: dict[str, Any], run_dir: Path, sentences: Path, sts: Path
+) -> None:
+    old = saved.get("data_fingerprint") or {}
+    changed = [
+        what
+        for key, what in (
+            ("sentences", f"the training sentences ({sentences})"),
+            ("sts", f"the STS-B pairs ({sts})"),
+        )
+        if old.get(key) != fingerprint[key]
+    ]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: {' and '.join(changed)} differ from the run's (the data changed "
+            "since the run started, or --sentences / --sts name other data); resume it with the run's data, "
+            "or start a new run"
+        )
+
+
+def _restore(
+    saved: dict[str, Any],
+    run_dir: Path,
+    total_steps: int,
+    model: nn.Module,
+    learner: ContrastiveLearner,
+    key_encoder: MomentumEncoder | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> int:
+    """Load a checkpoint's states into freshly built pieces; returns its step. A mismatch is a ConfigError."""
+    if int(saved["progress"]["total"]) != total_steps:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: it has {saved['progress']['total']} steps in all, this data and "
+            f"configuration give {total_steps}"
+        )
+    try:
+        model.load_state_dict(saved["model"])
+        learner.negatives.load_state_dict(saved["negatives"])
+        if key_encoder is not None:
+            key_encoder.load_state_dict(saved["key_encoder"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds ({first}); "
+            "it was written by another version of contrastkit: start a new run"
+        ) from None
+    return int(saved["step"])
+
+
+def _nonfinite_state(state: dict[str, Any]) -> list[str]:
+    """The tensors of a resumable checkpoint's state that hold NaN or infinite values."""
+    bad: list[str] = []
+    for part in ("model", "key_encoder", "negatives"):
+        tensors = state.get(part)
+        if isinstance(tensors, dict):
+            bad += [f"{part}.{name}" for name in nonfinite_tensors(tensors)]
+    for pid, param_state in state["optimizer"]["state"].items():
+        bad += [f"optimizer.state.{pid}.{name}" for name in nonfinite_tensors(param_state)]
+    bad += nonfinite_tensors({"pending_losses": state["pending_losses"]})
+    return bad
+
+
+def _train_text(
+    config: TextTrainConfig,
+    run_dir: Path,
+    device: torch.device,
+    out: Any,
+    t_start: float,
+    saved: dict[str, Any] | None,
+    latest: _Latest,
+) -> TextTrainResult:
     sentences_path, sts_dir = _paths(config)
     sentences = load_sentences(sentences_path, skip_empty=config.skip_empty)
     n_read = len(sentences)
@@ -375,8 +701,13 @@ def _train_text(
         sentences = [sentences[i] for i in pick[: config.limit].tolist()]
     pairs = load_sts_split(sts_dir, config.eval_split)
     _check_sentence_count(config, sentences_path, n_read, len(sentences))
+    fingerprint = _data_fingerprint(sentences, pairs)
+    if saved is not None:
+        _check_same_data(saved, fingerprint, run_dir, sentences_path, sts_dir)
 
-    encoder, tokenizer = build_text_encoder(config, sentences)
+    encoder, tokenizer = build_text_encoder(config, sentences, tokenizer=_saved_tokenizer(saved))
+    to_dict = getattr(tokenizer, "to_dict", None)
+    tokenizer_dict = to_dict() if to_dict else None
     head: nn.Module = SimCSEHead(encoder.feature_dim) if config.head == "mlp" else nn.Identity()
     model = ContrastiveModel(encoder, head).to(device)
     use_bf16 = autocast_dtype(config.precision, device) is not None
@@ -391,10 +722,15 @@ def _train_text(
             device=device,
         )
 
-    t_eval = time.perf_counter()
-    before = evaluate(model)
-    eval_seconds = time.perf_counter() - t_eval
-    tfidf = tfidf_spearman(pairs)
+    if saved is None:
+        t_eval = time.perf_counter()
+        before = evaluate(model)
+        eval_seconds = time.perf_counter() - t_eval
+        tfidf = tfidf_spearman(pairs)
+    else:  # the initial model is gone: the figures measured before the run's first step
+        before = float(saved["sts_spearman_before"])
+        tfidf = float(saved["sts_spearman_tfidf"])
+        eval_seconds = float(saved["eval_seconds"])
 
     tokens = tokenizer.encode(sentences, config.max_length).to(device)
     steps_per_epoch = len(sentences) // config.batch_size
@@ -429,6 +765,9 @@ def _train_text(
     scheduler = warmup_cosine(
         optimizer, warmup_steps=round(config.warmup * total_steps), total_steps=total_steps
     )
+    start = 0
+    if saved is not None:
+        start = _restore(saved, run_dir, total_steps, model, learner, key_encoder, optimizer, scheduler)
 
     name = (
         "all-MiniLM-L6-v2"
@@ -445,12 +784,16 @@ def _train_text(
         f"{f' key_momentum={key_momentum:g}' if key_encoder is not None else ''}\n"
         f"  {total_steps} steps, batch {config.batch_size}, adamw lr={config.lr:g}, max_length {config.max_length}, "
         f"device={device}, precision={'bf16' if use_bf16 else 'fp32'}\n"
-        f"  STS-B {config.eval_split} Spearman x100 before training: {before:.2f} (TF-IDF reference {tfidf:.2f})",
+        f"  STS-B {config.eval_split} Spearman x100 before training: {before:.2f} (TF-IDF reference {tfidf:.2f})"
+        + (f"\n  resumed at step {start} of {total_steps} from {run_dir / CHECKPOINT_NAME}" if saved else ""),
         file=out,
         flush=True,
     )
 
-    loss_curve: list[dict[str, float]] = []
+    loss_curve: list[dict[str, float]] = [dict(row) for row in saved["loss_curve"]] if saved else []
+    train_before = float(saved["train_seconds"]) if saved else 0.0  # earlier sessions of the run
+    elapsed_before = float(saved["elapsed_seconds"]) if saved else 0.0
+    resumed_at: list[int] = [*saved["resumed_at_steps"], start] if saved else []
 
     def base_metrics(steps_done: int, train_seconds: float) -> dict[str, Any]:
         return {
@@ -471,29 +814,42 @@ def _train_text(
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
             "sentences_per_second": steps_done * config.batch_size / max(train_seconds, 1e-9),
-            "total_seconds": time.perf_counter() - t_start,
+            "total_seconds": elapsed_before + time.perf_counter() - t_start,
             "device": str(device),
+            "resumed_at_steps": list(resumed_at),
             "loss_curve": loss_curve,
         }
 
-    def checkpoint_state(metrics: dict[str, Any]) -> dict[str, Any]:
-        to_dict = getattr(tokenizer, "to_dict", None)
+    def finished_state(metrics: dict[str, Any]) -> dict[str, Any]:
         return {
             "config": config.to_dict(),
             "model": model.state_dict(),
-            "tokenizer": to_dict() if to_dict else None,
-            "finished": metrics["finished"],
-            "step": metrics["steps"],
+            "tokenizer": tokenizer_dict,
+            "finished": True,
+            "step": total_steps,
             "total_steps": total_steps,
             "metrics": {k: v for k, v in metrics.items() if k != "loss_curve"},
+            "progress": {"done": total_steps, "total": total_steps, "unit": "step"},
         }
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    write_atomic(run_dir / "config.yaml", lambda f: f.write(text), binary=False)
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     pending: list[Tensor] = []
-    bar = _progress(total_steps, config.progress)
     order = torch.empty(0, dtype=torch.long, device=device)
+    if saved is not None:
+        gen.set_state(saved["generator"])
+        order = saved["order"].to(device)
+        pending = list(saved["pending_losses"].to(device).unbind(0))
+        restore_rng_state(saved["rng"])  # last: nothing draws from the global generators before the next step
+    latest.step, latest.total = (start if saved is not None else None), total_steps
+    bar = _progress(total_steps, config.progress)
+    if start:
+        bar.update(start)
     t_train = time.perf_counter()
+
+    def train_seconds_now() -> float:
+        return train_before + time.perf_counter() - t_train
 
     def log(step: int) -> None:
         """Read the pending losses (one synchronisation) into the loss curve; stop on a non-finite one."""
@@ -504,16 +860,66 @@ def _train_text(
             raise TrainingError(
                 f"the loss became non-finite by step {step}; try a lower --lr or a higher --temperature"
             )
-        seconds = time.perf_counter() - t_train
+        seconds = train_seconds_now()
         loss_curve.append({"step": step, "loss": mean_loss, "seconds": seconds})
         bar.set_postfix(loss=f"{mean_loss:.4f}")
         bar.write(f"step {step}/{total_steps}  loss {mean_loss:.4f}  {seconds:.0f} s", file=sys.stderr)
 
+    def resumable_state(step: int) -> dict[str, Any]:
+        """Everything the loop needs to continue after ``step`` exactly (the pending losses unlogged, so
+        the loss curve of a resumed run is the uninterrupted run's)."""
+        return {
+            "config": config.to_dict(),
+            "tokenizer": tokenizer_dict,
+            "device": str(device),
+            "model": model.state_dict(),
+            "key_encoder": None if key_encoder is None else key_encoder.state_dict(),
+            "negatives": learner.negatives.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": gen.get_state(),
+            "rng": rng_state(),
+            "step": step,
+            "total_steps": total_steps,
+            "order": order.cpu(),
+            "pending_losses": torch.stack(pending).detach().cpu() if pending else torch.empty(0),
+            "loss_curve": [dict(row) for row in loss_curve],
+            "train_seconds": train_seconds_now(),
+            "elapsed_seconds": elapsed_before + time.perf_counter() - t_start,
+            "eval_seconds": eval_seconds,
+            "sts_spearman_before": before,
+            "sts_spearman_tfidf": tfidf,
+            "resumed_at_steps": list(resumed_at),
+            "data_fingerprint": fingerprint,
+            "progress": {"done": step, "total": total_steps, "unit": "step"},
+            "finished": False,
+        }
+
+    def write_checkpoint(step: int) -> Path:
+        """The resumable checkpoint of ``step``, written atomically; a non-finite state is refused and the
+        previous checkpoint kept."""
+        state = resumable_state(step)
+        bad = _nonfinite_state(state)
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            kept = (
+                f"{run_dir / CHECKPOINT_NAME} still holds step {latest.step}"
+                if latest.step is not None
+                else "no checkpoint was written"
+            )
+            raise TrainingError(
+                f"the training state at step {step} has non-finite values in {bad[0]}{more}: training "
+                f"diverged, so it was not written ({kept}); try a lower --lr or a higher --temperature"
+            )
+        path = save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+        latest.step = step
+        return path
+
     stopped: int | None = None
-    step = 0
+    step = start
     learner.train()
     with StopSignals() as stop:  # a first Ctrl-C / SIGTERM stops at the next step; a second one at once
-        for step in range(1, total_steps + 1):
+        for step in range(start + 1, total_steps + 1):
             i = (step - 1) % steps_per_epoch
             if i == 0:
                 order = torch.randperm(len(sentences), device=device, generator=gen)
@@ -532,38 +938,81 @@ def _train_text(
             if step % config.log_every == 0 or step == total_steps:
                 log(step)
             bar.update(1)
-            if stop.requested is not None and step < total_steps:
-                stopped = stop.requested
-                break
+            if step < total_steps:
+                if stop.requested is not None:
+                    stopped = stop.requested
+                    break
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    write_checkpoint(step)
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - t_train
+        train_seconds = train_seconds_now()
         if stopped is not None:
-            if pending:
-                log(step)
-            _stop(stopped, run_dir, base_metrics(step, train_seconds), checkpoint_state)
+            path = write_checkpoint(step)
+            metrics = _interrupted_metrics(base_metrics(step, train_seconds), pending, stopped, run_dir)
+            write_metrics(run_dir / "metrics.json", metrics)
+            raise TrainingInterrupted(
+                interrupted_message(
+                    stopped, command=COMMAND, run_dir=run_dir, done=step, total=total_steps, unit="step"
+                ),
+                signum=stopped,
+                checkpoint=path,
+                step=step,
+            )
         after = evaluate(model)
 
     metrics = base_metrics(total_steps, train_seconds)
-    metrics.update(sts_spearman_after=after, finished=True, total_seconds=time.perf_counter() - t_start)
+    metrics.update(
+        sts_spearman_after=after, finished=True, total_seconds=elapsed_before + time.perf_counter() - t_start
+    )
+    checkpoint = run_dir / CHECKPOINT_NAME
     written = [run_dir / "metrics.json", run_dir / "config.yaml"]
-    if config.save_model:
-        save_checkpoint(checkpoint_state(metrics), run_dir / CHECKPOINT_NAME)
-        written.append(run_dir / CHECKPOINT_NAME)
-    write_metrics(run_dir / "metrics.json", metrics)
+    if config.save_model:  # replaces the resumable checkpoint (its results are in it too)
+        save_checkpoint(finished_state(metrics), checkpoint)
+        latest.step = None
+        written.append(checkpoint)
+        write_metrics(run_dir / "metrics.json", metrics)
+    else:  # the results first: a kill in between leaves a resumable run, never a lost one
+        write_metrics(run_dir / "metrics.json", metrics)
+        try:
+            checkpoint.unlink(missing_ok=True)  # the model was not to be kept
+            latest.step = None
+        except OSError:
+            pass
     print(
         f"STS-B {config.eval_split} Spearman x100 ({len(pairs)} pairs, cosine):\n"
         f"  before training ({metrics['before_is']})  {before:.2f}\n"
         f"  after {total_steps} steps                {after:.2f}\n"
         f"  TF-IDF bag of words                {tfidf:.2f}\n"
         f"time: {metrics['total_seconds']:.1f} s total, {train_seconds:.1f} s training, "
-        f"{metrics['sentences_per_second']:.0f} sentences/s on {device}\n"
-        f"wrote {', '.join(str(p) for p in written)}",
+        f"{metrics['sentences_per_second']:.0f} sentences/s on {device}"
+        + (f" (resumed at step {', '.join(map(str, resumed_at))})" if resumed_at else "")
+        + f"\nwrote {', '.join(str(p) for p in written)}",
         file=out,
         flush=True,
     )
     return TextTrainResult(run_dir=run_dir, metrics=metrics, model=model, tokenizer=tokenizer)
+
+
+def _interrupted_metrics(
+    metrics: dict[str, Any], pending: list[Tensor], signum: int, run_dir: Path
+) -> dict[str, Any]:
+    """metrics.json of a stopped run: interrupted and resumable, the loss curve with the steps since the
+    last logged one (the checkpoint keeps them unlogged)."""
+    sig = signal.Signals(signum).name
+    step, total = metrics["steps"], metrics["total_steps"]
+    if pending:
+        losses = torch.stack(pending).float().cpu().tolist()
+        row = {"step": step, "loss": sum(losses) / len(losses), "seconds": metrics["train_seconds"]}
+        metrics.update(loss_curve=[*metrics["loss_curve"], row], final_loss=row["loss"])
+    metrics.update(
+        interrupted=sig,
+        resumable=True,
+        note=f"stopped by {sig} at step {step} of {total}: the model is unfinished and was not evaluated "
+        f"after training; continue with: contrastkit {COMMAND} --resume {run_dir}",
+    )
+    return metrics
 
 
 def _check_sentence_count(config: TextTrainConfig, path: Path, n_read: int, n: int) -> None:
@@ -584,32 +1033,6 @@ def _check_sentence_count(config: TextTrainConfig, path: Path, n_read: int, n: i
         )
 
 
-def _stop(
-    signum: int,
-    run_dir: Path,
-    metrics: dict[str, Any],
-    checkpoint_state: Any,
-) -> NoReturn:
-    """After a stop signal: write the model so far, the metrics (interrupted) and say where they are."""
-    sig = signal.Signals(signum).name
-    step, total = metrics["steps"], metrics["total_steps"]
-    metrics.update(
-        interrupted=sig,
-        note=f"stopped by {sig} at step {step} of {total}: the model is unfinished and was not evaluated "
-        "after training; text-train cannot resume, start a new run to train to the end",
-    )
-    path = save_checkpoint(checkpoint_state(metrics), run_dir / CHECKPOINT_NAME)
-    write_metrics(run_dir / "metrics.json", metrics)
-    raise TrainingInterrupted(
-        f"{sig} received: stopped at step {step} of {total} and wrote {path} (the model so far, unfinished), "
-        f"{run_dir / 'metrics.json'} (interrupted, with the loss curve so far) and {run_dir / 'config.yaml'}; "
-        "text-train cannot resume: start a new run (another --out) to train to the end",
-        signum=signum,
-        checkpoint=path,
-        step=step,
-    )
-
-
 def _views_note(views: TextViews) -> str:
     if views.is_identity:
         return "identity (dropout only, SimCSE)"
@@ -624,6 +1047,8 @@ def _views_note(views: TextViews) -> str:
 
 
 __all__ = [
+    "TEXT_RESUMABLE_OPTIONS",
+    "ResumeRequest",
     "SimCSEHead",
     "TextTrainConfig",
     "TextTrainResult",
