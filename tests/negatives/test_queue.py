@@ -131,3 +131,71 @@ def test_build_negatives_allocates_the_queue_when_its_dim_is_given() -> None:
     eager = build_negatives("queue", queue_size=8, queue_dim=5)
     assert eager.queue.keys.shape == (8, 5)
     assert build_negatives("queue", queue_size=8).queue.dim is None  # lazy without it
+
+
+def test_update_before_backward_works():
+    """QA finding 10: the candidates held the live key buffer, so ``update`` before ``backward`` failed with
+    an autograd in-place error. They now hold a snapshot: the loss and its gradient are those of the keys
+    the loss was computed with."""
+    torch.manual_seed(0)
+    src, score = QueueNegatives(16, 8), CosineSimilarity()
+    src.update(None, torch.nn.functional.normalize(torch.randn(10, 8), dim=1))
+    w = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(4, 8)
+    k = score.prepare(torch.randn(4, 8))
+
+    def loss_of(update_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        queue = QueueNegatives(16, 8)
+        queue.load_state_dict(src.state_dict())
+        q = score.prepare(x @ w)
+        c = score_candidates(queue(q, k), score)
+        loss = InfoNCE(0.2)(c.pos, c.neg, c.neg_mask)
+        if update_first:
+            queue.update(q.detach(), torch.nn.functional.normalize(torch.randn(4, 8), dim=1))
+        (grad,) = torch.autograd.grad(loss, w)
+        return loss.detach(), grad
+
+    loss_after, grad_after = loss_of(update_first=False)
+    loss_before, grad_before = loss_of(update_first=True)  # raised RuntimeError (inplace) before the fix
+    torch.testing.assert_close(loss_before, loss_after, rtol=0, atol=0)
+    torch.testing.assert_close(grad_before, grad_after, rtol=0, atol=0)
+
+
+def test_candidates_are_a_snapshot_of_keys_and_labels():
+    src = QueueNegatives(size=4, dim=2)
+    src.update(None, torch.ones(3, 2), torch.tensor([0, 1, 0]))
+    c = src(torch.randn(2, 2), torch.randn(2, 2), torch.tensor([0, 1]))
+    keys, labels = c.negatives.clone(), c.negative_labels.clone()
+    assert c.negatives.data_ptr() != src.queue.keys.data_ptr()
+    src.update(None, torch.full((4, 2), 7.0), torch.tensor([5, 5, 5, 5]))  # overwrites every slot
+    assert torch.equal(c.negatives, keys) and torch.equal(c.negative_labels, labels)
+    assert oracle_mask(c).tolist() == [[True, False, True, False], [False, True, False, False]]
+
+
+@pytest.mark.parametrize("objective", ["infonce", "debiased", "hard-negative", "triplet", "margin"])
+def test_nan_keys_in_the_queue_make_the_next_loss_nan(objective):
+    """Enqueueing NaN keys is not refused (that would be a host sync per step) but cannot pass silently:
+    while a NaN key is queued (and unmasked), every loss over the queue is NaN, which the trainers' checks
+    see; finite keys around it and unwritten slots change nothing."""
+    from contrastkit.objectives import build_objective
+
+    torch.manual_seed(0)
+    score = CosineSimilarity()
+    obj = build_objective(objective, temperature=0.2)
+    src = QueueNegatives(size=8, dim=4)
+    good = score.prepare(torch.randn(3, 4))
+    src.update(None, good)
+
+    def loss() -> torch.Tensor:
+        q, k = score.prepare(torch.randn(2, 4)), score.prepare(torch.randn(2, 4))
+        c = score_candidates(src(q, k), score)
+        return obj(c.pos, c.neg, c.neg_mask)
+
+    assert torch.isfinite(loss())  # 3 keys, 5 unwritten (masked) slots
+    bad = good.clone()
+    bad[1] = float("nan")
+    src.update(None, bad)
+    assert int(src.queue.filled) == 6 and torch.isnan(src.queue.keys[4]).all()
+    assert torch.isnan(loss())
+    src.update(None, score.prepare(torch.randn(8, 4)))  # the NaN key leaves the queue
+    assert torch.isfinite(loss())

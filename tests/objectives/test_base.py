@@ -184,3 +184,104 @@ def test_needs_labels_flags():
     assert Objective.needs_labels is False
     assert SupervisedContrastive.needs_labels is True
     assert InfoNCE._takes_pos_mask is False and SupervisedContrastive._takes_pos_mask is True
+
+
+# --- non-finite scores, empty shapes, rows with every negative masked ----------------------------------
+
+
+@objectives
+@pytest.mark.parametrize("where", ["pos", "neg"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_unmasked_non_finite_score_gives_a_nan_loss(make, where, value):
+    """A NaN (or ±inf) score that is not masked out never yields a finite loss: the trainers' non-finite-loss
+    checks must see it (Debiased/HCL used to clamp a NaN to their floor; semi-hard Triplet skipped it)."""
+    obj = make()
+    pos, neg = scores(seed=9)
+    mask = torch.zeros(6, 10, dtype=torch.bool)
+    mask[:, 7] = True
+    if where == "pos":
+        pos[2] = value
+    else:
+        neg[2, 4] = value
+    pos.requires_grad_()
+    neg.requires_grad_()
+    extra = {"pos_mask": torch.zeros(6, 10, dtype=torch.bool)} if obj.needs_labels else {}
+    loss = obj(pos, neg, mask, **extra)
+    assert torch.isnan(loss), loss
+    loss.backward()  # still differentiable (the gradient may hold NaN: the loss says so)
+
+
+@objectives
+def test_nan_score_propagates_through_the_formula_itself(make):
+    """NaN in -> NaN out already inside each objective's computation (``compute``), not only through the
+    final check of ``forward``: no comparison or clamp turns a NaN into a finite value."""
+    obj = make()
+    for where in ("pos", "neg"):
+        pos, neg = scores(seed=10)
+        if where == "pos":
+            pos[1] = float("nan")
+        else:
+            neg[1, 3] = float("nan")
+        assert torch.isnan(obj.compute(pos, neg, None)), where
+
+
+def test_debiased_nan_negative_gives_nan_loss_not_nan_gradient():
+    """QA finding 4, as reported: the loss was 17.8 (finite) while the gradient was NaN."""
+    pos = torch.rand(4, generator=torch.Generator().manual_seed(0))
+    neg = torch.rand(4, 6, generator=torch.Generator().manual_seed(1))
+    neg[0, 0] = float("nan")
+    for obj in (Debiased(0.1, 0.1), Debiased(0.1, 0.0), HardNegative(0.1, 0.1, 1.0), HardNegative(0.1, 0, 0)):
+        assert torch.isnan(obj(pos, neg)), obj
+        assert torch.isnan(obj.log_negative_term(pos, neg)[0]), obj
+        assert torch.isfinite(obj.log_negative_term(pos, neg)[1:]).all(), obj  # other rows unaffected
+
+
+@objectives
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_masked_non_finite_scores_have_no_effect(make, value):
+    obj = make()
+    pos, neg = scores(seed=11)
+    mask = torch.zeros(6, 10, dtype=torch.bool)
+    mask[:, 3] = True
+    mask[4] = True  # a row with every negative masked
+    ref = obj(pos, neg, mask)
+    poisoned = neg.clone()
+    poisoned[mask] = value
+    poisoned.requires_grad_()
+    p = pos.clone().requires_grad_()
+    loss = obj(p, poisoned, mask)
+    torch.testing.assert_close(loss, ref, rtol=0, atol=0)
+    loss.backward()
+    assert torch.isfinite(p.grad).all() and torch.isfinite(poisoned.grad).all()
+    assert (poisoned.grad[mask] == 0).all()
+
+
+@objectives
+def test_empty_batch_is_a_shape_error(make):
+    with pytest.raises(ShapeError, match=r"batch is empty.*pos \(0,\) and neg \(0, 5\)"):
+        make()(torch.empty(0), torch.empty(0, 5))
+
+
+@objectives
+def test_no_negatives_is_a_shape_error(make):
+    """N = 0 used to give a silent 0 (InfoNCE & co.), the pull term only (Margin) or an IndexError from
+    argmax (Triplet hardest / semi-hard)."""
+    with pytest.raises(ShapeError, match=r"no negatives: neg has shape \(6, 0\)"):
+        make()(torch.rand(6), torch.empty(6, 0))
+    with pytest.raises(ShapeError, match="no negatives"):
+        make()(torch.rand(6), torch.empty(6, 0), torch.empty(6, 0, dtype=torch.bool))
+
+
+@objectives
+def test_rows_with_every_negative_masked_have_the_formula_value(make):
+    """An anchor with nothing to contrast with: 0 for the softmax-type objectives (its positive is the only
+    candidate, -log 1), no triplet for Triplet, the pull term alone for Margin (documented in .base)."""
+    obj = make()
+    pos, neg = scores(seed=12, dtype=torch.float64)
+    pull = 0.5 * (2 - 2 * pos).clamp_min(0)  # Margin's ½ d(x, x+)²
+    expected = pull if isinstance(obj, Margin) else torch.zeros_like(pos)
+    torch.testing.assert_close(obj(pos, neg, torch.ones(6, 10, dtype=torch.bool)), expected.mean())
+    # one such row among others (per anchor; Triplet's mean is over triplets, so it simply has none)
+    mask = torch.zeros(6, 10, dtype=torch.bool)
+    mask[0] = True
+    torch.testing.assert_close(obj.per_anchor(pos, neg, mask)[0], expected[0])

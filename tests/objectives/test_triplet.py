@@ -166,3 +166,16 @@ def test_gradcheck(mining):
     pos.requires_grad_()
     neg.requires_grad_()
     assert torch.autograd.gradcheck(lambda p, n: obj(p, n, mask), (pos, neg))
+
+
+@pytest.mark.parametrize("mining", ["all", "hardest", "semi-hard"])
+def test_a_nan_negative_is_not_skipped(mining):
+    """QA finding 4: semi-hard mining skipped a NaN column (it fails both comparisons), so the loss was a
+    finite 0.189; now the NaN is selected and the loss is NaN, for every mining mode."""
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.rand(4, generator=g), torch.rand(4, 6, generator=g)
+    neg[0, 0] = float("nan")
+    obj = Triplet(0.3, mining)
+    assert torch.isnan(obj(pos, neg))
+    losses, exists = obj.triplets(pos, neg, None)
+    assert torch.isnan(losses[0]).any() and torch.isfinite(losses[1:]).all() and bool(exists.all())

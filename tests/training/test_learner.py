@@ -1,5 +1,6 @@
 """The learner with a momentum key encoder and a queue (MoCo), MoCHi statistics, and checkpoints."""
 
+import contextlib
 import copy
 import math
 
@@ -119,3 +120,187 @@ def test_needs_labels_error():
     learner, _, _ = moco_learner(QueueNegatives(size=8), objective=SupervisedContrastive())
     with pytest.raises(ValueError, match="labels"):
         learner(*views())
+
+
+# --- eval mode leaves the negative source alone (QA finding 5) -----------------------------------------
+
+
+def mined_learner():
+    from contrastkit.negatives import MinedNegatives
+
+    model = small_model()
+    items = torch.nn.functional.normalize(
+        torch.randn(50, D, generator=torch.Generator().manual_seed(3)), dim=1
+    )
+    mined = MinedNegatives(lambda: items, num_negatives=4, refresh_every=100)
+    return ContrastiveLearner(model, mined, CosineSimilarity(), InfoNCE(temperature=0.2)).train(), mined
+
+
+def source_state(learner):
+    src = learner.negatives
+    if isinstance(src, HardNegativeMixing):
+        return (src.step, int(src.source.queue.filled), src.source.queue.keys.clone())
+    if isinstance(src, QueueNegatives):
+        return (int(src.queue.filled), int(src.queue.ptr), src.queue.keys.clone())
+    return (src.step, src.steps_since_refresh)
+
+
+def same_state(a, b):
+    return all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("kind", ["queue", "queue+mochi", "mined"])
+@pytest.mark.parametrize("no_grad", [True, False])
+def test_eval_mode_forward_does_not_update_the_negative_source(kind, no_grad):
+    if kind == "mined":
+        learner, _ = mined_learner()
+    else:
+        src = build_negatives(kind, queue_size=40, mix_start_step=1)
+        learner, _, _ = moco_learner(src)
+    idx = torch.arange(B)
+    learner(*views(1), indices=idx)  # one training step: the state moves
+    trained = source_state(learner)
+    learner.eval()
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        out = learner(*views(2), indices=idx)  # a validation loss
+    assert torch.isfinite(out.loss)
+    assert same_state(source_state(learner), trained)  # no validation keys enqueued, no step counted
+    learner.train()
+    learner(*views(3), indices=idx)
+    assert not same_state(source_state(learner), trained)  # training mode updates again
+
+
+def test_repeated_validation_losses_are_equal():
+    learner, _, _ = moco_learner(QueueNegatives(size=40))
+    learner(*views(1))
+    learner.eval()
+    with torch.no_grad():
+        first = learner(*views(2)).loss
+        second = learner(*views(2)).loss  # the same: the first did not enqueue its keys
+    assert torch.equal(first, second)
+
+
+def test_train_mode_under_no_grad_still_updates():
+    """Only the mode counts (documented): torch.no_grad() in training mode, e.g. to prime a queue, updates."""
+    learner, _, _ = moco_learner(QueueNegatives(size=40))
+    with torch.no_grad():
+        learner(*views(1))
+    assert int(learner.negatives.queue.filled) == 2 * B
+
+
+def test_the_learner_makes_no_copy_of_the_queue_beside_the_queues_snapshot():
+    """The queue hands out a snapshot of its keys (finding 10); the learner no longer clones them again:
+    one K x D copy per loss (two with a key encoder), as before the fix."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountClones(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.clone.default and tuple(args[0].shape) == (40, D):
+                CountClones.n += 1
+            return func(*args, **(kwargs or {}))
+
+    learner, _, _ = moco_learner(QueueNegatives(size=40))
+    learner(*views(1))
+    with CountClones():
+        out = learner(*views(2))
+    out.loss.backward()
+    assert CountClones.n == 2
+
+
+# --- shapes of labels and indices, oracle with a supervised objective (QA finding 11) ---------------------
+
+
+def in_batch_learner(objective=None, oracle=False):
+    return ContrastiveLearner(
+        small_model(), InBatchNegatives(), CosineSimilarity(), objective or SupervisedContrastive(0.2),
+        oracle=oracle,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (
+            torch.arange(B - 1),
+            rf"labels must have shape \({B},\), one per image of the batch of {B}, got \({B - 1},\)$",
+        ),
+        (torch.arange(2 * B), rf"labels must have shape \({B},\).*got \({2 * B},\)$"),
+        (torch.arange(B)[:, None], rf"labels must have shape \({B},\).*got \({B}, 1\); flatten them"),
+        (torch.tensor(3), rf"labels must have shape \({B},\).*got \(\)"),
+    ],
+)
+def test_labels_of_the_wrong_shape_are_a_clear_error(labels, match):
+    """A wrong length used to fail deep in a broadcast (RuntimeError), (B, 1) labels with a misleading
+    ``pos_mask (12, 12, 12)`` ShapeError."""
+    from contrastkit.objectives import ShapeError
+
+    for learner in (in_batch_learner(), in_batch_learner(InfoNCE(0.2), oracle=True)):
+        with pytest.raises(ShapeError, match=match):
+            learner(*views(), labels)
+    moco, _, _ = moco_learner(QueueNegatives(size=8), objective=SupervisedContrastive())
+    with pytest.raises(ShapeError, match=match):
+        moco(*views(), labels)
+    assert int(moco.negatives.queue.filled) == 0  # refused before anything was computed
+
+
+def test_indices_and_view_batch_sizes_are_checked():
+    from contrastkit.objectives import ShapeError
+
+    learner = in_batch_learner(InfoNCE(0.2))
+    v1, v2 = views()
+    with pytest.raises(ShapeError, match=rf"indices must have shape \({B},\).*got \({B - 2},\)"):
+        learner(v1, v2, indices=torch.arange(B - 2))
+    with pytest.raises(ShapeError, match=rf"same number of images, got \({B}, 12\) and \({B - 1}, 12\)"):
+        learner(v1, v2[1:])
+    assert torch.isfinite(learner(v1, v2, torch.arange(B), indices=torch.arange(B)).loss)
+
+
+def test_oracle_with_a_supervised_objective_is_refused():
+    """It silently equalled InfoNCE + oracle (the oracle removes every extra positive); the CLI refuses it."""
+    from contrastkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        in_batch_learner(SupervisedContrastive(0.2), oracle=True)
+    assert str(err.value) == (
+        "oracle=True and the supervised objective SupervisedContrastive cannot be combined: "
+        "SupervisedContrastive already makes same-class samples positives, and the oracle would remove them; "
+        "drop oracle=True"
+    )
+    assert in_batch_learner(InfoNCE(0.2), oracle=True).oracle  # the oracle alone is fine
+
+
+# --- float64 end to end (QA finding 12) ----------------------------------------------------------------
+
+
+class _Recording(InBatchNegatives):
+    dtypes: list
+
+    def forward(self, z1, z2, labels=None):
+        self.dtypes = [*getattr(self, "dtypes", []), z1.dtype, z2.dtype]
+        return super().forward(z1, z2, labels)
+
+
+def test_float64_embeddings_reach_the_source_in_float64_and_low_precision_in_float32():
+    src = _Recording()
+    learner = ContrastiveLearner(small_model().double(), src, CosineSimilarity(), InfoNCE(0.2))
+    v1, v2 = views()
+    learner(v1.double(), v2.double())
+    assert src.dtypes == [torch.float64, torch.float64]  # the learner used to cast them to float32
+    src.dtypes = []
+    learner = ContrastiveLearner(small_model(), src, CosineSimilarity(), InfoNCE(0.2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = learner(v1, v2)
+    assert src.dtypes == [torch.float32, torch.float32] and out.loss.dtype == torch.float32
+
+
+def test_float64_learner_loss_is_float64_and_passes_gradcheck():
+    model = nn.Sequential(nn.Linear(12, D)).double()
+    learner = ContrastiveLearner(model, InBatchNegatives(), CosineSimilarity(), InfoNCE(0.2))
+    v1, v2 = (v.double() for v in views())
+    assert learner(v1, v2).loss.dtype == torch.float64
+    x = v1[:4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: learner(a, v2[:4]).loss, (x,))

@@ -561,3 +561,59 @@ def test_two_views_of_a_pair() -> None:
     b1, b2 = two_views(byol, x, _gen(1))
     g = _gen(1)
     assert torch.equal(b1, byol[0](x, g)) and torch.equal(b2, byol[1](x, g))
+
+
+# --- float images on the 0..255 scale (QA finding 9) ---------------------------------------------------
+
+_SCALE = r"float images must be on the \[0, 1\] scale, but the largest value of this batch is 25\d(\.\d+)?.*pass uint8 images \(0\.\.255\) or divide float ones by 255"
+
+
+def test_float_images_on_the_255_scale_are_refused() -> None:
+    """``x.float()`` of uint8 images used to give a mix of white (clamped) and 0..255 views, silently."""
+    x = _images(4, 3, 16).float()
+    for call in (
+        lambda: ImageViews(16)(x),
+        lambda: ImageViews(16).sample(x),
+        lambda: two_views(ImageViews(16), x),
+        lambda: eval_transform(x),
+        lambda: eval_transform(x, CIFAR_MEAN, CIFAR_STD),
+    ):
+        with pytest.raises(ConfigError, match=_SCALE):
+            call()
+    views = ImageViews(16)
+    params = views.sample(_images(4, 3, 16))  # uint8: never looked at
+    with pytest.raises(ConfigError, match=_SCALE):
+        views.render(x, params)  # an eager render checks too
+
+
+def test_float_images_in_the_unit_range_pass_and_are_checked_once() -> None:
+    x = _images(4, 3, 16).float() / 255
+    views = ImageViews(12)
+    assert views(x, _gen(0)).shape == (4, 3, 12, 12)
+    assert views._scale_checked  # the first float batch was checked ...
+    # ... and later ones are not (no host sync per step): documented, the mistake shows on the first batch
+    assert views((x * 255), _gen(0)).shape == (4, 3, 12, 12)
+    assert eval_transform(x.clamp(max=1.0 + 5e-4)).shape == x.shape  # rounding above 1 is tolerated
+    assert eval_transform(torch.zeros(0, 3, 8, 8)).shape == (0, 3, 8, 8)
+    fresh = ImageViews(12)
+    fresh(_images(4, 3, 16))
+    assert not fresh._scale_checked  # uint8 batches do not count
+    with pytest.raises(ConfigError, match=_SCALE):
+        fresh(x * 255)
+
+
+def test_the_scale_check_does_not_break_a_fullgraph_compile() -> None:
+    """Under dynamo the check is skipped (no graph break, no host sync); the eager ``sample`` still runs it."""
+    views = ImageViews(12, mean=CIFAR_MEAN, std=CIFAR_STD)
+    x = _images(8, 3, 16).float() / 255
+    params = views.sample(x, _gen(0))
+    compiled_render = torch.compile(views.render, backend="eager", fullgraph=True)
+    fresh = ImageViews(12, mean=CIFAR_MEAN, std=CIFAR_STD)  # never checked: the compiled path skips it
+    torch.testing.assert_close(
+        torch.compile(fresh.render, backend="eager", fullgraph=True)(x, params), views.render(x, params)
+    )
+    assert not fresh._scale_checked
+    torch.testing.assert_close(compiled_render(x, params), views.render(x, params), atol=0, rtol=0)
+    assert torch.compile(ImageViews(12), backend="eager", fullgraph=True)(x).shape == (8, 3, 12, 12)
+    compiled_eval = torch.compile(eval_transform, backend="eager", fullgraph=True)
+    assert compiled_eval(x).shape == x.shape

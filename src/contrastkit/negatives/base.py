@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from contrastkit.scores import Score
+from contrastkit.scores import Score, score_dtype
 
 
 @dataclass
@@ -85,16 +85,21 @@ def oracle_mask(candidates: Candidates) -> Tensor:
 def score_candidates(candidates: Candidates, score: Score, *, oracle: bool = False) -> Contrast:
     """Score anchors against positives and negatives; merge the source's mask with the oracle mask.
 
-    The scores are computed in float32 with autocast off. Under bf16 autocast the negatives' matmul would
-    otherwise round every logit to bf16 (8 bits of mantissa: up to ~0.02 at temperature 0.2) while the
-    positives' row-wise products stayed float32. The cost is one float32 (M, D) x (D, N) product.
+    The scores are computed with autocast off, in float32, or in float64 when the embeddings are float64
+    (:func:`~contrastkit.scores.score_dtype`). Under bf16 autocast the negatives' matmul would otherwise
+    round every logit to bf16 (8 bits of mantissa: up to ~0.02 at temperature 0.2) while the positives'
+    row-wise products stayed float32. The cost is one float32 (M, D) x (D, N) product.
     """
+    tensors = [candidates.anchors, candidates.positives, candidates.negatives]
+    if candidates.extra_negatives is not None:
+        tensors.append(candidates.extra_negatives)
+    dtype = score_dtype(*(t.dtype for t in tensors))
     with torch.autocast(candidates.anchors.device.type, enabled=False):
-        anchors = candidates.anchors.float()
-        pos = score.pairs(anchors, candidates.positives.float())
-        neg = score.against(anchors, candidates.negatives.float())
+        anchors = candidates.anchors.to(dtype)
+        pos = score.pairs(anchors, candidates.positives.to(dtype))
+        neg = score.against(anchors, candidates.negatives.to(dtype))
         if candidates.extra_negatives is not None:
-            neg = torch.cat([neg, score.against(anchors, candidates.extra_negatives.float())], dim=1)
+            neg = torch.cat([neg, score.against(anchors, candidates.extra_negatives.to(dtype))], dim=1)
     mask = candidates.neg_mask
     if oracle:
         extra = oracle_mask(candidates)

@@ -106,6 +106,14 @@ class KeyQueue(nn.Module):
 
         Any B works (no ``K % B == 0`` requirement): a batch that crosses the end of the buffer wraps around
         to the start, and a batch larger than K keeps only its newest (last) K rows.
+
+        Keys are stored as given, non-finite ones included: checking them here would need a host
+        synchronisation per step, which the training step avoids. A NaN (or infinite) key is not lost
+        silently, though: it is a negative of every anchor while it is queued, and an objective given a
+        non-finite score that is not masked out returns a NaN loss (:mod:`contrastkit.objectives.base`), so
+        the next loss computed over the queue is NaN and the trainer's non-finite-loss check stops (or, with
+        ``--skip-nonfinite``, skips) that step. Such keys usually come with a NaN loss already: the learner
+        enqueues the keys of a step whose loss it refused (``finite_check``) not at all.
         """
         if keys.ndim != 2:
             raise ValueError(f"keys must have shape (B, D), got {tuple(keys.shape)}")
@@ -161,10 +169,12 @@ class KeyQueue(nn.Module):
 class QueueNegatives(NegativeSource):
     """MoCo negatives: anchors ``z1`` (queries), positives ``z2`` (keys), negatives = the queued keys.
 
-    ``forward(z1, z2, labels=None)`` returns shared negatives ``queue.keys`` (K, D) with ``neg_mask``
-    (an expanded (M, K) view) marking the slots not yet written -- always given, so that reading the fill
-    count never syncs a GPU -- and, when labels are given, the queue's labels as ``negative_labels``.
-    ``update(z1, z2, labels=None, indices=None)`` enqueues ``z2``, the keys, after the loss. Keys should
+    ``forward(z1, z2, labels=None)`` returns shared negatives, a snapshot (copy) of ``queue.keys`` (K, D),
+    with ``neg_mask`` (an expanded (M, K) view) marking the slots not yet written -- always given, so that
+    reading the fill count never syncs a GPU -- and, when labels are given, a snapshot of the queue's labels
+    as ``negative_labels``. ``update(z1, z2, labels=None, indices=None)`` enqueues ``z2``, the keys, after the loss; it may be called
+    before or after ``backward`` (the candidates hold a copy of the keys, which ``update``'s in-place writes do
+    not touch; the copy is K x D, one per ``forward``, and the learner makes no other). Keys should
     come from a momentum encoder (MoCo) and be prepared like the queries; they are stored detached. Using
     the two views symmetrically is the learner's job: call ``forward`` for (q1, k2) and for (q2, k1), then
     ``update`` once with both keys (``update(torch.cat([q1, q2]), torch.cat([k2, k1]), ...)``), so that
@@ -199,10 +209,11 @@ class QueueNegatives(NegativeSource):
         return Candidates(
             anchors=z1,
             positives=z2,
-            negatives=q.keys,
+            # a snapshot: ``update`` writes the buffer in place, and ``backward`` reads the negatives
+            negatives=q.keys.clone(),
             neg_mask=(~q.valid_mask()).unsqueeze(0).expand(z1.shape[0], q.size),
             anchor_labels=labels,
-            negative_labels=None if labels is None else q.labels,
+            negative_labels=None if labels is None else q.labels.clone(),  # a snapshot, as the keys
         )
 
     @torch.no_grad()

@@ -44,13 +44,33 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
+def _parameters(cls: type[Objective]) -> list[str]:
+    """The names of ``cls``'s constructor parameters, in order."""
+    return [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+
+
 def build_objective(name: str, **params: Any) -> Objective:
-    """Make an objective by name, passing the parameters its constructor accepts."""
+    """Make an objective by name, passing it the parameters its constructor accepts.
+
+    The trainers pass one common set of options to every objective (``temperature``, ``tau_plus``, ``beta``,
+    ``margin``, ``mining``), so a parameter that *some* objective takes but this one does not is ignored, as
+    is a value of ``None`` (the constructor's default is used). A name that *no* objective takes (a typo such
+    as ``temprature``) is a :class:`~contrastkit.errors.ConfigError` naming the parameters this objective
+    takes.
+    """
     try:
         cls = OBJECTIVES[name]
     except KeyError:
         raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}") from None
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = _parameters(cls)
+    known = {n for c in OBJECTIVES.values() for n in _parameters(c)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for objective "
+            f"{name!r}; it takes {', '.join(accepted) or 'no parameters'} "
+            f"(parameters of any objective: {', '.join(sorted(known))})"
+        )
     return cls(**{k: v for k, v in params.items() if k in accepted and v is not None})
 
 

@@ -11,6 +11,19 @@ number of *unmasked* negatives of that anchor.
 Supervised objectives (``needs_labels = True``) also take ``pos_mask`` (B, N), boolean: True marks a
 column of ``neg`` that is another positive of that anchor (same class). The training step builds it from
 labels and passes it only to objectives that declare ``needs_labels``.
+
+Shapes. B >= 1 and N >= 1 are required (a :class:`ShapeError` otherwise): an empty batch has no mean, and
+N = 0 means the negative source gave no candidates at all (in-batch negatives of a batch of one are still
+N = 2 columns, both masked). An anchor whose negatives are *all masked* (a queue's first step, the oracle on
+a batch of one class) is valid and has nothing to contrast with: its loss is the value of the objective's
+formula with an empty set of negatives, finite with finite gradients -- 0 for InfoNCE, Debiased, HCL,
+Decoupled and SupCon (its positive is the only candidate), and no triplet for Triplet; Margin keeps its
+pull term ½ d(x, x+)².
+
+Non-finite scores. A score that is not finite and not masked out (NaN, ±inf: a poisoned queue, NaN
+embeddings, an overflowed dot product) makes the loss NaN, in every objective: a NaN never turns into a
+finite loss with NaN gradients (which the trainers' non-finite-loss checks would miss). The check is on the
+device (no host synchronisation). Masked columns are ignored whatever they hold, NaN and ±inf included.
 """
 
 from __future__ import annotations
@@ -47,6 +60,17 @@ def check_scores(
         raise ShapeError(
             "neg must have shape (B, N) with B = len(pos); "
             f"got pos {tuple(pos.shape)} and neg {tuple(neg.shape)}"
+        )
+    if pos.shape[0] == 0:
+        raise ShapeError(
+            f"the batch is empty: pos {tuple(pos.shape)} and neg {tuple(neg.shape)} have B = 0 anchors; "
+            "an objective needs at least one anchor"
+        )
+    if neg.shape[1] == 0:
+        raise ShapeError(
+            f"no negatives: neg has shape {tuple(neg.shape)} (N = 0 columns); every anchor needs at least "
+            "one candidate negative (in-batch negatives need a batch of at least 2 items, a queue a size of "
+            "at least 1; mask the columns that are not negatives instead of dropping them)"
         )
     if neg_mask is not None:
         _check_mask("neg_mask", neg_mask, neg, "True = ignore")
@@ -95,4 +119,11 @@ class Objective(nn.Module):
                 )
             extra["pos_mask"] = pos_mask
         with torch.autocast(device_type=pos.device.type, enabled=False):
-            return self.compute(pos, neg, neg_mask, **extra)
+            loss = self.compute(pos, neg, neg_mask, **extra)
+            return torch.where(_all_finite(pos, neg, neg_mask), loss, torch.full_like(loss, float("nan")))
+
+
+def _all_finite(pos: Tensor, neg: Tensor, neg_mask: Tensor | None) -> Tensor:
+    """0-d bool on the device: every score that is not masked out is finite."""
+    kept = neg if neg_mask is None else neg.masked_fill(neg_mask, 0.0)
+    return torch.isfinite(pos).all() & torch.isfinite(kept).all()

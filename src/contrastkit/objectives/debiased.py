@@ -75,18 +75,21 @@ class Debiased(Objective):
         a = self.log_negative_mean(x, valid, count)
         a = torch.where(has, a, torch.zeros_like(a))
         floor = torch.full_like(a, -1.0 / t)
+        # The clamp is written as "clamped where a comparison says so", never "kept where a comparison says
+        # so": a NaN fails every comparison, so a NaN score (not masked out) stays NaN instead of being
+        # replaced by the floor (a finite loss with NaN gradients that no non-finite-loss check would see).
         if self.tau_plus == 0:
-            log_g = torch.where(a > floor, a, floor)
+            log_g = torch.where(a < floor, floor, a)
         else:
             log_scale = math.log1p(-self.tau_plus)
             diff = p + math.log(self.tau_plus) - a  # b - a: the difference is positive iff diff < 0
             with torch.no_grad():
                 probe = torch.where(diff < 0, diff, torch.full_like(diff, -1.0))
                 unclamped = a + log1mexp(probe) - log_scale
-                active = has & (diff < 0) & (unclamped > floor)
-            # Evaluate log(1 - e^diff) only where the clamp is off, so no inf/NaN reaches the gradient.
-            safe = torch.where(active, diff, torch.full_like(diff, -1.0))
-            log_g = torch.where(active, a + log1mexp(safe) - log_scale, floor)
+                clamped = ~has | (diff >= 0) | (unclamped <= floor)
+            # Evaluate log(1 - e^diff) only where the clamp is off, so no inf reaches the gradient.
+            safe = torch.where(clamped, torch.full_like(diff, -1.0), diff)
+            log_g = torch.where(clamped, floor, a + log1mexp(safe) - log_scale)
         return torch.log(count) + log_g  # log 0 = -inf: no negatives, no negative term
 
     def per_anchor(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None) -> Tensor:

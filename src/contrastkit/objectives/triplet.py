@@ -29,6 +29,9 @@ Reduction (``reduction``): FaceNet minimises the *sum* of the hinge over the tri
 that has a negative otherwise). ``"non-zero"`` divides by the number of triplets with a positive loss only
 (Hermans et al. 2017's "batch all" averaging; pytorch-metric-learning's default ``AvgNonZeroReducer``). An
 anchor whose negatives are all masked forms no triplet. With no triplet at all the loss is 0.
+
+A NaN score that is not masked out makes the loss NaN for every mining mode (the hardest and semi-hard
+selections pick it), as :mod:`.base` promises.
 """
 
 from __future__ import annotations
@@ -64,9 +67,12 @@ class Triplet(Objective):
         candidates = valid
         if self.mining == "semi-hard":
             p = pos.unsqueeze(1)
-            semi = valid & (neg < p) & (neg > p - self.margin)
+            # s+ - m < s- < s+, written with negated comparisons so that a NaN score counts as semi-hard
+            # (it fails every comparison): it is then picked (argmax ranks NaN first) and the loss is NaN,
+            # instead of the NaN column being silently skipped.
+            semi = valid & ~(neg >= p) & ~(neg <= p - self.margin)
             candidates = torch.where(semi.any(dim=1, keepdim=True), semi, valid)
-        pick = neg.masked_fill(~candidates, float("-inf")).argmax(dim=1, keepdim=True)
+        pick = neg.masked_fill(~candidates, float("-inf")).argmax(dim=1, keepdim=True)  # NaN first
         return hinge.gather(1, pick), valid.any(dim=1, keepdim=True)
 
     def per_anchor(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None) -> Tensor:

@@ -1,7 +1,18 @@
 """The contrastive spine assembled: views' embeddings -> negatives -> score -> objective.
 
 :class:`ContrastiveLearner` is a plain ``nn.Module`` that wires the swappable pieces together; it holds
-no training-loop state. The negative source's state (a queue, an index) is updated *after* the loss.
+no training-loop state. The negative source's state (a queue, an index, MoCHi's warm-up counter) is updated
+*after* the loss, and only in training mode (``learner.train()``, the default): a forward pass in ``eval()``
+mode, e.g. a validation loss, leaves it as it was (no validation keys in the queue, no step counted), with or
+without ``torch.no_grad()``. The update happens inside ``forward``, i.e. *before* the caller's ``backward``;
+so a source must not hand out its state tensors themselves as candidates (the built-in sources give copies,
+e.g. :class:`~contrastkit.negatives.QueueNegatives` a snapshot of its keys), or ``backward`` would find them
+modified in place.
+
+Scores are computed in float32 for low-precision (bf16, float16) embeddings and in float64 for float64 ones
+(:func:`~contrastkit.scores.score_dtype`). ``labels`` and ``indices`` must have shape (B,), one per image
+of the batch (checked before anything is computed); an ``oracle`` cannot be combined with a supervised
+objective (``needs_labels``), which already makes same-class samples positives.
 
 With a ``key_encoder`` (a :class:`~contrastkit.negatives.MomentumEncoder`, MoCo) the step is symmetrised
 as in MoCo v2's common practice: queries ``q1, q2`` come from the model, keys ``k1, k2`` from the key
@@ -22,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives import (
     Contrast,
     MomentumEncoder,
@@ -30,8 +42,8 @@ from contrastkit.negatives import (
     score_candidates,
     source_kwargs,
 )
-from contrastkit.objectives import Objective, mutual_information_bound
-from contrastkit.scores import Score
+from contrastkit.objectives import Objective, ShapeError, mutual_information_bound
+from contrastkit.scores import Score, score_dtype
 
 
 @dataclass
@@ -64,6 +76,13 @@ class ContrastiveLearner(nn.Module):
         key_encoder: MomentumEncoder | None = None,
     ) -> None:
         super().__init__()
+        if oracle and getattr(objective, "needs_labels", False):
+            # the wording of TrainConfig's check of --oracle with --objective supcon
+            raise ConfigError(
+                f"oracle=True and the supervised objective {type(objective).__name__} cannot be combined: "
+                f"{type(objective).__name__} already makes same-class samples positives, and the oracle would "
+                "remove them; drop oracle=True"
+            )
         self.model = model
         self.negatives = negatives
         self.score = score
@@ -84,14 +103,9 @@ class ContrastiveLearner(nn.Module):
     def _loss(
         self, anchors: Tensor, positives: Tensor, labels: Tensor | None, kwargs: dict[str, Tensor]
     ) -> tuple[Tensor, Contrast]:
+        # No copy of the candidates here: ``update`` (below, before the caller's ``backward``) writes the source's
+        # state in place, and the sources hand out copies of it (the queue a snapshot of its keys).
         candidates = self.negatives(anchors, positives, labels if self.uses_labels else None, **kwargs)
-        if not candidates.negatives.requires_grad:
-            # Negatives without graph may be the source's state (a queue's buffer) that ``update`` writes in
-            # place before ``backward`` reads them for the anchors' gradient: score a copy (K x D, cheap).
-            candidates.negatives = candidates.negatives.clone()
-        extra = candidates.extra_negatives
-        if extra is not None and not extra.requires_grad:
-            candidates.extra_negatives = extra.clone()
         contrast = score_candidates(candidates, self.score, oracle=self.oracle)
         if getattr(self.objective, "needs_labels", False):
             same = oracle_mask(candidates)
@@ -124,6 +138,34 @@ class ContrastiveLearner(nn.Module):
         ]
         return self.finite_check(torch.stack(values))
 
+    def _update_source(
+        self, loss: Tensor, z1: Tensor, z2: Tensor, labels: Tensor | None, kwargs: dict[str, Tensor]
+    ) -> Tensor:
+        """Update the negative source after the loss, in training mode only; the loss to return."""
+        if not self.training:
+            return loss
+        if not self._may_update(loss):
+            return self._refused(loss)
+        self.negatives.update(z1, z2, labels, **kwargs)
+        return loss
+
+    def _check_batch(
+        self, view1: Tensor, view2: Tensor, labels: Tensor | None, indices: Tensor | None
+    ) -> None:
+        """Shapes only (no device synchronisation): two views of B images, labels and indices (B,)."""
+        b = view1.shape[0]
+        if view2.shape[0] != b:
+            raise ShapeError(
+                f"the two views must hold the same number of images, got {tuple(view1.shape)} and "
+                f"{tuple(view2.shape)}"
+            )
+        for name, t in (("labels", labels), ("indices", indices)):
+            if t is not None and tuple(t.shape) != (b,):
+                raise ShapeError(
+                    f"{name} must have shape ({b},), one per image of the batch of {b}, got "
+                    f"{tuple(t.shape)}" + ("; flatten them" if t.numel() == b else "")
+                )
+
     @staticmethod
     def _refused(loss: Tensor) -> Tensor:
         """The loss of a step ``_may_update`` refused: NaN (it is already when the loss itself was not finite),
@@ -135,22 +177,22 @@ class ContrastiveLearner(nn.Module):
     def forward(
         self, view1: Tensor, view2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
     ) -> StepOutput:
-        """One step's loss for two views (B, ...) of B images; ``indices`` (B,) are their dataset indices."""
+        """One step's loss for two views (B, ...) of B images; ``labels`` (B,) are their class labels (for the
+        oracle and supervised objectives), ``indices`` (B,) their dataset indices. The negative source is
+        updated only in training mode (see the module docstring)."""
         if self.uses_labels and labels is None:
             raise ValueError("the oracle mask and supervised objectives need labels")
+        self._check_batch(view1, view2, labels, indices)
         kwargs = source_kwargs(self.negatives, indices, "learner(view1, view2, labels, indices=...)")
         if self.key_encoder is not None:
             return self._forward_momentum(view1, view2, labels, kwargs)
         b = view1.shape[0]
         z = self.model(torch.cat([view1, view2], dim=0))
-        z = self.score.prepare(z.float())
+        z = self.score.prepare(z.to(score_dtype(z.dtype)))
         z1, z2 = z[:b], z[b:]
         loss, contrast = self._loss(z1, z2, labels, kwargs)
         extra = self._source_stats()
-        if self._may_update(loss):
-            self.negatives.update(z1.detach(), z2.detach(), labels, **kwargs)
-        else:
-            loss = self._refused(loss)
+        loss = self._update_source(loss, z1.detach(), z2.detach(), labels, kwargs)
         with torch.no_grad():
             return _step_output(loss, [contrast], extra)
 
@@ -160,9 +202,11 @@ class ContrastiveLearner(nn.Module):
         assert self.key_encoder is not None
         b = view1.shape[0]
         both = torch.cat([view1, view2], dim=0)
-        q = self.score.prepare(self.model(both).float())
+        q = self.model(both)
+        q = self.score.prepare(q.to(score_dtype(q.dtype)))
         with torch.no_grad():
-            k = self.score.prepare(self.key_encoder(both).float())
+            k = self.key_encoder(both)
+            k = self.score.prepare(k.to(score_dtype(k.dtype)))
         q1, q2 = q[:b], q[b:]
         k1, k2 = k[:b], k[b:]
         loss_a, contrast_a = self._loss(q1, k2, labels, kwargs)
@@ -172,15 +216,13 @@ class ContrastiveLearner(nn.Module):
         loss = (loss_a + loss_b) / 2
         extra = {key: (v + stats_b[key]) / 2 for key, v in stats_a.items() if key in stats_b}
         both_kwargs = {key: torch.cat([v, v]) for key, v in kwargs.items()}
-        if self._may_update(loss):
-            self.negatives.update(
-                torch.cat([q1, q2]).detach(),
-                torch.cat([k2, k1]),
-                None if labels is None else torch.cat([labels, labels]),
-                **both_kwargs,
-            )
-        else:
-            loss = self._refused(loss)
+        loss = self._update_source(
+            loss,
+            torch.cat([q1, q2]).detach(),
+            torch.cat([k2, k1]),
+            None if labels is None else torch.cat([labels, labels]),
+            both_kwargs,
+        )
         with torch.no_grad():
             return _step_output(loss, [contrast_a, contrast_b], extra)
 

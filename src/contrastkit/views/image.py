@@ -163,6 +163,25 @@ def _as_float(images: Tensor) -> Tensor:
     raise ConfigError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}; convert them")
 
 
+#: How far above 1 a float image may go (rounding) before it is taken for a 0..255 image.
+_SCALE_TOLERANCE = 1e-3
+
+
+def _check_unit_scale(images: Tensor) -> None:
+    """Float images must be on the ``[0, 1]`` scale: a float tensor of 0..255 values (``x.float()`` of uint8
+    images) would be clamped to white by the colour operations. One host synchronisation; uint8 images and
+    empty batches are not looked at."""
+    if not images.is_floating_point() or images.numel() == 0:
+        return
+    top = float(images.detach().amax())
+    if top > 1.0 + _SCALE_TOLERANCE:
+        raise ConfigError(
+            f"float images must be on the [0, 1] scale, but the largest value of this batch is {top:.4g} "
+            f"(shape {tuple(images.shape)}, {images.dtype}); pass uint8 images (0..255) or divide float ones "
+            "by 255, and leave the normalisation to mean/std"
+        )
+
+
 def _check_images(images: Tensor) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -197,8 +216,14 @@ def _check_std(std: Tensor | None) -> None:
 def eval_transform(
     images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> Tensor:
-    """Evaluation transform: ``uint8`` -> float32 in ``[0, 1]``, then ``(x - mean) / std`` when given."""
+    """Evaluation transform: ``uint8`` -> float32 in ``[0, 1]``, then ``(x - mean) / std`` when given.
+
+    Float images must already be in ``[0, 1]``: in eager mode a float batch whose largest value is above 1
+    is a ConfigError (pass uint8 or divide by 255), at the cost of one host synchronisation per float batch.
+    """
     _check_images(images)
+    if not torch.compiler.is_compiling():
+        _check_unit_scale(images)
     m, s = _stats("mean", mean), _stats("std", std)
     _check_std(s)
     return _normalize(_as_float(images), m, s)
@@ -211,9 +236,9 @@ class ImageViews(nn.Module):
     normalise.
 
     ``forward(images, generator=None)`` maps ``uint8`` ``(B, C, H, W)`` images (C = 1 or 3; float images in
-    ``[0, 1]`` are accepted too) to float32 ``(B, C, size, size)`` views, each with its own random draw. All
-    random numbers come from ``generator`` (which must live on the images' device) or, when it is ``None``,
-    from torch's default generator for that device. The jitter arguments follow torchvision's
+    ``[0, 1]`` are accepted too, see below) to float32 ``(B, C, size, size)`` views, each with its own random
+    draw. All random numbers come from ``generator`` (which must live on the images' device) or, when it is
+    ``None``, from torch's default generator for that device. The jitter arguments follow torchvision's
     ``ColorJitter``: a number ``v`` means factors ``U[max(0, 1 - v), 1 + v]`` (hue: ``U[-v, v]`` turns), a
     pair gives the range itself; an operation whose range is the identity is skipped, as in torchvision.
 
@@ -230,6 +255,11 @@ class ImageViews(nn.Module):
     :class:`ViewParams` (a few numbers per image), ``render`` does all the pixel work. Both are free of
     host synchronisation and data-dependent Python branches; dynamo cannot trace an explicit
     ``generator``, so with one compile ``render`` and call ``sample`` eagerly.
+
+    Float images on the 0..255 scale (``x.float()`` of uint8 images) would be clamped to white: the first
+    float batch a module sees, in ``sample`` or an eager ``render``, is checked once (its largest value must
+    be at most 1; a ConfigError says to pass uint8 or divide by 255). That one check is the only host
+    synchronisation, and it is skipped while compiling; uint8 images are never checked.
     """
 
     def __init__(
@@ -280,10 +310,24 @@ class ImageViews(nn.Module):
         _check_std(std_t)
         self.register_buffer("mean", mean_t, persistent=False)
         self.register_buffer("std", std_t, persistent=False)
+        self._scale_checked = False  # a float batch has passed _check_unit_scale (see the class docstring)
+
+    def _check_scale_once(self, images: Tensor) -> None:
+        """Check the first float batch's scale (eager only: under dynamo this is a no-op, not a graph break)."""
+        if (
+            torch.compiler.is_compiling()
+            or getattr(self, "_scale_checked", False)
+            or not images.is_floating_point()
+        ):
+            return
+        _check_unit_scale(images)
+        self._scale_checked = True
 
     def sample(self, images: Tensor, generator: torch.Generator | None = None) -> ViewParams:
-        """Draw the per-sample parameters for ``images`` (only its shape and device are used)."""
+        """Draw the per-sample parameters for ``images`` (only its shape and device are used, and, once, the
+        scale of float images)."""
         _check_images(images)
+        self._check_scale_once(images)
         bsz, _, in_h, in_w = images.shape
         dev = images.device
         if generator is not None and generator.device.type != dev.type:
@@ -328,6 +372,7 @@ class ImageViews(nn.Module):
     def render(self, images: Tensor, params: ViewParams) -> Tensor:
         """Render the views of ``images`` for the given parameters (deterministic)."""
         _check_images(images)
+        self._check_scale_once(images)
         channels = images.shape[1]
         boxes = (params.top, params.left, params.height, params.width)
         if images.dtype == torch.uint8:
