@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation import knn_accuracy, knn_predict
 
 
@@ -31,7 +33,7 @@ def test_k_larger_than_train_and_shape_errors():
     x = torch.randn(10, 3)
     y = torch.arange(10) % 2
     assert knn_predict(x, y, x, k=200).shape == (10,)
-    with pytest.raises(ValueError, match=r"\(10, 3\).*\(4, 5\)"):
+    with pytest.raises(DataError, match=r"\(10, 3\).*\(4, 5\)"):
         knn_predict(x, y, torch.randn(4, 5))
 
 
@@ -66,3 +68,168 @@ def test_knn_on_cuda_is_deterministic_under_deterministic_algorithms() -> None:
         torch.use_deterministic_algorithms(was)
     assert all(torch.equal(r, runs[0]) for r in runs)
     assert (runs[0] == expected).float().mean() > 0.99  # CPU vs GPU float rounding may flip a near-tie
+
+
+# ------------------------------------------------------ small temperatures, non-finite features, input checks
+def blobs(n_train=300, n_test=100, d=16, c=5, seed=0, spread=0.8):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=g) * spread
+    ytr = torch.randint(0, c, (n_train,), generator=g)
+    yte = torch.randint(0, c, (n_test,), generator=g)
+    xtr = centers[ytr] + torch.randn(n_train, d, generator=g)
+    xte = centers[yte] + torch.randn(n_test, d, generator=g)
+    return xtr, ytr, xte, yte
+
+
+def reference_vote(xtr, ytr, xte, k, t, c):
+    """Wu et al.'s weighted vote written out in float64 numpy: the k most similar training rows (cosine)
+    vote with exp((s - s_max) / t), the shift by each row's largest similarity leaving the argmax as is."""
+    a = F.normalize(xtr.double(), dim=1).numpy()
+    b = F.normalize(xte.double(), dim=1).numpy()
+    s = b @ a.T
+    out = []
+    for i in range(len(b)):
+        nn = np.argsort(-s[i], kind="stable")[:k]
+        w = np.exp((s[i, nn] - s[i, nn].max()) / t)
+        votes = np.zeros(c)
+        np.add.at(votes, ytr.numpy()[nn], w)
+        out.append(votes.argmax())
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("t", [0.01, 0.005, 0.002, 0.001])
+def test_small_temperatures_do_not_overflow(t):
+    xtr, ytr, xte, yte = blobs()
+    ref = reference_vote(xtr, ytr, xte, 50, t, 5)
+    ours = knn_predict(xtr, ytr, xte, k=50, temperature=t)
+    # float32 vs float64 similarities may flip a near-tie at tiny t; exp(s/t) overflowing flips most
+    assert (ours == ref).float().mean().item() >= 0.98
+    acc = knn_accuracy(xtr, ytr, xte, yte, k=50, temperature=t)
+    assert acc == pytest.approx((ref == yte).float().mean().item(), abs=0.02)
+
+
+def unshifted_knn(xtr, ytr, xte, k, t, c):
+    """The vote before the max shift: weights exp(s / t) straight (fine while s / t < 88 in float32)."""
+    train = F.normalize(xtr.float(), dim=1)
+    sims, idx = (F.normalize(xte.float(), dim=1) @ train.T).topk(k, dim=1)
+    votes = torch.zeros(xte.shape[0], c).scatter_add_(1, ytr[idx], (sims / t).exp())
+    return votes.argmax(dim=1)
+
+
+@pytest.mark.parametrize(("k", "t"), [(20, 0.1), (200, 0.07), (5, 0.5), (50, 0.05), (1, 0.1)])
+def test_ordinary_temperatures_give_the_same_predictions_as_the_unshifted_vote(k, t):
+    xtr, ytr, xte, _ = blobs(seed=3)
+    assert torch.equal(knn_predict(xtr, ytr, xte, k=k, temperature=t), unshifted_knn(xtr, ytr, xte, k, t, 5))
+    assert torch.equal(knn_predict(xtr, ytr, xte, k=k, temperature=t), reference_vote(xtr, ytr, xte, k, t, 5))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_features_are_refused_naming_the_split_and_the_rows(split, value):
+    xtr, ytr, xte, yte = blobs()
+    x = xtr if split == "train" else xte
+    x[7, 3] = value
+    x[11] = value
+    n = x.shape[0]
+    with pytest.raises(DataError, match=rf"{split} features contain NaN or infinity in 2 of {n} rows"):
+        knn_accuracy(xtr, ytr, xte, yte)
+    with pytest.raises(DataError, match=rf"{split} features contain NaN or infinity in 2 of {n} rows"):
+        knn_predict(xtr, ytr, xte)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(k=0), r"k .*positive integer.*got 0"),
+        (dict(k=-5), r"k .*positive integer.*got -5"),
+        (dict(k=2.5), r"k .*positive integer.*got 2\.5"),
+        (dict(k=True), r"k .*positive integer.*got True"),
+        (dict(temperature=0), r"temperature .*finite number > 0.*got 0"),
+        (dict(temperature=-0.1), r"temperature .*finite number > 0.*got -0\.1"),
+        (dict(temperature=float("nan")), r"temperature .*got nan"),
+        (dict(temperature=float("inf")), r"temperature .*got inf"),
+        (dict(temperature="0.1"), r"temperature .*got '0\.1'"),
+        (dict(batch_size=0), r"batch_size .*positive integer.*got 0"),
+    ],
+)
+def test_bad_k_temperature_and_batch_size_are_config_errors(kw, match):
+    xtr, ytr, xte, yte = blobs()
+    with pytest.raises(ConfigError, match=match):
+        knn_accuracy(xtr, ytr, xte, yte, **kw)
+    with pytest.raises(ConfigError, match=match):
+        knn_predict(xtr, ytr, xte, **kw)
+
+
+def test_numpy_numbers_are_accepted_and_k_is_still_clamped():
+    xtr, ytr, xte, _ = blobs()
+    expected = knn_predict(xtr, ytr, xte, k=20, temperature=0.1)
+    assert torch.equal(knn_predict(xtr, ytr, xte, k=np.int64(20), temperature=np.float32(0.1)), expected)
+    # k above the training set: every training row votes (what evaluate/train rely on)
+    assert torch.equal(knn_predict(xtr, ytr, xte, k=10_000), knn_predict(xtr, ytr, xte, k=300))
+
+
+@pytest.mark.parametrize(
+    ("which", "bad", "match"),
+    [
+        ("test", lambda y: y[:, None], r"test_labels must have shape \(100,\).*got \(100, 1\)"),
+        ("test", lambda y: y[:1], r"test_labels must have shape \(100,\).*got \(1,\)"),
+        ("test", lambda y: y[:50], r"test_labels must have shape \(100,\).*got \(50,\)"),
+        ("train", lambda y: y[:, None], r"train_labels must have shape \(300,\).*got \(300, 1\)"),
+        ("train", lambda y: y.float(), r"train_labels must be an integer tensor.*torch\.float32"),
+        ("test", lambda y: y.double(), r"test_labels must be an integer tensor.*torch\.float64"),
+        ("test", lambda y: y.bool(), r"test_labels must be an integer tensor.*torch\.bool"),
+        ("train", lambda y: torch.where(y == 2, -1, y), r"train labels.*-1.*unknown"),
+        ("test", lambda y: torch.where(y == 2, -1, y), r"test labels.*-1.*unknown"),
+        ("test", lambda y: y.tolist(), r"test_labels must be a tensor.*list"),
+    ],
+)
+def test_label_checks(which, bad, match):
+    xtr, ytr, xte, yte = blobs()
+    if which == "train":
+        ytr = bad(ytr)
+    else:
+        yte = bad(yte)
+    with pytest.raises(DataError, match=match):
+        knn_accuracy(xtr, ytr, xte, yte)
+
+
+def test_train_label_checks_in_knn_predict():
+    xtr, ytr, xte, _ = blobs()
+    with pytest.raises(DataError, match=r"train labels.*-1.*unknown"):
+        knn_predict(xtr, torch.where(ytr == 0, -1, ytr), xte)
+    with pytest.raises(DataError, match=r"train_labels must be an integer tensor.*torch\.float32"):
+        knn_predict(xtr, ytr.float(), xte)
+    with pytest.raises(ConfigError, match=r"num_classes is 2 but the train labels go up to 4"):
+        knn_predict(xtr, ytr, xte, num_classes=2)
+    with pytest.raises(ConfigError, match=r"num_classes must be a positive integer"):
+        knn_predict(xtr, ytr, xte, num_classes=0)
+    # a larger num_classes is fine: the extra classes get no votes
+    assert torch.equal(knn_predict(xtr, ytr, xte, num_classes=9), knn_predict(xtr, ytr, xte))
+
+
+def test_integer_label_dtypes_give_the_same_accuracy():
+    xtr, ytr, xte, yte = blobs()
+    expected = knn_accuracy(xtr, ytr, xte, yte, k=20)
+    for dt in (torch.int32, torch.int16, torch.uint8, torch.int8):
+        assert knn_accuracy(xtr, ytr.to(dt), xte, yte.to(dt), k=20) == expected
+        assert torch.equal(knn_predict(xtr, ytr.to(dt), xte, k=20), knn_predict(xtr, ytr, xte, k=20))
+
+
+def test_empty_splits():
+    xtr, ytr, xte, yte = blobs()
+    with pytest.raises(DataError, match=r"the test split is empty"):
+        knn_accuracy(xtr, ytr, xte[:0], yte[:0])
+    with pytest.raises(DataError, match=r"the train split is empty"):
+        knn_accuracy(xtr[:0], ytr[:0], xte, yte)
+    with pytest.raises(DataError, match=r"the train split is empty"):
+        knn_predict(xtr[:0], ytr[:0], xte)
+    empty = knn_predict(xtr, ytr, xte[:0])
+    assert empty.shape == (0,) and empty.dtype == torch.int64
+
+
+def test_feature_shape_errors_are_data_errors():
+    xtr, ytr, xte, yte = blobs()
+    with pytest.raises(DataError, match=r"\(300, 16\).*\(100, 8\)"):
+        knn_accuracy(xtr, ytr, xte[:, :8], yte)
+    with pytest.raises(DataError, match=r"\(300, 16, 1\)"):
+        knn_predict(xtr[:, :, None], ytr, xte)

@@ -123,3 +123,34 @@ def test_heldout_split_needs_two_items():
 
     with pytest.raises(ConfigError, match="at least 2 training items"):
         heldout_split(torch.tensor([3]), 0.2, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_non_integer_labels_are_refused_naming_the_dtype(split, dtype):
+    x, y = mixture(60)
+    bad = y.to(dtype)
+    args = (x, bad, x, y) if split == "train" else (x, y, x, bad)
+    with pytest.raises(
+        DataError, match=rf"{split} labels must be an integer tensor.*got dtype {dtype}"
+    ) as err:
+        linear_probe(*args, weight_decays=(1e-2,))
+    assert "unknown" not in str(err.value) and "-1" not in str(err.value)
+
+
+def test_labels_of_any_integer_dtype_give_the_same_probe():
+    x, y = mixture(120)
+    xt, yt = mixture(60, seed=1)
+    expected = linear_probe(x, y, xt, yt, weight_decays=(1e-2, 1e-1))
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        got = linear_probe(x, y.to(dtype), xt, yt.to(dtype), weight_decays=(1e-2, 1e-1))
+        assert got.top1 == expected.top1 and got.weight_decay == expected.weight_decay
+        torch.testing.assert_close(got.weight, expected.weight)
+
+
+def test_negative_labels_still_say_unknown():
+    x, y = mixture(50)
+    y = y.clone()
+    y[3] = -1
+    with pytest.raises(DataError, match=r"train labels must be non-negative.*got -1.*unknown labels, -1"):
+        linear_probe(x, y, x, y.clamp_min(0))

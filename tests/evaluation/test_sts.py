@@ -117,3 +117,59 @@ def test_pretrained_minilm_scores_the_published_sts_test_figure() -> None:
     enc, tok = load_minilm()
     score = sts_spearman(enc, tok, load_sts_split(STS_DIR, "test"), max_length=256)
     assert score == pytest.approx(82.03, abs=0.01)  # the data README's figure for all-MiniLM-L6-v2
+
+
+class ConstantEncoder(torch.nn.Module):
+    """A collapsed encoder: the same embedding for every sentence."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.ones(ids.shape[0], 4)
+
+
+def test_a_collapsed_encoder_gives_nan_with_a_warning_naming_the_cause() -> None:
+    pairs = StsPairs(SENTS[:4], SENTS[3:7], torch.tensor([1.0, 4.0, 2.5, 0.5], dtype=torch.float64))
+    tok = WordTokenizer.build(SENTS, min_freq=1)
+    with pytest.warns(RuntimeWarning, match=r"all 4 cosine similarities are equal.*collapsed") as record:
+        score = sts_spearman(ConstantEncoder(), tok, pairs)
+    assert isinstance(score, float) and math.isnan(score)
+    assert len(record) == 1  # the cause, not also scipy's ConstantInputWarning
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_spearman_of_a_constant_sequence_is_nan_with_a_warning(which: str) -> None:
+    const, ramp = [0.5] * 6, [1.0, 3.0, 2.0, 5.0, 4.0, 6.0]
+    x, y = (const, ramp) if which == "x" else (ramp, const)
+    with pytest.warns(
+        RuntimeWarning, match=rf"undefined: {which} is constant \(all 6 values equal 0\.5\)"
+    ) as record:
+        assert math.isnan(spearman(x, y))
+    assert len(record) == 1
+
+
+def test_spearman_of_non_finite_scores_is_nan_with_a_warning() -> None:
+    with pytest.warns(RuntimeWarning, match=r"undefined: x holds 1 NaN or infinite value \(of 4\)"):
+        assert math.isnan(spearman([1.0, float("nan"), 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]))
+
+
+class NanEncoder(torch.nn.Module):
+    """A diverged encoder: NaN embeddings."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.full((ids.shape[0], 4), float("nan"))
+
+
+def test_a_diverged_encoder_gives_nan_with_a_warning() -> None:
+    pairs = StsPairs(SENTS[:4], SENTS[3:7], torch.tensor([1.0, 4.0, 2.5, 0.5], dtype=torch.float64))
+    tok = WordTokenizer.build(SENTS, min_freq=1)
+    with pytest.warns(RuntimeWarning, match=r"4 of 4 cosine similarities are NaN or infinite"):
+        assert math.isnan(sts_spearman(NanEncoder(), tok, pairs))
+
+
+def test_an_ordinary_encoder_emits_no_warning() -> None:
+    import warnings
+
+    pairs = StsPairs(SENTS[:4], SENTS[3:7], torch.tensor([1.0, 4.0, 2.5, 0.5], dtype=torch.float64))
+    tok = WordTokenizer.build(SENTS, min_freq=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isfinite(sts_spearman(CountEncoder(tok.vocab_size), tok, pairs))

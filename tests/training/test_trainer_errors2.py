@@ -2,6 +2,7 @@
 ends with a warning, a run resumes from another working directory, and a resume says when config.yaml was
 edited by hand (and a config.yaml that cannot be written is a clear error)."""
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -231,3 +232,26 @@ def test_tiny_folder_without_test_split_holds_out_a_plain_split(tmp_path: Path) 
     one = digit_folder(tmp_path / "one", limit=1)
     with pytest.raises(DataError, match="no test split and 1 labelled item"):
         load_splits(TrainConfig(data=str(one), epochs=1, batch_size=1, device="cpu"))
+
+
+def test_knn_monitor_of_a_diverged_model_is_nan_not_an_error() -> None:
+    """knn_accuracy refuses non-finite features (DataError); the training monitor, which runs on rank 0
+    alone, records NaN instead (an error there would leave the other ranks waiting), and a finite model still
+    gets its accuracy."""
+    from contrastkit.data import load_dataset
+    from contrastkit.training.trainer import DataInfo, KnnEvaluator
+
+    splits = load_dataset("digits", limit=100)
+    info = DataInfo(channels=1, image_size=8, mean=(0.5,), std=(0.25,), classes=[str(i) for i in range(10)])
+    ev = KnnEvaluator(splits, info, TrainConfig(knn_k=5), torch.device("cpu"))
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def diverged(x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(1).clone()
+        f[0] = float("nan")
+        return f
+
+    assert 0.5 < ev.accuracy(flat) <= 1.0
+    assert math.isnan(ev.accuracy(diverged))

@@ -39,11 +39,15 @@ exp(λ log P_ki + log β_i)``), so it has the same iterates and fixed point; the
 changes the starting point of the final stage. The layout is items x clusters, ``(N, K)``, the transpose
 of the paper's ``K x N``. The stopping rule differs from the reference code's (which stops when the
 per-item vector changes by less than 0.1 in summed relative terms): here the column sums must match ``r``
-to a relative ``tol``.
+to a relative ``tol``. A solve that does not reach ``tol`` within ``max_iter`` iterations still returns its
+plan (``converged`` False) and emits a :class:`SinkhornConvergenceWarning`.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,24 +55,34 @@ from torch import Tensor
 
 from contrastkit.errors import ConfigError
 
-__all__ = ["SinkhornResult", "gaussian_marginal", "sinkhorn"]
+__all__ = ["SinkhornConvergenceWarning", "SinkhornResult", "gaussian_marginal", "sinkhorn"]
+
+
+class SinkhornConvergenceWarning(RuntimeWarning):
+    """:func:`sinkhorn` stopped at ``max_iter`` with the column marginals further than ``tol`` from ``r``."""
 
 
 @dataclass
 class SinkhornResult:
     """The transport plan ``plan`` (N, K) (rows sum to the item marginal, columns to the cluster marginal),
     its log, the iterations run (all stages), and the largest relative error of a column sum ``max_k |Σ_i Q_ik / r_k - 1|``
-    (the rows are exact up to rounding: the last update scales them)."""
+    (the rows are exact up to rounding: the last update scales them); ``converged``: that error is below
+    ``tol`` (otherwise the solve stopped at ``max_iter``)."""
 
     plan: Tensor
     log_plan: Tensor
     iterations: int
     error: float
+    converged: bool = True
 
     @property
     def labels(self) -> Tensor:
         """Hard pseudo-labels ``argmax_k Q_ik``, int64 (N,)."""
         return self.log_plan.argmax(dim=1)
+
+
+def _positive_real(v: object) -> bool:
+    return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) and v > 0
 
 
 def _marginal(name: str, m: Tensor | None, n: int, like: Tensor) -> Tensor:
@@ -106,14 +120,23 @@ def sinkhorn(
     constants, which the scaling absorbs). ``cluster_marginal`` ``r`` (K,) defaults to equipartition
     ``1/K``; ``item_marginal`` ``c`` (N,) to ``1/N``; both are normalised to sum to 1. Iterates until every
     column sum is within a relative ``tol`` of ``r`` (checked every ``check_every`` iterations) or
-    ``max_iter``; the rows match ``c`` after every iteration. ``anneal`` (default) reaches a large λ by
+    ``max_iter`` (then with a :class:`SinkhornConvergenceWarning`; the plan is returned all the same, with
+    ``converged`` False); the rows match ``c`` after every iteration. ``anneal`` (default) reaches a large λ by
     ε-scaling: stages λ/4^j up from 1, each warm-started from the last (the fixed point is unchanged). Computes in
     ``dtype`` (float64 by default) on ``log_p``'s device.
     """
     if not isinstance(log_p, Tensor) or log_p.ndim != 2 or min(log_p.shape) < 1:
         raise ConfigError(f"log_p must be an (N, K) tensor, got {getattr(log_p, 'shape', type(log_p))}")
-    if not (isinstance(lam, (int, float)) and lam > 0):
-        raise ConfigError(f"lam (λ, the inverse regularisation) must be positive, got {lam!r}")
+    if not _positive_real(lam):
+        raise ConfigError(f"lam (λ, the inverse regularisation) must be a finite number > 0, got {lam!r}")
+    for name, v in (("max_iter", max_iter), ("check_every", check_every)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if not _positive_real(tol):
+        raise ConfigError(
+            f"tol (the relative column-marginal error to reach) must be a finite number > 0, got {tol!r}"
+        )
+    max_iter, check_every, tol = int(max_iter), int(check_every), float(tol)
     if not bool(torch.isfinite(log_p).all()):
         raise ConfigError(
             "log_p holds NaN or inf; check the model's outputs (use log_softmax, not log(softmax))"
@@ -152,8 +175,17 @@ def sinkhorn(
         total += it
     log_plan = kernel + log_beta.unsqueeze(1) + log_alpha.unsqueeze(0)
     plan = log_plan.exp()
-    it = total
-    return SinkhornResult(plan=plan, log_plan=log_plan, iterations=it, error=error)
+    converged = error < tol
+    if not converged:
+        warnings.warn(
+            f"Sinkhorn did not converge: after {it} iterations at λ = {float(lam):g} the largest relative "
+            f"column-marginal error is {error:.3g} (tol {tol:g}); the plan is returned as it is. Raise "
+            f"max_iter (now {max_iter}) or lower lam (stronger regularisation converges faster)"
+            + ("" if anneal else ", or keep anneal=True (ε-scaling)"),
+            SinkhornConvergenceWarning,
+            stacklevel=2,
+        )
+    return SinkhornResult(plan=plan, log_plan=log_plan, iterations=total, error=error, converged=converged)
 
 
 def gaussian_marginal(
@@ -163,26 +195,40 @@ def gaussian_marginal(
     current_sizes: Tensor | None = None,
     generator: torch.Generator | None = None,
     min_size: float = 1e-3,
+    order: str = "matched",
 ) -> Tensor:
     """SeLaVi's non-uniform cluster prior: relative sizes ``s_k ~ N(1, std²)`` (floored at ``min_size``),
     normalised to sum to 1. With ``current_sizes`` (e.g. ``P.sum(0)``) the drawn sizes are sorted to follow
-    them: the largest prior size goes to the currently largest cluster.
+    them.
 
-    Compared with the SeLaVi reference code (facebookresearch/selavi, ``src/sk_utils.py``,
-    ``optimize_L_sk_gpu``): it draws sizes ``(N(0, 1) * gauss_sd + 1) * N / K``, clamps them at 1 item
-    (here: ``min_size`` relative to a mean of 1) and sorts them against ``PS.sum(0)`` the same way, but then
-    uses ``r = 1 / sizes`` (normalised) as the cluster marginal, so there the currently *largest* cluster
-    gets the *smallest* mass. This function returns the sorted sizes themselves (largest mass to the
-    largest cluster). The SeLaVi paper text, which would say which of the two is meant, could not be read
-    in this check."""
+    ``order`` says which cluster gets which mass:
+
+    - ``"matched"`` (default): the marginal is the sorted sizes themselves, so the currently largest cluster
+      gets the largest mass (the least disruptive assignment of the drawn sizes);
+    - ``"reference"``: what the SeLaVi reference code does (facebookresearch/selavi, ``src/sk_utils.py``,
+      ``optimize_L_sk_gpu``, read for this): it draws sizes ``(N(0, 1) * gauss_sd + 1) * N / K``, clamps
+      them at 1 item (here: ``min_size`` relative to a mean of 1), sorts them against ``PS.sum(0)`` the same
+      way, and then uses ``r = 1 / sizes`` (normalised) as the column marginal of its Sinkhorn loop, so the
+      currently *largest* cluster gets the *smallest* mass.
+
+    The SeLaVi paper's text, which would say which of the two is meant, could not be read for this check;
+    both are offered so that a comparison with the published code is possible."""
     if not isinstance(num_clusters, int) or num_clusters < 1:
         raise ConfigError(f"num_clusters must be a positive integer, got {num_clusters!r}")
     if not (isinstance(std, (int, float)) and std >= 0):
         raise ConfigError(f"std must be >= 0, got {std!r}")
+    if order not in ("matched", "reference"):
+        raise ConfigError(f"order must be 'matched' or 'reference', got {order!r}")
     s = (torch.randn(num_clusters, generator=generator, dtype=torch.float64) * std + 1).clamp_min(min_size)
     if current_sizes is not None:
-        order = torch.argsort(torch.as_tensor(current_sizes).detach().cpu().to(torch.float64))
+        sizes = torch.as_tensor(current_sizes).detach().cpu().to(torch.float64)
+        if sizes.shape != (num_clusters,):
+            raise ConfigError(
+                f"current_sizes must have shape ({num_clusters},), one size per cluster; got {tuple(sizes.shape)}"
+            )
         out = torch.empty_like(s)
-        out[order] = torch.sort(s).values
+        out[torch.argsort(sizes)] = torch.sort(s).values
         s = out
+    if order == "reference":
+        s = 1.0 / s
     return s / s.sum()

@@ -172,9 +172,15 @@ def _check_inputs(
             )
         if f.shape[0] == 0:
             raise DataError(f"the {name} split is empty; a linear probe needs labelled {name} images")
-        if y.dtype not in (torch.int64, torch.int32) or int(y.min()) < 0:
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise DataError(
-                f"{name} labels must be non-negative integers (images with unknown labels, -1, cannot be "
+                f"{name} labels must be an integer tensor of class indices, got dtype {y.dtype}; "
+                "convert with labels.long()"
+            )
+        lowest = int(y.min())
+        if lowest < 0:
+            raise DataError(
+                f"{name} labels must be non-negative, got {lowest} (images with unknown labels, -1, cannot be "
                 "used in a linear probe); remove them or give a labelled data set"
             )
         if not torch.isfinite(f).all():

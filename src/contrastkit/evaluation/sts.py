@@ -7,12 +7,19 @@ scores and the gold scores over the whole file (``sts-test.csv``), ×100.
 
 :func:`tfidf_spearman` is the bag-of-words reference: cosine of TF-IDF vectors (scikit-learn's
 ``TfidfVectorizer``, words from :func:`~contrastkit.encoders.text.split_words`).
+
+A rank correlation with a constant sequence is undefined (a collapsed encoder gives every pair the same
+cosine): :func:`spearman` and :func:`sts_spearman` then return NaN (``null`` in a run's metrics.json) and
+emit a ``RuntimeWarning`` that names the cause; so do non-finite scores (a diverged encoder).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,14 +28,35 @@ from contrastkit.data.text import StsPairs
 from contrastkit.encoders.text import TextTokenizer, split_words
 
 
+def _undefined(name: str, v: np.ndarray) -> str | None:
+    """Why Spearman's ρ with ``v`` is undefined (non-finite or constant values), or None."""
+    bad = int((~np.isfinite(v)).sum())
+    if bad:
+        return f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} (of {v.size})"
+    if v.min() == v.max():
+        return f"{name} is constant (all {v.size} values equal {v[0]:.6g})"
+    return None
+
+
 def spearman(x: Tensor | Sequence[float], y: Tensor | Sequence[float]) -> float:
-    """Spearman's ρ × 100 (ties get average ranks), via ``scipy.stats.spearmanr``."""
+    """Spearman's ρ × 100 (ties get average ranks), via ``scipy.stats.spearmanr``.
+
+    NaN, with a ``RuntimeWarning`` naming the cause, when ``x`` or ``y`` is constant or not finite (ρ is
+    undefined there)."""
     from scipy.stats import spearmanr
 
     a = torch.as_tensor(x, dtype=torch.float64).flatten().cpu().numpy()
     b = torch.as_tensor(y, dtype=torch.float64).flatten().cpu().numpy()
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"spearman needs two equally long sequences of 2+ values, got {a.size} and {b.size}")
+    reason = _undefined("x", a) or _undefined("y", b)
+    if reason is not None:
+        warnings.warn(
+            f"Spearman's rank correlation is undefined: {reason}; returning NaN",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return math.nan
     return float(spearmanr(a, b).statistic) * 100
 
 
@@ -85,7 +113,23 @@ def sts_spearman(
     kw = dict(batch_size=batch_size, max_length=max_length, device=device)
     e1 = embed_sentences(encoder, tokenizer, pairs.sentences1, **kw)
     e2 = embed_sentences(encoder, tokenizer, pairs.sentences2, **kw)
-    return spearman(cosine_scores(e1, e2), pairs.scores)
+    scores = cosine_scores(e1, e2).double().numpy()
+    bad = int((~np.isfinite(scores)).sum())
+    if bad or (scores.size > 1 and scores.min() == scores.max()):
+        cause = (
+            f"{bad} of {scores.size} cosine similarities are NaN or infinite: the encoder's embeddings are "
+            "not finite (the training diverged?)"
+            if bad
+            else f"all {scores.size} cosine similarities are equal ({scores[0]:.6g}): the encoder has "
+            "collapsed (it gives every sentence the same direction)"
+        )
+        warnings.warn(
+            f"STS Spearman is undefined: {cause}; returning NaN (null in metrics.json)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return math.nan
+    return spearman(scores, pairs.scores)
 
 
 def tfidf_spearman(pairs: StsPairs, fit_sentences: Sequence[str] | None = None) -> float:

@@ -60,7 +60,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from contrastkit.data import KNOWN_DATASETS, DataSplits, load_dataset
+from contrastkit.data import DataSplits, load_dataset
 from contrastkit.encoders import MLP, ContrastiveModel, ProjectionHead, build_encoder, resolve_stem
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
@@ -92,7 +92,7 @@ from contrastkit.training.data import HELD_OUT_FRACTION, TrainingData, load_trai
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
-from contrastkit.training.resume import StopSignals, TrainingInterrupted
+from contrastkit.training.resume import StopSignals, TrainingInterrupted, absolute_data
 from contrastkit.training.run_folder import (
     json_safe,
     lock_run_dir,
@@ -271,6 +271,10 @@ class KnnEvaluator:
         kw = dict(transform=self.transform, device=self.device, autocast_dtype=autocast_dtype)
         train_f = extract_features(fn, self.train_images, **kw)
         test_f = extract_features(fn, self.test_images, **kw)
+        if not bool(torch.isfinite(train_f).all() and torch.isfinite(test_f).all()):
+            # a diverged model: NaN, not knn_accuracy's DataError (raised on rank 0 alone, it would leave the
+            # other ranks at the broadcast); the non-finite state checks before the next checkpoint stop the run
+            return float("nan")
         return knn_accuracy(
             train_f,
             self.train.labels.to(self.device),
@@ -578,13 +582,6 @@ def _open_run(
     if config.deterministic:
         _make_deterministic(device)
     return config, run_dir, saved, created
-
-
-def absolute_data(spec: str) -> str:
-    """``--data`` as a run keeps it: an existing path made absolute; a data set name (digits) as it is."""
-    if spec in KNOWN_DATASETS or not os.path.exists(spec):
-        return spec
-    return os.path.abspath(spec)
 
 
 def _data_info(config: TrainConfig, data: TrainingData) -> DataInfo:
