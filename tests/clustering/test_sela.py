@@ -183,3 +183,10 @@ def test_sela_command_on_cuda(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["device"].startswith("cuda") and m["config"]["precision"] == "auto"
     assert 0 <= m["heads_test_mean"]["nmi"] <= 1 and 0 < m["learned"]["linear_top1"] <= 1
+
+
+@pytest.mark.parametrize("lam", [0.0, -1.0, float("inf"), float("nan"), True])
+def test_self_labelling_refuses_a_bad_lambda(lam: float) -> None:
+    """λ = inf made Sinkhorn's annealing build stages until memory ran out; bools are not numbers here."""
+    with pytest.raises(ConfigError, match="lam must be a positive finite number"):
+        SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=3, lam=lam)

@@ -121,8 +121,8 @@ class SelfLabelling(nn.Module):
         for name, enc in (("encoder_a", encoder_a), ("encoder_b", encoder_b)):
             if enc is not None and not isinstance(getattr(enc, "feature_dim", None), int):
                 raise ConfigError(f"{name} needs an integer feature_dim attribute (its output size)")
-        if not (isinstance(lam, (int, float)) and lam > 0):
-            raise ConfigError(f"lam must be positive, got {lam!r}")
+        if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+            raise ConfigError(f"lam must be a positive finite number, got {lam!r}")
         if cluster_marginal is not None and marginal_std:
             raise ConfigError(
                 "give either cluster_marginal or marginal_std (SeLaVi's Gaussian prior), not both"
