@@ -1,7 +1,20 @@
-"""Fixtures shared across test folders (opt-in: nothing here is autouse)."""
+"""Fixtures and helpers shared across test folders (opt-in: nothing here is autouse)."""
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
+
+# audio-train's smallest run on tiny_fsdd: 24 training clips of 0.1 s, batch 8, one epoch, a 4-wide AudioCNN
+AUDIO_TINY = [
+    "--clip-seconds", "0.1", "--epochs", "1", "--batch-size", "8", "--width", "4", "--proj-hidden-dim", "16",
+    "--proj-dim", "8", "--knn-k", "5", "--no-linear-probe", "--device", "cpu",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -12,3 +25,54 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@functools.cache
+def audio_helpers() -> ModuleType:
+    """tests/data/test_audio.py as a module, for its synthetic WAVs and FSDD zips (``tone``, ``wav_bytes``,
+    ``small_fsdd``)."""
+    spec = importlib.util.spec_from_file_location(
+        "audio_data_helpers", Path(__file__).parent / "data" / "test_audio.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_fsdd(path: Path, digits: int = 3) -> Path:
+    """A synthetic FSDD zip at ``path``: ``digits`` digits x 2 speakers x 9 takes of 300 or 700 samples (with
+    3 digits: 24 training clips, takes 5-8, and 30 test clips)."""
+    return audio_helpers().small_fsdd(path, digits=digits, takes=9, lengths=(300, 700))
+
+
+@pytest.fixture(scope="session")
+def fsdd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One :func:`tiny_fsdd` of 3 digits for the session (read only: copy it to change it)."""
+    return tiny_fsdd(tmp_path_factory.mktemp("fsdd") / "fsdd.zip")
+
+
+def at_step(
+    monkeypatch: pytest.MonkeyPatch,
+    step: int,
+    action: Any,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+) -> None:
+    """Run ``action(optimizer)`` right after the ``step``-th step (1-based) of an ``optimizer`` (the class:
+    audio-train's AdamW, sela's SGD), as a stop signal, a crash or a divergence would come."""
+    original = optimizer.step
+    calls = [0]
+
+    def patched(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == step:
+            action(self)
+        return result
+
+    monkeypatch.setattr(optimizer, "step", patched)
+
+
+def send(signum: int) -> Any:
+    """An :func:`at_step` action: send ``signum`` to this process."""
+    return lambda _optimizer: os.kill(os.getpid(), signum)

@@ -5,10 +5,9 @@ finished run, a changed option, another command's run, a non-finite state (the l
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
 import math
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,10 @@ from contrastkit.encoders import SmallCNN
 from contrastkit.training.checkpoint import load_checkpoint
 from contrastkit.views import ImageViews
 
-_spec = importlib.util.spec_from_file_location(
-    "audio_data_helpers", Path(__file__).parents[1] / "data" / "test_audio.py"
-)
-assert _spec is not None and _spec.loader is not None
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from ..conftest import at_step as at_optimizer_step
+from ..conftest import send
+
+at_step = functools.partial(at_optimizer_step, optimizer=torch.optim.SGD)  # sela's default optimizer
 
 # 80 digits, batch 32: 2 steps an epoch, 8 in all; refreshes at epochs 0 and 2; SeLaVi's Gaussian prior
 DIGITS = [
@@ -37,14 +34,8 @@ DIGITS = [
 STEPS = 8
 
 
-@pytest.fixture(scope="module")
-def fsdd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fsdd")
-    return helpers.small_fsdd(root / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
-
-
 def audio_args(fsdd: Path) -> list[str]:
-    """An FSDD zip: 24 clips, batch 8: 3 steps an epoch, 6 in all."""
+    """The session's fsdd (tests/conftest.py): 24 clips, batch 8: 3 steps an epoch, 6 in all."""
     return ["sela", "--data", str(fsdd), "--epochs", "2", "--batch-size", "8", "--heads", "1", "--width", "4"]
 
 
@@ -53,25 +44,6 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("ref") / "digits"
     assert main([*DIGITS, "--out", str(run)]) == 0
     return run
-
-
-def at_step(monkeypatch: pytest.MonkeyPatch, step: int, action: Any) -> None:
-    """Run ``action(optimizer)`` right after the optimizer's ``step``-th step (1-based)."""
-    original = torch.optim.SGD.step
-    calls = [0]
-
-    def patched(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        calls[0] += 1
-        if calls[0] == step:
-            action(self)
-        return result
-
-    monkeypatch.setattr(torch.optim.SGD, "step", patched)
-
-
-def send(signum: int) -> Any:
-    return lambda _optimizer: os.kill(os.getpid(), signum)
 
 
 def assert_same_run(ref: Path, run: Path) -> dict[str, Any]:

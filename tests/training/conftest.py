@@ -1,8 +1,14 @@
-"""Fixtures of the training tests: small image folders on disk, from the embedded digits."""
+"""Fixtures of the training tests: small image folders on disk, from the embedded digits; a small text data
+set (training sentences and STS pairs); stop signals and crashes at a given text-train step."""
 
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+
+WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
 
 
 def digit_folder(root: Path, limit: int = 60, class_name: str | None = None) -> Path:
@@ -23,3 +29,62 @@ def digit_folder(root: Path, limit: int = 60, class_name: str | None = None) -> 
 def folder(tmp_path: Path) -> Path:
     """60 digit images as PNG files under imgs/train/<class>/."""
     return digit_folder(tmp_path / "imgs")
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` random sentences of 3 to 8 of :data:`WORDS` (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+    return [
+        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (k,), generator=g).tolist()) for k in lengths
+    ]
+
+
+@pytest.fixture
+def text_data(tmp_path: Path) -> dict[str, str]:
+    """text-train's data in ``tmp_path``: 48 training sentences and 12 STS-B test pairs (``sentences`` and
+    ``sts`` options)."""
+    (tmp_path / "sentences.txt").write_text("\n".join(sentences(48)) + "\n", encoding="utf-8")
+    sts = tmp_path / "sts"
+    sts.mkdir()
+    a, b = sentences(12, seed=1), sentences(12, seed=2)
+    rows = [f"g\tf\t2012\t{i:04d}\t{(i * 7) % 11 / 2:.3f}\t{x}\t{y}" for i, (x, y) in enumerate(zip(a, b))]
+    (sts / "sts-test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {"sentences": str(tmp_path / "sentences.txt"), "sts": str(sts)}
+
+
+class Unhandled(Exception):
+    """A stop signal reached the test's fallback handler: the code under test did not catch it."""
+
+
+@pytest.fixture
+def restore_signal_handlers():
+    """The test leaves SIGINT and SIGTERM as it found them (:func:`at_steps` replaces them)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def at_steps(monkeypatch: pytest.MonkeyPatch, actions: dict[int, Callable[[], object]]) -> None:
+    """Run ``actions[n]()`` at the start of the n-th text-train step of this test (counted across runs), as a
+    Ctrl-C, a kill or a crash would come. Until text-train installs its handlers, a SIGINT or SIGTERM raises
+    :class:`Unhandled` instead of ending the test session or the process (use ``restore_signal_handlers``)."""
+    import contrastkit.training.text as text_module
+
+    calls = {"n": 0}
+    real = text_module.trim_padding
+
+    def trim(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        action = actions.get(calls["n"])
+        if action is not None:
+            action()
+        return real(*args, **kwargs)
+
+    def unhandled(signum: int, frame: object) -> None:
+        raise Unhandled(f"{signal.Signals(signum).name} was not handled by text-train")
+
+    monkeypatch.setattr(text_module, "trim_padding", trim)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, unhandled)

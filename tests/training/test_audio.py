@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -23,42 +22,11 @@ from contrastkit.training.audio import (
 )
 from contrastkit.views.audio import LogMel, dct_ii_matrix
 
-_spec = importlib.util.spec_from_file_location(
-    "audio_data_helpers", Path(__file__).parents[1] / "data" / "test_audio.py"
-)
-assert _spec is not None and _spec.loader is not None
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from ..conftest import AUDIO_TINY
 
 
-def test_audio_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    z = helpers.small_fsdd(tmp_path / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
-    rc = main(
-        [
-            "audio-train",
-            "--data",
-            str(z),
-            "--clip-seconds",
-            "0.1",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--width",
-            "4",
-            "--proj-hidden-dim",
-            "16",
-            "--proj-dim",
-            "8",
-            "--knn-k",
-            "5",
-            "--no-linear-probe",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "run"),
-        ]
-    )
+def test_audio_train_command(fsdd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["audio-train", "--data", str(fsdd), *AUDIO_TINY, "--out", str(tmp_path / "run")])
     assert rc == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("learned", "random_init", "mfcc"):

@@ -8,7 +8,6 @@ strict JSON.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -19,37 +18,7 @@ from contrastkit.cli import main
 from contrastkit.errors import ConfigError
 from contrastkit.training.audio import AUDIO_NEGATIVES, AudioTrainConfig
 
-_spec = importlib.util.spec_from_file_location(
-    "audio_data_helpers", Path(__file__).parents[1] / "data" / "test_audio.py"
-)
-assert _spec is not None and _spec.loader is not None
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
-
-TINY = [
-    "--clip-seconds",
-    "0.1",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "8",
-    "--width",
-    "4",
-    "--proj-hidden-dim",
-    "16",
-    "--proj-dim",
-    "8",
-    "--knn-k",
-    "5",
-    "--no-linear-probe",
-    "--device",
-    "cpu",
-]
-
-
-@pytest.fixture
-def fsdd(tmp_path: Path) -> Path:
-    return helpers.small_fsdd(tmp_path / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
+from ..conftest import AUDIO_TINY as TINY  # runs on the session's fsdd (tests/conftest.py)
 
 
 def _strict_json(path: Path) -> dict:

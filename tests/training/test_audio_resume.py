@@ -5,7 +5,6 @@ run, a non-finite state (the previous checkpoint is kept)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,25 +18,11 @@ import torch
 from contrastkit.cli import main
 from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 
-_spec = importlib.util.spec_from_file_location(
-    "audio_data_helpers", Path(__file__).parents[1] / "data" / "test_audio.py"
-)
-assert _spec is not None and _spec.loader is not None
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from ..conftest import AUDIO_TINY, at_step, send, tiny_fsdd
 
-# 24 training clips, batch 8: 3 steps an epoch, 9 in all
-TINY = [
-    "--clip-seconds", "0.1", "--epochs", "3", "--batch-size", "8", "--width", "4",
-    "--proj-hidden-dim", "16", "--proj-dim", "8", "--knn-k", "5", "--no-linear-probe", "--device", "cpu",
-]  # fmt: skip
+# the session's fsdd (tests/conftest.py): 24 training clips, batch 8: 3 steps an epoch, 9 in all
+TINY = [*AUDIO_TINY, "--epochs", "3"]
 STEPS = 9
-
-
-@pytest.fixture(scope="module")
-def fsdd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fsdd")
-    return helpers.small_fsdd(root / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +39,6 @@ def refs(fsdd: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 def _args(fsdd: Path, run: Path, negatives: str = "in-batch") -> list[str]:
     return ["audio-train", "--data", str(fsdd), *TINY, "--negatives", negatives, "--out", str(run)]
-
-
-def at_step(monkeypatch: pytest.MonkeyPatch, step: int, action: Any) -> None:
-    """Run ``action(optimizer)`` right after the optimizer's ``step``-th step (1-based)."""
-    original = torch.optim.AdamW.step
-    calls = [0]
-
-    def patched(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        calls[0] += 1
-        if calls[0] == step:
-            action(self)
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", patched)
-
-
-def send(signum: int) -> Any:
-    return lambda _optimizer: os.kill(os.getpid(), signum)
 
 
 def assert_same_run(ref: Path, run: Path) -> dict[str, Any]:
@@ -227,7 +193,7 @@ def test_resume_refuses_changed_options_another_folder_and_another_commands_run(
     err = capsys.readouterr().err
     assert "--lr: run has 3.125e-05, now 0.5" in err and "--epochs: run has 3, now 5" in err
     assert "Options that may change on resume: --device\n" in err  # (neither has --progress)
-    other = helpers.small_fsdd(tmp_path / "other.zip", digits=2, takes=9, lengths=(300, 700))
+    other = tiny_fsdd(tmp_path / "other.zip", digits=2)
     assert main(["audio-train", "--resume", str(run), "--data", str(other)]) == 2
     assert "--data: run has" in capsys.readouterr().err
     assert main(["audio-train", "--resume", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
@@ -256,7 +222,7 @@ def test_other_data_under_the_runs_path_is_refused_by_its_fingerprint(
     at_step(monkeypatch, 2, send(signal.SIGINT))
     assert main(_args(data, run)) == 130
     monkeypatch.undo()
-    helpers.small_fsdd(data, digits=2, takes=9, lengths=(300, 700))  # replaced in place
+    tiny_fsdd(data, digits=2)  # replaced in place
     assert main(["audio-train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"its training data ({data}) changed since the run started" in err, err

@@ -20,27 +20,7 @@ from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.text import TextTrainConfig, train_text
 from contrastkit.views.text import TextViews
 
-WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
-
-
-def sentences(n: int, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
-    return [
-        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (k,), generator=g).tolist()) for k in lengths
-    ]
-
-
-@pytest.fixture
-def text_data(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "sentences.txt").write_text("\n".join(sentences(48)) + "\n", encoding="utf-8")
-    sts = tmp_path / "sts"
-    sts.mkdir()
-    a, b = sentences(12, seed=1), sentences(12, seed=2)
-    rows = [f"g\tf\t2012\t{i:04d}\t{(i * 7) % 11 / 2:.3f}\t{x}\t{y}" for i, (x, y) in enumerate(zip(a, b))]
-    (sts / "sts-test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return {"sentences": str(tmp_path / "sentences.txt"), "sts": str(sts)}
-
+from .conftest import sentences
 
 TINY = dict(
     encoder="scratch", dim=16, depth=2, heads=2, min_freq=1, batch_size=8, steps=4, max_length=12,

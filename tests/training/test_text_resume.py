@@ -29,7 +29,9 @@ from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 from contrastkit.training.resume import TrainingInterrupted
 from contrastkit.training.text import ResumeRequest, TextTrainConfig, config_from_args, train_text
 
-WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
+from ..conftest import AUDIO_TINY
+from .conftest import at_steps, sentences
+
 # 48 sentences, batch 8: 6 steps an epoch, 10 steps in all (the resumes below cross the epoch boundary);
 # the loss is logged every 3 steps, so an interruption at step 4 or 7 leaves unlogged losses behind.
 TINY = dict(
@@ -43,61 +45,7 @@ VARIANTS = {
     "queue": dict(negatives="queue", queue_size=24, key_momentum=0.99, head="mlp"),
 }
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def sentences(n: int, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
-    return [
-        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (k,), generator=g).tolist()) for k in lengths
-    ]
-
-
-@pytest.fixture
-def text_data(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "sentences.txt").write_text("\n".join(sentences(48)) + "\n", encoding="utf-8")
-    sts = tmp_path / "sts"
-    sts.mkdir()
-    a, b = sentences(12, seed=1), sentences(12, seed=2)
-    rows = [f"g\tf\t2012\t{i:04d}\t{(i * 7) % 11 / 2:.3f}\t{x}\t{y}" for i, (x, y) in enumerate(zip(a, b))]
-    (sts / "sts-test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return {"sentences": str(tmp_path / "sentences.txt"), "sts": str(sts)}
-
-
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    """Every test leaves SIGINT and SIGTERM as it found them."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
-class Unhandled(Exception):
-    """A stop signal reached the test's fallback handler: the code under test did not catch it."""
-
-
-def at_steps(monkeypatch: pytest.MonkeyPatch, actions: dict[int, Any]) -> None:
-    """Run ``actions[n]()`` at the start of the n-th training step of this test (counted across runs), as a
-    Ctrl-C, a kill or a crash would come. Until text-train installs its handlers, a signal raises
-    ``Unhandled`` instead of ending the test session."""
-    calls = {"n": 0}
-    real = text_module.trim_padding
-
-    def trim(*args: object, **kwargs: object) -> torch.Tensor:
-        calls["n"] += 1
-        action = actions.get(calls["n"])
-        if action is not None:
-            action()
-        return real(*args, **kwargs)
-
-    def unhandled(signum: int, frame: object) -> None:
-        raise Unhandled(f"{signal.Signals(signum).name} was not handled by text-train")
-
-    monkeypatch.setattr(text_module, "trim_padding", trim)
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, unhandled)
+pytestmark = pytest.mark.usefixtures("one_thread", "restore_signal_handlers")
 
 
 def ctrl_c() -> None:
@@ -368,35 +316,13 @@ def test_a_run_of_another_device_type_is_refused(
 
 
 def test_text_train_resume_refuses_an_image_run_and_an_audio_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fsdd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import importlib.util
-
     image = tmp_path / "image"
     flags = ["--limit", "40", "--epochs", "1", "--batch-size", "16", "--knn-every", "0", "--no-progress"]
     assert main(["train", *flags, "--device", "cpu", "--out", str(image)]) == 0
-    spec = importlib.util.spec_from_file_location(
-        "audio_helpers", Path(__file__).parents[1] / "data" / "test_audio.py"
-    )
-    assert spec is not None and spec.loader is not None
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
-    z = helpers.small_fsdd(tmp_path / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
     audio = tmp_path / "audio"
-    flags = [
-        "--clip-seconds",
-        "0.1",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--width",
-        "4",
-        "--proj-hidden-dim",
-        "16",
-    ]
-    flags += ["--proj-dim", "8", "--knn-k", "5", "--no-linear-probe", "--device", "cpu"]
-    assert main(["audio-train", "--data", str(z), *flags, "--out", str(audio)]) == 0
+    assert main(["audio-train", "--data", str(fsdd), *AUDIO_TINY, "--out", str(audio)]) == 0
     capsys.readouterr()
     assert main(["text-train", "--resume", str(image)]) == 2
     err = capsys.readouterr().err

@@ -18,33 +18,15 @@ from contrastkit.errors import ConfigError, DataError
 from contrastkit.training.resume import TrainingInterrupted
 from contrastkit.training.text import TextTrainConfig, train_text
 
-WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
+from .conftest import at_steps
+
 TINY = dict(
     encoder="scratch", dim=16, depth=2, heads=2, min_freq=1, batch_size=8, steps=4, max_length=12,
     eval_max_length=12, log_every=2, progress=False, device="cpu",
 )  # fmt: skip
 
 
-def sentences(n: int, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
-    return [
-        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (k,), generator=g).tolist()) for k in lengths
-    ]
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def text_data(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "sentences.txt").write_text("\n".join(sentences(48)) + "\n", encoding="utf-8")
-    sts = tmp_path / "sts"
-    sts.mkdir()
-    a, b = sentences(12, seed=1), sentences(12, seed=2)
-    rows = [f"g\tf\t2012\t{i:04d}\t{(i * 7) % 11 / 2:.3f}\t{x}\t{y}" for i, (x, y) in enumerate(zip(a, b))]
-    (sts / "sts-test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return {"sentences": str(tmp_path / "sentences.txt"), "sts": str(sts)}
+pytestmark = pytest.mark.usefixtures("one_thread", "restore_signal_handlers")
 
 
 def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,47 +96,11 @@ def test_metrics_json_is_strict_json_when_a_value_is_nan(
     assert metrics["finished"] is True and metrics["steps"] == metrics["total_steps"] == 4
 
 
-def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGINT) -> None:
-    """Deliver ``signum`` to this process during training step ``step`` (as Ctrl-C or kill would).
-
-    Until the code under test installs its own handlers, the signal raises ``Unhandled`` instead of ending
-    the test session (SIGINT's KeyboardInterrupt) or the process (SIGTERM).
-    """
-    calls = {"n": 0}
-    real = text_module.trim_padding
-
-    def trim(*args: object, **kwargs: object) -> torch.Tensor:
-        calls["n"] += 1
-        if calls["n"] == step:
-            signal.raise_signal(signum)
-        return real(*args, **kwargs)
-
-    def unhandled(signum: int, frame: object) -> None:
-        raise Unhandled(f"{signal.Signals(signum).name} was not handled by text-train")
-
-    monkeypatch.setattr(text_module, "trim_padding", trim)
-    for s in (signal.SIGINT, signal.SIGTERM):  # put back by _restore_signal_handlers
-        signal.signal(s, unhandled)
-
-
-class Unhandled(Exception):
-    """A stop signal reached the test's fallback handler: the code under test did not catch it."""
-
-
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    """Every test leaves SIGINT and SIGTERM as it found them."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_saves_a_resumable_checkpoint_config_and_the_loss_curve(
     tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, signum: int
 ) -> None:
-    interrupt_at_step(monkeypatch, 3, signum)
+    at_steps(monkeypatch, {3: lambda: signal.raise_signal(signum)})
     run = tmp_path / "run"
     cfg = TextTrainConfig(
         **{**TINY, "steps": 50, "log_every": 2}, **text_data, out=str(run)
@@ -195,7 +141,7 @@ def test_cli_ctrl_c_exits_130_with_one_message_naming_the_files(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    interrupt_at_step(monkeypatch, 2)
+    at_steps(monkeypatch, {2: lambda: signal.raise_signal(signal.SIGINT)})
     run = tmp_path / "tx40"
     flags = ["--encoder", "scratch", "--dim", "16", "--depth", "2", "--heads", "2", "--min-freq", "1"]
     flags += ["--batch-size", "8", "--steps", "5000", "--max-length", "12", "--eval-max-length", "12"]

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
-from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.errors import ConfigError
 from contrastkit.training.options import check_option as _check
 from contrastkit.training.options import is_integer, is_number, is_positive
 from contrastkit.training.precision import PRECISIONS, autocast_dtype
@@ -262,7 +262,7 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
     ``--clusters`` against the training set. A run that fails before its first checkpoint removes the
     folder it created, if still empty. The resumable checkpoint and the stop signals: see :func:`_run_sela`.
     """
-    from contrastkit.training.audio import absolute_data, refuse_unfinished_run
+    from contrastkit.training.resume import absolute_data, unfinished_run_hint
     from contrastkit.training.run_folder import new_run_folder
     from contrastkit.training.trainer import resolve_device
 
@@ -275,8 +275,7 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
         Path(config.out) if config.out else Path("runs") / f"{data_name}-sela-{datetime.now():%Y%m%d-%H%M%S}"
     )
     config = replace(config, data=absolute_data(config.data), out=str(run_dir))
-    refuse_unfinished_run(run_dir, kind="sela", command="sela")
-    with new_run_folder(run_dir):
+    with new_run_folder(run_dir, unfinished_run_hint(run_dir, kind="sela", command="sela")):
         return _run_sela(config, run_dir, device, out, t_start)
 
 
@@ -284,17 +283,12 @@ def resume_sela(run: str | Path, given: dict[str, Any] | None = None, *, out: An
     """Continue the interrupted ``sela`` run ``run`` (its folder or checkpoint.pt) to the end, in its folder,
     exactly as it would have gone on; ``given``: the options given again (only ``device`` may differ,
     within one device type). Returns the metrics."""
-    from contrastkit.training.audio import open_resume, resumed_config
-    from contrastkit.training.resume import check_resume_device
-    from contrastkit.training.trainer import resolve_device
+    from contrastkit.training.resume import open_resumed_run
 
     out = out or sys.stdout
     t_start = time.perf_counter()
-    path, state = open_resume(run, kind="sela", command="sela")
-    config = resumed_config(SelaConfig, state, given or {}, path.parent, "sela")
-    device = resolve_device(config.device)
-    check_resume_device(state, device, path.parent)
-    return _run_sela(config, path.parent, device, out, t_start, saved=state)
+    config, run_dir, device, state = open_resumed_run(SelaConfig, run, given, kind="sela", command="sela")
+    return _run_sela(config, run_dir, device, out, t_start, saved=state)
 
 
 def _run_sela(
@@ -316,22 +310,19 @@ def _run_sela(
     writes the checkpoint and raises :class:`~contrastkit.training.resume.TrainingInterrupted`.
     """
     from contrastkit.evaluation import extract_features
-    from contrastkit.training.audio import (
-        check_fingerprint,
-        data_fingerprint,
-        describe_kept,
-        evaluate_features,
-        refuse_nonfinite_state,
-    )
-    from contrastkit.training.checkpoint import (
-        CHECKPOINT_NAME,
-        restore_rng_state,
-        rng_state,
-        save_checkpoint,
-    )
+    from contrastkit.training.audio import evaluate_features
+    from contrastkit.training.checkpoint import restore_rng_state, rng_state
     from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
-    from contrastkit.training.resume import StopSignals, TrainingInterrupted, interrupted_message
-    from contrastkit.training.run_folder import write_metrics
+    from contrastkit.training.resume import (
+        StopSignals,
+        check_fingerprint,
+        crash_note,
+        data_fingerprint,
+        epoch_run_interrupted,
+        refuse_misfit_checkpoint,
+        save_epoch_checkpoint,
+        write_finished_run,
+    )
 
     torch.manual_seed(config.seed)
     d = _prepare(config, device, stats=None if saved is None else saved["normalisation"])
@@ -395,16 +386,10 @@ def _run_sela(
         elapsed_before, resumed_at = 0.0, []
         resumed = ""
     else:
-        try:
+        with refuse_misfit_checkpoint(run_dir):
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(
-                f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds "
-                f"({first}); start a new run"
-            ) from None
         references = saved["references"]
         elapsed_before = float(saved.get("elapsed_seconds", 0.0))
         loop = saved["loop"]
@@ -426,7 +411,6 @@ def _run_sela(
     )
     gen = torch.Generator(device=device)
     gen.manual_seed(config.seed + 1)
-    path = run_dir / CHECKPOINT_NAME
     last: dict[str, Any] = {"done": None, "loop": {}, "step": 0}  # the latest checkpoint's position
     if saved is not None:
         last.update(done=int(saved["progress"]["done"]), loop=saved["loop"], step=int(saved["step"]))
@@ -452,14 +436,15 @@ def _run_sela(
             "progress": {"done": int(loop["epoch"]), "total": config.epochs, "unit": "epoch"},
             "finished": False,
         }
-        where = f"by step {step} of {steps} (epoch {min(int(loop['epoch']) + 1, config.epochs)})"
-        refuse_nonfinite_state(state, where=where, kept=describe_kept(run_dir, last["done"], config.epochs))
-        save_checkpoint(state, path)
+        save_epoch_checkpoint(
+            state, run_dir=run_dir, total_steps=steps, epochs=config.epochs, kept=last["done"]
+        )
         last.update(done=int(loop["epoch"]), loop=loop, step=step)
 
     if saved is not None:
         restore_rng_state(saved["rng"])
-    try:
+    # a crash (out of memory, ...), a second Ctrl-C or SIGTERM: say how to go on
+    with crash_note(command="sela", run_dir=run_dir, epochs=config.epochs, kept=lambda: last["done"]):
         with StopSignals() as signals:  # a first Ctrl-C / SIGTERM stops after the current step
             history = train_self_labelling(
                 model,
@@ -479,31 +464,16 @@ def _run_sela(
                 stop=lambda: signals.requested is not None,
             )
             if signals.requested is not None:  # mid-run, or after the last step (the resume evaluates)
-                mid = bool(last["loop"].get("next_step"))
-                raise TrainingInterrupted(
-                    interrupted_message(
-                        signals.requested,
-                        command="sela",
-                        run_dir=run_dir,
-                        done=last["step"] if mid else int(last["done"]),
-                        total=steps if mid else config.epochs,
-                        unit="step" if mid else "epoch",
-                    ),
-                    signum=signals.requested,
-                    checkpoint=path,
+                raise epoch_run_interrupted(
+                    signals.requested,
+                    command="sela",
+                    run_dir=run_dir,
                     step=last["step"],
+                    total_steps=steps,
+                    epoch=int(last["done"]),
+                    epochs=config.epochs,
+                    mid_epoch=bool(last["loop"].get("next_step")),
                 )
-    except ContrastkitError:
-        raise
-    except BaseException:  # a crash (out of memory, ...), a second Ctrl-C or SIGTERM: say how to go on
-        if last["done"] is not None:
-            print(
-                f"contrastkit: {path} keeps epoch {last['done']} of {config.epochs}; continue with: "
-                f"contrastkit sela --resume {run_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
-        raise
     model.eval()
     with torch.no_grad():
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -534,19 +504,8 @@ def _run_sela(
         "device": str(device),
         "config": resolved,
     }
-    final = {
-        "model": model.state_dict(),
-        "config": metrics["config"],
-        "device": str(device),
-        "progress": {"done": config.epochs, "total": config.epochs, "unit": "epoch"},
-        "finished": True,
-    }
-    refuse_nonfinite_state(
-        final, where="after training", kept=describe_kept(run_dir, last["done"], config.epochs)
-    )
-    # metrics first: a kill between the two leaves the resumable checkpoint, whose resume writes both
-    write_metrics(run_dir / "metrics.json", metrics)  # strict JSON: a skipped linear probe is null
-    save_checkpoint(final, path)
+    final = {"model": model.state_dict(), "config": metrics["config"], "device": str(device)}
+    write_finished_run(final, metrics, run_dir=run_dir, epochs=config.epochs, kept=last["done"])
     hm = metrics["heads_test_mean"]
     lines = [
         f"test split ({d.test.shape[0]} items)           NMI     ARI     kNN top-1  linear top-1",

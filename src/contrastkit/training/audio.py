@@ -12,18 +12,17 @@ dimension with the training split's statistics).
 Interrupted runs lose nothing: ``checkpoint.pt`` is written, resumable, before the first step and at every
 epoch end; a first Ctrl-C / SIGTERM stops after the current step and writes it; ``contrastkit audio-train
 --resume RUN`` (:func:`resume_audio`) continues bitwise as the run would have gone on. The helpers of that
-(the resumed configuration, the data's fingerprint, the refusal of a non-finite state) serve ``sela`` too.
+(the resumed configuration, the data's fingerprint, the refusal of a non-finite state), shared with
+``sela``, are in :mod:`contrastkit.training.resume`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -35,31 +34,30 @@ from torch import Tensor
 from contrastkit.data.audio import AudioSplits, load_fsdd
 from contrastkit.encoders import ContrastiveModel, ProjectionHead
 from contrastkit.encoders.audio import AudioCNN
-from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
+from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
 from contrastkit.negatives import build_negatives
 from contrastkit.objectives import build_objective
 from contrastkit.scores import build_score
-from contrastkit.training.checkpoint import (
-    CHECKPOINT_NAME,
-    ForeignRunError,
-    nonfinite_tensors,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-)
+from contrastkit.training.checkpoint import restore_rng_state, rng_state
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
-from contrastkit.training.options import check_option, is_integer, is_number, is_positive
-from contrastkit.training.resume import (
+from contrastkit.training.options import check_option, given_flags, is_integer, is_number, is_positive
+from contrastkit.training.resume import (  # the resume helpers audio-train shares with sela
     StopSignals,
-    TrainingInterrupted,
-    check_resume_device,
-    interrupted_message,
-    open_command_resume,
-    refuse_changed_options,
+    absolute_data,
+    check_fingerprint,
+    crash_note,
+    data_fingerprint,
+    describe_kept,
+    epoch_run_interrupted,
+    open_resumed_run,
+    refuse_misfit_checkpoint,
+    save_epoch_checkpoint,
+    unfinished_run_hint,
+    write_finished_run,
 )
-from contrastkit.training.run_folder import new_run_folder, write_metrics
+from contrastkit.training.run_folder import new_run_folder
 from contrastkit.views.audio import AudioViews, LogMel, mfcc
 
 __all__ = [
@@ -214,9 +212,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def config_from_flags(cls: type, args: argparse.Namespace) -> Any:
     """The dataclass with the flags that were given (the others keep their defaults)."""
-    return cls(
-        **{f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-    )
+    return cls(**given_flags(cls, args))
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -314,146 +310,6 @@ def build_audio_views(
     )
 
 
-# ------------------------------------------------- resumable runs (shared by audio-train and sela)
-def absolute_data(path: str) -> str:
-    """An existing data path made absolute (a resume from another folder finds it); a name as it is."""
-    return os.path.abspath(path) if path and os.path.exists(path) else path
-
-
-def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The options given on the command line (an argparse default of None means "not given")."""
-    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-
-
-def refuse_unfinished_run(run_dir: Path, *, kind: str, command: str) -> None:
-    """Point a new run whose ``--out`` holds an unfinished run of ``command`` to ``--resume`` (the run
-    folder check refuses any run folder; this says how to continue this one)."""
-    from contrastkit.training.checkpoint import _state_kind, load_checkpoint
-
-    path = run_dir / CHECKPOINT_NAME
-    if not path.is_file():
-        return
-    try:
-        state = load_checkpoint(path, image_run=False)
-    except ContrastkitError:
-        return  # not readable as a resumable run: the run folder check refuses the folder
-    progress = state.get("progress")
-    if _state_kind(state) == kind and isinstance(progress, dict) and not state.get("finished"):
-        raise ConfigError(
-            f"run folder {str(run_dir)!r} holds an unfinished {command} run ({progress.get('done')} of "
-            f"{progress.get('total')} epochs): continue it with contrastkit {command} --resume {run_dir}, "
-            "or choose another --out"
-        )
-
-
-def open_resume(run: str | Path, *, kind: str, command: str) -> tuple[Path, dict[str, Any]]:
-    """:func:`~contrastkit.training.resume.open_command_resume`, with a checkpoint of an older contrastkit
-    (written without the format mark) refused in this command's words."""
-    try:
-        return open_command_resume(run, kind=kind, command=command)
-    except ForeignRunError as exc:
-        if exc.kind == kind:
-            raise ConfigError(
-                f"{str(exc.path)!r} holds no training state to continue (written by a contrastkit whose "
-                f"{command} could not resume); start a new run"
-            ) from None
-        raise ConfigError(exc.message_for(f"{command} --resume")) from None
-
-
-def resumed_config(
-    cls: type, state: dict[str, Any], given: dict[str, Any], run_dir: Path, command: str
-) -> Any:
-    """The configuration a resume continues with: the run's own (``state["options"]``, as given when it
-    started), with ``--device`` as given again. Any other option given again must equal the run's, as
-    given or as resolved (``--lr`` equal to the derived rate is no change); else :class:`ConfigError`
-    names it. ``--data`` may be the same file by another path, or the data moved elsewhere (then checked
-    against the run's fingerprint when loaded)."""
-    names = {f.name for f in fields(cls)}
-    options = {k: v for k, v in dict(state.get("options") or state["config"]).items() if k in names}
-    resolved = {k: v for k, v in dict(state["config"]).items() if k in names}
-    given = dict(given)
-    out = given.pop("out", None)
-    if out is not None and not _same_path(out, run_dir):
-        raise ConfigError(f"--resume continues the run in its own folder ({run_dir}): drop --out")
-    data, saved_data = given.pop("data", None), str(options.get("data", ""))
-    if data is not None and data != saved_data and not _same_path(data, saved_data):
-        if os.path.isabs(saved_data) and not os.path.exists(saved_data) and os.path.exists(data):
-            options["data"] = os.path.abspath(data)  # the run's data, moved: checked by its fingerprint
-        else:
-            given["data"] = data  # other data: refused below
-    wanted = dict(resolved)
-    for name, value in given.items():
-        if value != options.get(name):  # equal to the option as given, or to its resolved value: unchanged
-            wanted[name] = value
-    # of COMMAND_RESUMABLE_OPTIONS (device, progress, out) these commands have --device (--out: above)
-    refuse_changed_options(
-        resolved, wanted, run_dir=run_dir, command=command, resumable=frozenset({"device", "out"})
-    )
-    return cls(**{**options, "device": given.get("device", options.get("device")), "out": str(run_dir)})
-
-
-def _same_path(a: str | Path, b: str | Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def data_fingerprint(*tensors: Tensor) -> dict[str, Any]:
-    """Items and a SHA-256 of the training data (``tensors``: e.g. waveforms and labels), so a resume on
-    other data is refused."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return {"train_items": int(tensors[0].shape[0]), "sha256": h.hexdigest()}
-
-
-def check_fingerprint(state: dict[str, Any], now: dict[str, Any], run_dir: Path, data: str) -> None:
-    """Refuse to resume on training data other than the run's (the saved order indexes its items)."""
-    old = state.get("data_fingerprint")
-    if isinstance(old, dict) and (old.get("train_items"), old.get("sha256")) != (
-        now["train_items"],
-        now["sha256"],
-    ):
-        raise ConfigError(
-            f"cannot resume {str(run_dir)!r}: its training data ({data}) changed since the run started "
-            f"({old.get('train_items')} training items then, {now['train_items']} now"
-            f"{'' if old.get('train_items') != now['train_items'] else ', other contents'}); give the run's "
-            "data with --data, or start a new run"
-        )
-
-
-def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    if isinstance(value, Tensor):
-        yield prefix, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
-
-
-def refuse_nonfinite_state(state: dict[str, Any], *, where: str, kept: str) -> None:
-    """Raise :class:`TrainingError` before a checkpoint is written when ``state`` holds a NaN or an
-    infinity (model, optimizer, ...): the previous checkpoint (``kept`` describes it) stays as it is."""
-    bad = nonfinite_tensors(dict(_named_tensors(state)))
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise TrainingError(
-            f"the training state became non-finite {where} ({', '.join(bad[:3])}{more} hold NaN or inf): "
-            f"the checkpoint was not written, {kept}. Resuming would repeat the same steps: start a new run "
-            "with a lower --lr"
-        )
-
-
-def describe_kept(run_dir: Path, done: int | None, total: int) -> str:
-    """What the run folder keeps after a refused checkpoint (for :func:`refuse_nonfinite_state`)."""
-    if done is None:
-        return "and the run has none yet"
-    return f"{run_dir / CHECKPOINT_NAME} keeps the state after epoch {done} of {total}"
-
-
 # -------------------------------------------------------------------------------------------- training
 def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
     """Train on FSDD train with the shared learner; evaluate; write ``metrics.json``; return the metrics.
@@ -475,24 +331,21 @@ def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
         else Path("runs") / f"fsdd-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
     )
     config = replace(config, data=absolute_data(config.data or default_fsdd_path()), out=str(run_dir))
-    refuse_unfinished_run(run_dir, kind="audio", command="audio-train")
-    with new_run_folder(run_dir):
+    with new_run_folder(run_dir, unfinished_run_hint(run_dir, kind="audio", command="audio-train")):
         return _train_audio(config, run_dir, device, out, t_start)
 
 
 def resume_audio(run: str | Path, given: dict[str, Any] | None = None, *, out: Any = None) -> dict[str, Any]:
     """Continue the interrupted ``audio-train`` run ``run`` (its folder or checkpoint.pt) to the end, in its
     folder, exactly as it would have gone on; ``given``: the options given again (only ``device`` may
-    differ, within one device type; see :func:`resumed_config`). Returns the metrics."""
-    from contrastkit.training.trainer import resolve_device
-
+    differ, within one device type; see :func:`~contrastkit.training.resume.resumed_config`). Returns the
+    metrics."""
     out = out or sys.stdout
     t_start = time.perf_counter()
-    path, state = open_resume(run, kind="audio", command="audio-train")
-    config = resumed_config(AudioTrainConfig, state, given or {}, path.parent, "audio-train")
-    device = resolve_device(config.device)
-    check_resume_device(state, device, path.parent)
-    return _train_audio(config, path.parent, device, out, t_start, saved=state)
+    config, run_dir, device, state = open_resumed_run(
+        AudioTrainConfig, run, given, kind="audio", command="audio-train"
+    )
+    return _train_audio(config, run_dir, device, out, t_start, saved=state)
 
 
 def _train_audio(
@@ -560,33 +413,27 @@ def _train_audio(
         seed=config.seed,
         linear=config.linear_probe,
     )
+
+    def evaluate_encoder() -> dict[str, float]:
+        """kNN and linear-probe top-1 of the backbone's features (the model as it is now)."""
+        model.eval()
+        train_f, test_f = (encoder_features(model.features, w, views, device) for w in (train_w, test_w))
+        return evaluate_features(train_f, ytr, test_f, yte, **ev)
+
     pos = _Position()
     if saved is None:
-        model.eval()
-        random_init = evaluate_features(
-            encoder_features(model.features, train_w, views, device),
-            ytr,
-            encoder_features(model.features, test_w, views, device),
-            yte,
-            **ev,
-        )
+        random_init = evaluate_encoder()
         logmel_cpu = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
         mfcc_tr, mfcc_te = mfcc_baseline(train_w, test_w, logmel_cpu)
         mfcc_ref = evaluate_features(mfcc_tr, ytr, mfcc_te, yte, **ev)
         elapsed_before, resumed_at = 0.0, []
     else:
-        try:
+        with refuse_misfit_checkpoint(run_dir):
             learner.load_state_dict(saved["learner"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             pos.load(saved, device)
             gen.set_state(saved["loop"]["generator"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(
-                f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds "
-                f"({first}); start a new run"
-            ) from None
         random_init, mfcc_ref = saved["references"]["random_init"], saved["references"]["mfcc"]
         elapsed_before = float(saved.get("elapsed_seconds", 0.0))
         resumed_at = [*saved.get("resumed_at_steps", []), pos.step(steps_per_epoch)]
@@ -631,30 +478,27 @@ def _train_audio(
             "progress": {"done": pos.epoch, "total": config.epochs, "unit": "epoch"},
             "finished": False,
         }
-        where = f"by step {pos.step(steps_per_epoch)} of {total} (epoch {min(pos.epoch + 1, config.epochs)})"
-        refuse_nonfinite_state(state, where=where, kept=describe_kept(run_dir, written[0], config.epochs))
-        path = save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+        path = save_epoch_checkpoint(
+            state, run_dir=run_dir, total_steps=total, epochs=config.epochs, kept=written[0]
+        )
         written[0] = pos.epoch
         return path
 
     def interrupt(signum: int) -> None:
-        path = checkpoint()
-        mid = pos.next_step > 0
-        raise TrainingInterrupted(
-            interrupted_message(
-                signum,
-                command="audio-train",
-                run_dir=run_dir,
-                done=pos.step(steps_per_epoch) if mid else pos.epoch,
-                total=total if mid else config.epochs,
-                unit="step" if mid else "epoch",
-            ),
-            signum=signum,
-            checkpoint=path,
+        checkpoint()
+        raise epoch_run_interrupted(
+            signum,
+            command="audio-train",
+            run_dir=run_dir,
             step=pos.step(steps_per_epoch),
+            total_steps=total,
+            epoch=pos.epoch,
+            epochs=config.epochs,
+            mid_epoch=pos.next_step > 0,
         )
 
-    try:
+    # a crash (out of memory, ...), a second Ctrl-C or SIGTERM: say how to go on
+    with crash_note(command="audio-train", run_dir=run_dir, epochs=config.epochs, kept=lambda: written[0]):
         if saved is None:
             checkpoint()  # the references are kept from the start: a resume never needs the random init
         waves_dev = train_w.to(device)
@@ -695,26 +539,8 @@ def _train_audio(
                 checkpoint()
                 if stop.requested is not None:
                     interrupt(stop.requested)
-    except ContrastkitError:
-        raise
-    except BaseException:  # a crash (out of memory, ...), a second Ctrl-C or SIGTERM: say how to go on
-        if written[0] is not None:
-            print(
-                f"contrastkit: {run_dir / CHECKPOINT_NAME} keeps epoch {written[0]} of {config.epochs}; "
-                f"continue with: contrastkit audio-train --resume {run_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
-        raise
     train_seconds, history = pos.train_seconds, pos.history
-    model.eval()
-    learned = evaluate_features(
-        encoder_features(model.features, train_w, views, device),
-        ytr,
-        encoder_features(model.features, test_w, views, device),
-        yte,
-        **ev,
-    )
+    learned = evaluate_encoder()
     metrics = {
         "learned": learned,
         "random_init": random_init,
@@ -741,15 +567,8 @@ def _train_audio(
         "config": metrics["config"],
         "views": {"mean": views.mean, "std": views.std},
         "device": str(device),
-        "progress": {"done": config.epochs, "total": config.epochs, "unit": "epoch"},
-        "finished": True,
     }
-    refuse_nonfinite_state(
-        final, where="after training", kept=describe_kept(run_dir, written[0], config.epochs)
-    )
-    # metrics first: a kill between the two leaves the resumable checkpoint, whose resume writes both
-    write_metrics(run_dir / "metrics.json", metrics)  # strict JSON: a skipped linear probe is null
-    save_checkpoint(final, run_dir / CHECKPOINT_NAME)
+    write_finished_run(final, metrics, run_dir=run_dir, epochs=config.epochs, kept=written[0])
     rows = [("learned encoder", learned), ("same encoder, random", random_init), ("MFCC mean+std", mfcc_ref)]
     lines = [f"FSDD test ({len(splits.test)} clips)        kNN top-1   linear top-1"]
     lines += [f"  {name:<28} {m['knn_top1']:.4f}      {_fmt(m['linear_top1'])}" for name, m in rows]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -189,7 +189,7 @@ FOREIGN_RUNS = {
 }
 
 
-def _state_kind(state: Any) -> str | None:
+def state_kind(state: Any) -> str | None:
     """Which command wrote a loaded checkpoint: ``image`` (train), ``text``, ``audio``, ``sela`` or None."""
     if not isinstance(state, dict):
         return None
@@ -226,7 +226,7 @@ def detect_run_kind(run: str | Path) -> str | None:
             return "audio"
         if "knn_top1" in metrics:
             return "image"
-        kind = _state_kind(metrics)  # audio and sela keep their config in metrics.json
+        kind = state_kind(metrics)  # audio and sela keep their config in metrics.json
         if kind is not None:
             return kind
     try:
@@ -348,7 +348,7 @@ def load_checkpoint(
     p = find_checkpoint(path)
     state = _read(p, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        kind = _state_kind(state) or detect_run_kind(p)
+        kind = state_kind(state) or detect_run_kind(p)
         if kind in FOREIGN_RUNS:
             raise ForeignRunError(p, kind)
         raise ContrastkitError(
@@ -361,7 +361,7 @@ def load_checkpoint(
             f"{VERSION}: upgrade contrastkit"
         )
     if image_run:
-        kind = _state_kind(state)
+        kind = state_kind(state)
         if kind in FOREIGN_RUNS:
             raise ForeignRunError(p, kind)
     return state
@@ -376,6 +376,23 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
         and (t.is_floating_point() or t.is_complex())
         and not bool(torch.isfinite(t).all())
     ]
+
+
+def nonfinite_state_tensors(state: dict[str, Any]) -> list[str]:
+    """Dotted names (``model.0.weight``, ``optimizer.state.3.exp_avg``) of the floating-point tensors
+    anywhere in a nested checkpoint payload (dicts, lists, tuples) that hold NaN or infinite values."""
+    return nonfinite_tensors(dict(_named_tensors(state)))
+
+
+def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
 def refuse_nonfinite_model(model: torch.nn.Module, checkpoint: str | Path) -> None:

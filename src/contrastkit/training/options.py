@@ -1,9 +1,12 @@
 """Checks of single option values shared by the commands' configs (``audio-train``, ``sela``): each
-failed check is a :class:`ConfigError` naming the option, its flag, what it must be and the value given."""
+failed check is a :class:`ConfigError` naming the option, its flag, what it must be and the value given;
+and which of a config dataclass's options a command line gave (:func:`given_flags`)."""
 
 from __future__ import annotations
 
+import argparse
 import math
+from dataclasses import fields
 from typing import Any
 
 from contrastkit.errors import ConfigError
@@ -28,3 +31,9 @@ def check_option(ok: bool, name: str, what: str, value: Any) -> None:
     """Raise :class:`ConfigError` ``option NAME (--flag) must be WHAT, got VALUE`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"option {name} (--{name.replace('_', '-')}) must be {what}, got {value!r}")
+
+
+def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the dataclass ``cls`` given on the command line (an argparse default of None means
+    "not given"), in the order of its fields."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}

@@ -12,16 +12,34 @@ data set or schedule).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from contrastkit.errors import ConfigError, TrainingError
-from contrastkit.training.checkpoint import CHECKPOINT_NAME, find_checkpoint, load_checkpoint
+from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
+from contrastkit.training.checkpoint import (
+    CHECKPOINT_NAME,
+    ForeignRunError,
+    find_checkpoint,
+    load_checkpoint,
+    nonfinite_state_tensors,
+    remove_stale_temporaries,
+    save_checkpoint,
+    state_kind,
+)
 from contrastkit.training.config import TrainConfig
+from contrastkit.training.run_folder import DEFAULT_HINT, lock_run_dir, write_metrics
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Options that may differ between a run and its resume: none of them changes the state being continued.
 RESUMABLE_OPTIONS = frozenset(
@@ -108,7 +126,8 @@ def resume_config(
     return wanted.replace(out=str(path.parent)), state
 
 
-def _same_path(a: str, b: str) -> bool:
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name the same existing file or folder (False when either does not exist)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -139,7 +158,7 @@ def _resume_data(saved: str, given: Any, state: dict[str, Any], run_dir: Path) -
     given = str(given)
     if not os.path.exists(given):
         return None
-    if _same_path(saved, given):
+    if same_path(saved, given):
         return os.path.abspath(given)
     if relative_missing and (
         os.path.basename(os.path.normpath(given)) == os.path.basename(os.path.normpath(saved))
@@ -185,11 +204,44 @@ class StopSignals:
 # --- the other training commands (text-train, audio-train, sela): the same contract, shared checks ---
 
 # The options of text-train, audio-train and sela that may differ on resume (how the run is watched or
-# where it runs, not what it computes). ``device`` only within one device type: the random generators'
-# states of one type do not transfer to another (checked by :func:`check_resume_device`).
-COMMAND_RESUMABLE_OPTIONS = frozenset({"device", "progress", "out"})
+# where it runs, not what it computes): those all three have; text-train adds its own
+# (``contrastkit.training.text.TEXT_RESUMABLE_OPTIONS``). ``device`` only within one device type: the random
+# generators' states of one type do not transfer to another (checked by :func:`check_resume_device`);
+# ``out`` only as the run's own folder (each command checks it).
+COMMAND_RESUMABLE_OPTIONS = frozenset({"device", "out"})
 
 _WRITERS = {"image": "train", "text": "text-train", "audio": "audio-train", "sela": "sela"}
+
+
+def absolute_data(spec: str) -> str:
+    """``--data`` as a run keeps it: an existing path made absolute (a resume from another folder finds
+    it); a data set name (digits) as it is."""
+    from contrastkit.data import KNOWN_DATASETS
+
+    if spec in KNOWN_DATASETS or not os.path.exists(spec):
+        return spec
+    return os.path.abspath(spec)
+
+
+def unfinished_run_hint(run_dir: str | Path, *, kind: str, command: str) -> str:
+    """What the refusal of a new run's folder that already holds a run says to do
+    (:func:`~contrastkit.training.run_folder.prepare_run_dir`'s ``hint``): an unfinished run of ``command``
+    (whose checkpoints are of ``kind``: ``text``, ``audio`` or ``sela``) is pointed to ``--resume``; any
+    other run folder gets :data:`~contrastkit.training.run_folder.DEFAULT_HINT`."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return DEFAULT_HINT
+    try:
+        state = load_checkpoint(path, image_run=False)
+    except ContrastkitError:
+        return DEFAULT_HINT  # not readable as a resumable run: the folder is refused all the same
+    progress = state.get("progress")
+    if state_kind(state) == kind and isinstance(progress, dict) and not state.get("finished"):
+        return (
+            f"it stopped at {progress.get('unit', 'step')} {progress.get('done')} of {progress.get('total')}: "
+            f"continue it with contrastkit {command} --resume {run_dir}, or choose another --out"
+        )
+    return DEFAULT_HINT
 
 
 def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Path, dict[str, Any]]:
@@ -199,9 +251,6 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
     ``text``, ``audio`` or ``sela``), a checkpoint without the loop's state (written before this command
     could resume), or a finished run. The folder is locked for this process (a second resume started at
     the same time is refused) and a kill's stale temporary files beside the checkpoint are removed."""
-    from contrastkit.training.checkpoint import _state_kind, remove_stale_temporaries
-    from contrastkit.training.run_folder import lock_run_dir
-
     folder = Path(run)
     if folder.is_dir() and not (folder / CHECKPOINT_NAME).is_file():
         raise ConfigError(
@@ -211,7 +260,7 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
         )
     path = find_checkpoint(run)
     state = load_checkpoint(path, image_run=False)
-    found = _state_kind(state)
+    found = state_kind(state)
     if found != kind:
         writer = _WRITERS.get(found or "", "another program")
         raise ConfigError(
@@ -276,6 +325,21 @@ def check_resume_device(state: dict[str, Any], device: Any, run_dir: str | Path)
         )
 
 
+@contextmanager
+def refuse_misfit_checkpoint(run_dir: str | Path, advice: str = "start a new run") -> Iterator[None]:
+    """Around loading a checkpoint's states into the pieces a configuration builds: a state that does not
+    fit them (a tensor of another shape, a missing key) is a :class:`ConfigError` naming the first line of
+    the error, then ``advice``."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds "
+            f"({first}); {advice}"
+        ) from None
+
+
 def interrupted_message(signum: int, *, command: str, run_dir: Path, done: int, total: int, unit: str) -> str:
     """What a command prints when a stop signal ended it after writing a resumable checkpoint."""
     sig = signal.Signals(signum).name
@@ -283,3 +347,182 @@ def interrupted_message(signum: int, *, command: str, run_dir: Path, done: int, 
         f"{sig} received: stopped after {unit} {done} of {total} and wrote {run_dir / CHECKPOINT_NAME} "
         f"(resumable); continue with: contrastkit {command} --resume {run_dir}"
     )
+
+
+# --- audio-train and sela: runs of whole epochs, their options a dataclass (the flags come from its fields)
+
+
+def open_resume(run: str | Path, *, kind: str, command: str) -> tuple[Path, dict[str, Any]]:
+    """:func:`open_command_resume`, with a checkpoint of an older contrastkit (written without the format
+    mark) refused in this command's words."""
+    try:
+        return open_command_resume(run, kind=kind, command=command)
+    except ForeignRunError as exc:
+        if exc.kind == kind:
+            raise ConfigError(
+                f"{str(exc.path)!r} holds no training state to continue (written by a contrastkit whose "
+                f"{command} could not resume); start a new run"
+            ) from None
+        raise ConfigError(exc.message_for(f"{command} --resume")) from None
+
+
+def resumed_config(
+    cls: type, state: dict[str, Any], given: dict[str, Any], run_dir: Path, command: str
+) -> Any:
+    """The configuration a resume continues with: the run's own (``state["options"]``, as given when it
+    started), with ``--device`` as given again. Any other option given again must equal the run's, as
+    given or as resolved (``--lr`` equal to the derived rate is no change); else :class:`ConfigError`
+    names it. ``--data`` may be the same file by another path, or the data moved elsewhere (then checked
+    against the run's fingerprint when loaded)."""
+    names = {f.name for f in fields(cls)}
+    options = {k: v for k, v in dict(state.get("options") or state["config"]).items() if k in names}
+    resolved = {k: v for k, v in dict(state["config"]).items() if k in names}
+    given = dict(given)
+    out = given.pop("out", None)
+    if out is not None and not same_path(out, run_dir):
+        raise ConfigError(f"--resume continues the run in its own folder ({run_dir}): drop --out")
+    data, saved_data = given.pop("data", None), str(options.get("data", ""))
+    if data is not None and data != saved_data and not same_path(data, saved_data):
+        if os.path.isabs(saved_data) and not os.path.exists(saved_data) and os.path.exists(data):
+            options["data"] = os.path.abspath(data)  # the run's data, moved: checked by its fingerprint
+        else:
+            given["data"] = data  # other data: refused below
+    wanted = dict(resolved)
+    for name, value in given.items():
+        if value != options.get(name):  # equal to the option as given, or to its resolved value: unchanged
+            wanted[name] = value
+    refuse_changed_options(resolved, wanted, run_dir=run_dir, command=command)  # --out: checked above
+    return cls(**{**options, "device": given.get("device", options.get("device")), "out": str(run_dir)})
+
+
+def open_resumed_run(
+    cls: type, run: str | Path, given: dict[str, Any] | None, *, kind: str, command: str
+) -> tuple[Any, Path, Any, dict[str, Any]]:
+    """``contrastkit <command> --resume RUN`` with the options ``given`` again: the run's checkpoint opened
+    (:func:`open_resume`), the configuration to continue with (:func:`resumed_config`) and its device,
+    refused when of another type than the run's (:func:`check_resume_device`). Returns the configuration,
+    the run folder, the device and the checkpoint's state."""
+    from contrastkit.training.trainer import resolve_device
+
+    path, state = open_resume(run, kind=kind, command=command)
+    config = resumed_config(cls, state, given or {}, path.parent, command)
+    device = resolve_device(config.device)
+    check_resume_device(state, device, path.parent)
+    return config, path.parent, device, state
+
+
+def data_fingerprint(*tensors: Tensor) -> dict[str, Any]:
+    """Items and a SHA-256 of the training data (``tensors``: e.g. waveforms and labels), so a resume on
+    other data is refused."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"train_items": int(tensors[0].shape[0]), "sha256": h.hexdigest()}
+
+
+def check_fingerprint(state: dict[str, Any], now: dict[str, Any], run_dir: Path, data: str) -> None:
+    """Refuse to resume on training data other than the run's (the saved order indexes its items)."""
+    old = state.get("data_fingerprint")
+    if isinstance(old, dict) and (old.get("train_items"), old.get("sha256")) != (
+        now["train_items"],
+        now["sha256"],
+    ):
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: its training data ({data}) changed since the run started "
+            f"({old.get('train_items')} training items then, {now['train_items']} now"
+            f"{'' if old.get('train_items') != now['train_items'] else ', other contents'}); give the run's "
+            "data with --data, or start a new run"
+        )
+
+
+def refuse_nonfinite_state(state: dict[str, Any], *, where: str, kept: str) -> None:
+    """Raise :class:`TrainingError` before a checkpoint is written when ``state`` holds a NaN or an
+    infinity (model, optimizer, ...): the previous checkpoint (``kept`` describes it) stays as it is."""
+    bad = nonfinite_state_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise TrainingError(
+            f"the training state became non-finite {where} ({', '.join(bad[:3])}{more} hold NaN or inf): "
+            f"the checkpoint was not written, {kept}. Resuming would repeat the same steps: start a new run "
+            "with a lower --lr"
+        )
+
+
+def describe_kept(run_dir: Path, done: int | None, total: int) -> str:
+    """What the run folder keeps after a refused checkpoint (for :func:`refuse_nonfinite_state`)."""
+    if done is None:
+        return "and the run has none yet"
+    return f"{run_dir / CHECKPOINT_NAME} keeps the state after epoch {done} of {total}"
+
+
+def save_epoch_checkpoint(
+    state: dict[str, Any], *, run_dir: Path, total_steps: int, epochs: int, kept: int | None
+) -> Path:
+    """Write the resumable checkpoint ``state`` (its ``step`` and ``progress``: epochs done) into
+    ``run_dir``; a state that is not finite is refused (:func:`refuse_nonfinite_state`) and the checkpoint
+    of epoch ``kept`` (None: none yet) stays."""
+    epoch = int(state["progress"]["done"])
+    where = f"by step {state['step']} of {total_steps} (epoch {min(epoch + 1, epochs)})"
+    refuse_nonfinite_state(state, where=where, kept=describe_kept(run_dir, kept, epochs))
+    return save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+
+
+def write_finished_run(
+    state: dict[str, Any], metrics: dict[str, Any], *, run_dir: Path, epochs: int, kept: int | None
+) -> None:
+    """The end of a run: ``metrics.json``, then the finished checkpoint (``state`` marked finished after
+    ``epochs`` epochs; refused when not finite, the resumable one of epoch ``kept`` staying). Metrics first:
+    a kill between the two leaves the resumable checkpoint, whose resume writes both."""
+    final = {**state, "progress": {"done": epochs, "total": epochs, "unit": "epoch"}, "finished": True}
+    refuse_nonfinite_state(final, where="after training", kept=describe_kept(run_dir, kept, epochs))
+    write_metrics(run_dir / "metrics.json", metrics)  # strict JSON: a skipped linear probe is null
+    save_checkpoint(final, run_dir / CHECKPOINT_NAME)
+
+
+def epoch_run_interrupted(
+    signum: int,
+    *,
+    command: str,
+    run_dir: Path,
+    step: int,
+    total_steps: int,
+    epoch: int,
+    epochs: int,
+    mid_epoch: bool,
+) -> TrainingInterrupted:
+    """The :class:`TrainingInterrupted` to raise when ``signum`` stopped the run after its checkpoint was
+    written: its message names the step mid-epoch, else the epoch."""
+    return TrainingInterrupted(
+        interrupted_message(
+            signum,
+            command=command,
+            run_dir=run_dir,
+            done=step if mid_epoch else epoch,
+            total=total_steps if mid_epoch else epochs,
+            unit="step" if mid_epoch else "epoch",
+        ),
+        signum=signum,
+        checkpoint=run_dir / CHECKPOINT_NAME,
+        step=step,
+    )
+
+
+@contextmanager
+def crash_note(*, command: str, run_dir: Path, epochs: int, kept: Callable[[], int | None]) -> Iterator[None]:
+    """Around the training loop: a crash (out of memory, ..., a second Ctrl-C or SIGTERM; not a
+    :class:`ContrastkitError`, which says itself what happened) first prints the epoch whose checkpoint the
+    run folder keeps (``kept()``; None: none yet) and how to continue from it, then goes on."""
+    try:
+        yield
+    except ContrastkitError:
+        raise
+    except BaseException:
+        done = kept()
+        if done is not None:
+            print(
+                f"contrastkit: {run_dir / CHECKPOINT_NAME} keeps epoch {done} of {epochs}; "
+                f"continue with: contrastkit {command} --resume {run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise

@@ -22,6 +22,10 @@ from contrastkit.training.checkpoint import write_atomic
 # The files a contrastkit run writes into its folder (any command); one of them marks the folder as a run.
 RUN_FILES = ("checkpoint.pt", "metrics.json", "config.yaml", "history.jsonl")
 
+# What to do about a folder that already holds a run, unless a command knows better (an unfinished run of
+# its own: resume it, see :func:`contrastkit.training.resume.unfinished_run_hint`).
+DEFAULT_HINT = "choose another --out or remove it"
+
 
 def existing_run_files(run_dir: Path) -> list[str]:
     """The run files already in ``run_dir`` (empty when it is a new or empty folder)."""
@@ -63,9 +67,7 @@ def unlock_run_dir(run_dir: str | Path) -> None:
         os.close(fd)
 
 
-def prepare_run_dir(
-    run_dir: str | Path, hint: str = "choose another --out or remove it", *, lock: bool = True
-) -> Path:
+def prepare_run_dir(run_dir: str | Path, hint: str = DEFAULT_HINT, *, lock: bool = True) -> Path:
     """Create ``run_dir`` for a new run, or raise :class:`ConfigError` naming why it cannot be used.
 
     Refused: a path that is a file; a folder holding any of :data:`RUN_FILES` (``hint`` says what to do:
@@ -137,11 +139,12 @@ def remove_if_empty(folders: list[Path]) -> None:
 
 
 @contextmanager
-def new_run_folder(run_dir: Path) -> Iterator[Path]:
-    """:func:`prepare_run_dir` for a command's new run, and, when the run fails (any exception, Ctrl-C
-    too), the folders it created removed again while they are empty: a failed run leaves no empty folder."""
+def new_run_folder(run_dir: Path, hint: str = DEFAULT_HINT) -> Iterator[Path]:
+    """:func:`prepare_run_dir` for a command's new run (``hint``: what its refusal of a folder that holds a
+    run says to do), and, when the run fails (any exception, Ctrl-C too), the folders it created removed
+    again while they are empty: a failed run leaves no empty folder."""
     created = new_folders(run_dir)
-    prepare_run_dir(run_dir)
+    prepare_run_dir(run_dir, hint)
     try:
         yield run_dir
     except BaseException:

@@ -56,9 +56,7 @@ from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
     FOREIGN_RUNS,
     ForeignRunError,
-    _state_kind,
-    load_checkpoint,
-    nonfinite_tensors,
+    nonfinite_state_tensors,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -67,6 +65,7 @@ from contrastkit.training.checkpoint import (
 from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
+from contrastkit.training.options import given_flags
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import (
     COMMAND_RESUMABLE_OPTIONS,
@@ -76,6 +75,9 @@ from contrastkit.training.resume import (
     interrupted_message,
     open_command_resume,
     refuse_changed_options,
+    refuse_misfit_checkpoint,
+    same_path,
+    unfinished_run_hint,
 )
 from contrastkit.training.run_folder import (
     new_folders,
@@ -97,6 +99,7 @@ COMMAND = "text-train"
 TEXT_RESUMABLE_OPTIONS = COMMAND_RESUMABLE_OPTIONS | {
     "checkpoint_every",
     "log_every",
+    "progress",
     "save_model",
     "sentences",
     "sts",
@@ -336,10 +339,7 @@ def config_from_args(args: Namespace) -> TextTrainConfig:
     if getattr(args, "config", None):
         values.update({k.replace("-", "_"): v for k, v in load_config_file(args.config).items()})
         TextTrainConfig.typed_values(values, source=args.config)
-    for f in fields(TextTrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+    values.update(given_flags(TextTrainConfig, args))
     resume = getattr(args, "resume", None)
     if resume is None:
         return TextTrainConfig.from_dict(values, source=source)
@@ -465,7 +465,7 @@ def train_text(
             else Path("runs") / (f"text-{config.encoder}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         )
         created = new_folders(run_dir)
-        prepare_run_dir(run_dir, hint=_existing_run_hint(run_dir))
+        prepare_run_dir(run_dir, hint=unfinished_run_hint(run_dir, kind="text", command=COMMAND))
         config = TextTrainConfig(**_absolute_paths({**config.to_dict(), "out": str(run_dir)}))
     latest = _Latest()
     try:
@@ -489,33 +489,6 @@ def train_text(
         if note and isinstance(exc, ContrastkitError) and exc.args:
             exc.args = (f"{exc.args[0]}; {note}", *exc.args[1:])
         raise
-
-
-def _existing_run_hint(run_dir: Path) -> str:
-    """What to do about a folder that already holds a run: an unfinished text-train run is pointed to
-    ``--resume``."""
-    hint = "choose another --out or remove it"
-    path = run_dir / CHECKPOINT_NAME
-    if not path.is_file():
-        return hint
-    try:
-        state = load_checkpoint(path, image_run=False)
-    except ContrastkitError:
-        return hint
-    progress = state.get("progress")
-    if _state_kind(state) == "text" and isinstance(progress, dict) and not state.get("finished"):
-        return (
-            f"it stopped at step {progress.get('done')} of {progress.get('total')}: continue it with "
-            f"contrastkit {COMMAND} --resume {run_dir}, or choose another --out"
-        )
-    return hint
-
-
-def _same_folder(a: str | Path, b: str | Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _open_resume(
@@ -546,7 +519,7 @@ def _open_resume(
         else {k: v for k, v in config.to_dict().items() if v is not None}
     )
     out = given.pop("out", None)
-    if out is not None and not _same_folder(out, run_dir):
+    if out is not None and not same_path(out, run_dir):
         raise ConfigError(
             f"--resume continues the run in its own folder ({str(run_dir)!r}): drop --out {out}"
         )
@@ -654,33 +627,16 @@ def _restore(
             f"cannot resume {str(run_dir)!r}: it has {saved['progress']['total']} steps in all, this data and "
             f"configuration give {total_steps}"
         )
-    try:
+    with refuse_misfit_checkpoint(
+        run_dir, "it was written by another version of contrastkit: start a new run"
+    ):
         model.load_state_dict(saved["model"])
         learner.negatives.load_state_dict(saved["negatives"])
         if key_encoder is not None:
             key_encoder.load_state_dict(saved["key_encoder"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds ({first}); "
-            "it was written by another version of contrastkit: start a new run"
-        ) from None
     return int(saved["step"])
-
-
-def _nonfinite_state(state: dict[str, Any]) -> list[str]:
-    """The tensors of a resumable checkpoint's state that hold NaN or infinite values."""
-    bad: list[str] = []
-    for part in ("model", "key_encoder", "negatives"):
-        tensors = state.get(part)
-        if isinstance(tensors, dict):
-            bad += [f"{part}.{name}" for name in nonfinite_tensors(tensors)]
-    for pid, param_state in state["optimizer"]["state"].items():
-        bad += [f"optimizer.state.{pid}.{name}" for name in nonfinite_tensors(param_state)]
-    bad += nonfinite_tensors({"pending_losses": state["pending_losses"]})
-    return bad
 
 
 def _train_text(
@@ -899,7 +855,7 @@ def _train_text(
         """The resumable checkpoint of ``step``, written atomically; a non-finite state is refused and the
         previous checkpoint kept."""
         state = resumable_state(step)
-        bad = _nonfinite_state(state)
+        bad = nonfinite_state_tensors(state)
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             kept = (
