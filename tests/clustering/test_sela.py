@@ -190,3 +190,53 @@ def test_self_labelling_refuses_a_bad_lambda(lam: float) -> None:
     """λ = inf made Sinkhorn's annealing build stages until memory ran out; bools are not numbers here."""
     with pytest.raises(ConfigError, match="lam must be a positive finite number"):
         SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=3, lam=lam)
+
+
+def test_marginal_order_reference_gives_the_largest_cluster_the_smallest_mass() -> None:
+    from contrastkit.clustering.sinkhorn import sorted_marginal
+
+    torch.manual_seed(0)
+    kw = dict(num_clusters=5, num_heads=1, marginal_std=0.3)
+    matched = SelfLabelling(MLP(4, hidden=(), batchnorm=False), **kw)
+    reference = SelfLabelling(MLP(4, hidden=(), batchnorm=False), marginal_order="reference", **kw)
+    log_p = torch.log_softmax(torch.randn(50, 5, generator=torch.Generator().manual_seed(1)), 1)
+    sizes = log_p.exp().sum(0)
+    g = torch.Generator().manual_seed(2)
+    m = matched.prior(log_p, generator=g)
+    reference._prior = matched._prior.clone()  # the same drawn sizes
+    r = reference.prior(log_p)
+    assert int(m.argmax()) == int(sizes.argmax()) and int(r.argmin()) == int(sizes.argmax())
+    expected = 1.0 / sorted_marginal(matched._prior, sizes)
+    assert torch.allclose(r, expected / expected.sum(), atol=1e-12)
+    assert abs(float(r.sum()) - 1) < 1e-12
+    with pytest.raises(ConfigError, match="marginal_order must be 'matched' or 'reference'"):
+        SelfLabelling(MLP(4, hidden=(), batchnorm=False), marginal_order="largest", **kw)
+
+
+def test_sela_marginal_order_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from contrastkit.cli import main
+
+    base = [
+        "sela",
+        "--data",
+        "digits",
+        "--limit",
+        "40",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--heads",
+        "1",
+    ]
+    base += ["--no-linear-probe", "--device", "cpu"]
+    assert main([*base, "--marginal-order", "reference", "--out", str(tmp_path / "a")]) == 2
+    assert "--marginal-std 0 (equipartition) does not use" in capsys.readouterr().err
+    assert (
+        main([*base, "--marginal-std", "0.3", "--marginal-order", "big", "--out", str(tmp_path / "b")]) == 2
+    )
+    assert "marginal_order" in capsys.readouterr().err
+    run = tmp_path / "c"
+    assert main([*base, "--marginal-std", "0.3", "--marginal-order", "reference", "--out", str(run)]) == 0
+    assert "gaussian sd 0.3 (reference)" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["config"]["marginal_order"] == "reference"

@@ -232,3 +232,24 @@ def test_the_loop_resumed_from_its_state_matches_the_uninterrupted_loop() -> Non
     assert not rest.stopped and rest.losses == ref.losses
     for name, t in model.state_dict().items():
         assert torch.equal(t, model3.state_dict()[name]), name
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint whose config lacks an option added later (here --marginal-order) had that option's
+    default behaviour: it resumes, also with the default given again, and a different value is refused."""
+    from contrastkit.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    at_step(monkeypatch, 3, send(signal.SIGINT))
+    assert main([*DIGITS, "--out", str(run)]) == 130
+    monkeypatch.undo()
+    state = load_checkpoint(run, image_run=False)
+    for key in ("config", "options"):
+        state[key].pop("marginal_order", None)
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["sela", "--resume", str(run), "--marginal-order", "reference"]) == 2
+    assert "--marginal-order: run has 'matched', now 'reference'" in capsys.readouterr().err
+    assert main(["sela", "--resume", str(run), "--marginal-order", "matched"]) == 0

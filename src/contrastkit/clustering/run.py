@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
+from contrastkit.clustering.sinkhorn import MARGINAL_ORDERS
 from contrastkit.errors import ConfigError
 from contrastkit.training.options import check_option as _check
 from contrastkit.training.options import is_integer, is_number, is_positive
@@ -59,6 +60,11 @@ class SelaConfig:
     heads: int = _opt(3, "clustering heads (each its own Sinkhorn assignment)")
     lam: float = _opt(25.0, "SeLa's λ (inverse entropic regularisation of the transport problem)")
     marginal_std: float = _opt(0.0, "SeLaVi Gaussian cluster-size prior N(1, std²); 0: equipartition")
+    marginal_order: str = _opt(
+        "matched",
+        "with --marginal-std: matched (the largest prior mass to the currently largest cluster) | reference "
+        "(SeLaVi's published code: r = 1/sizes, the largest cluster gets the smallest mass)",
+    )
     refresh_every: int = _opt(1, "re-solve the pseudo-labels every this many epochs")
     cross_view: bool = _opt(True, "two views per item share one assignment (SeLaVi); off: one view (SeLa)")
     hidden_dim: int = _opt(0, "hidden width of MLP heads (0: linear heads)")
@@ -121,6 +127,17 @@ class SelaConfig:
             "weight_decay",
             "a number >= 0",
             self.weight_decay,
+        )
+        if self.marginal_order != "matched" and not self.marginal_std:
+            raise ConfigError(
+                f"--marginal-order {self.marginal_order} orders SeLaVi's Gaussian prior, which --marginal-std 0 "
+                "(equipartition) does not use: give --marginal-std (e.g. 0.3), or drop --marginal-order"
+            )
+        _check(
+            self.marginal_order in MARGINAL_ORDERS,
+            "marginal_order",
+            "one of: " + ", ".join(MARGINAL_ORDERS),
+            self.marginal_order,
         )
         _check(self.optimizer in BASE_LR, "optimizer", "one of: " + ", ".join(BASE_LR), self.optimizer)
         if self.precision not in PRECISIONS:
@@ -351,6 +368,7 @@ def _run_sela(
         lam=config.lam,
         hidden_dim=config.hidden_dim or None,
         marginal_std=config.marginal_std,
+        marginal_order=config.marginal_order,
     ).to(device)
     if device.type == "cuda" and d.kind == "images":
         model = model.to(memory_format=torch.channels_last)
@@ -401,7 +419,7 @@ def _run_sela(
     print(
         f"contrastkit sela: data={d.name} ({n} train / {d.test.shape[0]} test, {d.num_classes} classes)\n"
         f"  encoder={type(d.encoder).__name__}, {config.heads} heads x {k} clusters, λ={config.lam:g}, "
-        f"marginal={'gaussian sd ' + str(config.marginal_std) if config.marginal_std else 'equipartition'}, "
+        f"marginal={f'gaussian sd {config.marginal_std} ({config.marginal_order})' if config.marginal_std else 'equipartition'}, "
         f"{'cross-view (two views share the assignment)' if config.cross_view else 'single view'}\n"
         f"  {config.epochs} epochs, refresh every {config.refresh_every}, batch {config.batch_size}, "
         f"{config.optimizer} lr={lr:g} wd={wd:g}, device={device}, precision={'bf16' if amp else 'fp32'}"

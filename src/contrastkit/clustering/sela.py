@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastkit.clustering.sinkhorn import gaussian_marginal, sinkhorn
+from contrastkit.clustering.sinkhorn import MARGINAL_ORDERS, gaussian_marginal, sinkhorn, sorted_marginal
 from contrastkit.errors import ConfigError, TrainingError
 
 __all__ = ["ClusteringHeads", "SelaHistory", "SelfLabelling", "random_equipartition", "train_self_labelling"]
@@ -97,7 +97,8 @@ class SelfLabelling(nn.Module):
     ``encoder_a`` (and ``encoder_b``) map a batch to ``(B, feature_dim)`` features and expose
     ``feature_dim``. ``lam`` is SeLa's λ; ``cluster_marginal`` a fixed cluster prior ``r`` (K,);
     ``marginal_std`` > 0 uses SeLaVi's Gaussian prior instead (drawn once, re-sorted to the current cluster
-    sizes at each refresh; how it differs from the reference code:
+    sizes at each refresh; ``marginal_order`` ``"matched"`` gives the largest mass to the currently largest
+    cluster, ``"reference"`` inverts it as the SeLaVi reference code does:
     :func:`~contrastkit.clustering.sinkhorn.gaussian_marginal`). The current sizes are ``Σ_i exp(log_p)``,
     for two branches ``Σ_i sqrt(P^a P^b)``, where the reference code sorts by ``Σ_i P^a P^b``. ``tol`` is
     the Sinkhorn tolerance on the cluster marginals (relative; the pseudo-labels are an argmax and need no
@@ -115,6 +116,7 @@ class SelfLabelling(nn.Module):
         hidden_dim: int | None = None,
         cluster_marginal: Tensor | None = None,
         marginal_std: float = 0.0,
+        marginal_order: str = "matched",
         tol: float = 1e-3,
     ) -> None:
         super().__init__()
@@ -123,6 +125,8 @@ class SelfLabelling(nn.Module):
                 raise ConfigError(f"{name} needs an integer feature_dim attribute (its output size)")
         if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
             raise ConfigError(f"lam must be a positive finite number, got {lam!r}")
+        if marginal_order not in MARGINAL_ORDERS:
+            raise ConfigError(f"marginal_order must be 'matched' or 'reference', got {marginal_order!r}")
         if cluster_marginal is not None and marginal_std:
             raise ConfigError(
                 "give either cluster_marginal or marginal_std (SeLaVi's Gaussian prior), not both"
@@ -139,6 +143,7 @@ class SelfLabelling(nn.Module):
         self.tol = float(tol)
         self.num_clusters, self.num_heads = num_clusters, num_heads
         self.marginal_std = float(marginal_std)
+        self.marginal_order = marginal_order
         self.register_buffer("labels", torch.zeros(num_heads, 0, dtype=torch.long))
         self.register_buffer(
             "cluster_marginal",
@@ -187,11 +192,7 @@ class SelfLabelling(nn.Module):
             return None
         if self._prior is None:
             self._prior = gaussian_marginal(self.num_clusters, self.marginal_std, generator=generator)
-        sizes = log_p.exp().sum(0)
-        order = torch.argsort(sizes.cpu().double())
-        out = torch.empty_like(self._prior)
-        out[order] = torch.sort(self._prior).values
-        return out
+        return sorted_marginal(self._prior, log_p.exp().sum(0), self.marginal_order).to(self._prior.device)
 
     @torch.no_grad()
     def assign(

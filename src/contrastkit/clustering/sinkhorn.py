@@ -217,18 +217,38 @@ def gaussian_marginal(
         raise ConfigError(f"num_clusters must be a positive integer, got {num_clusters!r}")
     if not (isinstance(std, (int, float)) and std >= 0):
         raise ConfigError(f"std must be >= 0, got {std!r}")
-    if order not in ("matched", "reference"):
-        raise ConfigError(f"order must be 'matched' or 'reference', got {order!r}")
+    _check_order(order)
     s = (torch.randn(num_clusters, generator=generator, dtype=torch.float64) * std + 1).clamp_min(min_size)
-    if current_sizes is not None:
-        sizes = torch.as_tensor(current_sizes).detach().cpu().to(torch.float64)
-        if sizes.shape != (num_clusters,):
-            raise ConfigError(
-                f"current_sizes must have shape ({num_clusters},), one size per cluster; got {tuple(sizes.shape)}"
-            )
-        out = torch.empty_like(s)
-        out[torch.argsort(sizes)] = torch.sort(s).values
-        s = out
-    if order == "reference":
-        s = 1.0 / s
-    return s / s.sum()
+    if current_sizes is None:
+        return _oriented(s, order)
+    return sorted_marginal(s / s.sum(), current_sizes, order)
+
+
+MARGINAL_ORDERS = ("matched", "reference")
+
+
+def _check_order(order: str) -> None:
+    if order not in MARGINAL_ORDERS:
+        raise ConfigError(f"order must be 'matched' or 'reference', got {order!r}")
+
+
+def _oriented(sizes: Tensor, order: str) -> Tensor:
+    """``sizes`` normalised as the marginal (``matched``) or inverted first (``reference``: r = 1/sizes)."""
+    r = 1.0 / sizes if order == "reference" else sizes
+    return r / r.sum()
+
+
+def sorted_marginal(prior: Tensor, current_sizes: Tensor, order: str = "matched") -> Tensor:
+    """The values of ``prior`` (K,) handed to the clusters in the order of ``current_sizes`` (K,): the largest
+    value to the currently largest cluster; then, for ``order="reference"``, inverted (``r = 1/sizes``, the
+    SeLaVi code's marginal, see :func:`gaussian_marginal`). Returned normalised, in float64."""
+    _check_order(order)
+    prior = torch.as_tensor(prior, dtype=torch.float64)
+    sizes = torch.as_tensor(current_sizes).detach().cpu().to(torch.float64)
+    if sizes.shape != prior.shape:
+        raise ConfigError(
+            f"current_sizes must have shape ({prior.shape[0]},), one size per cluster; got {tuple(sizes.shape)}"
+        )
+    out = torch.empty_like(prior)
+    out[torch.argsort(sizes)] = torch.sort(prior).values
+    return _oriented(out, order)

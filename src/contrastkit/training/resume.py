@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -375,8 +375,12 @@ def resumed_config(
     names it. ``--data`` may be the same file by another path, or the data moved elsewhere (then checked
     against the run's fingerprint when loaded)."""
     names = {f.name for f in fields(cls)}
-    options = {k: v for k, v in dict(state.get("options") or state["config"]).items() if k in names}
-    resolved = {k: v for k, v in dict(state["config"]).items() if k in names}
+    # an option the run's contrastkit did not have yet: the run had its default's behaviour
+    defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    options = defaults | {
+        k: v for k, v in dict(state.get("options") or state["config"]).items() if k in names
+    }
+    resolved = defaults | {k: v for k, v in dict(state["config"]).items() if k in names}
     given = dict(given)
     out = given.pop("out", None)
     if out is not None and not same_path(out, run_dir):
