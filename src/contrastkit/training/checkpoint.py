@@ -381,18 +381,19 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
 def nonfinite_state_tensors(state: dict[str, Any]) -> list[str]:
     """Dotted names (``model.0.weight``, ``optimizer.state.3.exp_avg``) of the floating-point tensors
     anywhere in a nested checkpoint payload (dicts, lists, tuples) that hold NaN or infinite values."""
-    return nonfinite_tensors(dict(_named_tensors(state)))
+    return nonfinite_tensors(dict(named_tensors(state)))
 
 
-def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+def named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(dotted name, tensor)`` of every tensor in a nested payload (dicts, lists, tuples)."""
     if isinstance(value, torch.Tensor):
         yield prefix, value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+            yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
 def refuse_nonfinite_model(model: torch.nn.Module, checkpoint: str | Path) -> None:

@@ -1422,15 +1422,9 @@ def _last_good(path: Path, step: int | None) -> str:
 
 def _floating_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
     """``(dotted name, tensor)`` of every non-empty floating tensor in a (nested) checkpoint payload."""
-    if isinstance(value, Tensor):
-        if value.is_floating_point() and value.numel():
-            yield prefix, value
-    elif isinstance(value, dict):
-        for key, v in value.items():
-            yield from _floating_tensors(v, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _floating_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+    from contrastkit.training.checkpoint import named_tensors
+
+    return ((n, t) for n, t in named_tensors(value, prefix) if t.is_floating_point() and t.numel())
 
 
 def nonfinite_state(state: dict[str, Any], device: torch.device) -> list[str]:
