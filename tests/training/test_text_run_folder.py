@@ -178,7 +178,7 @@ def test_without_save_model_the_resumable_checkpoint_is_removed_at_the_end(
     monkeypatch.setattr(text_module, "save_checkpoint", spy)
     run = tmp_path / "run"
     train_text(TextTrainConfig(**{**TINY, "steps": 5}, **text_data, checkpoint_every=2, out=str(run)))
-    assert written == [2, 4]  # every 2 steps, not at the end
+    assert written == [2, 4, 5]  # every 2 steps, and after the last one (before the final evaluation)
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.json"]
 
 

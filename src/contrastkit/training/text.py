@@ -11,8 +11,9 @@ pretrained encoder are SimCSE's (Sec. 3 and Appendix A).
 bag-of-words reference, the loss curve, timings) and ``config.yaml`` into the run folder. For the
 from-scratch encoder "before" is the same encoder at random initialisation.
 
-Runs are resumable: every ``--checkpoint-every`` steps, and on a first Ctrl-C / SIGTERM, ``checkpoint.pt``
-holds everything the loop needs to continue exactly (model, key encoder, queue, optimizer, schedule, the
+Runs are resumable: every ``--checkpoint-every`` steps, after the last step (before the final evaluation;
+a stop signal during it stops at once, and the resume only evaluates) and on a first Ctrl-C / SIGTERM,
+``checkpoint.pt`` holds everything the loop needs to continue exactly (model, key encoder, queue, optimizer, schedule, the
 random generators, the epoch's order, the loss curve, the clock, the tokenizer and the before-training
 scores); ``contrastkit text-train --resume RUN`` (:func:`train_text` with ``resume``) picks the run up
 and ends bit for bit like the uninterrupted run (on CPU). Without ``--save-model`` that checkpoint is
@@ -86,7 +87,7 @@ from contrastkit.training.run_folder import (
     unlock_run_dir,
     write_metrics,
 )
-from contrastkit.training.trainer import _progress, resolve_device
+from contrastkit.training.trainer import _progress, edited_config_keys, resolve_device
 from contrastkit.views.text import TextViews, trim_padding
 
 DEFAULT_LR = {"pretrained": 3e-5, "scratch": 5e-4}
@@ -336,11 +337,13 @@ def config_from_args(args: Namespace) -> TextTrainConfig:
     """
     values: dict[str, Any] = {}
     source = getattr(args, "config", None) or "command line"
+    resume = getattr(args, "resume", None)
     if getattr(args, "config", None):
         values.update({k.replace("-", "_"): v for k, v in load_config_file(args.config).items()})
         TextTrainConfig.typed_values(values, source=args.config)
+        if resume is not None:  # a resume continues in the run's folder: a config file's out (the run's
+            values.pop("out", None)  # own config.yaml keeps it as first given) is not an --out
     values.update(given_flags(TextTrainConfig, args))
-    resume = getattr(args, "resume", None)
     if resume is None:
         return TextTrainConfig.from_dict(values, source=source)
     config = TextTrainConfig()
@@ -417,6 +420,40 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, **{k: os.path.abspath(values[k]) for k in ("sentences", "sts") if values.get(k)}}
 
 
+class _StopNow(BaseException):
+    """A stop signal during the final evaluation (the last step's checkpoint written): stop at once."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals(StopSignals):
+    """:class:`StopSignals`, and while ``at_once`` is set a first signal raises :class:`_StopNow`."""
+
+    at_once = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.at_once:
+            self.at_once = False  # once: a second signal meanwhile does not interrupt the handling
+            raise _StopNow(signum)
+        super()._handle(signum, frame)
+
+
+def _warn_edited_config(path: Path, saved: dict[str, Any] | None, out: Any) -> None:
+    """A resume continues with the checkpoint's configuration: say so when ``config.yaml`` was edited."""
+    keys = edited_config_keys(path, saved)
+    if keys:
+        print(
+            f"WARNING: {path} differs from the checkpoint's configuration in {', '.join(keys)}: a resume "
+            "continues with the checkpoint's values (and rewrites config.yaml with them); the options that "
+            f"may change on resume are given as flags (contrastkit {COMMAND} --resume RUN --log-every ...), "
+            "which are checked",
+            file=out,
+            flush=True,
+        )
+
+
 @dataclass
 class _Latest:
     """The step of the resumable checkpoint the run folder holds (None: none) and the run's length."""
@@ -470,12 +507,20 @@ def train_text(
     latest = _Latest()
     try:
         return _train_text(config, run_dir, device, out, t_start, saved, latest)
-    except (TrainingInterrupted, KeyboardInterrupt):
-        raise  # an interrupt keeps what it wrote (or is a second Ctrl-C: stop at once)
-    except BaseException as exc:
+    except TrainingInterrupted:
+        raise  # a stop signal: the checkpoint and metrics it wrote are the resumable run
+    except BaseException as exc:  # a crash, a second Ctrl-C / SIGTERM, a Ctrl-C during the start
         kept = _undo_failed_run(run_dir, created) if saved is None else []  # a resumed run keeps its folder
         note = None
-        if latest.step is not None and (run_dir / CHECKPOINT_NAME).is_file():
+        has_checkpoint = latest.step is not None and (run_dir / CHECKPOINT_NAME).is_file()
+        if has_checkpoint and not isinstance(exc, ContrastkitError):  # it does not say what happened
+            print(
+                f"contrastkit: {run_dir / CHECKPOINT_NAME} keeps step {latest.step} of {latest.total}; "
+                f"continue with: contrastkit {COMMAND} --resume {run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if has_checkpoint:
             note = (
                 f"the run folder {str(run_dir)!r} keeps the resumable checkpoint of step {latest.step} of "
                 f"{latest.total}: continue from it with: contrastkit {COMMAND} --resume {run_dir} (or remove "
@@ -788,6 +833,8 @@ def _train_text(
             "progress": {"done": total_steps, "total": total_steps, "unit": "step"},
         }
 
+    if saved is not None:
+        _warn_edited_config(run_dir / "config.yaml", saved.get("config"), out)
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     write_atomic(run_dir / "config.yaml", lambda f: f.write(text), binary=False)
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
@@ -874,7 +921,9 @@ def _train_text(
     stopped: int | None = None
     step = start
     learner.train()
-    with StopSignals() as stop:  # a first Ctrl-C / SIGTERM stops at the next step; a second one at once
+    # a first Ctrl-C / SIGTERM stops at the next step, a second one at once; during the final evaluation
+    # (the checkpoint of the last step written) a first one stops at once: the resume only evaluates
+    with _StopSignals() as stop:
         for step in range(start + 1, total_steps + 1):
             i = (step - 1) % steps_per_epoch
             if i == 0:
@@ -904,8 +953,13 @@ def _train_text(
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = train_seconds_now()
+        if step > start:  # the last step's too: a kill during the final evaluation then loses
+            path = write_checkpoint(step)  # no step (a resume of it only evaluates and finishes)
+        else:  # resumed after the last step: its checkpoint holds it
+            path = run_dir / CHECKPOINT_NAME
+        if stopped is None:
+            stopped = stop.requested  # in the last step
         if stopped is not None:
-            path = write_checkpoint(step)
             metrics = _interrupted_metrics(base_metrics(step, train_seconds), pending, stopped, run_dir)
             write_metrics(run_dir / "metrics.json", metrics)
             raise TrainingInterrupted(
@@ -916,26 +970,44 @@ def _train_text(
                 checkpoint=path,
                 step=step,
             )
-        after = evaluate(model)
-
-    metrics = base_metrics(total_steps, train_seconds)
-    metrics.update(
-        sts_spearman_after=after, finished=True, total_seconds=elapsed_before + time.perf_counter() - t_start
-    )
-    checkpoint = run_dir / CHECKPOINT_NAME
-    written = [run_dir / "metrics.json", run_dir / "config.yaml"]
-    if config.save_model:  # replaces the resumable checkpoint (its results are in it too)
-        save_checkpoint(finished_state(metrics), checkpoint)
-        latest.step = None
-        written.append(checkpoint)
-        write_metrics(run_dir / "metrics.json", metrics)
-    else:  # the results first: a kill in between leaves a resumable run, never a lost one
-        write_metrics(run_dir / "metrics.json", metrics)
+        stop.at_once = True
         try:
-            checkpoint.unlink(missing_ok=True)  # the model was not to be kept
+            after = evaluate(model)
+        except _StopNow as exc:
+            stop.at_once = False  # a second signal while the metrics are written is not an error
+            metrics = _interrupted_metrics(base_metrics(step, train_seconds), pending, exc.signum, run_dir)
+            write_metrics(run_dir / "metrics.json", metrics)
+            raise TrainingInterrupted(
+                f"{signal.Signals(exc.signum).name} received during the final evaluation: all {total_steps} "
+                f"steps are done and {path} keeps them (resumable); continue with: contrastkit {COMMAND} "
+                f"--resume {run_dir} (it only evaluates and finishes the run)",
+                signum=exc.signum,
+                checkpoint=path,
+                step=step,
+            ) from None
+        # the final writes: a first signal now lets them finish (milliseconds), a second one stops at once
+        stop.at_once = False
+
+        metrics = base_metrics(total_steps, train_seconds)
+        metrics.update(
+            sts_spearman_after=after,
+            finished=True,
+            total_seconds=elapsed_before + time.perf_counter() - t_start,
+        )
+        checkpoint = run_dir / CHECKPOINT_NAME
+        written = [run_dir / "metrics.json", run_dir / "config.yaml"]
+        if config.save_model:  # replaces the resumable checkpoint (its results are in it too)
+            save_checkpoint(finished_state(metrics), checkpoint)
             latest.step = None
-        except OSError:
-            pass
+            written.append(checkpoint)
+            write_metrics(run_dir / "metrics.json", metrics)
+        else:  # the results first: a kill in between leaves a resumable run, never a lost one
+            write_metrics(run_dir / "metrics.json", metrics)
+            try:
+                checkpoint.unlink(missing_ok=True)  # the model was not to be kept
+                latest.step = None
+            except OSError:
+                pass
     print(
         f"STS-B {config.eval_split} Spearman x100 ({len(pairs)} pairs, cosine):\n"
         f"  before training ({metrics['before_is']})  {before:.2f}\n"
@@ -958,6 +1030,11 @@ def _interrupted_metrics(
     last logged one (the checkpoint keeps them unlogged)."""
     sig = signal.Signals(signum).name
     step, total = metrics["steps"], metrics["total_steps"]
+    what = (
+        "all steps are done, the final evaluation was stopped"
+        if step == total
+        else "the model is unfinished and was not evaluated after training"
+    )
     if pending:
         losses = torch.stack(pending).float().cpu().tolist()
         row = {"step": step, "loss": sum(losses) / len(losses), "seconds": metrics["train_seconds"]}
@@ -965,8 +1042,8 @@ def _interrupted_metrics(
     metrics.update(
         interrupted=sig,
         resumable=True,
-        note=f"stopped by {sig} at step {step} of {total}: the model is unfinished and was not evaluated "
-        f"after training; continue with: contrastkit {COMMAND} --resume {run_dir}",
+        note=f"stopped by {sig} at step {step} of {total}: {what}; continue with: contrastkit {COMMAND} "
+        f"--resume {run_dir}",
     )
     return metrics
 
