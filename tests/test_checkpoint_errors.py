@@ -68,8 +68,12 @@ def test_unreadable_files_say_what_they_are(run_copy: Path, tmp_path: Path) -> N
         with pytest.raises(ContrastkitError) as info:
             load_checkpoint(path)
         msg = str(info.value)
-        assert f"{str(path)!r} is not a readable contrastkit checkpoint {needle}" in msg, (name, msg)
-        assert HINT in msg, msg
+        if name == "truncated":  # a torch file cut off or with changed bytes, whatever run it is of
+            assert f"checkpoint {str(path)!r} is truncated or damaged (" in msg, msg
+            assert "restore it from a copy" in msg, msg
+        else:
+            assert f"{str(path)!r} is not a readable contrastkit checkpoint {needle}" in msg, (name, msg)
+            assert HINT in msg, msg
         for noise in ("Please file an issue", "weights_only", "EOFError", "pop from empty list", "\n"):
             assert noise not in msg, (name, msg)
         assert len(msg) < 400, msg

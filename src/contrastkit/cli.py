@@ -237,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_rank_prefix()}contrastkit: {exc}", file=sys.stderr)
         return exc.exit_status
     except ForeignRunError as exc:  # another command's run: say what this command takes instead
-        command = (
-            "train --resume" if args.command == "train" and getattr(args, "resume", None) else args.command
-        )
+        command = f"{args.command} --resume" if getattr(args, "resume", None) else args.command
         print(f"{_rank_prefix()}contrastkit: error: {exc.message_for(command)}", file=sys.stderr)
         return 2
     except ContrastkitError as exc:

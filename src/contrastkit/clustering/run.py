@@ -336,6 +336,7 @@ def _run_sela(
         crash_note,
         data_fingerprint,
         epoch_run_interrupted,
+        final_evaluation,
         refuse_misfit_checkpoint,
         save_epoch_checkpoint,
         write_finished_run,
@@ -492,38 +493,40 @@ def _run_sela(
                     epochs=config.epochs,
                     mid_epoch=bool(last["loop"].get("next_step")),
                 )
-    model.eval()
-    with torch.no_grad():
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            test_logits = torch.cat(
-                [
-                    model.logits(d.eval_view(d.test[i : i + 256].to(device)), "a").float().cpu()
-                    for i in range(0, d.test.shape[0], 256)
-                ],
-                dim=1,
-            )
-    heads = [cluster_scores(test_logits[h].argmax(1), yte.cpu()) for h in range(config.heads)]
-    pseudo = [cluster_scores(model.labels[h].cpu(), ytr) for h in range(config.heads)]
-    learned_tr, learned_te = features(d.encoder, d.train), features(d.encoder, d.test)
-    learned = evaluate_features(
-        learned_tr, ytr, learned_te, yte, seed=config.seed, linear=config.linear_probe
-    )
-    learned |= {"kmeans": _kmeans_scores(learned_tr, learned_te, yte, k, config.seed)}
-    metrics = {
-        "heads_test": heads,
-        "heads_test_mean": {m: float(np.mean([h[m] for h in heads])) for m in ("nmi", "ari")},
-        "pseudo_labels_train": pseudo,
-        "learned": learned,
-        "references": references,
-        "history": {"losses": history.losses, "refreshes": history.refreshes},
-        "train_seconds": history.train_seconds,
-        "total_seconds": elapsed_before + time.perf_counter() - t_start,
-        "resumed_at_steps": resumed_at,
-        "device": str(device),
-        "config": resolved,
-    }
-    final = {"model": model.state_dict(), "config": metrics["config"], "device": str(device)}
-    write_finished_run(final, metrics, run_dir=run_dir, epochs=config.epochs, kept=last["done"])
+    # a Ctrl-C / SIGTERM now: the checkpoint holds every epoch, the resume only evaluates
+    with final_evaluation(command="sela", run_dir=run_dir, total_steps=steps):
+        model.eval()
+        with torch.no_grad():
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                test_logits = torch.cat(
+                    [
+                        model.logits(d.eval_view(d.test[i : i + 256].to(device)), "a").float().cpu()
+                        for i in range(0, d.test.shape[0], 256)
+                    ],
+                    dim=1,
+                )
+        heads = [cluster_scores(test_logits[h].argmax(1), yte.cpu()) for h in range(config.heads)]
+        pseudo = [cluster_scores(model.labels[h].cpu(), ytr) for h in range(config.heads)]
+        learned_tr, learned_te = features(d.encoder, d.train), features(d.encoder, d.test)
+        learned = evaluate_features(
+            learned_tr, ytr, learned_te, yte, seed=config.seed, linear=config.linear_probe
+        )
+        learned |= {"kmeans": _kmeans_scores(learned_tr, learned_te, yte, k, config.seed)}
+        metrics = {
+            "heads_test": heads,
+            "heads_test_mean": {m: float(np.mean([h[m] for h in heads])) for m in ("nmi", "ari")},
+            "pseudo_labels_train": pseudo,
+            "learned": learned,
+            "references": references,
+            "history": {"losses": history.losses, "refreshes": history.refreshes},
+            "train_seconds": history.train_seconds,
+            "total_seconds": elapsed_before + time.perf_counter() - t_start,
+            "resumed_at_steps": resumed_at,
+            "device": str(device),
+            "config": resolved,
+        }
+        final = {"model": model.state_dict(), "config": metrics["config"], "device": str(device)}
+        write_finished_run(final, metrics, run_dir=run_dir, epochs=config.epochs, kept=last["done"])
     hm = metrics["heads_test_mean"]
     lines = [
         f"test split ({d.test.shape[0]} items)           NMI     ARI     kNN top-1  linear top-1",

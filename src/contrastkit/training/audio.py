@@ -51,6 +51,7 @@ from contrastkit.training.resume import (  # the resume helpers audio-train shar
     data_fingerprint,
     describe_kept,
     epoch_run_interrupted,
+    final_evaluation,
     open_resumed_run,
     refuse_misfit_checkpoint,
     save_epoch_checkpoint,
@@ -540,35 +541,37 @@ def _train_audio(
                 if stop.requested is not None:
                     interrupt(stop.requested)
     train_seconds, history = pos.train_seconds, pos.history
-    learned = evaluate_encoder()
-    metrics = {
-        "learned": learned,
-        "random_init": random_init,
-        "mfcc": mfcc_ref,
-        "protocol": {
-            "train_clips": n,
-            "test_clips": len(splits.test),
-            "split": "FSDD takes 0-4 test, the rest train",
-            "features": "AudioCNN backbone (before the projection head), centred clip, no augmentation",
-            "mfcc": "20 MFCCs (orthonormal DCT-II of the 40-band log-mel), mean and std over frames, "
-            "standardised per dimension with the train split's mean and std",
-            "knn": {"k": config.knn_k, "temperature": config.knn_temperature},
-            "linear_probe": "contrastkit.evaluation.linear.linear_probe (L-BFGS logistic regression, standardised)",
-        },
-        "history": history,
-        "train_seconds": train_seconds,
-        "total_seconds": elapsed_before + time.perf_counter() - t_start,
-        "resumed_at_steps": resumed_at,
-        "device": str(device),
-        "config": resolved,
-    }
-    final = {
-        "model": model.state_dict(),
-        "config": metrics["config"],
-        "views": {"mean": views.mean, "std": views.std},
-        "device": str(device),
-    }
-    write_finished_run(final, metrics, run_dir=run_dir, epochs=config.epochs, kept=written[0])
+    # a Ctrl-C / SIGTERM now: the checkpoint holds every epoch, the resume only evaluates
+    with final_evaluation(command="audio-train", run_dir=run_dir, total_steps=total):
+        learned = evaluate_encoder()
+        metrics = {
+            "learned": learned,
+            "random_init": random_init,
+            "mfcc": mfcc_ref,
+            "protocol": {
+                "train_clips": n,
+                "test_clips": len(splits.test),
+                "split": "FSDD takes 0-4 test, the rest train",
+                "features": "AudioCNN backbone (before the projection head), centred clip, no augmentation",
+                "mfcc": "20 MFCCs (orthonormal DCT-II of the 40-band log-mel), mean and std over frames, "
+                "standardised per dimension with the train split's mean and std",
+                "knn": {"k": config.knn_k, "temperature": config.knn_temperature},
+                "linear_probe": "contrastkit.evaluation.linear.linear_probe (L-BFGS logistic regression, standardised)",
+            },
+            "history": history,
+            "train_seconds": train_seconds,
+            "total_seconds": elapsed_before + time.perf_counter() - t_start,
+            "resumed_at_steps": resumed_at,
+            "device": str(device),
+            "config": resolved,
+        }
+        final = {
+            "model": model.state_dict(),
+            "config": metrics["config"],
+            "views": {"mean": views.mean, "std": views.std},
+            "device": str(device),
+        }
+        write_finished_run(final, metrics, run_dir=run_dir, epochs=config.epochs, kept=written[0])
     rows = [("learned encoder", learned), ("same encoder, random", random_init), ("MFCC mean+std", mfcc_ref)]
     lines = [f"FSDD test ({len(splits.test)} clips)        kNN top-1   linear top-1"]
     lines += [f"  {name:<28} {m['knn_top1']:.4f}      {_fmt(m['linear_top1'])}" for name, m in rows]

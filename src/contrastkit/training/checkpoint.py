@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -80,8 +82,30 @@ def write_atomic(path: str | Path, write: Callable[[IO[Any]], None], *, binary: 
     The file gets the permissions of a newly created file (``0o666`` less the umask), not ``mkstemp``'s
     ``0o600``. When the file system refuses (read-only, no permission, disk full) the temporary file is
     removed and a :class:`ContrastkitError` names the path and the reason.
+
+    In the main thread on POSIX, SIGINT and SIGTERM are blocked while the file is written and renamed: a
+    second Ctrl-C or SIGTERM (whose :class:`~contrastkit.training.resume.StopSignals` handler raises) would
+    otherwise be raised inside ``torch.save``, whose zip writer turns it into a ``RuntimeError``. The
+    signal stays pending and is delivered once the previous mask is restored, after the file is complete.
     """
-    path = Path(path)
+    with _signals_blocked():
+        return _write_atomic(Path(path), write, binary=binary)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM (main thread, POSIX) for the block; restore the previous mask after it."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool) -> Path:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,26 +164,33 @@ class ForeignRunError(ContrastkitError):
     :meth:`message_for` words the refusal for one command (the command line uses it).
     """
 
-    def __init__(self, path: str | Path, kind: str) -> None:
+    def __init__(self, path: str | Path, kind: str, *, resumable: bool | None = None) -> None:
         self.path = Path(path)
         self.kind = kind
+        # False: a checkpoint written before its command could resume (no format mark); None: not known
+        self.resumable = resumable
         super().__init__(self.message_for(None))
 
     def message_for(self, command: str | None) -> str:
         writer, results, weights = FOREIGN_RUNS[self.kind]
-        if command is None:
-            what = "contrastkit eval, export, embed and train --resume support"
-        elif command == "train --resume":
-            what = "`contrastkit train --resume` continues"
-        else:
-            what = f"`contrastkit {command}` supports"
         article = "an" if self.kind == "audio" else "a"
         head = f"{str(self.path)!r} is {article} {self.kind} run (written by contrastkit {writer})"
-        if command == "train --resume":
+        if command is not None and command.endswith(" --resume"):
+            resumer = command[: -len(" --resume")]
+            runs = "image runs (train's runs)" if resumer == "train" else f"{resumer} runs"
+            if self.resumable is False:
+                return (
+                    f"{head}; `contrastkit {command}` continues {runs} only, and this run was written by a "
+                    f"contrastkit whose {writer} could not resume: no command can continue it; start a new run"
+                )
             return (
-                f"{head}; {what} image runs (train's runs) only: continue it with "
+                f"{head}; `contrastkit {command}` continues {runs} only: continue it with "
                 f"contrastkit {writer} --resume {self.path}"
             )
+        if command is None:
+            what = "contrastkit eval, export, embed and train --resume support"
+        else:
+            what = f"`contrastkit {command}` supports"
         return (
             f"{head}; {what} image runs (train's runs). {writer} evaluates its encoder itself: {results} "
             f"are in the run's metrics.json; {weights}"
@@ -285,8 +316,21 @@ def _unreadable(p: Path, what: str) -> ContrastkitError:
     )
 
 
+def _damaged(p: Path, reason: str) -> ContrastkitError:
+    """The error for a torch file that cannot be read whole (cut off, bytes changed), whatever run it is of."""
+    return ContrastkitError(
+        f"checkpoint {str(p)!r} is truncated or damaged ({reason}): restore it from a copy, or give another "
+        "checkpoint (or start a new run)"
+    )
+
+
 def _read(p: Path, map_location: str | torch.device) -> Any:
-    """``torch.load`` (tensors and plain containers only), with an error that says why a file is unusable."""
+    """``torch.load`` (tensors and plain containers only), with an error that says why a file is unusable.
+
+    A torch zip file is also checked against its members' CRC-32s (``torch.load`` does not check them, so
+    a flipped bit would load silently). Measured on a 44.8 MB ResNet-18 checkpoint (CPU, page cache warm):
+    0.015 s for the check (~0.03 s per 100 MB) against 0.03 s for ``torch.load`` itself.
+    """
     try:
         with open(p, "rb") as f:
             head = f.read(64)
@@ -298,7 +342,7 @@ def _read(p: Path, map_location: str | torch.device) -> Any:
     if not head:
         raise _unreadable(p, "the file is empty") from None
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
         if head.startswith(b"PK") or head.startswith(b"\x80"):  # torch's zip format; the legacy pickle one
             if "Weights only load failed" in str(exc) and _whole_zip(p):
@@ -307,13 +351,18 @@ def _read(p: Path, map_location: str | torch.device) -> Any:
                     "contrastkit does not load: it was not written by contrastkit"
                 )
             else:
-                what = f"truncated or damaged: {_short_reason(exc)}"
+                raise _damaged(p, _short_reason(exc)) from None  # whatever run its folder is of
         else:
             what = "not a torch file: it holds text" if _looks_like_text(head) else "not a torch file"
         kind = detect_run_kind(p)  # e.g. the config.yaml of a text-train run: say what the run is
-        if kind in FOREIGN_RUNS:
+        if kind in FOREIGN_RUNS and p.name != CHECKPOINT_NAME:
             raise ForeignRunError(p.parent, kind) from None
         raise _unreadable(p, what) from None
+    if head.startswith(b"PK"):
+        bad = _bad_zip_member(p)
+        if bad is not None:
+            raise _damaged(p, bad) from None
+    return state
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -325,6 +374,18 @@ def _looks_like_text(head: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+def _bad_zip_member(p: Path) -> str | None:
+    """Why the zip file ``p`` is not whole (its first member whose CRC-32 does not match), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except Exception as exc:  # a damaged central directory or member header
+        return _short_reason(exc)
+    return None if bad is None else f"the CRC-32 of {bad} does not match its bytes"
 
 
 def _whole_zip(p: Path) -> bool:
@@ -349,8 +410,8 @@ def load_checkpoint(
     state = _read(p, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         kind = state_kind(state) or detect_run_kind(p)
-        if kind in FOREIGN_RUNS:
-            raise ForeignRunError(p, kind)
+        if kind in FOREIGN_RUNS:  # no format mark: written before its command could resume
+            raise ForeignRunError(p, kind, resumable=False)
         raise ContrastkitError(
             f"{str(p)!r} is a torch file but not a contrastkit checkpoint (it has no contrastkit format mark); "
             f"give the folder of a contrastkit train run or its {CHECKPOINT_NAME}"

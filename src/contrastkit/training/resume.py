@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
+    FOREIGN_RUNS,
     ForeignRunError,
+    detect_run_kind,
     find_checkpoint,
     load_checkpoint,
     nonfinite_state_tensors,
@@ -36,7 +38,7 @@ from contrastkit.training.checkpoint import (
     state_kind,
 )
 from contrastkit.training.config import TrainConfig
-from contrastkit.training.run_folder import DEFAULT_HINT, lock_run_dir, write_metrics
+from contrastkit.training.run_folder import DEFAULT_HINT, RUN_FILES, lock_run_dir, write_metrics
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -253,11 +255,7 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
     the same time is refused) and a kill's stale temporary files beside the checkpoint are removed."""
     folder = Path(run)
     if folder.is_dir() and not (folder / CHECKPOINT_NAME).is_file():
-        raise ConfigError(
-            f"run folder {str(folder)!r} has no {CHECKPOINT_NAME}: the run stopped before its first checkpoint, "
-            f"so there is nothing to resume; start contrastkit {command} again with another --out (or remove "
-            "the folder first)"
-        )
+        _refuse_folder_without_checkpoint(folder, kind=kind, command=command)
     path = find_checkpoint(run)
     state = load_checkpoint(path, image_run=False)
     found = state_kind(state)
@@ -286,6 +284,76 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
     lock_run_dir(path.parent)
     remove_stale_temporaries(path)
     return path, state
+
+
+def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) -> None:
+    """Raise the reason why ``folder`` (no checkpoint.pt) cannot be resumed: another command's run, a
+    finished run whose checkpoint was removed (audio-train and sela write metrics.json only at the end), a
+    folder that holds no run at all, or a run that stopped before its first checkpoint."""
+    from contrastkit.training.run_folder import existing_run_files
+
+    found = detect_run_kind(folder)
+    if found is not None and found != kind and found in FOREIGN_RUNS:
+        raise ForeignRunError(folder, found)
+    files = existing_run_files(folder)
+    temporaries = list(folder.glob(CHECKPOINT_NAME + ".*.tmp"))
+    if "metrics.json" in files and found == kind and kind in ("audio", "sela"):
+        raise ConfigError(
+            f"run {str(folder)!r} finished; its {CHECKPOINT_NAME} was removed: nothing to resume: its results "
+            f"are in {folder / 'metrics.json'}, or start a new run"
+        )
+    if not files and not temporaries:
+        if any(folder.iterdir()):
+            raise ConfigError(
+                f"{str(folder)!r} is not a run folder (it holds no {', '.join(RUN_FILES)}): give the folder of "
+                f"a contrastkit {command} run"
+            )
+        raise ConfigError(
+            f"{str(folder)!r} is empty: not a run folder, or a run that stopped before its first checkpoint; "
+            f"nothing to resume: give the folder of a contrastkit {command} run, or start one"
+        )
+    raise ConfigError(
+        f"run folder {str(folder)!r} has no {CHECKPOINT_NAME}: the run stopped before its first checkpoint, "
+        f"so there is nothing to resume; start contrastkit {command} again with another --out (or remove "
+        "the folder first)"
+    )
+
+
+# what a resumable checkpoint of audio-train and sela holds (their resume reads each of these)
+REQUIRED_KEYS = {
+    "audio": (
+        "learner",
+        "optimizer",
+        "scheduler",
+        "views",
+        "references",
+        "rng",
+        "loop",
+        "config",
+        "progress",
+    ),
+    "sela": (
+        "model",
+        "optimizer",
+        "scheduler",
+        "normalisation",
+        "references",
+        "rng",
+        "loop",
+        "config",
+        "progress",
+    ),
+}
+
+
+def refuse_incomplete_checkpoint(path: Path, state: dict[str, Any], kind: str) -> None:
+    """Raise :class:`ConfigError` naming the first key a resumable checkpoint of ``kind`` lacks."""
+    for key in REQUIRED_KEYS.get(kind, ()):
+        if key not in state:
+            raise ConfigError(
+                f"checkpoint {str(path)!r} lacks {key!r}: written by another version or damaged; restore it "
+                "from a copy, or start a new run"
+            )
 
 
 def refuse_changed_options(
@@ -332,12 +400,35 @@ def refuse_misfit_checkpoint(run_dir: str | Path, advice: str = "start a new run
     the error, then ``advice``."""
     try:
         yield
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except KeyError as exc:
+        raise ConfigError(
+            f"the checkpoint in {str(run_dir)!r} lacks {exc.args[0] if exc.args else '?'!r}: written by another "
+            f"version or damaged; {advice}"
+        ) from None
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise ConfigError(
             f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds "
-            f"({first}); {advice}"
+            f"({first_mismatch(exc)}); {advice}"
         ) from None
+
+
+def first_mismatch(exc: BaseException) -> str:
+    """The first mismatch that ``load_state_dict``'s error names (its first missing, unexpected or
+    size-mismatched key), else the error's first line; at most ~200 characters."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if first.startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        first = lines[1]
+        head, sep, keys = first.partition(": ")
+        if sep and head.endswith(
+            "key(s) in state_dict"
+        ):  # Missing / Unexpected key(s) in state_dict: "a", "b".
+            names = [k.strip().strip('".') for k in keys.split(", ")]
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            first = f"{head}: {names[0]}{more}"
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def interrupted_message(signum: int, *, command: str, run_dir: Path, done: int, total: int, unit: str) -> str:
@@ -356,7 +447,9 @@ def open_resume(run: str | Path, *, kind: str, command: str) -> tuple[Path, dict
     """:func:`open_command_resume`, with a checkpoint of an older contrastkit (written without the format
     mark) refused in this command's words."""
     try:
-        return open_command_resume(run, kind=kind, command=command)
+        path, state = open_command_resume(run, kind=kind, command=command)
+        refuse_incomplete_checkpoint(path, state, kind)
+        return path, state
     except ForeignRunError as exc:
         if exc.kind == kind:
             raise ConfigError(
@@ -465,8 +558,12 @@ def save_epoch_checkpoint(
     """Write the resumable checkpoint ``state`` (its ``step`` and ``progress``: epochs done) into
     ``run_dir``; a state that is not finite is refused (:func:`refuse_nonfinite_state`) and the checkpoint
     of epoch ``kept`` (None: none yet) stays."""
-    epoch = int(state["progress"]["done"])
-    where = f"by step {state['step']} of {total_steps} (epoch {min(epoch + 1, epochs)})"
+    step = int(state["step"])
+    per_epoch = max(total_steps // max(epochs, 1), 1)
+    epoch = min(
+        -(-step // per_epoch), epochs
+    )  # the epoch of step ``step`` (1-based): step 36 of 6 a epoch: 6
+    where = f"by step {step} of {total_steps} (epoch {epoch})" if step > 0 else "before the first step"
     refuse_nonfinite_state(state, where=where, kept=describe_kept(run_dir, kept, epochs))
     return save_checkpoint(state, run_dir / CHECKPOINT_NAME)
 
@@ -530,3 +627,35 @@ def crash_note(*, command: str, run_dir: Path, epochs: int, kept: Callable[[], i
                 flush=True,
             )
         raise
+
+
+@contextmanager
+def final_evaluation(*, command: str, run_dir: Path, total_steps: int) -> Iterator[None]:
+    """Around the final evaluation of an epoch run (and the writing of its results), after the resumable
+    checkpoint of the last epoch: a SIGINT or SIGTERM stops at once, as a :class:`TrainingInterrupted`
+    saying that the run is kept and its resume only evaluates (exit status 130 / 143)."""
+    received: list[int] = []
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in StopSignals.SIGNALS:
+            old[s] = signal.signal(s, handle)
+    try:
+        yield
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} received: stopped during the final evaluation; the run is kept "
+            f"({run_dir / CHECKPOINT_NAME} holds every epoch, its resume only evaluates): continue with: "
+            f"contrastkit {command} --resume {run_dir}",
+            signum=signum,
+            checkpoint=run_dir / CHECKPOINT_NAME,
+            step=total_steps,
+        ) from None
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -97,7 +97,17 @@ def prepare_run_dir(run_dir: str | Path, hint: str = DEFAULT_HINT, *, lock: bool
         if held:
             unlock_run_dir(run_dir)
             raise ConfigError(f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); {hint}")
+    remove_stale_temporaries(run_dir)
     return run_dir
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files (``checkpoint.pt.*.tmp``, ...) that a kill during the write of a run file
+    left in ``run_dir``: a new run that takes the folder would otherwise keep them forever."""
+    stale = sorted(p for name in RUN_FILES for p in run_dir.glob(name + ".*.tmp") if p.is_file())
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def json_safe(value: Any) -> Any:
