@@ -87,7 +87,7 @@ from contrastkit.training.run_folder import (
     unlock_run_dir,
     write_metrics,
 )
-from contrastkit.training.trainer import _progress, edited_config_keys, resolve_device
+from contrastkit.training.trainer import _progress, resolve_device, warn_edited_config
 from contrastkit.views.text import TextViews, trim_padding
 
 DEFAULT_LR = {"pretrained": 3e-5, "scratch": 5e-4}
@@ -438,20 +438,6 @@ class _StopSignals(StopSignals):
             self.at_once = False  # once: a second signal meanwhile does not interrupt the handling
             raise _StopNow(signum)
         super()._handle(signum, frame)
-
-
-def _warn_edited_config(path: Path, saved: dict[str, Any] | None, out: Any) -> None:
-    """A resume continues with the checkpoint's configuration: say so when ``config.yaml`` was edited."""
-    keys = edited_config_keys(path, saved)
-    if keys:
-        print(
-            f"WARNING: {path} differs from the checkpoint's configuration in {', '.join(keys)}: a resume "
-            "continues with the checkpoint's values (and rewrites config.yaml with them); the options that "
-            f"may change on resume are given as flags (contrastkit {COMMAND} --resume RUN --log-every ...), "
-            "which are checked",
-            file=out,
-            flush=True,
-        )
 
 
 @dataclass
@@ -834,7 +820,12 @@ def _train_text(
         }
 
     if saved is not None:
-        _warn_edited_config(run_dir / "config.yaml", saved.get("config"), out)
+        warn_edited_config(
+            run_dir / "config.yaml",
+            saved.get("config"),
+            out,
+            example=f"contrastkit {COMMAND} --resume RUN --log-every ...",
+        )
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     write_atomic(run_dir / "config.yaml", lambda f: f.write(text), binary=False)
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)

@@ -454,14 +454,17 @@ def edited_config_keys(path: Path, saved: dict[str, Any] | None) -> list[str]:
     return keys + [k for k in on_disk if k not in saved]
 
 
-def _warn_edited_config(path: Path, saved: dict[str, Any] | None, out: Any) -> None:
-    """A resume uses the checkpoint's configuration: say so when ``config.yaml`` was edited."""
+def warn_edited_config(
+    path: Path, saved: dict[str, Any] | None, out: Any, *, example: str = "--resume RUN --device ..."
+) -> None:
+    """A resume uses the checkpoint's configuration: say so when ``config.yaml`` was edited (``example``:
+    how the command gives an option that may change on resume)."""
     keys = edited_config_keys(path, saved)
     if keys:
         print(
             f"WARNING: {path} differs from the checkpoint's configuration in {', '.join(keys)}: a resume "
             "continues with the checkpoint's values (and rewrites config.yaml with them); an option that "
-            "may change on resume is given as a flag (--resume RUN --device ...), which is checked",
+            f"may change on resume is given as a flag ({example}), which is checked",
             file=out,
             flush=True,
         )
@@ -491,7 +494,7 @@ def _run(
         progress, step, history = _restore(saved, run_dir, parts, device)
     if main:
         if saved is not None:
-            _warn_edited_config(run_dir / "config.yaml", saved.get("config"), out)
+            warn_edited_config(run_dir / "config.yaml", saved.get("config"), out)
         _write_config(run_dir / "config.yaml", config)
     latest = _LatestCheckpoint(run_dir / CHECKPOINT_NAME, step if saved is not None else None)
     train_step = _train_step(config, device, data, parts, latest)
