@@ -4,7 +4,6 @@ foreign or the finished run unfinished."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,7 @@ from contrastkit.errors import ContrastkitError
 from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
 from contrastkit.training.text import TextTrainConfig, train_text
 
-_spec = importlib.util.spec_from_file_location(
-    "audio_data_helpers", Path(__file__).parent / "data" / "test_audio.py"
-)
-assert _spec is not None and _spec.loader is not None
-audio_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(audio_helpers)
+from .conftest import AUDIO_TINY
 
 WORDS = "the a cat dog man woman plays runs eats sees big small red green ball park guitar flute".split()
 WRITERS = {"audio": "audio-train", "text": "text-train", "text-saved": "text-train", "sela": "sela"}
@@ -36,19 +30,14 @@ def _sentences(n: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Real (tiny) runs of audio-train, text-train (with and without --save-model) and sela."""
+def runs(tmp_path_factory: pytest.TempPathFactory, fsdd: Path) -> dict[str, Path]:
+    """Real (tiny) runs of audio-train (on the session's fsdd, tests/conftest.py), text-train (with and
+    without --save-model) and sela."""
     root = tmp_path_factory.mktemp("foreign")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        z = audio_helpers.small_fsdd(root / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
-        audio = ["--data", str(z), "--clip-seconds", "0.1", "--epochs", "1", "--batch-size", "8"]
-        audio += ["--width", "4", "--proj-hidden-dim", "16", "--proj-dim", "8", "--knn-k", "5"]
-        rc = main(
-            ["audio-train", *audio, "--no-linear-probe", "--device", "cpu", "--out", str(root / "audio")]
-        )
-        assert rc == 0
+        assert main(["audio-train", "--data", str(fsdd), *AUDIO_TINY, "--out", str(root / "audio")]) == 0
         (root / "sentences.txt").write_text("\n".join(_sentences(48, 0)) + "\n", encoding="utf-8")
         (root / "sts").mkdir()
         rows = [

@@ -8,7 +8,6 @@ strict JSON; a WAV at another rate can be resampled with ``sela --resample``, as
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,20 +20,10 @@ from contrastkit.clustering.run import MAX_MARGINAL_STD, SelaConfig, _prepare, r
 from contrastkit.clustering.sela import ClusteringHeads
 from contrastkit.errors import ConfigError, DataError
 
-_spec = importlib.util.spec_from_file_location(
-    "audio_data_helpers", Path(__file__).parents[1] / "data" / "test_audio.py"
-)
-assert _spec is not None and _spec.loader is not None
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from ..conftest import audio_helpers
 
 DIGITS = ["sela", "--data", "digits", "--limit", "80", "--epochs", "1", "--batch-size", "32", "--heads", "1"]
 DIGITS += ["--no-linear-probe", "--device", "cpu"]
-
-
-@pytest.fixture
-def fsdd(tmp_path: Path) -> Path:
-    return helpers.small_fsdd(tmp_path / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
 
 
 def _finished_run(run: Path) -> dict[str, bytes]:
@@ -159,7 +148,7 @@ def test_other_numbers_are_checked() -> None:
 # --------------------------------------------------------------------------- 9: options of the other data
 def test_options_of_the_other_kind_of_data_are_refused(
     fsdd: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+) -> None:  # the session's fsdd (tests/conftest.py)
     assert main(["sela", "--data", str(fsdd), "--image-size", "32"]) == 2
     err = capsys.readouterr().err
     assert "--image-size resizes images" in err and "is audio" in err and "drop --image-size" in err
@@ -173,6 +162,7 @@ def test_options_of_the_other_kind_of_data_are_refused(
 def test_wav_at_another_rate_points_to_sela_resample(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    helpers = audio_helpers()  # a smaller zip than the session's fsdd, with a 16 kHz WAV added to it
     z = helpers.small_fsdd(tmp_path / "fsdd.zip", digits=2, takes=7, lengths=(300, 700))
     with __import__("zipfile").ZipFile(z, "a") as zf:
         zf.writestr("recordings/1_carl_9.wav", helpers.wav_bytes(helpers.tone(1600, 1), rate=16000))

@@ -3,7 +3,6 @@ images and on audio, two tied encoders, and the ``sela`` command."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,13 +17,6 @@ from contrastkit.encoders.audio import AudioCNN
 from contrastkit.errors import ConfigError
 from contrastkit.views import ImageViews
 from contrastkit.views.audio import AudioViews
-
-_spec = importlib.util.spec_from_file_location(
-    "audio_data_helpers", Path(__file__).parents[1] / "data" / "test_audio.py"
-)
-assert _spec is not None and _spec.loader is not None
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
 
 
 def test_heads_and_initial_labels() -> None:
@@ -131,9 +123,9 @@ def test_sela_command_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["sela", "--data", "digits", "--clusters", "1"]) == 2
 
 
-def test_sela_command_on_an_fsdd_zip(tmp_path: Path) -> None:
-    z = helpers.small_fsdd(tmp_path / "fsdd.zip", digits=3, takes=9, lengths=(300, 700))
-    args = ["sela", "--data", str(z), "--epochs", "1", "--batch-size", "8", "--heads", "1", "--width", "4"]
+def test_sela_command_on_an_fsdd_zip(fsdd: Path, tmp_path: Path) -> None:
+    """On the session's fsdd (tests/conftest.py): 3 digits, 24 training clips."""
+    args = ["sela", "--data", str(fsdd), "--epochs", "1", "--batch-size", "8", "--heads", "1", "--width", "4"]
     assert main([*args, "--no-linear-probe", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["config"]["clusters"] == 3  # K = the digits present, not a fixed 10

@@ -153,12 +153,37 @@ def test_finished_changed_and_foreign_runs_are_refused(
     assert main(["sela", "--resume", str(run), "--lam", "10", "--heads", "3"]) == 2
     err = capsys.readouterr().err
     assert "--heads: run has 2, now 3" in err and "--lam: run has 25.0, now 10.0" in err, err
+    assert main(["audio-train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "written by contrastkit sela, not audio-train" in err and "sela --resume" in err
     assert (
         main(["sela", "--resume", str(run), "--clusters", "0", "--lr", "0.0075"]) == 0
     )  # as given / resolved
-    assert main(["audio-train", "--resume", str(ref)]) == 2
+    assert main(["audio-train", "--resume", str(ref)]) == 2  # finished: not pointed to sela --resume
     err = capsys.readouterr().err
-    assert "written by contrastkit sela, not audio-train" in err and "sela --resume" in err
+    assert f"{str(ref)!r} is a finished sela run: nothing to resume; its results are in " in err, err
+    assert "--resume" not in err, err
+
+
+def test_equivalent_precision_and_the_linear_probe_may_be_given_on_resume(
+    ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the CPU --precision auto is fp32: no change; --linear-probe only changes the final evaluation.
+    bf16 is another computation: refused, naming what may change."""
+    run = tmp_path / "run"
+    at_step(monkeypatch, 3, send(signal.SIGINT))
+    assert main([*DIGITS, "--out", str(run)]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["sela", "--resume", str(run), "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision: run has 'auto', now 'bf16'" in err, err
+    assert "Options that may change on resume: --device, --linear-probe" in err, err
+    assert main(["sela", "--resume", str(run), "--precision", "fp32", "--linear-probe"]) == 0
+    a, b = load_checkpoint(ref, image_run=False), load_checkpoint(run, image_run=False)
+    assert all(torch.equal(t, b["model"][name]) for name, t in a["model"].items())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["precision"] == "auto" and metrics["config"]["linear_probe"] is True
 
 
 def test_a_non_finite_state_is_refused_before_writing_and_the_last_checkpoint_kept(

@@ -192,7 +192,7 @@ def test_resume_refuses_changed_options_another_folder_and_another_commands_run(
     assert main(["audio-train", "--resume", str(run), "--lr", "0.5", "--epochs", "5"]) == 2
     err = capsys.readouterr().err
     assert "--lr: run has 3.125e-05, now 0.5" in err and "--epochs: run has 3, now 5" in err
-    assert "Options that may change on resume: --device\n" in err  # (neither has --progress)
+    assert "Options that may change on resume: --device, --linear-probe\n" in err  # (neither has --progress)
     other = tiny_fsdd(tmp_path / "other.zip", digits=2)
     assert main(["audio-train", "--resume", str(run), "--data", str(other)]) == 2
     assert "--data: run has" in capsys.readouterr().err
@@ -304,3 +304,60 @@ def test_another_device_type_and_a_checkpoint_without_state_are_refused(
     assert main(["audio-train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "holds no training state to continue" in err and "Traceback" not in err
+
+
+def test_the_linear_probe_may_change_on_resume(
+    fsdd: Path, refs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--linear-probe only changes the final evaluation: given on resume, the training is the same."""
+    run = tmp_path / "run"
+    at_step(monkeypatch, 4, send(signal.SIGINT))
+    assert main(_args(fsdd, run)) == 130
+    monkeypatch.undo()
+    assert main(["audio-train", "--resume", str(run), "--linear-probe"]) == 0
+    a, b = load_checkpoint(refs["in-batch"], image_run=False), load_checkpoint(run, image_run=False)
+    assert all(torch.equal(t, b["model"][name]) for name, t in a["model"].items())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["linear_probe"] is True
+    assert not math.isnan(metrics["learned"]["linear_top1"]), metrics["learned"]
+
+
+def test_a_finished_run_given_to_another_command_is_said_to_be_finished(
+    refs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not "resume it with audio-train", which would only say it finished."""
+    done = refs["in-batch"]
+    assert main(["sela", "--resume", str(done)]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(done)!r} is a finished audio-train run: nothing to resume; its results are in " in err, err
+    assert str(done / "metrics.json") in err and "--resume" not in err, err
+    # its checkpoint removed: the folder is still a finished run
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "metrics.json").write_bytes((done / "metrics.json").read_bytes())
+    assert main(["sela", "--resume", str(gone)]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(gone)!r} is a finished audio-train run: nothing to resume" in err, err
+
+
+def test_a_cuda_run_on_a_machine_without_cuda_needs_a_gpu(
+    fsdd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default --device (the run's: cuda) is not told to use --device cpu, which would be refused."""
+    run = tmp_path / "run"
+    at_step(monkeypatch, 2, send(signal.SIGINT))
+    assert main(_args(fsdd, run)) == 130
+    monkeypatch.undo()
+    state = load_checkpoint(run, image_run=False)
+    state = {**state, "device": "cuda:0", "options": {**state["options"], "device": "cuda"}}
+    save_checkpoint(state, run / "checkpoint.pt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    for flags in ([], ["--device", "cpu"], ["--device", "auto"]):
+        assert main(["audio-train", "--resume", str(run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert (
+            "it ran on cuda; its random generators' states do not transfer to the CPU: resume it on a "
+            "machine with a GPU" in err
+        ), (flags, err)
+        assert "use --device cpu" not in err, err

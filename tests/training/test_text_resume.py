@@ -183,8 +183,9 @@ def test_a_crash_after_a_periodic_checkpoint_resumes_from_it(
         "keeps the resumable checkpoint of step 3 of 10: continue from it with: "
         f"contrastkit text-train --resume {run}" in message
     )
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml"]  # kept, not undone
-    assert load_checkpoint(run / "checkpoint.pt", image_run=False)["step"] == 3
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.json"]
+    assert load_checkpoint(run / "checkpoint.pt", image_run=False)["step"] == 3  # kept, not undone
+    assert_progress_metrics(run, step=3, curve_steps=[3])
     assert_same_end(ref, train_text(cfg, resume=run))
 
 
@@ -214,6 +215,7 @@ def test_kill_9_after_a_periodic_checkpoint_loses_nothing(tmp_path: Path, text_d
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert load_checkpoint(run / "checkpoint.pt", image_run=False)["step"] == 4
+    assert_progress_metrics(run, step=4, curve_steps=[3, 4])  # the progress is visible after the kill
     (run / "checkpoint.pt.x1y2z3.tmp").write_bytes(b"torn")  # what a kill during a write leaves: removed
     assert main(["text-train", "--resume", str(run), "--no-progress"]) == 0
     assert not list(run.glob("*.tmp"))
@@ -223,6 +225,79 @@ def test_kill_9_after_a_periodic_checkpoint_loses_nothing(tmp_path: Path, text_d
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["sts_spearman_after"] == ref.metrics["sts_spearman_after"]
     assert curve(metrics) == curve(ref.metrics) and metrics["resumed_at_steps"] == [4]
+
+
+def assert_progress_metrics(run: Path, *, step: int, curve_steps: list[int]) -> dict[str, Any]:
+    """The run folder's metrics.json is the one of the periodic checkpoint of ``step``: unfinished,
+    resumable, not evaluated after training, its loss curve up to that step, the resume named."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] is False and metrics["resumable"] is True, metrics
+    assert metrics["steps"] == step and metrics["total_steps"] == 10
+    assert metrics["sts_spearman_after"] is None and "interrupted" not in metrics
+    assert [row["step"] for row in metrics["loss_curve"]] == curve_steps
+    assert metrics["final_loss"] == metrics["loss_curve"][-1]["loss"]
+    assert f"holds step {step} of 10" in metrics["note"]
+    assert f"continue with: contrastkit text-train --resume {run}" in metrics["note"]
+    return metrics
+
+
+# timing entries of metrics.json (and "seconds" of each loss-curve row): differ from run to run
+TIMING = ("train_seconds", "eval_seconds", "sentences_per_second", "total_seconds")
+FINISHED_KEYS = {
+    "sts_split", "sts_pairs", "sts_spearman_before", "sts_spearman_after", "sts_spearman_tfidf", "before_is",
+    "encoder", "train_sentences", "finished", "steps", "total_steps", "final_loss", *TIMING, "device",
+    "resumed_at_steps", "loss_curve",
+}  # fmt: skip
+
+
+def test_periodic_checkpoints_rewrite_metrics_json_and_the_finished_one_is_unchanged(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kw = {**TINY, **text_data, "save_model": False}
+    plain = train_text(TextTrainConfig(**kw, checkpoint_every=0, out=str(tmp_path / "plain")))
+    written: list[dict[str, Any]] = []
+    real = text_module.write_metrics
+
+    def spy(path: Path, metrics: dict[str, Any]) -> Path:
+        written.append(json.loads(json.dumps(metrics)))  # as written, not the object (the run goes on)
+        return real(path, metrics)
+
+    monkeypatch.setattr(text_module, "write_metrics", spy)
+    run = tmp_path / "run"
+    result = train_text(TextTrainConfig(**kw, checkpoint_every=4, out=str(run)))
+    assert [m["steps"] for m in written] == [4, 8, 10] and written[-1]["finished"] is True
+    for m, curve_steps in zip(written[:2], ([3, 4], [3, 6, 8])):
+        assert m["finished"] is False and m["resumable"] is True and m["sts_spearman_after"] is None
+        assert [row["step"] for row in m["loss_curve"]] == curve_steps
+    # the losses of steps 7 and 8 (logged at 9 with step 9's) only as the checkpoint's row, not in the end
+    assert curve(written[1])[:2] == curve(plain.metrics)[:2]
+    # the finished metrics.json: the keys and values it had without periodic ones (timing aside)
+    on_disk = json.loads((run / "metrics.json").read_text())
+    reference = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert set(on_disk) == set(reference) == FINISHED_KEYS
+
+    def untimed(m: dict[str, Any]) -> dict[str, Any]:
+        rows = [{k: v for k, v in row.items() if k != "seconds"} for row in m["loss_curve"]]
+        return {**{k: v for k, v in m.items() if k not in TIMING}, "loss_curve": rows}
+
+    assert untimed(on_disk) == untimed(reference) == untimed(json.loads(json.dumps(result.metrics)))
+    assert on_disk["finished"] is True and [row["step"] for row in on_disk["loss_curve"]] == [3, 6, 9, 10]
+
+
+def test_a_resumed_run_replaces_the_stale_interrupted_metrics_at_its_next_checkpoint(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = interrupted_run(tmp_path, text_data, monkeypatch, checkpoint_every=0)
+    assert json.loads((run / "metrics.json").read_text())["interrupted"] == "SIGINT"
+
+    def crash() -> None:
+        raise TrainingError("out of memory")
+
+    at_steps(monkeypatch, {4: crash})  # step 8 of the run: after the resume's checkpoint of step 6
+    with pytest.raises(TrainingError, match="keeps the resumable checkpoint of step 6 of 10"):
+        train_text(TextTrainConfig(**TINY, **text_data, checkpoint_every=3), resume=run)
+    metrics = assert_progress_metrics(run, step=6, curve_steps=[3, 6])
+    assert metrics["resumed_at_steps"] == [4]
 
 
 def interrupted_run(
@@ -326,12 +401,13 @@ def test_text_train_resume_refuses_an_image_run_and_an_audio_run(
     capsys.readouterr()
     assert main(["text-train", "--resume", str(image)]) == 2
     err = capsys.readouterr().err
-    assert "written by contrastkit train, not text-train" in err and "Traceback" not in err
+    # both finished: said so (resuming them with their own command would only say that)
+    assert f"{str(image)!r} is a finished train run: nothing to resume" in err and "Traceback" not in err
     for target in (audio, audio / "checkpoint.pt"):
         assert main(["text-train", "--resume", str(target)]) == 2
         err = capsys.readouterr().err
-        assert "audio-train" in err and "not" in err and "Traceback" not in err and err.count("\n") == 1
-        assert "contrastkit train --resume" not in err
+        assert f"{str(audio)!r} is a finished audio-train run: nothing to resume" in err, err
+        assert "Traceback" not in err and err.count("\n") == 1 and "contrastkit train --resume" not in err
 
 
 def test_a_nonfinite_state_is_refused_before_it_is_written(

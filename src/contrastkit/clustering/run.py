@@ -298,8 +298,9 @@ def run_sela(config: SelaConfig, *, out: Any = None) -> dict[str, Any]:
 
 def resume_sela(run: str | Path, given: dict[str, Any] | None = None, *, out: Any = None) -> dict[str, Any]:
     """Continue the interrupted ``sela`` run ``run`` (its folder or checkpoint.pt) to the end, in its folder,
-    exactly as it would have gone on; ``given``: the options given again (only ``device`` may differ,
-    within one device type). Returns the metrics."""
+    exactly as it would have gone on; ``given``: the options given again (only ``device``, within one device
+    type, and ``linear_probe`` may differ; ``precision`` as resolved on the run's device). Returns the
+    metrics."""
     from contrastkit.training.resume import open_resumed_run
 
     out = out or sys.stdout

@@ -338,8 +338,8 @@ def train_audio(config: AudioTrainConfig, *, out: Any = None) -> dict[str, Any]:
 
 def resume_audio(run: str | Path, given: dict[str, Any] | None = None, *, out: Any = None) -> dict[str, Any]:
     """Continue the interrupted ``audio-train`` run ``run`` (its folder or checkpoint.pt) to the end, in its
-    folder, exactly as it would have gone on; ``given``: the options given again (only ``device`` may
-    differ, within one device type; see :func:`~contrastkit.training.resume.resumed_config`). Returns the
+    folder, exactly as it would have gone on; ``given``: the options given again (only ``device``, within
+    one device type, and ``linear_probe`` may differ; see :func:`~contrastkit.training.resume.resumed_config`). Returns the
     metrics."""
     out = out or sys.stdout
     t_start = time.perf_counter()
@@ -649,7 +649,8 @@ def add_parsers(sub: Any) -> None:
             metavar="RUN",
             default=None,
             help="continue the interrupted run in folder RUN (or its checkpoint.pt) exactly where it stopped; "
-            "options given again must match the run's (--device may change within CPU or CUDA)",
+            "options given again must match the run's (--device may change within CPU or CUDA, and "
+            "--linear-probe / --no-linear-probe, which only changes the final evaluation)",
         )
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -102,6 +104,7 @@ def resume_config(
             f"run {str(path.parent)!r} finished (step {state['step']} of {state['progress']['total_steps']}); "
             "nothing to resume: evaluate it with contrastkit eval, or start a new run"
         )
+    refuse_cuda_run_without_cuda((state.get("progress") or {}).get("device_type", "cpu"), path.parent)
     saved = TrainConfig.from_dict(state["config"], source=str(path))
     overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
     data = _resume_data(saved.data, overrides.get("data"), state, path.parent)
@@ -259,6 +262,8 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
     path = find_checkpoint(run)
     state = load_checkpoint(path, image_run=False)
     found = state_kind(state)
+    if found != kind and found in _WRITERS and state.get("finished"):
+        raise ConfigError(finished_foreign_run_message(path.parent, found))
     if found != kind:
         writer = _WRITERS.get(found or "", "another program")
         raise ConfigError(
@@ -286,6 +291,29 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
     return path, state
 
 
+def finished_foreign_run_message(folder: Path, kind: str) -> str:
+    """The refusal of another command's finished run (``kind``) given to ``--resume``: resuming it with its
+    own command would only say it finished, so say that."""
+    return (
+        f"{str(folder)!r} is a finished {_WRITERS.get(kind, kind)} run: nothing to resume; its results are in "
+        f"{folder / 'metrics.json'}"
+    )
+
+
+def _foreign_run_finished(folder: Path, kind: str) -> bool:
+    """Whether the run folder ``folder`` of another command (``kind``), without checkpoint.pt, finished:
+    audio-train and sela write metrics.json only at the end; text-train marks it ``finished``."""
+    import json
+
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(metrics, dict):
+        return False
+    return kind in ("audio", "sela") or metrics.get("finished") is True
+
+
 def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) -> None:
     """Raise the reason why ``folder`` (no checkpoint.pt) cannot be resumed: another command's run, a
     finished run whose checkpoint was removed (audio-train and sela write metrics.json only at the end), a
@@ -294,6 +322,8 @@ def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) 
 
     found = detect_run_kind(folder)
     if found is not None and found != kind and found in FOREIGN_RUNS:
+        if _foreign_run_finished(folder, found):
+            raise ConfigError(finished_foreign_run_message(folder, found))
         raise ForeignRunError(folder, found)
     files = existing_run_files(folder)
     temporaries = list(folder.glob(CHECKPOINT_NAME + ".*.tmp"))
@@ -381,16 +411,37 @@ def refuse_changed_options(
         )
 
 
+def other_device_message(run_dir: str | Path, saved: str, now: str, *, note: str = "") -> str:
+    """The refusal of a resume on device type ``now`` of a run that ran on ``saved`` (its random generators'
+    states do not transfer between types). A CUDA run on a machine without CUDA is told to resume on a
+    machine with a GPU (asking for ``--device cuda`` here would only be refused); otherwise the run's device
+    type is named, with ``note`` after it."""
+    if saved == "cuda" and not torch.cuda.is_available():
+        return (
+            f"cannot resume {str(run_dir)!r} on {now}: it ran on cuda; its random generators' states do not "
+            "transfer to the CPU: resume it on a machine with a GPU (--device cuda there)"
+        )
+    return (
+        f"cannot resume {str(run_dir)!r} on {now}: it ran on {saved}, whose random generators' states do "
+        f"not transfer; resume it with --device {saved}{note}"
+    )
+
+
+def refuse_cuda_run_without_cuda(saved: str, run_dir: str | Path) -> None:
+    """Before the device is resolved: a run that ran on CUDA, resumed where there is none, is refused as
+    needing a GPU (not with the advice to ask for another ``--device``)."""
+    saved = str(saved).split(":")[0]
+    if saved == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(other_device_message(run_dir, saved, "cpu"))
+
+
 def check_resume_device(state: dict[str, Any], device: Any, run_dir: str | Path) -> None:
     """Refuse to resume on another device type than the run's (its saved random generators' states, CPU or
     CUDA, do not transfer); another CUDA device is fine."""
     saved = str(state.get("device", "cpu")).split(":")[0]
     now = str(getattr(device, "type", device)).split(":")[0]
     if saved != now:
-        raise ConfigError(
-            f"cannot resume {str(run_dir)!r} on {now}: it ran on {saved}, whose random generators' states do "
-            f"not transfer; resume it with --device {saved}"
-        )
+        raise ConfigError(other_device_message(run_dir, saved, now))
 
 
 @contextmanager
@@ -459,13 +510,36 @@ def open_resume(run: str | Path, *, kind: str, command: str) -> tuple[Path, dict
         raise ConfigError(exc.message_for(f"{command} --resume")) from None
 
 
+# audio-train's and sela's options that may differ on resume: those of every command, and --linear-probe,
+# which only changes the final evaluation (the references evaluated before training keep the run's setting)
+EPOCH_RUN_RESUMABLE_OPTIONS = COMMAND_RESUMABLE_OPTIONS | {"linear_probe"}
+
+
+def _same_precision(a: Any, b: Any, device: str) -> bool:
+    """Whether ``--precision`` ``a`` and ``b`` resolve to the same autocast dtype on the run's ``device``
+    (``auto`` is fp32 on the CPU, bf16 on CUDA)."""
+    from contrastkit.training.precision import autocast_dtype
+
+    try:
+        kind = torch.device(str(device).split(":")[0] or "cpu")
+        return autocast_dtype(str(a), kind) == autocast_dtype(str(b), kind)
+    except (ValueError, RuntimeError):  # not a precision or a device: compared as given
+        return False
+
+
 def resumed_config(
-    cls: type, state: dict[str, Any], given: dict[str, Any], run_dir: Path, command: str
+    cls: type,
+    state: dict[str, Any],
+    given: dict[str, Any],
+    run_dir: Path,
+    command: str,
+    resumable: frozenset[str] = EPOCH_RUN_RESUMABLE_OPTIONS,
 ) -> Any:
     """The configuration a resume continues with: the run's own (``state["options"]``, as given when it
-    started), with ``--device`` as given again. Any other option given again must equal the run's, as
-    given or as resolved (``--lr`` equal to the derived rate is no change); else :class:`ConfigError`
-    names it. ``--data`` may be the same file by another path, or the data moved elsewhere (then checked
+    started), with the options of ``resumable`` (``--device``, ``--linear-probe``) as given again. Any
+    other option given again must equal the run's, as given or as resolved (``--lr`` equal to the derived
+    rate, ``--precision fp32`` for ``auto`` on the CPU, are no change); else :class:`ConfigError` names
+    it. ``--data`` may be the same file by another path, or the data moved elsewhere (then checked
     against the run's fingerprint when loaded)."""
     names = {f.name for f in fields(cls)}
     # an option the run's contrastkit did not have yet: the run had its default's behaviour
@@ -485,11 +559,16 @@ def resumed_config(
         else:
             given["data"] = data  # other data: refused below
     wanted = dict(resolved)
+    device = str(state.get("device", "cpu"))
     for name, value in given.items():
-        if value != options.get(name):  # equal to the option as given, or to its resolved value: unchanged
-            wanted[name] = value
-    refuse_changed_options(resolved, wanted, run_dir=run_dir, command=command)  # --out: checked above
-    return cls(**{**options, "device": given.get("device", options.get("device")), "out": str(run_dir)})
+        if value == options.get(name):  # equal to the option as given, or to its resolved value: unchanged
+            continue
+        if name == "precision" and _same_precision(value, resolved.get(name), device):
+            continue  # the same autocast dtype on the run's device: unchanged
+        wanted[name] = value
+    refuse_changed_options(resolved, wanted, run_dir=run_dir, command=command, resumable=resumable)
+    again = {k: v for k, v in given.items() if k in resumable and k in names and k != "out"}
+    return cls(**{**options, **again, "out": str(run_dir)})
 
 
 def open_resumed_run(
@@ -503,6 +582,7 @@ def open_resumed_run(
 
     path, state = open_resume(run, kind=kind, command=command)
     config = resumed_config(cls, state, given or {}, path.parent, command)
+    refuse_cuda_run_without_cuda(state.get("device", "cpu"), path.parent)
     device = resolve_device(config.device)
     check_resume_device(state, device, path.parent)
     return config, path.parent, device, state

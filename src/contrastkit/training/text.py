@@ -8,7 +8,8 @@ encoder's dropout makes the two views differ; temperature 0.05, max length 32, b
 pretrained encoder are SimCSE's (Sec. 3 and Appendix A).
 
 :func:`train_text` writes ``metrics.json`` (STS Spearman ×100 before and after training, the TF-IDF
-bag-of-words reference, the loss curve, timings) and ``config.yaml`` into the run folder. For the
+bag-of-words reference, the loss curve, timings) and ``config.yaml`` into the run folder (an unfinished,
+resumable ``metrics.json`` at every periodic checkpoint, replaced at the end). For the
 from-scratch encoder "before" is the same encoder at random initialisation.
 
 Runs are resumable: every ``--checkpoint-every`` steps, after the last step (before the final evaluation;
@@ -455,7 +456,8 @@ def train_text(
 
     A new run's folder is checked (and created) first: a file, a folder that holds a run or one that cannot
     be created is refused before any work. Every ``checkpoint_every`` steps ``checkpoint.pt`` is written
-    (atomically) with everything needed to continue exactly. A first SIGINT (Ctrl-C) or SIGTERM stops at
+    (atomically) with everything needed to continue exactly, then ``metrics.json`` (unfinished, resumable,
+    the loss curve so far, a note naming the resume: what a kill -9 leaves). A first SIGINT (Ctrl-C) or SIGTERM stops at
     the next step and writes that checkpoint, ``config.yaml`` and ``metrics.json`` (marked interrupted and
     resumable, with the loss curve so far); then
     :class:`~contrastkit.training.resume.TrainingInterrupted` is raised, whose message names the resume
@@ -939,7 +941,9 @@ def _train_text(
                     stopped = stop.requested
                     break
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    write_checkpoint(step)
+                    write_checkpoint(step)  # then its metrics.json: a kill -9 leaves the progress visible
+                    progress = base_metrics(step, train_seconds_now())
+                    write_metrics(run_dir / "metrics.json", _checkpoint_metrics(progress, pending, run_dir))
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -1014,6 +1018,34 @@ def _train_text(
     return TextTrainResult(run_dir=run_dir, metrics=metrics, model=model, tokenizer=tokenizer)
 
 
+def _with_pending_losses(metrics: dict[str, Any], pending: list[Tensor]) -> dict[str, Any]:
+    """``metrics`` with the loss curve ending at its step: the mean of the losses since the last logged
+    one as a last row (a checkpoint keeps them unlogged; the run's own curve is left as it is)."""
+    if pending:
+        losses = torch.stack(pending).float().cpu().tolist()
+        row = {
+            "step": metrics["steps"],
+            "loss": sum(losses) / len(losses),
+            "seconds": metrics["train_seconds"],
+        }
+        metrics.update(loss_curve=[*metrics["loss_curve"], row], final_loss=row["loss"])
+    return metrics
+
+
+def _checkpoint_metrics(metrics: dict[str, Any], pending: list[Tensor], run_dir: Path) -> dict[str, Any]:
+    """metrics.json beside a periodic checkpoint: unfinished and resumable from it, the loss curve so far,
+    and a note naming the resume (a run killed before its next checkpoint is continued from this one)."""
+    step, total = metrics["steps"], metrics["total_steps"]
+    _with_pending_losses(metrics, pending)
+    metrics.update(
+        resumable=True,
+        note=f"in progress: {CHECKPOINT_NAME} holds step {step} of {total} (this file is rewritten at each "
+        "checkpoint and when the run finishes); if the run was killed or crashed, continue with: "
+        f"contrastkit {COMMAND} --resume {run_dir}",
+    )
+    return metrics
+
+
 def _interrupted_metrics(
     metrics: dict[str, Any], pending: list[Tensor], signum: int, run_dir: Path
 ) -> dict[str, Any]:
@@ -1026,10 +1058,7 @@ def _interrupted_metrics(
         if step == total
         else "the model is unfinished and was not evaluated after training"
     )
-    if pending:
-        losses = torch.stack(pending).float().cpu().tolist()
-        row = {"step": step, "loss": sum(losses) / len(losses), "seconds": metrics["train_seconds"]}
-        metrics.update(loss_curve=[*metrics["loss_curve"], row], final_loss=row["loss"])
+    _with_pending_losses(metrics, pending)
     metrics.update(
         interrupted=sig,
         resumable=True,

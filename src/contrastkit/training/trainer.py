@@ -92,7 +92,13 @@ from contrastkit.training.data import HELD_OUT_FRACTION, TrainingData, load_trai
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.precision import autocast_dtype
-from contrastkit.training.resume import StopSignals, TrainingInterrupted, absolute_data
+from contrastkit.training.resume import (
+    StopSignals,
+    TrainingInterrupted,
+    absolute_data,
+    first_mismatch,
+    other_device_message,
+)
 from contrastkit.training.run_folder import (
     json_safe,
     lock_run_dir,
@@ -751,9 +757,9 @@ def _restore(
     saved_type = progress.get("device_type", device.type)
     if saved_type != device.type:
         raise ConfigError(
-            f"cannot resume {str(run_dir)!r} on {device.type}: it ran on {saved_type}, whose random "
-            f"generators' states do not transfer; resume it with --device {saved_type} (another {saved_type} "
-            "index is fine)"
+            other_device_message(
+                run_dir, saved_type, device.type, note=f" (another {saved_type} index is fine)"
+            )
         )
     if progress["total_steps"] != parts.total_steps:
         raise ConfigError(
@@ -1391,7 +1397,7 @@ def _load_states(saved: dict[str, Any], run_dir: Path, parts: _Parts) -> None:
         parts.optimizer.load_state_dict(saved["optimizer"])
         parts.scheduler.load_state_dict(saved["scheduler"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_mismatch(exc)  # the first missing, unexpected or size-mismatched key
         raise ConfigError(
             f"the checkpoint in {str(run_dir)!r} does not fit the model this configuration builds ({first}); "
             "it was written by another version of contrastkit or for another setting: start a new run"
