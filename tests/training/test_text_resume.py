@@ -388,6 +388,14 @@ def test_a_run_of_another_device_type_is_refused(
     save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, run / "checkpoint.pt")
     with pytest.raises(ConfigError, match=r"on cpu: it ran on cuda.*--device cuda"):
         train_text(TextTrainConfig(**TINY, **text_data), resume=run)
+    if not torch.cuda.is_available():  # the run's own --device (cuda) is not told to use --device cpu
+        state["options" if "options" in state else "config"]["device"] = "cuda"
+        state["config"]["device"] = "cuda"
+        save_checkpoint(
+            {k: v for k, v in state.items() if k not in ("format", "version")}, run / "checkpoint.pt"
+        )
+        with pytest.raises(ConfigError, match=r"resume it on a machine with a GPU"):
+            train_text(TextTrainConfig(**TINY, **text_data), resume=run)
 
 
 def test_text_train_resume_refuses_an_image_run_and_an_audio_run(

@@ -77,6 +77,7 @@ from contrastkit.training.resume import (
     interrupted_message,
     open_command_resume,
     refuse_changed_options,
+    refuse_cuda_run_without_cuda,
     refuse_misfit_checkpoint,
     same_path,
     unfinished_run_hint,
@@ -479,6 +480,7 @@ def train_text(
     created: list[Path] = []
     if request is not None:
         config, run_dir, saved = _open_resume(config, request)
+        refuse_cuda_run_without_cuda(saved.get("device", "cpu"), run_dir)  # before --device auto resolves
         device = resolve_device(config.device)
         check_resume_device(saved, device, run_dir)
     else:
