@@ -83,26 +83,42 @@ def write_atomic(path: str | Path, write: Callable[[IO[Any]], None], *, binary: 
     ``0o600``. When the file system refuses (read-only, no permission, disk full) the temporary file is
     removed and a :class:`ContrastkitError` names the path and the reason.
 
-    In the main thread on POSIX, SIGINT and SIGTERM are blocked while the file is written and renamed: a
-    second Ctrl-C or SIGTERM (whose :class:`~contrastkit.training.resume.StopSignals` handler raises) would
-    otherwise be raised inside ``torch.save``, whose zip writer turns it into a ``RuntimeError``. The
-    signal stays pending and is delivered once the previous mask is restored, after the file is complete.
+    In the main thread, a SIGINT or SIGTERM that arrives while the file is written and renamed is handed to
+    its handler only after the file is complete: a second Ctrl-C or SIGTERM (whose
+    :class:`~contrastkit.training.resume.StopSignals` handler raises) would otherwise be raised inside
+    ``torch.save``, whose zip writer turns it into a ``RuntimeError``. The handlers are swapped for a
+    recorder during the write, not masked: with other threads running (data loaders, the pinned-memory
+    thread), the kernel may deliver a process signal to a thread whose mask does not block it, and Python
+    then runs the handler in the main thread anyway.
     """
-    with _signals_blocked():
+    with _signals_deferred():
         return _write_atomic(Path(path), write, binary=binary)
 
 
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM (main thread, POSIX) for the block; restore the previous mask after it."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM recorded during the block (main thread) and handed, in order, to the handlers
+    that were installed before it once it ends: a Python handler is called, the default action of SIGTERM
+    (``SIG_DFL``) is taken by raising the signal again, an ignored signal stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    arrived: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in _DEFERRED_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for signum in arrived:
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 def _write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool) -> Path:
