@@ -32,8 +32,8 @@ from torch import Tensor
 from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
 from contrastkit.clustering.sinkhorn import MARGINAL_ORDERS
 from contrastkit.errors import ConfigError
+from contrastkit.training.options import check_lr_and_weight_decay, is_integer, is_number, is_positive
 from contrastkit.training.options import check_option as _check
-from contrastkit.training.options import is_integer, is_number, is_positive
 from contrastkit.training.precision import PRECISIONS, autocast_dtype
 
 __all__ = ["MAX_MARGINAL_STD", "SelaConfig", "cluster_scores", "resume_sela", "run_sela"]
@@ -116,18 +116,7 @@ class SelaConfig:
                 f"so a larger std leaves many clusters almost empty and a few holding most items (at 5 the "
                 f"clustering collapses to one cluster); use 0 (equipartition) or e.g. 0.1-0.5"
             )
-        _check(
-            self.lr is None or is_positive(self.lr),
-            "lr",
-            "a positive number (the peak learning rate)",
-            self.lr,
-        )
-        _check(
-            self.weight_decay is None or (is_number(self.weight_decay) and self.weight_decay >= 0),
-            "weight_decay",
-            "a number >= 0",
-            self.weight_decay,
-        )
+        check_lr_and_weight_decay(self.lr, self.weight_decay)
         if self.marginal_order != "matched" and not self.marginal_std:
             raise ConfigError(
                 f"--marginal-order {self.marginal_order} orders SeLaVi's Gaussian prior, which --marginal-std 0 "

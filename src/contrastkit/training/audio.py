@@ -42,7 +42,14 @@ from contrastkit.scores import build_score
 from contrastkit.training.checkpoint import restore_rng_state, rng_state
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
-from contrastkit.training.options import check_option, given_flags, is_integer, is_number, is_positive
+from contrastkit.training.options import (
+    check_lr_and_weight_decay,
+    check_option,
+    given_flags,
+    is_integer,
+    is_number,
+    is_positive,
+)
 from contrastkit.training.resume import (  # the resume helpers audio-train shares with sela
     StopSignals,
     absolute_data,
@@ -141,18 +148,7 @@ class AudioTrainConfig:
         for name in ("noise_p", "stretch_p"):
             v = getattr(self, name)
             check_option(is_number(v) and 0 <= v <= 1, name, "a probability in [0, 1]", v)
-        check_option(
-            self.lr is None or is_positive(self.lr),
-            "lr",
-            "a positive number (the peak learning rate)",
-            self.lr,
-        )
-        check_option(
-            self.weight_decay is None or (is_number(self.weight_decay) and self.weight_decay >= 0),
-            "weight_decay",
-            "a number >= 0",
-            self.weight_decay,
-        )
+        check_lr_and_weight_decay(self.lr, self.weight_decay)
         check_option(self.optimizer in BASE_LR, "optimizer", "one of: " + ", ".join(BASE_LR), self.optimizer)
         # SpecAugment: a mask's width is drawn from 0..F, capped at the mel bands, so an F wider than the
         # bands would be capped silently (and masks every band at times); refused instead. T is capped by

@@ -33,6 +33,17 @@ def check_option(ok: bool, name: str, what: str, value: Any) -> None:
         raise ConfigError(f"option {name} (--{name.replace('_', '-')}) must be {what}, got {value!r}")
 
 
+def check_lr_and_weight_decay(lr: Any, weight_decay: Any) -> None:
+    """``--lr`` (None: derived) a positive number, ``--weight-decay`` (None: the optimizer's) a number >= 0."""
+    check_option(lr is None or is_positive(lr), "lr", "a positive number (the peak learning rate)", lr)
+    check_option(
+        weight_decay is None or (is_number(weight_decay) and weight_decay >= 0),
+        "weight_decay",
+        "a number >= 0",
+        weight_decay,
+    )
+
+
 def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The options of the dataclass ``cls`` given on the command line (an argparse default of None means
     "not given"), in the order of its fields."""

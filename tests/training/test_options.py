@@ -1,0 +1,34 @@
+"""The option checks shared by the commands' configs (contrastkit.training.options)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from contrastkit.clustering.run import SelaConfig
+from contrastkit.errors import ConfigError
+from contrastkit.training.audio import AudioTrainConfig
+from contrastkit.training.options import check_lr_and_weight_decay
+
+CONFIGS = [AudioTrainConfig, SelaConfig]
+
+
+@pytest.mark.parametrize("cls", CONFIGS)
+@pytest.mark.parametrize("lr", [-1.0, 0.0, math.nan, math.inf])
+def test_learning_rate_must_be_positive_and_finite(cls: type, lr: float) -> None:
+    with pytest.raises(ConfigError, match=r"option lr \(--lr\) must be a positive number"):
+        cls(lr=lr)
+
+
+@pytest.mark.parametrize("cls", CONFIGS)
+@pytest.mark.parametrize("wd", [-1.0, math.nan, math.inf])
+def test_weight_decay_must_be_finite_and_not_negative(cls: type, wd: float) -> None:
+    with pytest.raises(ConfigError, match=r"option weight_decay \(--weight-decay\) must be a number >= 0"):
+        cls(weight_decay=wd)
+
+
+def test_derived_values_and_good_ones_pass() -> None:
+    check_lr_and_weight_decay(None, None)  # both derived from the optimizer
+    check_lr_and_weight_decay(0.3, 0.0)
+    assert SelaConfig(lr=0.1, weight_decay=1e-4).lr == 0.1
