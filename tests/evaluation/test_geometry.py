@@ -114,3 +114,17 @@ def test_embedding_geometry_of_a_tiny_model():
     with torch.no_grad():
         z = model(eval_transform(images))
     assert a["uniformity"] == pytest.approx(uniformity(z), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_zero_block_or_batch_size_is_a_config_error(bad):
+    from contrastkit.evaluation import extract_features, knn_predict
+
+    z = torch.randn(8, 4)
+    with pytest.raises(ConfigError, match="block_size"):
+        uniformity(z, block_size=bad)
+    images = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match="batch_size"):
+        extract_features(lambda x: x.flatten(1), images, transform=lambda x: x.float(), batch_size=bad)
+    with pytest.raises(ConfigError, match="batch_size"):
+        knn_predict(z, torch.arange(8) % 2, z, num_classes=2, k=3, batch_size=bad)

@@ -173,3 +173,10 @@ def test_an_ordinary_encoder_emits_no_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert math.isfinite(sts_spearman(CountEncoder(tok.vocab_size), tok, pairs))
+
+
+def test_embed_sentences_zero_batch_size_is_a_config_error():
+    from contrastkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size"):
+        embed_sentences(lambda ids: ids.float(), WordTokenizer.build(["a b"]), ["a b"], batch_size=0)

@@ -1,8 +1,10 @@
 """The contract every objective keeps: masks, shapes, precision and stability, for all of them at once."""
 
+import numpy as np
 import pytest
 import torch
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives import InBatchNegatives, score_candidates
 from contrastkit.objectives import (
     Debiased,
@@ -285,3 +287,37 @@ def test_rows_with_every_negative_masked_have_the_formula_value(make):
     mask = torch.zeros(6, 10, dtype=torch.bool)
     mask[0] = True
     torch.testing.assert_close(obj.per_anchor(pos, neg, mask)[0], expected[0])
+
+
+NUMPY_PARAMS = {
+    "infonce": (lambda: InfoNCE(0.1), lambda: InfoNCE(np.float32(0.1))),
+    "triplet": (lambda: Triplet(0.5, "all"), lambda: Triplet(np.float64(0.5), "all")),
+    "margin": (lambda: Margin(0.8), lambda: Margin(np.float32(0.8))),
+    "debiased": (lambda: Debiased(0.1, 0.1), lambda: Debiased(np.float32(0.1), np.float64(0.1))),
+    "decoupled": (lambda: Decoupled(0.1), lambda: Decoupled(np.float64(0.1))),
+    "hard-negative": (
+        lambda: HardNegative(0.1, 0.1, 1.0),
+        lambda: HardNegative(np.float32(0.1), np.float32(0.1), np.int64(1)),
+    ),
+    "supcon": (lambda: SupervisedContrastive(0.1), lambda: SupervisedContrastive(np.float32(0.1))),
+}
+
+
+@pytest.mark.parametrize("pair", list(NUMPY_PARAMS.values()), ids=list(NUMPY_PARAMS))
+def test_numpy_scalar_parameters_are_accepted(pair):
+    plain, numpy_made = (make() for make in pair)
+    pos, neg = scores(dtype=torch.float64)
+    pos_mask = torch.zeros_like(neg, dtype=torch.bool)
+    pos_mask[:, 0] = True
+    kw = {"pos_mask": pos_mask} if plain.needs_labels else {}
+    torch.testing.assert_close(numpy_made(pos, neg, **kw), plain(pos, neg, **kw), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [True, np.bool_(True), np.float32("nan"), np.float64("inf"), np.float32(0.0), np.float64(-0.1), "0.1"],
+    ids=repr,
+)
+def test_bad_temperatures_are_still_refused(bad):
+    with pytest.raises(ConfigError, match="must be a finite number > 0"):
+        InfoNCE(bad)

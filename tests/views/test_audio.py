@@ -4,6 +4,7 @@ mask parameters, and determinism under a seed."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -160,3 +161,22 @@ def test_view_input_errors() -> None:
         AudioViews(noise_p=2)
     with pytest.raises(ConfigError, match="features"):
         AudioViews(features="mfcc")
+
+
+@pytest.mark.parametrize("shape", [(0, 1, 4000), (2, 1, 0)])
+def test_empty_waveform_batch_names_the_shape(shape):
+    x = torch.zeros(shape)
+    for fn in (AudioViews(), AudioViews().eval_view, LogMel()):
+        with pytest.raises(ConfigError, match=r"non-empty.*" + re.escape(str(shape))):
+            fn(x)
+
+
+@pytest.mark.parametrize("dtype, hint", [(torch.int16, "/ 32768"), (torch.int32, "/ 2147483648")])
+def test_integer_waveforms_name_the_dtype(dtype, hint):
+    x = torch.zeros(2, 1, 4000, dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    for fn in (AudioViews(), LogMel()):
+        with pytest.raises(ConfigError) as err:
+            fn(x)
+        msg = str(err.value)
+        assert f"got {name}" in msg and "x.float()" in msg and hint in msg and "(2, 1, 4000)" not in msg

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+from contrastkit.errors import ConfigError
+
+
+def check_batch_size(name: str, value: object) -> int:
+    """``value`` is a positive integer (a batch or block size), as an int; otherwise a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 @torch.no_grad()
@@ -22,6 +32,7 @@ def extract_features(
 
     The caller puts the network in eval mode; results stay on ``device``.
     """
+    batch_size = check_batch_size("batch_size", batch_size)
     device = torch.device(device)
     out = []
     for start in range(0, images.shape[0], batch_size):

@@ -230,7 +230,11 @@ def finetune(
         raise DataError(
             "few-label fine-tuning is scored on labelled test images; the test split has none or -1s"
         )
-    for name, v in (("batch_size", batch_size), ("epochs", epochs if epochs is not None else 1)):
+    for name, v in (
+        ("batch_size", batch_size),
+        ("eval_batch_size", eval_batch_size),
+        ("epochs", epochs if epochs is not None else 1),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     subset = few_label_subset(train_labels, fraction, seed)

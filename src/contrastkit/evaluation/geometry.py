@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.evaluation.features import extract_features
+from contrastkit.evaluation.features import check_batch_size, extract_features
 
 __all__ = ["alignment", "cluster_scores", "embedding_geometry", "uniformity"]
 
@@ -72,6 +72,7 @@ def uniformity(z: Tensor, *, t: float = 2.0, normalize: bool = True, block_size:
     """
     _check_2d("z", z)
     _positive("t", t)
+    block_size = check_batch_size("block_size", block_size)
     n = z.shape[0]
     if n < 2:
         raise DataError("uniformity needs at least 2 embeddings (it averages over pairs)")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from contrastkit.data.text import StsPairs
 from contrastkit.encoders.text import TextTokenizer, split_words
+from contrastkit.evaluation.features import check_batch_size
 
 
 def _undefined(name: str, v: np.ndarray) -> str | None:
@@ -80,6 +81,7 @@ def embed_sentences(
     ``encoder`` maps padded ids ``(B, L)`` to ``(B, D)``; an ``nn.Module`` is put in eval mode for the call
     (dropout off) and restored afterwards.
     """
+    batch_size = check_batch_size("batch_size", batch_size)
     module = encoder if isinstance(encoder, nn.Module) else getattr(encoder, "__self__", None)
     was_training = module.training if isinstance(module, nn.Module) else None
     if isinstance(module, nn.Module):

@@ -7,6 +7,7 @@ whose negatives are all masked.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,8 @@ from contrastkit.errors import ConfigError
 
 
 def _number(name: str, value: object, rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # numbers.Real covers Python and numpy real scalars (np.float32, np.int64, ...); bools are refused.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number {rule}, got {value!r}")
     return float(value)
 

@@ -197,9 +197,19 @@ class LogMel(nn.Module):
 
 # ------------------------------------------------------------------------------------- waveform operations
 def _check_waves(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[1] != 1 or not x.is_floating_point():
+    if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[1] != 1:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ConfigError(f"waveforms must be a float (B, 1, T) tensor, got {shape}; add batch/channel dims")
+    if not x.is_floating_point():
+        dtype = str(x.dtype).removeprefix("torch.")
+        hint = f" / {2 ** (torch.iinfo(x.dtype).bits - 1)}" if x.dtype.is_signed else ""
+        raise ConfigError(
+            f"waveforms must be a floating tensor in [-1, 1], got {dtype}; convert with x.float(){hint}"
+        )
+    if x.shape[0] == 0 or x.shape[2] == 0:
+        raise ConfigError(
+            f"waveforms must be a non-empty (B, 1, T) batch (B >= 1, T >= 1), got {tuple(x.shape)}"
+        )
 
 
 def shift(x: Tensor, shifts: Tensor) -> Tensor:
