@@ -4,6 +4,7 @@ foreign or the finished run unfinished."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,25 @@ def test_resume_names_the_run_kind(
 ) -> None:
     assert main(["train", "--resume", str(runs[name])]) == 2
     err = capsys.readouterr().err
+    assert f"{str(runs[name])!r} is a finished {WRITERS[name]} run: nothing to resume" in err, err
+    assert f"its results are in {runs[name] / 'metrics.json'}" in err, err
+    assert "continue it with" not in err and "Traceback" not in err, err
+
+
+def test_resume_of_an_unfinished_foreign_run_names_its_command(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "audio"  # the audio run as if interrupted: no metrics.json, an unfinished checkpoint
+    run.mkdir()
+    for f in runs["audio"].iterdir():
+        if f.is_file() and f.name != "metrics.json":
+            shutil.copy2(f, run / f.name)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    torch.save({**state, "finished": False}, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
     assert "`contrastkit train --resume` continues image runs (train's runs) only" in err, err
-    assert f"continue it with contrastkit {WRITERS[name]} --resume " in err, err
+    assert "continue it with contrastkit audio-train --resume " in err, err
 
 
 def test_the_loader_recognises_the_kinds(runs: dict[str, Path]) -> None:

@@ -356,6 +356,21 @@ def test_resume_with_a_changed_option_is_refused_naming_it(
     assert json.loads((run / "metrics.json").read_text())["finished"] is True
 
 
+def test_resume_compares_the_precision_resolved_on_the_runs_device(
+    tmp_path: Path,
+    text_data: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = interrupted_run(tmp_path, text_data, monkeypatch)  # precision auto, on the CPU: fp32
+    capsys.readouterr()
+    assert main(["text-train", "--resume", str(run), "--precision", "bf16"]) == 2
+    assert "--precision: run has 'auto', now 'bf16'" in capsys.readouterr().err
+    assert main(["text-train", "--resume", str(run), "--precision", "fp32"]) == 0  # auto is fp32 here
+    assert "resumed at step 4 of 10" in capsys.readouterr().out
+    assert load_checkpoint(run / "checkpoint.pt", image_run=False)["config"]["precision"] == "auto"
+
+
 def test_resume_from_another_folder_and_with_the_data_moved(
     tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

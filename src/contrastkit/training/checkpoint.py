@@ -194,6 +194,12 @@ class ForeignRunError(ContrastkitError):
         if command is not None and command.endswith(" --resume"):
             resumer = command[: -len(" --resume")]
             runs = "image runs (train's runs)" if resumer == "train" else f"{resumer} runs"
+            if resumer == "train" and self._finished():
+                folder = self.path if self.path.is_dir() else self.path.parent
+                return (
+                    f"{str(folder)!r} is a finished {writer} run: nothing to resume; its results are in "
+                    f"{folder / 'metrics.json'}"
+                )
             if self.resumable is False:
                 return (
                     f"{head}; `contrastkit {command}` continues {runs} only, and this run was written by a "
@@ -211,6 +217,18 @@ class ForeignRunError(ContrastkitError):
             f"{head}; {what} image runs (train's runs). {writer} evaluates its encoder itself: {results} "
             f"are in the run's metrics.json; {weights}"
         )
+
+    def _finished(self) -> bool:
+        """Whether the foreign run finished, judged cheaply from its metrics.json: audio-train and sela
+        write it only at the end, text-train marks an unfinished run's ``finished: false``."""
+        import json
+
+        folder = self.path if self.path.is_dir() else self.path.parent
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(metrics, dict) and metrics.get("finished") is not False
 
 
 # kind: (the command that writes it, what its metrics.json holds, where the trained weights are)

@@ -82,6 +82,7 @@ from contrastkit.training.resume import (
     same_path,
     unfinished_run_hint,
 )
+from contrastkit.training.resume import _same_precision as same_precision
 from contrastkit.training.run_folder import (
     new_folders,
     prepare_run_dir,
@@ -558,6 +559,13 @@ def _open_resume(
         raise ConfigError(
             f"--resume continues the run in its own folder ({str(run_dir)!r}): drop --out {out}"
         )
+    precision = given.get("precision")
+    if (
+        precision is not None
+        and precision != saved.get("precision")
+        and same_precision(precision, saved.get("precision"), str(state.get("device", "cpu")))
+    ):  # the same autocast dtype on the run's device (auto is fp32 on the CPU): unchanged, the run's own
+        del given["precision"]
     wanted = TextTrainConfig.from_dict(_absolute_paths({**saved, **given}), source="command line").resolved()
     for name in ("sentences", "sts"):  # the run's data moved: say how to give its new place
         value = getattr(wanted, name)
