@@ -194,12 +194,9 @@ class ForeignRunError(ContrastkitError):
         if command is not None and command.endswith(" --resume"):
             resumer = command[: -len(" --resume")]
             runs = "image runs (train's runs)" if resumer == "train" else f"{resumer} runs"
-            if resumer == "train" and self._finished():
-                folder = self.path if self.path.is_dir() else self.path.parent
-                return (
-                    f"{str(folder)!r} is a finished {writer} run: nothing to resume; its results are in "
-                    f"{folder / 'metrics.json'}"
-                )
+            folder = self.path if self.path.is_dir() else self.path.parent
+            if resumer == "train" and foreign_run_finished(folder, self.kind):
+                return finished_foreign_run_message(folder, self.kind)
             if self.resumable is False:
                 return (
                     f"{head}; `contrastkit {command}` continues {runs} only, and this run was written by a "
@@ -218,17 +215,30 @@ class ForeignRunError(ContrastkitError):
             f"are in the run's metrics.json; {weights}"
         )
 
-    def _finished(self) -> bool:
-        """Whether the foreign run finished, judged cheaply from its metrics.json: audio-train and sela
-        write it only at the end, text-train marks an unfinished run's ``finished: false``."""
-        import json
 
-        folder = self.path if self.path.is_dir() else self.path.parent
-        try:
-            metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(metrics, dict) and metrics.get("finished") is not False
+def foreign_run_finished(folder: Path, kind: str) -> bool:
+    """Whether the run of another command (``kind``: ``text``, ``audio`` or ``sela``) in ``folder``
+    finished, judged cheaply from its metrics.json: audio-train and sela write it only at the end,
+    text-train marks it ``finished: true`` at the end."""
+    import json
+
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(metrics, dict):
+        return False
+    return kind in ("audio", "sela") or metrics.get("finished") is True
+
+
+def finished_foreign_run_message(folder: Path, kind: str) -> str:
+    """The refusal of another command's finished run (``kind``: ``image``, ``text``, ``audio`` or ``sela``)
+    given to ``--resume``: resuming it with its own command would only say it finished, so say that."""
+    writer = "train" if kind == "image" else FOREIGN_RUNS[kind][0] if kind in FOREIGN_RUNS else kind
+    return (
+        f"{str(folder)!r} is a finished {writer} run: nothing to resume; its results are in "
+        f"{folder / 'metrics.json'}"
+    )
 
 
 # kind: (the command that writes it, what its metrics.json holds, where the trained weights are)

@@ -33,6 +33,8 @@ from contrastkit.training.checkpoint import (
     ForeignRunError,
     detect_run_kind,
     find_checkpoint,
+    finished_foreign_run_message,
+    foreign_run_finished,
     load_checkpoint,
     nonfinite_state_tensors,
     remove_stale_temporaries,
@@ -291,29 +293,6 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
     return path, state
 
 
-def finished_foreign_run_message(folder: Path, kind: str) -> str:
-    """The refusal of another command's finished run (``kind``) given to ``--resume``: resuming it with its
-    own command would only say it finished, so say that."""
-    return (
-        f"{str(folder)!r} is a finished {_WRITERS.get(kind, kind)} run: nothing to resume; its results are in "
-        f"{folder / 'metrics.json'}"
-    )
-
-
-def _foreign_run_finished(folder: Path, kind: str) -> bool:
-    """Whether the run folder ``folder`` of another command (``kind``), without checkpoint.pt, finished:
-    audio-train and sela write metrics.json only at the end; text-train marks it ``finished``."""
-    import json
-
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(metrics, dict):
-        return False
-    return kind in ("audio", "sela") or metrics.get("finished") is True
-
-
 def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) -> None:
     """Raise the reason why ``folder`` (no checkpoint.pt) cannot be resumed: another command's run, a
     finished run whose checkpoint was removed (audio-train and sela write metrics.json only at the end), a
@@ -322,7 +301,7 @@ def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) 
 
     found = detect_run_kind(folder)
     if found is not None and found != kind and found in FOREIGN_RUNS:
-        if _foreign_run_finished(folder, found):
+        if foreign_run_finished(folder, found):
             raise ConfigError(finished_foreign_run_message(folder, found))
         raise ForeignRunError(folder, found)
     files = existing_run_files(folder)
