@@ -180,10 +180,13 @@ def test_equivalent_precision_and_the_linear_probe_may_be_given_on_resume(
     assert "--precision: run has 'auto', now 'bf16'" in err, err
     assert "Options that may change on resume: --device, --linear-probe" in err, err
     assert main(["sela", "--resume", str(run), "--precision", "fp32", "--linear-probe"]) == 0
-    a, b = load_checkpoint(ref, image_run=False), load_checkpoint(run, image_run=False)
-    assert all(torch.equal(t, b["model"][name]) for name, t in a["model"].items())
-    metrics = json.loads((run / "metrics.json").read_text())
+    # as the uninterrupted run with the probe, the references' probes included (the random init rebuilt)
+    with_probe = tmp_path / "with-probe"
+    assert main([*DIGITS, "--linear-probe", "--out", str(with_probe)]) == 0
+    metrics = assert_same_run(with_probe, run)
     assert metrics["config"]["precision"] == "auto" and metrics["config"]["linear_probe"] is True
+    for result in (metrics["learned"], *metrics["references"].values()):
+        assert math.isfinite(result["linear_top1"]), result
 
 
 def test_a_non_finite_state_is_refused_before_writing_and_the_last_checkpoint_kept(

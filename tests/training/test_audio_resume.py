@@ -307,19 +307,40 @@ def test_another_device_type_and_a_checkpoint_without_state_are_refused(
 
 
 def test_the_linear_probe_may_change_on_resume(
-    fsdd: Path, refs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fsdd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--linear-probe only changes the final evaluation: given on resume, the training is the same."""
+    """--linear-probe only changes the evaluation: a run started without it and resumed with it ends as
+    the uninterrupted run with it, the references' probes included (the random init is rebuilt from the
+    seed, checked against the fingerprint of the run's initial weights)."""
+    with_probe = tmp_path / "with-probe"
+    assert main([*_args(fsdd, with_probe), "--linear-probe"]) == 0
     run = tmp_path / "run"
     at_step(monkeypatch, 4, send(signal.SIGINT))
     assert main(_args(fsdd, run)) == 130
     monkeypatch.undo()
     assert main(["audio-train", "--resume", str(run), "--linear-probe"]) == 0
-    a, b = load_checkpoint(refs["in-batch"], image_run=False), load_checkpoint(run, image_run=False)
-    assert all(torch.equal(t, b["model"][name]) for name, t in a["model"].items())
+    metrics = assert_same_run(with_probe, run)
+    for key in ("learned", "random_init", "mfcc"):
+        assert math.isfinite(metrics[key]["linear_top1"]), metrics[key]
+
+
+def test_a_run_whose_initial_weights_cannot_be_rebuilt_keeps_a_null_random_init_probe(
+    fsdd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint without the initial weights' fingerprint (an older contrastkit): the MFCC probe is
+    fitted on resume, the random init's stays null and the resume says why."""
+    run = tmp_path / "run"
+    at_step(monkeypatch, 4, send(signal.SIGINT))
+    assert main(_args(fsdd, run)) == 130
+    monkeypatch.undo()
+    state = load_checkpoint(run, image_run=False)
+    del state["init_weights"]
+    save_checkpoint(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["audio-train", "--resume", str(run), "--linear-probe"]) == 0
+    assert "the random-init reference keeps no linear probe (null in metrics.json)" in capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["config"]["linear_probe"] is True
-    assert not math.isnan(metrics["learned"]["linear_top1"]), metrics["learned"]
+    assert metrics["random_init"]["linear_top1"] is None and math.isfinite(metrics["mfcc"]["linear_top1"])
 
 
 def test_a_finished_run_given_to_another_command_is_said_to_be_finished(

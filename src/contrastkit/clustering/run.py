@@ -317,7 +317,13 @@ def _run_sela(
     writes the checkpoint and raises :class:`~contrastkit.training.resume.TrainingInterrupted`.
     """
     from contrastkit.evaluation import extract_features
-    from contrastkit.training.audio import evaluate_features
+    from contrastkit.training.audio import (
+        NO_RANDOM_INIT_PROBE,
+        evaluate_features,
+        lacks_linear_probe,
+        weights_fingerprint,
+        with_linear_probe,
+    )
     from contrastkit.training.checkpoint import restore_rng_state, rng_state
     from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
     from contrastkit.training.resume import (
@@ -378,28 +384,38 @@ def _run_sela(
         )
 
     ytr, yte = d.train_y, d.test_y
-    if saved is None:
+
+    def reference(name: str) -> dict[str, Any]:
+        """kNN, linear probe and k-means of the random init (the model as built) or of the data reference."""
         model.eval()
-        rnd_tr, rnd_te = features(d.encoder, d.train), features(d.encoder, d.test)
-        ref_tr, ref_te = d.reference(d.train, d.test)
-        references = {
-            "random_init": evaluate_features(
-                rnd_tr, ytr, rnd_te, yte, seed=config.seed, linear=config.linear_probe
-            )
-            | {"kmeans": _kmeans_scores(rnd_tr, rnd_te, yte, k, config.seed)},
-            d.reference_name: evaluate_features(
-                ref_tr, ytr, ref_te, yte, seed=config.seed, linear=config.linear_probe
-            )
-            | {"kmeans": _kmeans_scores(ref_tr, ref_te, yte, k, config.seed)},
+        if name == "random_init":
+            tr, te = features(d.encoder, d.train), features(d.encoder, d.test)
+        else:
+            tr, te = d.reference(d.train, d.test)
+        return evaluate_features(tr, ytr, te, yte, seed=config.seed, linear=config.linear_probe) | {
+            "kmeans": _kmeans_scores(tr, te, yte, k, config.seed)
         }
+
+    init_weights = weights_fingerprint(model)  # the random init's: the same seed rebuilds it on resume
+    if saved is None:
+        references = {name: reference(name) for name in ("random_init", d.reference_name)}
         elapsed_before, resumed_at = 0.0, []
         resumed = ""
     else:
+        references = dict(saved["references"])
+        if config.linear_probe and lacks_linear_probe(*references.values()):
+            # started with --no-linear-probe, resumed with it: fit the references' probes now, the random
+            # init's on the rebuilt initial weights (before the checkpoint's are loaded) if they are the run's
+            rebuilt = saved.get("init_weights") == init_weights
+            for name in ("random_init", d.reference_name) if rebuilt else (d.reference_name,):
+                references[name] = with_linear_probe(references[name], reference(name))
+            if not rebuilt:
+                print(NO_RANDOM_INIT_PROBE, file=sys.stderr, flush=True)
+        init_weights = saved.get("init_weights")
         with refuse_misfit_checkpoint(run_dir):
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
-        references = saved["references"]
         elapsed_before = float(saved.get("elapsed_seconds", 0.0))
         loop = saved["loop"]
         at = int(loop["epoch"]) * steps_per_epoch + int(loop["next_step"])
@@ -435,6 +451,7 @@ def _run_sela(
             "rng": rng_state(),
             "normalisation": d.stats,
             "references": references,
+            "init_weights": init_weights,
             "data_fingerprint": fingerprint,
             "elapsed_seconds": elapsed_before + time.perf_counter() - t_start,
             "resumed_at_steps": resumed_at,

@@ -246,6 +246,30 @@ def evaluate_features(
     return {"knn_top1": knn, "linear_top1": lin}
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of ``model``'s state (parameters and buffers): recorded for the random initialisation, so
+    a resume can tell whether rebuilding the model from the seed gave the run's initial weights back."""
+    return data_fingerprint(*model.state_dict().values())["sha256"]
+
+
+def lacks_linear_probe(*results: dict[str, Any]) -> bool:
+    """Whether any of these evaluation results was made without its linear probe (``--no-linear-probe``)."""
+    return any(not math.isfinite(float(r.get("linear_top1", math.nan))) for r in results)
+
+
+def with_linear_probe(saved: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a reference's results from before training) with the linear probe of ``fresh``: the
+    resume of a run started with ``--no-linear-probe`` keeps the saved kNN and adds the probe."""
+    return {**saved, "linear_top1": fresh["linear_top1"]}
+
+
+NO_RANDOM_INIT_PROBE = (
+    "note: the random-init reference keeps no linear probe (null in metrics.json): the run started with "
+    "--no-linear-probe, and its initial weights could not be rebuilt on resume (a checkpoint from an older "
+    "contrastkit, or a PyTorch that initialises differently)"
+)
+
+
 @torch.no_grad()
 def mfcc_features(waves: Tensor, logmel: LogMel, n_mfcc: int = 20, batch_size: int = 512) -> Tensor:
     """The MFCC baseline: ``n_mfcc`` MFCCs (DCT-II of the log-mel), mean and std over time: ``(N, 2 n_mfcc)``."""
@@ -417,21 +441,35 @@ def _train_audio(
         train_f, test_f = (encoder_features(model.features, w, views, device) for w in (train_w, test_w))
         return evaluate_features(train_f, ytr, test_f, yte, **ev)
 
-    pos = _Position()
-    if saved is None:
-        random_init = evaluate_encoder()
+    def mfcc_reference() -> dict[str, float]:
+        """kNN and linear-probe top-1 of the MFCC baseline (it depends on the data alone)."""
         logmel_cpu = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
         mfcc_tr, mfcc_te = mfcc_baseline(train_w, test_w, logmel_cpu)
-        mfcc_ref = evaluate_features(mfcc_tr, ytr, mfcc_te, yte, **ev)
+        return evaluate_features(mfcc_tr, ytr, mfcc_te, yte, **ev)
+
+    pos = _Position()
+    init_weights = weights_fingerprint(model)  # the random init's: the same seed rebuilds it on resume
+    if saved is None:
+        random_init = evaluate_encoder()
+        mfcc_ref = mfcc_reference()
         elapsed_before, resumed_at = 0.0, []
     else:
+        random_init, mfcc_ref = saved["references"]["random_init"], saved["references"]["mfcc"]
+        if config.linear_probe and lacks_linear_probe(random_init, mfcc_ref):
+            # started with --no-linear-probe, resumed with it: fit the references' probes now, the random
+            # init's on the rebuilt initial weights (before the checkpoint's are loaded) if they are the run's
+            mfcc_ref = with_linear_probe(mfcc_ref, mfcc_reference())
+            if saved.get("init_weights") == init_weights:
+                random_init = with_linear_probe(random_init, evaluate_encoder())
+            else:
+                print(NO_RANDOM_INIT_PROBE, file=sys.stderr, flush=True)
+        init_weights = saved.get("init_weights")
         with refuse_misfit_checkpoint(run_dir):
             learner.load_state_dict(saved["learner"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             pos.load(saved, device)
             gen.set_state(saved["loop"]["generator"])
-        random_init, mfcc_ref = saved["references"]["random_init"], saved["references"]["mfcc"]
         elapsed_before = float(saved.get("elapsed_seconds", 0.0))
         resumed_at = [*saved.get("resumed_at_steps", []), pos.step(steps_per_epoch)]
     resumed = (
@@ -461,6 +499,7 @@ def _train_audio(
             "scheduler": scheduler.state_dict(),
             "views": {"mean": views.mean, "std": views.std},
             "references": {"random_init": random_init, "mfcc": mfcc_ref},
+            "init_weights": init_weights,
             "data_fingerprint": fingerprint,
             "rng": rng_state(),
             "loop": pos.state(gen),
