@@ -428,3 +428,21 @@ def test_torch_kind_on_cuda():
     small.refresh(x[:4].cuda())
     found = small.neighbours(x[:2].cuda(), torch.tensor([0, 1], device="cuda"), 5)
     assert (found[:, :3] >= 0).all() and (found[:, 3:] == -1).all()
+
+
+@pytest.mark.parametrize(
+    ("indices", "match"),
+    [
+        (torch.tensor([0, 50]), r"in \[0, 50\).*from 0 to 50"),  # one past the end: would exclude nothing
+        (torch.tensor([-1, 3]), r"in \[0, 50\).*from -1 to 3"),
+        (torch.tensor([0.0, 3.0]), "integer dataset indices, got dtype torch.float32"),
+        (torch.tensor([True, False]), "integer dataset indices, got dtype torch.bool"),
+    ],
+)
+def test_forward_refuses_indices_that_are_not_dataset_positions(indices, match):
+    """An index outside the training set cannot exclude the anchor's own item: refused, not ignored."""
+    x = corpus(50, 8)
+    mined = MinedNegatives(lambda: x, num_negatives=4)
+    with pytest.raises(ValueError, match=match):
+        mined(x[:2], x[:2], indices=indices)
+    assert mined(x[:2], x[:2], indices=torch.tensor([0, 49])).negatives.shape == (2, 4, 8)

@@ -295,8 +295,8 @@ class MinedNegatives(NegativeSource):
 
         Rows that cannot be filled (n > N_train - 1 with the own index excluded, or an approximate index
         that finds fewer) are padded with -1 at the end; a row never repeats an item. ``query_indices``
-        None excludes nothing (an index outside [0, N_train) excludes nothing either). The result is on
-        the queries' device.
+        None excludes nothing (an index outside [0, N_train) excludes nothing either; ``forward`` refuses
+        such indices when they are on the CPU). The result is on the queries' device.
 
         torch kind: exact scores ``q @ E.T`` (fp32, autocast off) on the queries' device, in chunks of at
         most :data:`TORCH_CHUNK_SCORES` scores, the own item's score set to -inf, ``torch.topk``. Equal
@@ -386,10 +386,21 @@ class MinedNegatives(NegativeSource):
             )
         if tuple(indices.shape) != (z1.shape[0],):
             raise ValueError(f"indices must have shape ({z1.shape[0]},), got {tuple(indices.shape)}")
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be integer dataset indices, got dtype {indices.dtype}")
         self.maybe_refresh()
         assert self.embeddings is not None
         if self.embeddings.shape[1] != z1.shape[1]:
             raise ValueError(f"the index holds dimension {self.embeddings.shape[1]}, the batch {z1.shape[1]}")
+        n_items = self.embeddings.shape[0]
+        # checked where it costs no device sync (CPU indices); the trainers' indices come from the data set
+        if indices.device.type == "cpu" and indices.numel():
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= n_items:
+                raise ValueError(
+                    f"indices must be dataset indices in [0, {n_items}) (the index holds {n_items} items), "
+                    f"got values from {low} to {high}: pass each item's position in the training set"
+                )
         anchors, positives, anchor_labels = z1, z2, labels
         if self.both_views:
             anchors, positives = torch.cat([z1, z2]), torch.cat([z2, z1])
