@@ -13,10 +13,11 @@ import time
 import pytest
 import torch
 
-from contrastkit.errors import TrainingError
+from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.training import TrainConfig, train
 from contrastkit.training import trainer as trainer_module
 from contrastkit.training.checkpoint import load_checkpoint, remove_stale_temporaries
+from contrastkit.training.resume import resume_config
 
 # 320 digits, batch 64: 5 steps an epoch, 30 in all; checkpoints at steps 7, 14, 21, 28 (never an epoch end).
 ARGS = (
@@ -135,6 +136,12 @@ def test_resume_with_a_changed_config_is_refused_naming_each_difference(runs, tm
     assert p.returncode == 2 and "Traceback" not in err, err
     assert "--objective: run has 'infonce', now 'debiased'" in err
     assert "--epochs: run has 6, now 9" in err and "--device" not in err.split("may change")[0]
+    assert "drop these flags, or start a new contrastkit train run" in err  # what to do
+    assert "--workers, and --data-placement among auto, device and host" in err  # what may change
+    # --data-placement among auto, device and host is no change; to or from stream it is
+    assert resume_config(unfinished, {"data_placement": "host"})[0].data_placement == "host"
+    with pytest.raises(ConfigError, match=r"\(--data-placement: run has 'auto', now 'stream'\)"):
+        resume_config(unfinished, {"data_placement": "stream"})
     p = cli("train", *ARGS, "--out", unfinished)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and f"continue it with contrastkit train --resume {unfinished}" in err, err

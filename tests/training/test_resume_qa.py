@@ -20,6 +20,8 @@ from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from contrastkit.training.resume import (
     StopSignals,
+    TrainingInterrupted,
+    final_evaluation,
     first_mismatch,
     refuse_misfit_checkpoint,
     save_epoch_checkpoint,
@@ -360,6 +362,30 @@ def test_a_stop_during_the_final_evaluation_says_the_run_is_kept(
     assert f"continue with: contrastkit {command} --resume {run}" in err, err
     assert main([command, "--resume", str(run)]) == 0  # the resume only evaluates
     assert load_checkpoint(run, image_run=False)["finished"] is True
+
+
+@pytest.mark.usefixtures("restore_signal_handlers")
+def test_final_evaluations_on_stop_writes_says_and_is_not_interrupted_by_a_second_signal(
+    tmp_path: Path,
+) -> None:
+    """text-train's use: ``on_stop`` runs once with the first signal (its interrupted metrics.json), its
+    message is the TrainingInterrupted's; a second signal meanwhile is recorded, not raised."""
+    calls: list[int] = []
+
+    def on_stop(signum: int) -> str:
+        calls.append(signum)
+        signal.raise_signal(signal.SIGINT)  # while the stop is handled: no KeyboardInterrupt out of here
+        return "stopped; said by on_stop"
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with pytest.raises(TrainingInterrupted) as info:
+        with final_evaluation(command="text-train", run_dir=tmp_path, total_steps=10, on_stop=on_stop):
+            signal.raise_signal(signal.SIGTERM)  # stops at once
+            pytest.fail("the evaluation went on after the signal")
+    assert calls == [signal.SIGTERM] and str(info.value) == "stopped; said by on_stop"
+    assert info.value.exit_status == 143 and info.value.step == 10
+    assert info.value.checkpoint == tmp_path / "checkpoint.pt"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 # ------------------------------------------------------------------------ 8. the non-finite message

@@ -265,8 +265,9 @@ def test_periodic_checkpoints_rewrite_metrics_json_and_the_finished_one_is_uncha
     monkeypatch.setattr(text_module, "write_metrics", spy)
     run = tmp_path / "run"
     result = train_text(TextTrainConfig(**kw, checkpoint_every=4, out=str(run)))
-    assert [m["steps"] for m in written] == [4, 8, 10] and written[-1]["finished"] is True
-    for m, curve_steps in zip(written[:2], ([3, 4], [3, 6, 8])):
+    # the periodic ones, the last step's (before the final evaluation), the finished one
+    assert [m["steps"] for m in written] == [4, 8, 10, 10] and written[-1]["finished"] is True
+    for m, curve_steps in zip(written[:3], ([3, 4], [3, 6, 8], [3, 6, 9, 10])):
         assert m["finished"] is False and m["resumable"] is True and m["sts_spearman_after"] is None
         assert [row["step"] for row in m["loss_curve"]] == curve_steps
     # the losses of steps 7 and 8 (logged at 9 with step 9's) only as the checkpoint's row, not in the end
@@ -300,6 +301,35 @@ def test_a_resumed_run_replaces_the_stale_interrupted_metrics_at_its_next_checkp
     assert metrics["resumed_at_steps"] == [4]
 
 
+def test_the_last_steps_checkpoint_rewrites_metrics_json_before_the_final_evaluation(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As at a periodic checkpoint: a kill -9 during the final evaluation leaves a current metrics.json
+    (step 10 of 10, resumable), not the one of the last periodic checkpoint (step 8) or none."""
+    real = text_module.sts_spearman
+    seen: list[dict[str, Any]] = []
+    run = tmp_path
+
+    def spearman(*args: Any, **kwargs: Any) -> float:  # what a kill -9 during an evaluation would leave
+        if (run / "checkpoint.pt").is_file():
+            seen.append(json.loads((run / "metrics.json").read_text()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(text_module, "sts_spearman", spearman)
+    for every in (4, 0):  # a periodic checkpoint at steps 4 and 8; none
+        seen.clear()
+        run = tmp_path / f"every-{every}"
+        train_text(TextTrainConfig(**{**TINY, **text_data, "checkpoint_every": every}, out=str(run)))
+        assert len(seen) == 1  # the final evaluation (none before training: no checkpoint yet)
+        metrics = seen[0]
+        assert metrics["finished"] is False and metrics["resumable"] is True, metrics
+        assert metrics["steps"] == 10 and metrics["sts_spearman_after"] is None
+        assert [row["step"] for row in metrics["loss_curve"]] == [3, 6, 9, 10]
+        assert "holds step 10 of 10, all of them: the final evaluation runs" in metrics["note"]
+        assert f"continue with: contrastkit text-train --resume {run}" in metrics["note"]
+        assert json.loads((run / "metrics.json").read_text())["finished"] is True  # then replaced
+
+
 def interrupted_run(
     tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, **kw: Any
 ) -> Path:
@@ -323,7 +353,11 @@ def test_resume_of_a_finished_run_is_refused(tmp_path: Path, text_data: dict[str
         TextTrainConfig(**{**TINY, "save_model": False}, **text_data, checkpoint_every=3, out=str(plain))
     )
     assert not (plain / "checkpoint.pt").exists()  # removed at the end: the model was not to be kept
-    with pytest.raises(ConfigError, match=r"finished \(10 of 10 steps\); nothing to resume.*metrics\.json"):
+    with pytest.raises(
+        ConfigError,
+        match=r"finished \(10 of 10 steps\); its checkpoint\.pt was removed at the end \(without "
+        r"--save-model\): nothing to resume: its results are in .*metrics\.json, or start a new run",
+    ):
         train_text(TextTrainConfig(**TINY, **text_data), resume=plain)
 
 

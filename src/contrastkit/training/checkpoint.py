@@ -216,17 +216,23 @@ class ForeignRunError(ContrastkitError):
         )
 
 
-def foreign_run_finished(folder: Path, kind: str) -> bool:
-    """Whether the run of another command (``kind``: ``text``, ``audio`` or ``sela``) in ``folder``
-    finished, judged cheaply from its metrics.json: audio-train and sela write it only at the end,
-    text-train marks it ``finished: true`` at the end."""
+def read_run_metrics(folder: Path) -> dict[str, Any] | None:
+    """The run folder's metrics.json as a dict; None when it is missing, unreadable or not a JSON object."""
     import json
 
     try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads((Path(folder) / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    if not isinstance(metrics, dict):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def foreign_run_finished(folder: Path, kind: str) -> bool:
+    """Whether the run of ``kind`` (``text``, ``audio`` or ``sela``; another command's, or for its own
+    ``--resume`` one whose checkpoint is gone) in ``folder`` finished, judged cheaply from its metrics.json:
+    audio-train and sela write it only at the end, text-train marks it ``finished: true`` at the end."""
+    metrics = read_run_metrics(folder)
+    if metrics is None:
         return False
     return kind in ("audio", "sela") or metrics.get("finished") is True
 
@@ -284,15 +290,10 @@ def state_kind(state: Any) -> str | None:
 def detect_run_kind(run: str | Path) -> str | None:
     """Which command wrote run folder ``run`` (or the folder of the file ``run``), from its metrics.json and
     config.yaml: ``image`` (train), ``text`` (text-train), ``audio`` (audio-train), ``sela``, or None."""
-    import json
-
     p = Path(run)
     folder = p if p.is_dir() else p.parent
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        metrics = None
-    if isinstance(metrics, dict):
+    metrics = read_run_metrics(folder)
+    if metrics is not None:
         if "sts_spearman_after" in metrics or "sts_spearman_before" in metrics:
             return "text"
         if "heads_test" in metrics or "pseudo_labels_train" in metrics:

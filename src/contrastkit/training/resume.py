@@ -37,6 +37,7 @@ from contrastkit.training.checkpoint import (
     foreign_run_finished,
     load_checkpoint,
     nonfinite_state_tensors,
+    read_run_metrics,
     remove_stale_temporaries,
     save_checkpoint,
     state_kind,
@@ -113,21 +114,17 @@ def resume_config(
     if data is not None:  # the run's data, found: not a change
         overrides["data"] = saved.data
     wanted = TrainConfig.from_dict({**saved.to_dict(), **overrides}, source="command line")
-    changed = [
-        (name, getattr(saved, name), getattr(wanted, name))
-        for name in saved.to_dict()
-        if name not in RESUMABLE_OPTIONS
-        and getattr(saved, name) != getattr(wanted, name)
-        and not (name == "data_placement" and "stream" not in (saved.data_placement, wanted.data_placement))
-    ]
-    if changed:
-        diff = "; ".join(f"--{n.replace('_', '-')}: run has {a!r}, now {b!r}" for n, a, b in changed)
-        raise ConfigError(
-            f"cannot resume {str(path.parent)!r} with a changed configuration ({diff}). The saved state cannot "
-            f"continue another setting: drop these flags, or start a new run. Options that may change on "
-            f"resume: {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE_OPTIONS - {'out'}))}, and "
-            "--data-placement among auto, device and host"
-        )
+    compared = wanted.to_dict()
+    if "stream" not in (saved.data_placement, wanted.data_placement):
+        compared["data_placement"] = saved.data_placement  # the same batches either way: no change
+    refuse_changed_options(
+        saved.to_dict(),
+        compared,
+        run_dir=path.parent,
+        command="train",
+        resumable=RESUMABLE_OPTIONS,
+        also=", and --data-placement among auto, device and host",
+    )
     if data is not None:
         wanted = wanted.replace(data=data)
     return wanted.replace(out=str(path.parent)), state
@@ -295,8 +292,10 @@ def open_command_resume(run: str | Path, *, kind: str, command: str) -> tuple[Pa
 
 def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) -> None:
     """Raise the reason why ``folder`` (no checkpoint.pt) cannot be resumed: another command's run, a
-    finished run whose checkpoint was removed (audio-train and sela write metrics.json only at the end), a
-    folder that holds no run at all, or a run that stopped before its first checkpoint."""
+    finished run whose checkpoint was removed (judged from its metrics.json by
+    :func:`~contrastkit.training.checkpoint.foreign_run_finished`: audio-train and sela write it only at the
+    end, text-train marks it finished, and removes its checkpoint then without --save-model), a folder that
+    holds no run at all, or a run that stopped before its first checkpoint."""
     from contrastkit.training.run_folder import existing_run_files
 
     found = detect_run_kind(folder)
@@ -306,11 +305,8 @@ def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) 
         raise ForeignRunError(folder, found)
     files = existing_run_files(folder)
     temporaries = list(folder.glob(CHECKPOINT_NAME + ".*.tmp"))
-    if "metrics.json" in files and found == kind and kind in ("audio", "sela"):
-        raise ConfigError(
-            f"run {str(folder)!r} finished; its {CHECKPOINT_NAME} was removed: nothing to resume: its results "
-            f"are in {folder / 'metrics.json'}, or start a new run"
-        )
+    if found == kind and foreign_run_finished(folder, kind):
+        raise ConfigError(_finished_without_checkpoint_message(folder, kind))
     if not files and not temporaries:
         if any(folder.iterdir()):
             raise ConfigError(
@@ -325,6 +321,19 @@ def _refuse_folder_without_checkpoint(folder: Path, *, kind: str, command: str) 
         f"run folder {str(folder)!r} has no {CHECKPOINT_NAME}: the run stopped before its first checkpoint, "
         f"so there is nothing to resume; start contrastkit {command} again with another --out (or remove "
         "the folder first)"
+    )
+
+
+def _finished_without_checkpoint_message(folder: Path, kind: str) -> str:
+    """The refusal of a finished run of ``kind`` whose checkpoint is gone: its steps when its metrics.json
+    names them (text-train's), and why it went (text-train removes it at the end without --save-model)."""
+    metrics = read_run_metrics(folder) or {}
+    done, total = metrics.get("steps"), metrics.get("total_steps")
+    steps = f" ({done} of {total} steps)" if isinstance(done, int) and isinstance(total, int) else ""
+    why = " at the end (without --save-model)" if kind == "text" else ""
+    return (
+        f"run {str(folder)!r} finished{steps}; its {CHECKPOINT_NAME} was removed{why}: nothing to resume: its "
+        f"results are in {folder / 'metrics.json'}, or start a new run"
     )
 
 
@@ -372,9 +381,11 @@ def refuse_changed_options(
     run_dir: str | Path,
     command: str,
     resumable: frozenset[str] = COMMAND_RESUMABLE_OPTIONS,
+    also: str = "",
 ) -> None:
     """Raise :class:`ConfigError` when ``wanted`` (the saved options with the flags given again on resume)
-    differs from ``saved`` in an option outside ``resumable``, naming each with its old and new value."""
+    differs from ``saved`` in an option outside ``resumable``, naming each with its old and new value;
+    ``also`` ends the list of the options that may change (train: its rule for ``--data-placement``)."""
     changed = [
         (name, saved.get(name), wanted.get(name))
         for name in sorted(set(saved) | set(wanted))
@@ -386,7 +397,7 @@ def refuse_changed_options(
         raise ConfigError(
             f"cannot resume {str(run_dir)!r} with a changed configuration ({diff}). The saved state cannot "
             f"continue another setting: drop these flags, or start a new contrastkit {command} run. Options "
-            f"that may change on resume: {may}"
+            f"that may change on resume: {may}{also}"
         )
 
 
@@ -395,7 +406,7 @@ def other_device_message(run_dir: str | Path, saved: str, now: str, *, note: str
     states do not transfer between types). A CUDA run on a machine without CUDA is told to resume on a
     machine with a GPU (asking for ``--device cuda`` here would only be refused); otherwise the run's device
     type is named, with ``note`` after it."""
-    if saved == "cuda" and not torch.cuda.is_available():
+    if _cuda_run_without_cuda(saved):
         return (
             f"cannot resume {str(run_dir)!r} on {now}: it ran on cuda; its random generators' states do not "
             "transfer to the CPU: resume it on a machine with a GPU (--device cuda there)"
@@ -409,9 +420,13 @@ def other_device_message(run_dir: str | Path, saved: str, now: str, *, note: str
 def refuse_cuda_run_without_cuda(saved: str, run_dir: str | Path) -> None:
     """Before the device is resolved: a run that ran on CUDA, resumed where there is none, is refused as
     needing a GPU (not with the advice to ask for another ``--device``)."""
-    saved = str(saved).split(":")[0]
-    if saved == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(other_device_message(run_dir, saved, "cpu"))
+    if _cuda_run_without_cuda(saved):
+        raise ConfigError(other_device_message(run_dir, "cuda", "cpu"))
+
+
+def _cuda_run_without_cuda(saved: str) -> bool:
+    """Whether a run on device (type) ``saved`` ran on CUDA and this machine has none."""
+    return str(saved).split(":")[0] == "cuda" and not torch.cuda.is_available()
 
 
 def check_resume_device(state: dict[str, Any], device: Any, run_dir: str | Path) -> None:
@@ -513,13 +528,17 @@ def resumed_config(
     run_dir: Path,
     command: str,
     resumable: frozenset[str] = EPOCH_RUN_RESUMABLE_OPTIONS,
+    *,
+    paths: tuple[str, ...] = (),
 ) -> Any:
     """The configuration a resume continues with: the run's own (``state["options"]``, as given when it
     started), with the options of ``resumable`` (``--device``, ``--linear-probe``) as given again. Any
     other option given again must equal the run's, as given or as resolved (``--lr`` equal to the derived
     rate, ``--precision fp32`` for ``auto`` on the CPU, are no change); else :class:`ConfigError` names
     it. ``--data`` may be the same file by another path, or the data moved elsewhere (then checked
-    against the run's fingerprint when loaded)."""
+    against the run's fingerprint when loaded). ``paths`` (text-train: ``sentences``, ``sts``; each also
+    in ``resumable``) are data the command checks by fingerprint: any path may be given again, and a run's
+    path that no longer exists, not given again, is refused asking for the data's new place."""
     names = {f.name for f in fields(cls)}
     # an option the run's contrastkit did not have yet: the run had its default's behaviour
     defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
@@ -530,7 +549,18 @@ def resumed_config(
     given = dict(given)
     out = given.pop("out", None)
     if out is not None and not same_path(out, run_dir):
-        raise ConfigError(f"--resume continues the run in its own folder ({run_dir}): drop --out")
+        raise ConfigError(
+            f"--resume continues the run in its own folder ({str(run_dir)!r}): drop --out {out}"
+        )
+    for name in paths:  # the run's data moved: say how to give its new place
+        value = options.get(name)
+        if value and name not in given and not os.path.exists(value):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"run {str(run_dir)!r} was started with {flag} {value}, which does not exist now: give the "
+                f"data's new place with: contrastkit {command} --resume {run_dir} {flag} NEW_PATH (the same "
+                "data: its fingerprint is checked)"
+            )
     data, saved_data = given.pop("data", None), str(options.get("data", ""))
     if data is not None and data != saved_data and not same_path(data, saved_data):
         if os.path.isabs(saved_data) and not os.path.exists(saved_data) and os.path.exists(data):
@@ -689,15 +719,21 @@ def crash_note(*, command: str, run_dir: Path, epochs: int, kept: Callable[[], i
 
 
 @contextmanager
-def final_evaluation(*, command: str, run_dir: Path, total_steps: int) -> Iterator[None]:
-    """Around the final evaluation of an epoch run (and the writing of its results), after the resumable
-    checkpoint of the last epoch: a SIGINT or SIGTERM stops at once, as a :class:`TrainingInterrupted`
-    saying that the run is kept and its resume only evaluates (exit status 130 / 143)."""
+def final_evaluation(
+    *, command: str, run_dir: Path, total_steps: int, on_stop: Callable[[int], str] | None = None
+) -> Iterator[None]:
+    """Around the final evaluation of a run (and the writing of its results), after the resumable
+    checkpoint of its last step: a SIGINT or SIGTERM stops at once, as a :class:`TrainingInterrupted`
+    saying that the run is kept and its resume only evaluates (exit status 130 / 143). ``on_stop``, when
+    given, is called with the signal's number first, for a side effect (text-train writes its interrupted
+    metrics.json), and returns the message; a further signal meanwhile is recorded, not raised."""
     received: list[int] = []
+    stopping = False
 
     def handle(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
-        raise KeyboardInterrupt
+        if not stopping:  # the first: stop the evaluation; later ones do not interrupt the stop
+            raise KeyboardInterrupt
 
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -706,11 +742,17 @@ def final_evaluation(*, command: str, run_dir: Path, total_steps: int) -> Iterat
     try:
         yield
     except KeyboardInterrupt:
+        stopping = True
         signum = received[0] if received else signal.SIGINT
+        message = (
+            on_stop(signum)
+            if on_stop is not None
+            else f"{signal.Signals(signum).name} received: stopped during the final evaluation; the run is "
+            f"kept ({run_dir / CHECKPOINT_NAME} holds every epoch, its resume only evaluates): continue with: "
+            f"contrastkit {command} --resume {run_dir}"
+        )
         raise TrainingInterrupted(
-            f"{signal.Signals(signum).name} received: stopped during the final evaluation; the run is kept "
-            f"({run_dir / CHECKPOINT_NAME} holds every epoch, its resume only evaluates): continue with: "
-            f"contrastkit {command} --resume {run_dir}",
+            message,
             signum=signum,
             checkpoint=run_dir / CHECKPOINT_NAME,
             step=total_steps,

@@ -9,7 +9,7 @@ pretrained encoder are SimCSE's (Sec. 3 and Appendix A).
 
 :func:`train_text` writes ``metrics.json`` (STS Spearman ×100 before and after training, the TF-IDF
 bag-of-words reference, the loss curve, timings) and ``config.yaml`` into the run folder (an unfinished,
-resumable ``metrics.json`` at every periodic checkpoint, replaced at the end). For the
+resumable ``metrics.json`` at every periodic checkpoint and at the last step's, replaced at the end). For the
 from-scratch encoder "before" is the same encoder at random initialisation.
 
 Runs are resumable: every ``--checkpoint-every`` steps, after the last step (before the final evaluation;
@@ -74,15 +74,14 @@ from contrastkit.training.resume import (
     StopSignals,
     TrainingInterrupted,
     check_resume_device,
+    final_evaluation,
     interrupted_message,
     open_command_resume,
-    refuse_changed_options,
     refuse_cuda_run_without_cuda,
     refuse_misfit_checkpoint,
-    same_path,
+    resumed_config,
     unfinished_run_hint,
 )
-from contrastkit.training.resume import _same_precision as same_precision
 from contrastkit.training.run_folder import (
     new_folders,
     prepare_run_dir,
@@ -423,26 +422,6 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, **{k: os.path.abspath(values[k]) for k in ("sentences", "sts") if values.get(k)}}
 
 
-class _StopNow(BaseException):
-    """A stop signal during the final evaluation (the last step's checkpoint written): stop at once."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _StopSignals(StopSignals):
-    """:class:`StopSignals`, and while ``at_once`` is set a first signal raises :class:`_StopNow`."""
-
-    at_once = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.at_once:
-            self.at_once = False  # once: a second signal meanwhile does not interrupt the handling
-            raise _StopNow(signum)
-        super()._handle(signum, frame)
-
-
 @dataclass
 class _Latest:
     """The step of the resumable checkpoint the run folder holds (None: none) and the run's length."""
@@ -459,7 +438,8 @@ def train_text(
     A new run's folder is checked (and created) first: a file, a folder that holds a run or one that cannot
     be created is refused before any work. Every ``checkpoint_every`` steps ``checkpoint.pt`` is written
     (atomically) with everything needed to continue exactly, then ``metrics.json`` (unfinished, resumable,
-    the loss curve so far, a note naming the resume: what a kill -9 leaves). A first SIGINT (Ctrl-C) or SIGTERM stops at
+    the loss curve so far, a note naming the resume: what a kill -9 leaves); so are both after the last
+    step, before the final evaluation. A first SIGINT (Ctrl-C) or SIGTERM stops at
     the next step and writes that checkpoint, ``config.yaml`` and ``metrics.json`` (marked interrupted and
     resumable, with the loss curve so far); then
     :class:`~contrastkit.training.resume.TrainingInterrupted` is raised, whose message names the resume
@@ -531,8 +511,8 @@ def _open_resume(
     config: TextTrainConfig, request: ResumeRequest
 ) -> tuple[TextTrainConfig, Path, dict[str, Any]]:
     """The run's checkpoint (loaded; its folder locked), its folder and the configuration to continue with:
-    the saved one, with the resumable options given again; any other difference is refused by name."""
-    _refuse_finished_without_checkpoint(Path(request.run))
+    the saved one, with the resumable options given again; any other difference is refused by name
+    (:func:`~contrastkit.training.resume.resumed_config`)."""
     try:
         path, state = open_command_resume(request.run, kind="text", command=COMMAND)
     except ForeignRunError as exc:  # another command's run (or a file of one): say it for text-train
@@ -548,59 +528,26 @@ def _open_resume(
             f"text-train run: contrastkit {COMMAND} --resume continues text-train runs only"
         ) from None
     run_dir = path.parent
-    saved = TextTrainConfig.typed_values(state["config"], source=str(path))
+    saved = _absolute_paths(TextTrainConfig.typed_values(state["config"], source=str(path)))
     given = (  # from Python, the whole config; its unset options (None) take the run's
         dict(request.given)
         if request.given is not None
         else {k: v for k, v in config.to_dict().items() if v is not None}
     )
-    out = given.pop("out", None)
-    if out is not None and not same_path(out, run_dir):
-        raise ConfigError(
-            f"--resume continues the run in its own folder ({str(run_dir)!r}): drop --out {out}"
-        )
-    precision = given.get("precision")
-    if (
-        precision is not None
-        and precision != saved.get("precision")
-        and same_precision(precision, saved.get("precision"), str(state.get("device", "cpu")))
-    ):  # the same autocast dtype on the run's device (auto is fp32 on the CPU): unchanged, the run's own
-        del given["precision"]
-    wanted = TextTrainConfig.from_dict(_absolute_paths({**saved, **given}), source="command line").resolved()
-    for name in ("sentences", "sts"):  # the run's data moved: say how to give its new place
-        value = getattr(wanted, name)
-        if value and name not in given and not os.path.exists(value):
-            flag = "--" + name
-            raise ConfigError(
-                f"run {str(run_dir)!r} was started with {flag} {value}, which does not exist now: give the "
-                f"data's new place with: contrastkit {COMMAND} --resume {run_dir} {flag} NEW_PATH (the same "
-                "data: its fingerprint is checked)"
-            )
-    refuse_changed_options(
-        saved,
-        {**wanted.to_dict(), "out": saved.get("out")},
-        run_dir=run_dir,
-        command=COMMAND,
-        resumable=TEXT_RESUMABLE_OPTIONS,
+    # checked and resolved as text-train resolves them (lr, warm-up, key momentum from their defaults; the
+    # data's paths absolute), then compared with the run's
+    wanted = TextTrainConfig.from_dict({**saved, **_absolute_paths(given)}, source="command line").resolved()
+    given = {k: getattr(wanted, k) if k != "out" else v for k, v in given.items()}
+    resumed = resumed_config(
+        TextTrainConfig,
+        {**state, "config": saved},
+        given,
+        run_dir,
+        COMMAND,
+        TEXT_RESUMABLE_OPTIONS,
+        paths=("sentences", "sts"),
     )
-    return dataclasses.replace(wanted, out=str(run_dir)), run_dir, state
-
-
-def _refuse_finished_without_checkpoint(folder: Path) -> None:
-    """A run that finished without --save-model removed its checkpoint: say it finished (not that it
-    stopped before its first checkpoint)."""
-    if not folder.is_dir() or (folder / CHECKPOINT_NAME).exists():
-        return
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if isinstance(metrics, dict) and metrics.get("finished") is True and "sts_spearman_before" in metrics:
-        raise ConfigError(
-            f"run {str(folder)!r} finished ({metrics.get('steps')} of {metrics.get('total_steps')} steps); "
-            f"nothing to resume: its results are in {folder / 'metrics.json'} (without --save-model its "
-            "checkpoint was removed at the end), or start a new run"
-        )
+    return resumed, run_dir, state
 
 
 def _undo_failed_run(run_dir: Path, created: list[Path]) -> list[str]:
@@ -926,7 +873,7 @@ def _train_text(
     learner.train()
     # a first Ctrl-C / SIGTERM stops at the next step, a second one at once; during the final evaluation
     # (the checkpoint of the last step written) a first one stops at once: the resume only evaluates
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         for step in range(start + 1, total_steps + 1):
             i = (step - 1) % steps_per_epoch
             if i == 0:
@@ -960,6 +907,7 @@ def _train_text(
         train_seconds = train_seconds_now()
         if step > start:  # the last step's too: a kill during the final evaluation then loses
             path = write_checkpoint(step)  # no step (a resume of it only evaluates and finishes)
+            _write_last_step_metrics(base_metrics(step, train_seconds), pending, run_dir)
         else:  # resumed after the last step: its checkpoint holds it
             path = run_dir / CHECKPOINT_NAME
         if stopped is None:
@@ -975,24 +923,22 @@ def _train_text(
                 checkpoint=path,
                 step=step,
             )
-        stop.at_once = True
-        try:
-            after = evaluate(model)
-        except _StopNow as exc:
-            stop.at_once = False  # a second signal while the metrics are written is not an error
-            metrics = _interrupted_metrics(base_metrics(step, train_seconds), pending, exc.signum, run_dir)
-            write_metrics(run_dir / "metrics.json", metrics)
-            raise TrainingInterrupted(
-                f"{signal.Signals(exc.signum).name} received during the final evaluation: all {total_steps} "
-                f"steps are done and {path} keeps them (resumable); continue with: contrastkit {COMMAND} "
-                f"--resume {run_dir} (it only evaluates and finishes the run)",
-                signum=exc.signum,
-                checkpoint=path,
-                step=step,
-            ) from None
-        # the final writes: a first signal now lets them finish (milliseconds), a second one stops at once
-        stop.at_once = False
 
+        def stopped_in_final_evaluation(signum: int) -> str:
+            """A stop signal during the final evaluation: the interrupted metrics.json, and what to say."""
+            metrics = _interrupted_metrics(base_metrics(step, train_seconds), pending, signum, run_dir)
+            write_metrics(run_dir / "metrics.json", metrics)
+            return (
+                f"{signal.Signals(signum).name} received during the final evaluation: all {total_steps} "
+                f"steps are done and {path} keeps them (resumable); continue with: contrastkit {COMMAND} "
+                f"--resume {run_dir} (it only evaluates and finishes the run)"
+            )
+
+        with final_evaluation(
+            command=COMMAND, run_dir=run_dir, total_steps=total_steps, on_stop=stopped_in_final_evaluation
+        ):
+            after = evaluate(model)
+        # the final writes: a first signal now lets them finish (milliseconds), a second one stops at once
         metrics = base_metrics(total_steps, train_seconds)
         metrics.update(
             sts_spearman_after=after,
@@ -1043,17 +989,29 @@ def _with_pending_losses(metrics: dict[str, Any], pending: list[Tensor]) -> dict
 
 
 def _checkpoint_metrics(metrics: dict[str, Any], pending: list[Tensor], run_dir: Path) -> dict[str, Any]:
-    """metrics.json beside a periodic checkpoint: unfinished and resumable from it, the loss curve so far,
-    and a note naming the resume (a run killed before its next checkpoint is continued from this one)."""
+    """metrics.json beside a periodic checkpoint (or the last step's): unfinished and resumable from it, the
+    loss curve so far, and a note naming the resume (a run killed before its next checkpoint is continued
+    from this one)."""
     step, total = metrics["steps"], metrics["total_steps"]
+    last = ", all of them: the final evaluation runs" if step == total else ""
     _with_pending_losses(metrics, pending)
     metrics.update(
         resumable=True,
-        note=f"in progress: {CHECKPOINT_NAME} holds step {step} of {total} (this file is rewritten at each "
-        "checkpoint and when the run finishes); if the run was killed or crashed, continue with: "
+        note=f"in progress: {CHECKPOINT_NAME} holds step {step} of {total}{last} (this file is rewritten at "
+        "each checkpoint and when the run finishes); if the run was killed or crashed, continue with: "
         f"contrastkit {COMMAND} --resume {run_dir}",
     )
     return metrics
+
+
+def _write_last_step_metrics(metrics: dict[str, Any], pending: list[Tensor], run_dir: Path) -> None:
+    """metrics.json beside the last step's checkpoint, before the final evaluation (a kill -9 during it
+    leaves it current, as at a periodic checkpoint). Not written (a disk full, ...): a warning, and the
+    evaluation goes on; the finished metrics.json, written after it, then says whether the disk holds it."""
+    try:
+        write_metrics(run_dir / "metrics.json", _checkpoint_metrics(metrics, pending, run_dir))
+    except ContrastkitError as exc:
+        print(f"WARNING: {exc}; the final evaluation goes on", file=sys.stderr, flush=True)
 
 
 def _interrupted_metrics(
