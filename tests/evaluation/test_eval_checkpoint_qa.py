@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -120,18 +121,59 @@ def test_few_labels_below_one_per_class_are_refused_before_any_work(
     m = re.search(r"at least (\S+) \((\d+) images\)", message)
     assert m and m.group(2) == "10"
     n_train = 200  # --limit 200 of digits: 20 a class
-    assert float(m.group(1)) == 0.05 and round(0.05 * n_train) == 10  # the fraction named is enough
+    assert smallest_that_works(float(m.group(1)), n_train, 10)  # 0.0475: round(9.5) is 10
     assert not (run / "metrics.json").read_text().count('"evaluation"')  # nothing written
     assert main(["eval", str(run), "--few-label", "0.01", "--limit", "200", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("contrastkit: error:") and "fewer than one per class" in err and "\n" not in err
 
 
+def smallest_that_works(fraction: float, n: int, needed: int) -> bool:
+    """Whether ``fraction`` gives a subset of at least ``needed`` of ``n`` images (as few_label_subset sizes
+    it) and the 3-significant-digit fraction just below it does not."""
+    below = float(f"{fraction - 10 ** (math.floor(math.log10(fraction)) - 2):.3g}")
+    return max(1, round(fraction * n)) >= needed > max(1, round(below * n))
+
+
+def test_a_fraction_too_small_for_batchnorm_is_refused_before_any_work_with_the_smallest_that_works(
+    run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0.001 of digits' 1347 training images is 1 image: below one per class and below BatchNorm's 2. One
+    message, up front, names the smallest fraction meeting both (not fine-tuning's error after the kNN)."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work was done before the fraction was checked")
+
+    monkeypatch.setattr(evaluate_module, "extract_features", boom)
+    monkeypatch.setattr(evaluate_module, "finetune_few_labels", boom)
+    before = (run / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--few-label", "0.001", "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert (
+        captured.out == "" and (run / "metrics.json").read_bytes() == before
+    )  # nothing evaluated or written
+    assert err.startswith(
+        "contrastkit: error: label fraction 0.001 of the 1347 labelled training images is 1"
+    )
+    assert "fewer than one per class" in err and "at least 2 images (BatchNorm)" in err and "\n" not in err
+    m = re.search(r"at least (\S+) \((\d+) images\)", err)
+    assert m and m.group(2) == "10" and smallest_that_works(float(m.group(1)), 1347, 10)
+    # a fraction meeting the class rule but not BatchNorm's (one class): the same message names 2 images
+    with pytest.raises(ConfigError, match=r"1 image\(s\) for 1 class, fine-tuning needs at least 2") as info:
+        check_label_fractions(torch.zeros(100, dtype=torch.long), [0.01])
+    m = re.search(r"at least (\S+) \(2 images\)", str(info.value))
+    assert m and smallest_that_works(float(m.group(1)), 100, 2) and "per class" not in str(info.value)
+    with pytest.raises(ConfigError, match="Even all of them is too few"):
+        check_label_fractions(torch.zeros(1, dtype=torch.long), [1.0])
+
+
 def test_check_label_fractions_and_finetune_refuse_a_subset_missing_classes() -> None:
     labels = torch.arange(10).repeat(20)  # 200 images, 10 classes
-    check_label_fractions(labels, [0.05, 0.5])  # 10 and 100 images: fine
+    check_label_fractions(labels, [0.05, 0.5, 0.0475])  # 10, 100 and 10 (round(9.5)) images: fine
     with pytest.raises(
-        ConfigError, match=r"0\.02 .* 4 image\(s\) for 10 classes.*at least 0\.05 \(10 images\)"
+        ConfigError, match=r"0\.02 .* 4 image\(s\) for 10 classes.*at least 0\.0475 \(10 images\)"
     ):
         check_label_fractions(labels, [0.5, 0.02])
     images = torch.zeros(200, 1, 4, 4, dtype=torch.uint8)

@@ -96,7 +96,12 @@ def test_paper_defaults_and_bf16_autocast(digits):
 
 def test_too_few_labels_is_a_clear_error(digits):
     splits, _, _ = digits
-    with pytest.raises(ConfigError, match="at least 2"):
+    # 1 image: one message for both rules, naming the smallest fraction (round(0.00706 x 1347) = 10)
+    with pytest.raises(
+        ConfigError,
+        match=r"is 1 image\(s\) for 10 classes, fewer than one per class.*at least 2 images \(BatchNorm\)\. "
+        r"Use a fraction of at least 0\.00706 \(10 images\)",
+    ):
         finetune(
             SmallCNN(1, width=4),
             splits.train.images,

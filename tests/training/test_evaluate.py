@@ -49,8 +49,17 @@ def test_eval_all_merges_every_result_into_metrics_json(run_dir, capsys):
     ev = metrics["evaluation"]
     assert set(ev) == {"knn", "linear_probe", "few_label", "geometry"}
     assert ev["knn"]["top1"] == pytest.approx(trained["knn_top1"], abs=1e-6)  # same data, same limit
+    every = ("checkpoint", "data", "limit", "train_images", "eval_images", "eval_split", "device")
+    every += ("evaluated_at", "seconds", "finished", "trained_steps", "total_steps")  # docs/evaluation.md
     for entry in (ev["knn"], ev["linear_probe"], ev["geometry"], *ev["few_label"].values()):
         assert entry["data"] == "digits" and entry["limit"] == 400 and "protocol" in entry
+        assert set(every) <= set(entry) and entry["seconds"] > 0
+    for entry in ev["few_label"].values():  # the fine-tuning's own time, also kept in its protocol
+        assert entry["seconds"] == entry["protocol"]["seconds"]
+    # eval's kNN: fp32 features of every image of both splits (the training monitor may differ)
+    knn = ev["knn"]["protocol"]
+    assert knn["precision"] == "fp32" and knn["images"] == knn["train_images"] + knn["eval_images"]
+    assert knn["train_images"] == ev["knn"]["train_images"] and knn["eval_images"] == ev["knn"]["eval_images"]
     lp = ev["linear_probe"]
     assert 0.2 < lp["top1"] <= 1.0  # chance is 0.1
     assert lp["weight_decay"] in lp["protocol"]["weight_decay_grid"]

@@ -93,19 +93,26 @@ def few_label_subset(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
     return known[balanced_indices(y[known], size, seed)]
 
 
-def _minimum_fraction(classes: int, known: int) -> float:
-    """The smallest fraction (3 significant digits, rounded up) whose subset holds ``classes`` images."""
-    exact = classes / known
-    digits = 2 - math.floor(math.log10(exact))
-    value = math.ceil(exact * 10**digits - 1e-9) / 10**digits
-    return min(value, 1.0)
+MIN_FINETUNE_IMAGES = 2
+"""Fine-tuning trains BatchNorm layers, which need at least 2 images in a batch."""
+
+
+def _minimum_fraction(images: int, known: int) -> float:
+    """The smallest fraction of 3 significant digits whose subset of ``known`` labelled images holds
+    ``images`` images (as :func:`few_label_subset` sizes it: ``round(fraction × known)``)."""
+    scale = 10 ** (2 - math.floor(math.log10((images - 0.5) / known)))
+    m = math.floor((images - 0.5) / known * scale)
+    while m < scale and round(m / scale * known) < images:
+        m += 1
+    return min(m / scale, 1.0)
 
 
 def check_label_fractions(labels: Tensor, fractions: Sequence[float]) -> None:
-    """Refuse a label fraction whose class-balanced subset would miss a class (fewer images than classes).
+    """Refuse a label fraction whose class-balanced subset is too small to fine-tune on.
 
-    Fine-tuning on fewer labelled images than there are classes cannot learn the missing classes, so its
-    top-1 says little; the :class:`ConfigError` names the count and the smallest fraction that works.
+    The subset must hold one image per class (fewer cannot learn the missing classes, so the top-1 would
+    say little) and at least :data:`MIN_FINETUNE_IMAGES` images in all (BatchNorm); one
+    :class:`ConfigError` names the count, the rule it breaks and the smallest fraction that meets both.
     """
     y = torch.as_tensor(labels).cpu()
     known = y[y >= 0]
@@ -113,20 +120,32 @@ def check_label_fractions(labels: Tensor, fractions: Sequence[float]) -> None:
         return  # few_label_subset says so
     classes = int(torch.unique(known).numel())
     n_known = int(known.numel())
+    needed = max(classes, MIN_FINETUNE_IMAGES)
     for fraction in fractions:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             continue  # few_label_subset says so
         size = max(1, round(fraction * n_known))
-        if size < 2:
-            continue  # finetune's "at least 2" error says so
+        if size >= needed:
+            continue
+        why = []
         if size < classes:
+            why.append("fewer than one per class: fine-tuning on it cannot learn every class")
+        if size < MIN_FINETUNE_IMAGES:
+            why.append(f"fine-tuning needs at least {MIN_FINETUNE_IMAGES} images (BatchNorm)")
+        head = (
+            f"label fraction {fraction:g} of the {n_known} labelled training images is {size} image(s) for "
+            f"{classes} class{'es' if classes != 1 else ''}, {'; '.join(why)}. "
+        )
+        if needed > n_known:
             raise ConfigError(
-                f"label fraction {fraction:g} of the {n_known} labelled training images is {size} "
-                f"image(s) for {classes} classes, fewer than one per class: fine-tuning on it cannot learn "
-                f"every class. Use a fraction of at least {_minimum_fraction(classes, n_known):g} "
-                f"({classes} images), e.g. --few-label {_minimum_fraction(classes, n_known):g} (with --all "
-                "too: --few-label replaces its default 0.01,0.1), or more data"
+                head + f"Even all of them is too few: give data with at least {needed} labelled images"
             )
+        least = _minimum_fraction(needed, n_known)
+        raise ConfigError(
+            head
+            + f"Use a fraction of at least {least:g} ({needed} images), e.g. --few-label {least:g} (with "
+            "--all too: --few-label replaces its default 0.01,0.1), or more data"
+        )
 
 
 def _feature_dim(backbone: nn.Module, sample: Tensor) -> int:
@@ -239,12 +258,7 @@ def finetune(
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     subset = few_label_subset(train_labels, fraction, seed)
     n = int(subset.numel())
-    if n < 2:
-        raise ConfigError(
-            f"{fraction:g} of {train_labels.numel()} training images is {n} image; fine-tuning needs at least 2 "
-            "(BatchNorm): use a larger fraction"
-        )
-    check_label_fractions(train_labels, [fraction])
+    check_label_fractions(train_labels, [fraction])  # at least one image per class, and 2 (BatchNorm)
     k = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
     epochs = epochs if epochs is not None else FINETUNE_EPOCHS.get(round(fraction, 6), 30)
     batch = min(batch_size, n)

@@ -286,8 +286,10 @@ def evaluate_checkpoint(
     under ``"evaluation"``. Grayscale images for an RGB encoder are repeated to three channels
     (:func:`match_channels`), with a ``NOTE:`` line and the note under ``notes`` of the result and of every
     entry; RGB images for a grayscale encoder are refused. A ``knn_k`` larger than the training set is
-    clamped to it, and the k used is recorded (``k``, with ``k_requested``). Label fractions that would
-    leave a class without a labelled image are refused before any work.
+    clamped to it, and the k used is recorded (``k``, with ``k_requested``); the kNN's protocol records
+    ``precision`` (``"fp32"``) and ``images`` (train + eval images it used: every image of both splits). Label
+    fractions too small to fine-tune on (fewer labelled images than classes, or than 2) are refused before
+    any work.
     """
     out = out or sys.stdout
     t0 = time.perf_counter()
@@ -330,7 +332,7 @@ def evaluate_checkpoint(
         splits, note, streamed = load(config)
         note += f" (with the run's --limit {trained_limit})"
     assert splits.test is not None
-    if fractions is not None:  # before any work: a fraction too small for the classes is refused
+    if fractions is not None:  # before any work: a fraction too small to fine-tune on is refused
         check_label_fractions(splits.train.labels, fractions)
     notes: list[str] = []
     channel_note = _fit_channels(splits, streamed, info.channels, path, config.data)
@@ -409,6 +411,10 @@ def evaluate_checkpoint(
         "train_images": n_train,
         "eval_images": n_test,
         "eval_split": note,
+        # unlike the training-time monitor (which may use autocast and at most --knn-images per split):
+        # fp32 features of every image of both splits
+        "precision": "fp32",
+        "images": n_train + n_test,
     }
 
     def knn(train_features: torch.Tensor, test_features: torch.Tensor) -> float:
@@ -475,11 +481,13 @@ def evaluate_checkpoint(
             device=dev,
             autocast_dtype=amp,
         )
-        results["few_label"] = {f"{r.fraction:g}": {**r.to_dict(), **context} for r in tuned}
+        results["few_label"] = {
+            f"{r.fraction:g}": {**r.to_dict(), **context, "seconds": r.protocol["seconds"]} for r in tuned
+        }
         for r in tuned:
             p = r.protocol
             print(
-                f"few-label fine-tuning top-1 {r.top1:.4f} with {r.fraction:.0%} of the labels "
+                f"few-label fine-tuning top-1 {r.top1:.4f} with {r.fraction * 100:.3g}% of the labels "
                 f"({p['labelled_images']} images, {p['epochs']} epochs, {p['optimizer'].split()[0]} lr {p['lr']:.3g}, "
                 f"batch {p['batch_size']}; {p['seconds']:.1f} s)",
                 file=out,
