@@ -7,13 +7,13 @@ device, torch's version, the git commit, the metrics), which is copied into ``do
 turned into the tables of ``docs/results.md`` by ``benchmarks/device/tables.py``.
 
     python3 benchmarks/device/suite.py objectives --rows infonce,oracle --seeds 0,1 --budget 540
-    python3 benchmarks/device/suite.py negatives --budget 540
+    python3 benchmarks/device/suite.py negatives --rows in-batch,queue-4096,queue-16384 --budget 540  # README: call 6
     python3 benchmarks/device/suite.py sela --budget 300
     python3 benchmarks/device/suite.py resume --budget 300
     python3 benchmarks/device/suite.py objectives --smoke          # the same rows on digits, on the CPU
 
-A row starts only when the budget left covers its estimated time (the mean of this call's finished rows,
-or ``--estimate``) and is killed at the budget's end, so the call returns inside the device's limit with
+A row starts only when the budget left covers its estimated time (its ``Row.estimate_s``, else the suite's,
+or ``--estimate``; scaled by how this call's finished rows compared with their estimates) and is killed at the budget's end, so the call returns inside the device's limit with
 every finished row on disk. ``--smoke`` runs each row for one epoch on the embedded digits on the CPU:
 the test suite uses it, so a typo cannot waste a GPU session.
 """
@@ -43,6 +43,7 @@ class Row:
 
     name: str
     args: tuple[str, ...]
+    estimate_s: float | None = None  # its expected seconds on the H200, where they differ from the suite's
 
 
 @dataclass(frozen=True)
@@ -96,16 +97,35 @@ OBJECTIVES = Suite(
     estimate_s=170.0,
 )
 
-# Issue 4. MoCo v2's temperature 0.2 for every row; the same epochs for every row.
+# Issue 4. MoCo v2's temperature 0.2 for every row; the same 30 epochs for every row. The issue's rows come
+# first, so a cut-short call measures them first; then the controls that make each comparison differ in one
+# piece only:
+# - a queue row also turns on a momentum key encoder (MoCo: m = 0.99, shuffled BN): `in-batch+momentum` is
+#   in-batch with the same key encoder, so queue vs in-batch+momentum isolates the negatives' source;
+# - `mined+debiased` also changes the objective: `mined` (InfoNCE) is its control;
+# - `--mined-reencode` runs one more forward and backward of the distinct mined items, up to 2 x 512 x n a step:
+#   at n = 16 that is up to 16k images a step (up to 17x a snapshot step's compute, ~100 GB of saved
+#   activations), which no 10-minute call holds for 30 epochs; so the re-encoding row and its snapshot
+#   control use n = 4 (up to 4096 items: at most 5x).
+# Estimates on the H200 (README's sizing: 30 epochs are 1.5M images, ~60 s at 25k images/s, + ~40 s to
+# compile + ~10 s of decoding and kNN = 110 s): a key encoder adds its forward of both views (~1/3 of a
+# step) and its compilation, ~140 s; a mined row adds 30 refreshes (50k images embedded each, and the
+# search), ~140 s; re-encoding at n = 4: up to 5 x 60 s + refreshes + compiling the varying item batches,
+# ~410 s. So four calls of 540 s hold the ten rows (benchmarks/device/README.md). At 50 epochs a row takes
+# ~150-200 s: two or three a call, five sessions for the other nine, and the re-encoding row (up to 5 x 100 s of
+# steps) would not fit one 10-minute call.
+_MINED_4 = ("--negatives", "mined", "--mined-negatives", "4")
+_DEBIASED = ("--objective", "debiased", "--tau-plus", "0.1")
 NEGATIVES = Suite(
     name="negatives",
     issue=4,
     command="train",
     common=_cifar_train(epochs=30, temperature=0.2),
     rows=(
+        # the issue's rows
         Row("in-batch", ("--negatives", "in-batch")),
-        Row("queue-4096", ("--negatives", "queue", "--queue-size", "4096")),
-        Row("queue-16384", ("--negatives", "queue", "--queue-size", "16384")),
+        Row("queue-4096", ("--negatives", "queue", "--queue-size", "4096"), 140),
+        Row("queue-16384", ("--negatives", "queue", "--queue-size", "16384"), 140),
         Row(
             "queue-16384+mochi",
             # MoCHi (N, s, s') = (1024, 1024, 128) with K = 16k, recalled (not checked against the paper's
@@ -124,15 +144,18 @@ NEGATIVES = Suite(
                 "--mix-query",
                 "128",
             ),
+            150,
         ),
-        Row("mined+debiased", ("--negatives", "mined", "--objective", "debiased", "--tau-plus", "0.1")),
-        Row(
-            "in-batch+mined+debiased",
-            ("--negatives", "in-batch+mined", "--objective", "debiased", "--tau-plus", "0.1"),
-        ),
+        Row("mined+debiased", ("--negatives", "mined", *_DEBIASED), 140),
+        # controls: each differs from an issue row in one piece
+        Row("in-batch+momentum", ("--negatives", "in-batch", "--key-momentum", "0.99"), 140),  # vs queue-*
+        Row("mined", ("--negatives", "mined", "--objective", "infonce"), 140),  # vs mined+debiased
+        Row("in-batch+mined+debiased", ("--negatives", "in-batch+mined", *_DEBIASED), 140),
+        Row("mined-n4+debiased", (*_MINED_4, *_DEBIASED), 140),  # the snapshot control of the next row
+        Row("mined-reencode+debiased", (*_MINED_4, "--mined-reencode", *_DEBIASED), 410),
     ),
     smoke=_TRAIN_SMOKE,
-    estimate_s=110.0,
+    estimate_s=110.0,  # in-batch
 )
 
 # Issue 7. SeLa on CIFAR-10: 10 clusters per head (NMI against the 10 classes), equipartition, cross-view.
@@ -301,7 +324,32 @@ def _train_record(run_dir: Path) -> dict[str, Any]:
     if probe:
         record["linear_top1"] = probe.get("top1")
         record["linear_probe_seconds"] = probe.get("seconds")
-    return record
+    return record | _history_record(run_dir)
+
+
+def _history_record(run_dir: Path) -> dict[str, Any]:
+    """What ``history.jsonl`` adds to a record: the mean number of mined items re-encoded a step
+    (``--mined-reencode``), and the last logged step, which is all a row killed at the budget's end leaves
+    (``history_last``: step, epoch, training seconds; enough to size the row for a later call)."""
+    rows = []
+    try:
+        with (run_dir / "history.jsonl").open() as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut short by the kill
+                    pass
+    except OSError:
+        return {}
+    if not rows:
+        return {}
+    out: dict[str, Any] = {
+        "history_last": {k: rows[-1].get(k) for k in ("step", "epoch", "seconds") if k in rows[-1]}
+    }
+    reencoded = [float(r["mined_reencoded"]) for r in rows if r.get("mined_reencoded") is not None]
+    if reencoded:
+        out["mined_reencoded_mean"] = sum(reencoded) / len(reencoded)
+    return out
 
 
 def _sela_record(run_dir: Path) -> dict[str, Any]:
@@ -404,7 +452,11 @@ def run_suite(
     runs = Path(os.environ.get("SUITE_RUNS", "/tmp/suite-runs")) if not smoke else out / "runs"
     start = time.perf_counter()
     deadline = start + budget
-    done: list[float] = []
+    done: list[tuple[float, float]] = []  # finished rows: (seconds, estimated seconds)
+
+    def expected(row: Row) -> float:
+        return estimate or row.estimate_s or suite.estimate_s
+
     records = []
     meta = {
         "suite": suite.name,
@@ -423,7 +475,9 @@ def run_suite(
     for seed in seeds:  # every row of seed 0 first: a cut-short call still has one full column
         for row in rows:
             left = deadline - time.perf_counter()
-            need = (sum(done) / len(done)) if done else (estimate or suite.estimate_s)
+            # the row's estimate, scaled by how the finished rows' times compared with theirs
+            scale = sum(w for w, _ in done) / sum(e for _, e in done) if done else 1.0
+            need = expected(row) * scale
             if not smoke and left < need:
                 print(
                     f"[suite] skip {row.name} seed {seed}: {left:.0f} s left, a row takes ~{need:.0f} s",
@@ -438,7 +492,15 @@ def run_suite(
             cmd = row_command(suite, row, seed, run_dir, smoke)
             print(f"[suite] {row.name} seed {seed}: {shlex.join(cmd[1:])}", flush=True)
             t0 = time.perf_counter()
-            record: dict[str, Any] = {**meta, "row": row.name, "seed": seed, "command": shlex.join(cmd[1:])}
+            record: dict[str, Any] = {
+                **meta,
+                "row": row.name,
+                "seed": seed,
+                "command": shlex.join(cmd[1:]),
+                # the row's own flags: the rest of the command (less --seed, --out) is what the rows share,
+                # which tables.py compares across rows
+                "row_args": shlex.join(_smoke_args(row.args) if smoke else row.args),
+            }
             if suite.name == "resume":
                 record |= _resume_row(cmd, run_dir, log, deadline)
             else:
@@ -454,7 +516,7 @@ def run_suite(
                     record["log_tail"] = log.read_text()[start_of_row:][-2000:]
             record["wall_seconds"] = time.perf_counter() - t0
             if "error" not in record:
-                done.append(record["wall_seconds"])
+                done.append((record["wall_seconds"], expected(row)))
             records.append(record)
             with (out / "results.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -482,7 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", help="comma-separated row names (default: all); see --list")
     p.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
     p.add_argument("--budget", type=float, default=540.0, help="seconds this call may take (default 540)")
-    p.add_argument("--estimate", type=float, help="seconds a row takes, before one has finished")
+    p.add_argument(
+        "--estimate", type=float, help="seconds every row takes, before one has finished (default: the rows')"
+    )
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="results folder (default $OUT)")
     p.add_argument("--smoke", action="store_true", help="digits, CPU, one epoch: check the commands run")
     p.add_argument("--no-linear-probe", action="store_true", help="skip contrastkit eval --linear-probe")

@@ -122,3 +122,201 @@ def test_tables_take_the_last_record_of_a_rerun_and_missing_values(tmp_path: Pat
     text = tables.table(recs, "objectives")
     assert "| infonce | 2 | 0.750 (0.700, 0.800) |" in text
     assert "| resume | [7] | - / - |" in tables.table(recs, "resume")
+
+
+def _config(s: object, name: str) -> dict[str, object]:
+    """A row's training config as a dict (the key encoder's momentum resolved), for comparing rows."""
+    row = next(r for r in s.rows if r.name == name)  # type: ignore[attr-defined]
+    cmd = suite.row_command(s, row, 0, Path("runs/x"), False)
+    config = config_from_args(build_parser().parse_args(cmd[3:]))
+    return config.to_dict() | {"key_momentum": config.resolved_key_momentum()}
+
+
+def _differ(a: dict[str, object], b: dict[str, object]) -> set[str]:
+    return {k for k in a if a[k] != b[k]}
+
+
+def test_negatives_controls_differ_from_their_rows_in_one_piece() -> None:
+    n = suite.NEGATIVES
+    names = [r.name for r in n.rows]
+    # the issue's rows first: a cut-short call measures them first
+    issue = ["in-batch", "queue-4096", "queue-16384", "queue-16384+mochi", "mined+debiased"]
+    assert names[: len(issue)] == issue
+    c = {name: _config(n, name) for name in names}
+    # a queue turns on MoCo's key encoder: in-batch+momentum has the same one, so the source is the difference
+    assert c["queue-4096"]["key_momentum"] == 0.99 and c["in-batch"]["key_momentum"] == 0.0
+    assert _differ(c["in-batch"], c["in-batch+momentum"]) == {"key_momentum"}
+    assert _differ(c["queue-4096"], c["in-batch+momentum"]) == {"negatives"}  # 4096: the default queue size
+    assert _differ(c["queue-16384"], c["in-batch+momentum"]) == {"negatives", "queue_size"}
+    assert c["in-batch+momentum"]["shuffle_bn_groups"] == c["queue-4096"]["shuffle_bn_groups"]
+    # debiased vs InfoNCE on the same mined negatives, and snapshot vs re-encoded mined negatives
+    assert _differ(c["mined"], c["mined+debiased"]) == {"objective"}  # tau_plus 0.1: the default
+    assert c["mined"]["objective"] == "infonce"
+    assert _differ(c["mined-n4+debiased"], c["mined-reencode+debiased"]) == {"mined_reencode"}
+    assert _differ(c["mined+debiased"], c["mined-n4+debiased"]) == {"mined_negatives"}
+    assert (
+        c["mined-reencode+debiased"]["mined_reencode"]
+        and c["mined-reencode+debiased"]["objective"] == "debiased"
+    )
+    # every row: the same epochs, batch, temperature, data
+    for name in names:
+        for key in ("epochs", "batch_size", "temperature", "data", "lr", "seed"):
+            assert c[name][key] == c["in-batch"][key], (name, key)
+
+
+def test_readme_plans_every_negatives_row_in_calls_that_fit() -> None:
+    """benchmarks/device/README.md's calls of the negatives suite: every row in one call, none twice, each
+    call's budget under the 10-minute limit and its rows' estimate within that budget."""
+    import re
+
+    text = (ROOT / "benchmarks" / "device" / "README.md").read_text()
+    calls = re.findall(r"negatives --rows ([\w+,.-]+) --budget (\d+)", text)
+    assert calls, "no negatives calls with --rows in the README"
+    planned = [row for rows, _ in calls for row in rows.split(",")]
+    assert sorted(planned) == sorted(r.name for r in suite.NEGATIVES.rows)
+    for rows, budget in calls:
+        assert int(budget) <= 540
+        by_name = {r.name: r for r in suite.NEGATIVES.rows}
+        estimate = sum(by_name[row].estimate_s or suite.NEGATIVES.estimate_s for row in rows.split(","))
+        assert estimate <= int(budget), (rows, estimate, budget)
+
+
+def _rec(row: str, seed: int, knn: float, **kw: object) -> dict[str, object]:
+    base = {
+        "suite": "negatives",
+        "row": row,
+        "seed": seed,
+        "git": "aaaaaaa",
+        "device_name": "NVIDIA H200",
+        "torch": "2.11.0",
+        "smoke": False,
+        "epochs": 30,
+        "command": f"-m contrastkit train --epochs 30 --negatives {row} --seed {seed} --out runs/{row}-{seed}",
+        "row_args": f"--negatives {row}",
+        "knn_top1": knn,
+        "images_per_second": 1000.0,
+    }
+    return base | kw
+
+
+def test_tables_never_mix_smoke_and_real_records(tmp_path: Path) -> None:
+    recs = [
+        _rec("in-batch", 0, 0.85),
+        _rec("in-batch", 1, 0.20, smoke=True, device_name="cpu", epochs=1),
+    ]
+    text = tables.table(recs, "negatives")
+    assert "| in-batch | 1 | 0.850 |" in text
+    assert "0.525" not in text and "0.200" not in text and "SMOKE" not in text
+    assert "1 smoke record(s) of this suite left out" in text
+    smoke = tables.table(recs, "negatives", smoke=True)
+    assert "SMOKE" in smoke and "| in-batch | 1 | 0.200 |" in smoke and "0.850" not in smoke
+    # only smoke records: a SMOKE table; --with-smoke prints both, apart
+    assert "SMOKE" in tables.table(recs[1:], "negatives")
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "device" / "tables.py"), "--with-smoke", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.count("### negatives") == 2 and "0.525" not in done.stdout
+
+
+def test_tables_average_seeds_across_commits_but_name_the_commits() -> None:
+    """A plan's calls run in different sessions, at different commits: the seeds of a row are still one
+    line, and the commits are named (per line), so the code's diff between them can be checked."""
+    recs = [
+        _rec("queue-4096", 0, 0.80),
+        _rec("queue-4096", 1, 0.70, git="bbbbbbb"),  # seed 1 from a later call
+        _rec("in-batch", 0, 0.60),
+        _rec("in-batch", 1, 0.64),
+    ]
+    text = tables.table(recs, "negatives")
+    assert "| queue-4096 | 2 | 0.750 (0.800, 0.700) |" in text
+    assert "| in-batch | 2 | 0.620 (0.600, 0.640) |" in text
+    assert "Not all lines are comparable" not in text
+    assert (
+        "records from 2 commits (aaaaaaa, bbbbbbb); by line: queue-4096: aaaaaaa, bbbbbbb; in-batch: aaaaaaa"
+        in text
+    )
+    assert "git diff aaaaaaa bbbbbbb -- src" in text
+    assert "commit (every record): aaaaaaa" in tables.table(recs[2:], "negatives")
+
+
+def test_tables_do_not_average_other_epochs() -> None:
+    # a row of 30 epochs beside rows of 50: flagged, its letter differs
+    fifty = [
+        _rec(r, 0, 0.9, epochs=50, command=f"-m contrastkit train --epochs 50 --negatives {r} --seed 0")
+        for r in ("in-batch", "queue-16384")
+    ]
+    text = tables.table([*fifty, _rec("queue-4096", 0, 0.8)], "negatives")
+    assert "| queue-4096 | 1 | 0.800 | - | 1000 | - | - | B |" in text
+    assert "| in-batch | 1 | 0.900 | - | 1000 | - | - | A |" in text
+    assert "settings A: 50 epochs" in text and "settings B: 30 epochs" in text
+    # the same row with 30 and 50 epochs: two lines, named by their epochs
+    text = tables.table([fifty[0], _rec("in-batch", 1, 0.5)], "negatives")
+    assert "| in-batch (epochs 50) | 1 | 0.900 |" in text and "| in-batch (epochs 30) | 1 | 0.500 |" in text
+    # the same row with other flags of its own: two lines, named by the flags
+    other = _rec("in-batch", 1, 0.4, command="-m contrastkit train --epochs 30 --negatives in-batch --oracle")
+    text = tables.table([_rec("in-batch", 0, 0.5), other], "negatives")
+    assert (
+        "| in-batch (flags --oracle) | 1 | 0.400 |" in text
+        and "| in-batch (fewer flags) | 1 | 0.500 |" in text
+    )
+    # shared flags that differ between rows: flagged too, and named under the table
+    wide = _rec(
+        "mined",
+        0,
+        0.3,
+        command="-m contrastkit train --epochs 30 --lr 0.1 --negatives mined",
+        row_args="--negatives mined",
+    )
+    text = tables.table([_rec("in-batch", 0, 0.5), wide], "negatives")
+    assert "Not all lines are comparable" in text
+    assert "common flags `-m contrastkit train --epochs 30 --lr 0.1`" in text
+
+
+def test_tables_show_mined_refresh_seconds_and_what_images_per_second_counts() -> None:
+    recs = [
+        _rec("in-batch", 0, 0.6, train_seconds=60.0),
+        _rec("mined", 0, 0.5, train_seconds=90.0, mined_index_refresh_seconds=12.5),
+        _rec("mined-reencode", 0, 0.55, mined_index_refresh_seconds=13.0, mined_reencoded_mean=2500.0),
+    ]
+    text = tables.table(recs, "negatives")
+    assert "index refresh s" in text and "re-encoded items a step" in text
+    assert "| mined | 1 | 0.500 | - | 1000 | - | 90 | 12.5 | - |" in text
+    assert "| in-batch | 1 | 0.600 | - | 1000 | - | 60 | - | - |" in text
+    assert "| mined-reencode | 1 | 0.550 | - | 1000 | - | - | 13.0 | 2500 |" in text
+    assert "Only the training batch's images are counted" in text and "index refreshes" in text
+
+
+def test_killed_rows_keep_their_last_logged_step(tmp_path: Path) -> None:
+    (tmp_path / "history.jsonl").write_text(
+        '{"step": 10, "epoch": 1, "seconds": 4.0, "mined_reencoded": 300.0}\n'
+        '{"step": 20, "epoch": 2, "seconds": 8.5, "mined_reencoded": 500.0}\n{"step": 3'  # cut by the kill
+    )
+    record = suite._train_record(tmp_path)  # no metrics.json: the run was killed
+    assert record == {"history_last": {"step": 20, "epoch": 2, "seconds": 8.5}, "mined_reencoded_mean": 400.0}
+    failed = {**_rec("mined", 0, 0.0), "error": "killed at the budget's end", **record}
+    del failed["knn_top1"]
+    assert "failed: mined seed 0: killed at the budget's end (last logged: step 20, epoch 2, 8 s)" in (
+        tables.table([failed], "negatives")
+    )
+
+
+def test_budget_uses_each_rows_own_estimate(tmp_path: Path) -> None:
+    reencode = next(r for r in suite.NEGATIVES.rows if r.name == "mined-reencode+debiased")
+    assert reencode.estimate_s and reencode.estimate_s > suite.NEGATIVES.estimate_s
+    # 300 s cover the suite's 110 s but not this row's own estimate: it must not start
+    records = suite.run_suite(
+        suite.NEGATIVES, [reencode], [0], tmp_path, budget=300, smoke=False, estimate=None, linear_probe=False
+    )
+    assert records == []
+
+
+def test_tables_a_rerun_replaces_a_failure_of_the_same_settings() -> None:
+    failed = {**_rec("queue-4096", 0, 0.0), "error": "killed at the budget's end"}
+    del failed["knn_top1"], failed["epochs"]  # a killed row has no metrics: its epochs come from the command
+    text = tables.table([failed, _rec("queue-4096", 0, 0.8)], "negatives")
+    assert "| queue-4096 | 1 | 0.800 |" in text and "failed" not in text
