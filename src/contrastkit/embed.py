@@ -114,7 +114,7 @@ def compute_embeddings(
     spec = str(data) if data is not None else trained.config.data
     size = trained.info.image_size
     if spec == "digits" or has_split_layout(spec):
-        splits = load_dataset(spec, image_size=size, seed=trained.config.seed)
+        splits = load_dataset(spec, image_size=size, seed=trained.config.split_seed)  # the run's split
         parts = [("train", splits.train), ("test", splits.test)]
         layout = "train/test splits"
     else:

@@ -44,7 +44,8 @@ def load_dataset(
     """Load ``"digits"`` or an image folder / ``.zip`` at path ``spec``.
 
     ``image_size`` resizes to ``image_size`` squared (bicubic); ``limit`` keeps at most that many images
-    per split (seeded, class-balanced); ``seed`` also fixes the digits train/test split.
+    per split (seeded, class-balanced); ``seed`` also fixes the digits train/test split. ``contrastkit
+    train`` passes its ``--split-seed`` (not ``--seed``), so runs of several seeds share one test set.
     """
     for opt, value in (("image_size", image_size), ("limit", limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

@@ -181,7 +181,8 @@ def held_out_indices(
 
     Stratified when it can be: every class has 2 items and both sides can hold one item of each class;
     otherwise (tiny data: 20 images of 10 classes hold out 4) a plain seeded split. Fewer than 2 items, or a
-    share that would hold out every item, is a :class:`DataError` naming ``what``."""
+    share that would hold out every item, is a :class:`DataError` naming ``what``. ``contrastkit train``
+    seeds it with ``--split-seed``."""
     import math
 
     from sklearn.model_selection import train_test_split

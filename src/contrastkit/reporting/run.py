@@ -120,7 +120,7 @@ def load_trained_run(run: str | Path, device: str = "cpu") -> TrainedRun:
     for key in ("config", "data_info", "model"):
         if key not in state:
             raise ContrastkitError(f"checkpoint {str(path)!r} has no {key!r} entry; it is not a finished run")
-    config = TrainConfig.from_dict(state["config"], source=str(path))
+    config = TrainConfig.from_dict(state["config"], source=str(path), saved_run=True)
     info = DataInfo(**{k: tuple(v) if k in ("mean", "std") else v for k, v in state["data_info"].items()})
     model = build_model(config, info.channels, info.image_size)
     model.load_state_dict(state["model"])

@@ -39,7 +39,9 @@ class TrainConfig:
     # data
     data: str = _opt("digits", "'digits' (embedded, 1,797 8x8 images) or a folder/.zip with train/<class>/*")
     image_size: int | None = _opt(None, "resize images to this square size (default: keep; must all match)")
-    limit: int | None = _opt(None, "use at most this many images per split (class-balanced, seeded)")
+    limit: int | None = _opt(
+        None, "use at most this many images per split (class-balanced, seeded by --split-seed)"
+    )
     data_placement: str = _opt(
         "auto",
         "where the training images live: auto (decoded into GPU memory when they take at most half of what is "
@@ -52,7 +54,7 @@ class TrainConfig:
     knn_images: int = _opt(
         10000,
         "kNN monitor on data that does not sit on the device (stream, or host memory on a GPU): at most this "
-        "many train and test images (class-balanced, seeded)",
+        "many train and test images (class-balanced, seeded by --split-seed)",
     )
     # model
     encoder: str = _opt("auto", "resnet18 | resnet50 | small_cnn | mlp | auto (small_cnn below 32 px)")
@@ -87,7 +89,8 @@ class TrainConfig:
     queue_size: int = _opt(4096, "negatives in the momentum queue (queue, queue+mochi)")
     key_momentum: float | None = _opt(
         None,
-        "EMA momentum of the key encoder (MoCo); default 0.99 with a queue source, off otherwise; 0 disables",
+        "EMA momentum of the key encoder (MoCo); default 0.99 with a queue source, off otherwise; 0 disables "
+        "(the run folder's config.yaml records the value used)",
     )
     shuffle_bn_groups: int = _opt(
         4, "shuffled BatchNorm groups of the key encoder's batch (MoCo Sec. 3.3); 1 disables"
@@ -147,7 +150,15 @@ class TrainConfig:
         None, "linear warm-up before the cosine decay (default: a tenth of the epochs)"
     )
     # run
-    seed: int = _opt(0, "random seed (data split, init, views)")
+    seed: int = _opt(
+        0, "random seed (initialisation, views, the epochs' data order; the split: --split-seed)"
+    )
+    split_seed: int = _opt(
+        0,
+        "seed of the data split, independent of --seed: the digits' test split, the part of train held out "
+        "when a folder has no test/, and --limit's and --knn-images' subsets, so that runs of several --seed "
+        "values share one test set (a run saved before this option keeps its split: its --seed)",
+    )
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
     compile: bool = _opt(False, "torch.compile the model")
@@ -203,6 +214,12 @@ class TrainConfig:
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
         _check(isinstance(self.knn_every, int) and self.knn_every >= 0, "knn_every", "an integer >= 0")
+        v = self.split_seed  # scikit-learn's and numpy's seeds: 0 to 2**32 - 1
+        _check(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
+            "split_seed",
+            "an integer in [0, 2**32)",
+        )
         _check(
             isinstance(self.mined_refresh_every, int) and self.mined_refresh_every >= 0,
             "mined_refresh_every",
@@ -270,8 +287,15 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        """Build from a mapping; unknown keys are an error that names them."""
+    def from_dict(
+        cls, values: dict[str, Any], *, source: str = "config", saved_run: bool = False
+    ) -> TrainConfig:
+        """Build from a mapping; unknown keys are an error that names them.
+
+        ``saved_run``: ``values`` is the configuration a run saved (its checkpoint's), read as that run
+        behaved: without ``split_seed`` (saved before the option existed) its data were split with its
+        ``seed``; its ``key_momentum`` of null (saved before the resolved value was recorded) is the momentum
+        it used (:meth:`resolved_key_momentum`), so that giving that value again on resume is no change."""
         known = {f.name for f in fields(cls)}
         norm = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(norm) - known)
@@ -279,7 +303,13 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
             )
-        return cls(**_coerce(norm, source))
+        values = _coerce(norm, source)
+        if saved_run and "split_seed" not in values and "seed" in values:  # saved before --split-seed
+            values["split_seed"] = values["seed"]
+        config = cls(**values)
+        if saved_run and config.key_momentum is None:  # saved before it was recorded: the one it used
+            config = config.replace(key_momentum=config.resolved_key_momentum())
+        return config
 
 
 def check_option_combinations(config: TrainConfig) -> None:

@@ -6,12 +6,13 @@
 - ``auto`` / ``device`` / ``host``: the data set is decoded once into memory; its images stay on the GPU
   (a batch is one index operation there) or, when they do not fit, in host memory (a batch is
   gathered on the host and copied asynchronously). ``auto`` decides by the device's free memory. In host
-  memory on a GPU the kNN monitor uses a seeded, class-balanced subset of at most ``--knn-images``
-  images per split (its features are float32 on the device: four times the images' own size).
+  memory on a GPU the kNN monitor uses a class-balanced subset (seeded by ``--split-seed``) of at most
+  ``--knn-images`` images per split (its features are float32 on the device: four times the images' own
+  size).
 - ``stream``: images are read from the folder or zip one by one in ``DataLoader`` worker processes, for
   data sets larger than memory; batches are pinned and copied asynchronously, and the augmentation still
-  runs on the device. The kNN monitor (and the normalisation statistics) then use a decoded, seeded,
-  class-balanced subset of at most ``--knn-images`` train and test images.
+  runs on the device. The kNN monitor (and the normalisation statistics) then use a decoded,
+  class-balanced subset (seeded by ``--split-seed``) of at most ``--knn-images`` train and test images.
 
 Either way the loop draws one shuffled order per epoch and asks for the batches of that order from a given
 batch on, so an interrupted run resumes with exactly the batches it would have seen.
@@ -54,6 +55,7 @@ class TrainingData:
     workers: int | None = None
     names: list[str] | None = None  # the training images' names (file paths in the folder or zip), if known
     source: str | None = None  # the folder or .zip the names are in (None: the embedded digits)
+    knn_images: int | None = None  # the --knn-images cap of the kNN monitor's subsets (None: every image)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -170,6 +172,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
             resident=resident,
             names=list(splits.train.names),
             source=None if config.data == "digits" else config.data,
+            knn_images=config.knn_images if knn is not splits else None,
         )
     streamed = stream_splits(config)
     return TrainingData(
@@ -182,6 +185,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
         workers=streamed.workers,
         names=list(streamed.train.names),
         source=config.data,
+        knn_images=config.knn_images,
     )
 
 
@@ -191,7 +195,7 @@ class StreamedSplits:
 
     train: ImageFileDataset
     test: ImageFileDataset
-    subsets: DataSplits  # seeded, class-balanced, at most --knn-images images per split, decoded
+    subsets: DataSplits  # class-balanced (--split-seed), at most --knn-images images per split, decoded
     split_note: str  # "test split", or the held-out share of train
     workers: int  # decoding processes
 
@@ -213,26 +217,29 @@ def stream_splits(config: TrainConfig) -> StreamedSplits:
         config.data,
         image_size=config.image_size,
         limit=config.limit,
-        seed=config.seed,
+        seed=config.split_seed,
         hold_out=HELD_OUT_FRACTION,
     )
     assert test is not None
     has_test = "test" in {n.split("/", 1)[0] for n in test.names}
     note = "test split" if has_test else f"held out {HELD_OUT_FRACTION:.0%} of train (no test/ folder)"
     workers = default_workers() if config.workers is None else config.workers
+    cap, seed = config.knn_images, config.split_seed
     subsets = DataSplits(
-        train=train.decode(balanced_indices(train.labels, config.knn_images, config.seed), workers=workers),
-        test=test.decode(balanced_indices(test.labels, config.knn_images, config.seed), workers=workers),
+        train=train.decode(balanced_indices(train.labels, cap, seed), workers=workers),
+        test=test.decode(balanced_indices(test.labels, cap, seed), workers=workers),
         name=config.data,
     )
     return StreamedSplits(train=train, test=test, subsets=subsets, split_note=note, workers=workers)
 
 
 def _knn_subsets(splits: DataSplits, config: TrainConfig) -> DataSplits:
-    """Seeded, class-balanced subsets of at most ``--knn-images`` images per split (copies)."""
+    """Class-balanced subsets of at most ``--knn-images`` images per split (copies), seeded by
+    ``--split-seed``."""
     assert splits.test is not None
+    cap, seed = config.knn_images, config.split_seed
     return DataSplits(
-        train=splits.train.subset(balanced_indices(splits.train.labels, config.knn_images, config.seed)),
-        test=splits.test.subset(balanced_indices(splits.test.labels, config.knn_images, config.seed)),
+        train=splits.train.subset(balanced_indices(splits.train.labels, cap, seed)),
+        test=splits.test.subset(balanced_indices(splits.test.labels, cap, seed)),
         name=splits.name,
     )

@@ -298,7 +298,7 @@ def evaluate_checkpoint(
     if write:  # before any work: results that cannot be merged into metrics.json would be lost
         check_output_folder(path.parent / METRICS_NAME)
     state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"], source=str(path))
+    config = TrainConfig.from_dict(state["config"], source=str(path), saved_run=True)
     run_progress = training_progress(state)
     info = DataInfo(**{k: tuple(v) if k in ("mean", "std") else v for k, v in state["data_info"].items()})
     changes: dict[str, Any] = {"device": device, "image_size": info.image_size, "limit": limit}

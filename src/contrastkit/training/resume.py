@@ -108,7 +108,7 @@ def resume_config(
             "nothing to resume: evaluate it with contrastkit eval, or start a new run"
         )
     refuse_cuda_run_without_cuda((state.get("progress") or {}).get("device_type", "cpu"), path.parent)
-    saved = TrainConfig.from_dict(state["config"], source=str(path))
+    saved = TrainConfig.from_dict(state["config"], source=str(path), saved_run=True)
     overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
     data = _resume_data(saved.data, overrides.get("data"), state, path.parent)
     if data is not None:  # the run's data, found: not a change

@@ -41,10 +41,12 @@ states, so a resume needs the same number of processes.
 from __future__ import annotations
 
 import gc
+import inspect
 import io
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import time
@@ -60,6 +62,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from contrastkit import __version__
 from contrastkit.data import DataSplits, load_dataset
 from contrastkit.encoders import MLP, ContrastiveModel, ProjectionHead, build_encoder, resolve_stem
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
@@ -75,7 +78,7 @@ from contrastkit.negatives.distributed import (
     world_size,
 )
 from contrastkit.negatives.mined import resolve_index_kind
-from contrastkit.objectives import build_objective
+from contrastkit.objectives import OBJECTIVES, build_objective
 from contrastkit.scores import Score, build_score
 from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -111,6 +114,8 @@ from contrastkit.views import ImageViews, eval_transform, view_pair
 
 HISTORY_NAME = "history.jsonl"
 RANK_SEED_STRIDE = 100_003  # rank r > 0 offsets its generators' seeds by r times this
+# --mined-reencode's generator is seeded with the views' seed plus this (beyond the 32-bit seeds in use)
+REENCODE_SEED_OFFSET = 2**32
 # --skip-nonfinite: a run that skipped more than this share of its steps ends with a warning (printed and in
 # metrics.json): its model trained on much less than it was asked to
 SKIPPED_WARNING_SHARE = 0.25
@@ -120,6 +125,8 @@ NONFINITE_ADVICE = "a lower --lr, a higher --temperature or --precision fp32"
 # below the untrained encoder's, ends with a warning that its representation likely collapsed
 COLLAPSE_CHANCE_FACTOR = 1.5
 COLLAPSE_BELOW_RANDOM = 0.1
+# the options the trainer passes to build_objective: each objective takes those its constructor names
+OBJECTIVE_OPTIONS = ("temperature", "tau_plus", "beta", "margin", "mining")
 
 
 @dataclass
@@ -162,11 +169,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_splits(config: TrainConfig) -> tuple[DataSplits, str]:
-    """Load the data; without a test split, hold out a stratified part of train for evaluation."""
-    splits = load_dataset(config.data, image_size=config.image_size, limit=config.limit, seed=config.seed)
+    """Load the data; without a test split, hold out a stratified part of train for evaluation. The split
+    (the digits' test split, the held-out part, ``--limit``'s subsets) is seeded by ``--split-seed``, not by
+    ``--seed``: runs of several seeds are evaluated on the same test set."""
+    seed = config.split_seed
+    splits = load_dataset(config.data, image_size=config.image_size, limit=config.limit, seed=seed)
     note = "test split"
     if splits.test is None or len(splits.test) == 0:
-        splits = _hold_out(splits, HELD_OUT_FRACTION, config.seed)
+        splits = _hold_out(splits, HELD_OUT_FRACTION, seed)
         note = f"held out {HELD_OUT_FRACTION:.0%} of train (no test/ folder)"
     return splits, note
 
@@ -243,16 +253,22 @@ def build_views(config: TrainConfig, info: DataInfo) -> ImageViews:
 
 
 def resolve_hyperparameters(config: TrainConfig) -> TrainConfig:
-    """Fill the defaults that depend on other options (lr scaled by batch/256, weight decay, warm-up)."""
+    """Fill the defaults that depend on other options (lr scaled by batch/256, weight decay, warm-up, the key
+    encoder's momentum: 0.99 with a queue source, else 0), so that the run folder records the values used."""
     lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
     warmup = config.warmup_epochs if config.warmup_epochs is not None else round(0.1 * config.epochs, 2)
-    return config.replace(lr=lr, weight_decay=wd, warmup_epochs=warmup)
+    return config.replace(
+        lr=lr, weight_decay=wd, warmup_epochs=warmup, key_momentum=config.resolved_key_momentum()
+    )
 
 
 def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<data>-<objective>-<time>``, with ``-<negatives>`` after the objective when the negatives are
+    not the default in-batch ones."""
     data = "digits" if config.data == "digits" else Path(config.data).stem
-    return Path("runs") / f"{data}-{config.objective}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    negatives = "" if config.negatives == "in-batch" else f"-{config.negatives}"
+    return Path("runs") / f"{data}-{config.objective}{negatives}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 class KnnEvaluator:
@@ -369,6 +385,18 @@ def _barrier_before_teardown(owns_group: bool) -> None:
 
 
 @dataclass
+class _ItemViews:
+    """``--mined-reencode``'s augmentation of the mined items: the first view's module and the generator
+    its parameters are drawn from. That generator is the run's own (:data:`REENCODE_SEED_OFFSET`), not the
+    views' one: each step draws for a data-dependent number of items, which would otherwise move the training
+    views and the epochs' orders away from those of every other run of the seed. A run resumed from a
+    checkpoint written before it had its own generator goes on sharing the views' one, as it did."""
+
+    views: ImageViews
+    generator: torch.Generator
+
+
+@dataclass
 class _Parts:
     """What :func:`_build` makes of a config and its data: the model and its views, the learner around
     them, the optimizer and its schedule, and the run's numbers of steps."""
@@ -381,6 +409,7 @@ class _Parts:
     key_momentum: float
     evaluator: KnnEvaluator
     gen: torch.Generator  # the views' random parameters and the epochs' shuffled orders
+    item_views: _ItemViews | None  # --mined-reencode's augmentation, with its own generator
     learner: ContrastiveLearner
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -542,6 +571,7 @@ def _run(
             total_seconds=loop.elapsed_base + time.perf_counter() - t_start,
             device=device,
             mined=parts.mined,
+            amp_dtype=parts.amp_dtype,
         )
         loop.finish(metrics)
         metrics["total_seconds"] = loop.elapsed_base + time.perf_counter() - t_start
@@ -627,7 +657,8 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
 
     The order is that of the random streams: the global generator is seeded (``seed``) before the model's
     initialisation; with several processes rank r > 0 reseeds it after wrapping the model in DDP (rank 0
-    keeps the single-process streams: MoCHi, shuffling BN); the views' generator gets ``seed + 1``.
+    keeps the single-process streams: MoCHi, shuffling BN); the views' generator gets ``seed + 1``,
+    ``--mined-reencode``'s its own (:class:`_ItemViews`) ``seed + 1 + REENCODE_SEED_OFFSET``, on the device.
     """
     rank_, world = rank(), world_size()
     torch.manual_seed(config.seed)
@@ -657,6 +688,11 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
     gen.manual_seed(config.seed + 1 + RANK_SEED_STRIDE * rank_)
     mined = "mined" in config.negatives
     refresh_every = config.mined_refresh_every or steps_per_epoch
+    item_views = None
+    if mined and config.mined_reencode:
+        item_gen = torch.Generator(device=device)
+        item_gen.manual_seed(config.seed + 1 + RANK_SEED_STRIDE * rank_ + REENCODE_SEED_OFFSET)
+        item_views = _ItemViews(views1, item_gen)
     negatives = build_negatives(
         config.negatives,
         queue_size=config.queue_size,
@@ -672,23 +708,14 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
         refresh_every=refresh_every,
         index=resolve_index_kind(config.mined_index, device),
         train_labels=data.labels,
-        encode_items=_item_encoder(model, data.fetch, views1, gen, score)
-        if mined and config.mined_reencode
-        else None,
+        encode_items=_item_encoder(model, data.fetch, item_views, score) if item_views is not None else None,
         both_views=key_encoder is None,
     )
     learner = ContrastiveLearner(
         net,
         negatives,
         score,
-        build_objective(
-            config.objective,
-            temperature=config.temperature,
-            tau_plus=config.tau_plus,
-            beta=config.beta,
-            margin=config.margin,
-            mining=config.mining,
-        ),
+        build_objective(config.objective, **{name: getattr(config, name) for name in OBJECTIVE_OPTIONS}),
         oracle=config.oracle,
         key_encoder=key_encoder,
     ).to(device)
@@ -709,6 +736,7 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
         key_momentum=key_momentum,
         evaluator=evaluator,
         gen=gen,
+        item_views=item_views,
         learner=learner,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -741,6 +769,7 @@ def _fresh_progress(
         "last_loss": float("nan"),
         "skipped_steps": 0,
         "resumed_at_steps": [],
+        "session_environments": [{"from_step": 0, **_environment(device)}],
     }
     # the run folder was checked by _open_run: it holds no history.jsonl of another run to lose
     return progress, 0, []
@@ -780,7 +809,17 @@ def _restore(
         view_rng, global_rng = view_rng[rank_], global_rng[rank_]
     parts.gen.set_state(view_rng)  # a CPU byte tensor, for CPU and CUDA generators alike
     restore_rng_state(global_rng)
+    item_rng = progress.pop("reencode_rng", None)
+    if parts.item_views is not None:
+        if item_rng is None:  # written before --mined-reencode had its own generator: it shared the views'
+            parts.item_views.generator = parts.gen
+        else:
+            parts.item_views.generator.set_state(item_rng[rank_] if world > 1 else item_rng)
     progress["resumed_at_steps"] = [*progress["resumed_at_steps"], step]
+    progress["session_environments"] = [  # none from a checkpoint written before they were recorded
+        *progress.get("session_environments", []),
+        {"from_step": step, **_environment(device)},
+    ]
     history = _truncate_history(run_dir / HISTORY_NAME, step, write=rank_ == 0)
     return progress, step, history
 
@@ -829,6 +868,7 @@ def _banner(
     splits = data.knn_splits
     assert splits.test is not None
     c, h, w = data.image_shape
+    objective_params = ", ".join(f"{name}={value}" for name, value in objective_options(config).items())
     parallel = ""
     if world > 1:
         parallel = f" = {world} processes x {parts.shard} ({dist.get_backend()})" + (
@@ -839,15 +879,27 @@ def _banner(
     return (
         f"contrastkit train: data={splits.name} ({len(data)} train / {len(splits.test)} eval "
         f"[{data.eval_note}], {c}x{h}x{w}, {len(splits.train.classes)} classes, {data.where})\n"
-        f"  encoder={_encoder_name(config, h)} objective={config.objective}(temperature={config.temperature}) "
+        f"  encoder={_encoder_name(config, h)} objective={config.objective}({objective_params}) "
         f"negatives={config.negatives}{'+oracle' if config.oracle else ''} score={config.score}"
         f"{_negatives_note(config, parts.key_momentum, parts.refresh_every, device)}\n"
         f"  {config.epochs} epochs x {parts.steps_per_epoch} steps, batch {config.batch_size}{parallel}, "
         f"{config.optimizer} lr={config.lr:g} wd={config.weight_decay:g}, device={device}, "
-        f"precision={'bf16' if parts.amp_dtype is not None else 'fp32'}"
+        f"precision={_precision_name(parts.amp_dtype)}, seed={config.seed} split_seed={config.split_seed}"
         f"\n  run folder: {run_dir}"
         + (f"\n  resumed at step {step} of {parts.total_steps}" if resumed else "")
     )
+
+
+def objective_options(config: TrainConfig) -> dict[str, Any]:
+    """The options of :data:`OBJECTIVE_OPTIONS` that ``config``'s objective takes (the parameters of its
+    class in the registry :data:`~contrastkit.objectives.OBJECTIVES`), with their values, in that order."""
+    takes = inspect.signature(OBJECTIVES[config.objective]).parameters
+    return {name: getattr(config, name) for name in OBJECTIVE_OPTIONS if name in takes}
+
+
+def _precision_name(amp_dtype: torch.dtype | None) -> str:
+    """``bf16`` for bf16 autocast, ``fp32`` without autocast."""
+    return "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.").replace("bfloat", "bf")
 
 
 @dataclass
@@ -1101,9 +1153,14 @@ def _final_metrics(
     total_seconds: float,
     device: torch.device,
     mined: bool,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """``metrics.json``: the last kNN point against the untrained model and raw pixels, and the run's
-    numbers."""
+    numbers. ``knn_protocol`` records how the kNN monitor measured (features under the run's autocast
+    ``precision``, on ``images`` train + eval images, subsets of at most ``knn_images`` per split or null for
+    every image, the split of ``split_seed``); ``environment`` what the numbers depend on beyond the
+    configuration (:func:`_environment`; ``session_environments``: each session's, for a resumed run);
+    ``config`` the resolved configuration, as in ``config.yaml``."""
     train_set, test_set = data.knn_splits.train, data.knn_splits.test
     assert test_set is not None
     knn_curve = progress["knn_curve"]
@@ -1120,6 +1177,11 @@ def _final_metrics(
             "eval_images": len(test_set),
             "data_placement": data.where,
             "eval_split": data.eval_note,
+            "split_seed": config.split_seed,
+            # the learned and the random-init encoder's features (raw pixels: fp32), as trained
+            "precision": _precision_name(amp_dtype),
+            "images": len(train_set) + len(test_set),
+            "knn_images": data.knn_images,  # the --knn-images cap applied to each split (null: none)
         },
         "final_loss": progress["last_loss"],
         "final_mi_bound_nats": history[-1]["mi_bound"] if history else float("nan"),
@@ -1139,6 +1201,8 @@ def _final_metrics(
         ),
         "device": str(device),
         "processes": world_size(),
+        **_environments(progress, device),
+        "config": config.to_dict(),  # resolved, as in config.yaml (key_momentum, split_seed, ...)
         "knn_curve": knn_curve,
     }
     if mined:
@@ -1166,6 +1230,43 @@ def _final_metrics(
     if warnings:
         metrics["warnings"] = warnings
     return metrics
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its configuration: the versions of contrastkit, torch and Python,
+    torch's CPU threads (1 and 2 threads train other weights on the CPU), the device and its name, and whether
+    deterministic algorithms are on."""
+    return {
+        "contrastkit": __version__,
+        "torch": str(torch.__version__),  # a str subclass, which the checkpoint would not load
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cuda": str(torch.version.cuda) if device.type == "cuda" else None,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what :mod:`platform` knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environments(progress: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """metrics.json's ``environment`` (this session's, :func:`_environment`) and, for a resumed run,
+    ``session_environments``: every session's, with the step it started from (a session of a checkpoint
+    written before they were recorded is missing)."""
+    found: dict[str, Any] = {"environment": _environment(device)}
+    if progress.get("resumed_at_steps"):
+        found["session_environments"] = list(progress.get("session_environments", []))
+    return found
 
 
 def _collapse_warning(learned: Any, random_init: Any, classes: int, config: TrainConfig) -> str | None:
@@ -1222,21 +1323,19 @@ def _train_set_embedder(
 
 
 def _item_encoder(
-    model: ContrastiveModel,
-    fetch: Callable[[Tensor], Tensor],
-    views: ImageViews,
-    gen: torch.Generator,
-    score: Score,
+    model: ContrastiveModel, fetch: Callable[[Tensor], Tensor], item_views: _ItemViews, score: Score
 ) -> Any:
     """``--mined-reencode`` (ANCE): prepared projections of training items by the model being trained, with
-    gradient. Each item is rendered as a fresh training view (the first view's augmentation, drawn from the
-    views' generator), like the positives: clean images among augmented ones would be a shortcut (on digits
-    the loss fell to 0 by telling the unaugmented negatives apart, and kNN collapsed). The model stays in
-    training mode; it is called directly, not through DDP: its gradient joins the same backward pass."""
+    gradient. Each item is rendered as a fresh training view (the first view's augmentation, drawn from
+    ``item_views``' generator, read at each call), like the positives: clean images among augmented ones
+    would be a shortcut (on digits the loss fell to 0 by telling the unaugmented negatives apart, and kNN
+    collapsed). The model stays in training mode; it is called directly, not through DDP: its gradient joins
+    the same backward pass."""
 
     def encode_items(ids: Tensor) -> Tensor:
         batch = fetch(ids)
-        x = views.render(batch, views.sample(batch, generator=gen))
+        views = item_views.views
+        x = views.render(batch, views.sample(batch, generator=item_views.generator))
         if x.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return score.prepare(model(x).float())
@@ -1320,8 +1419,14 @@ def _state(
     order = progress["order"]
     view_rng: Any = parts.gen.get_state()
     global_rng: Any = rng_state()
+    item = parts.item_views
+    # --mined-reencode's own generator (none when it shares the views': a run from an older checkpoint)
+    own: dict[str, Any] = {}
+    if item is not None and item.generator is not parts.gen:
+        own["reencode_rng"] = item.generator.get_state()
     if world_size() > 1:
         view_rng, global_rng = all_gather_objects(view_rng), all_gather_objects(global_rng)
+        own = {k: all_gather_objects(v) for k, v in own.items()}
     return {
         "config": config.to_dict(),
         "data_info": info.to_dict(),
@@ -1339,6 +1444,7 @@ def _state(
             "order": None if order is None else order.cpu(),
             "view_rng": view_rng,
             "global_rng": global_rng,
+            **own,
         },
     }
 
@@ -1619,6 +1725,8 @@ def _negatives_note(
         parts.append(f"queue_size={config.queue_size}")
     if key_momentum > 0:
         parts.append(f"key_momentum={key_momentum:g} shuffle_bn_groups={config.shuffle_bn_groups}")
+    elif "queue" in config.negatives:
+        parts.append("key_momentum=0 (key encoder off)")
     if config.negatives.endswith("+mochi"):
         parts.append(
             f"mix_start_epoch={config.mix_start_epoch:g} mix (N, s, s')=({config.mix_hardest}, "
