@@ -8,7 +8,13 @@
 # torch 2.11 / Python 3.12 difference, a stale path between two calls on a warm machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY312=${PY312:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python)}
+# a pyenv shim named python3.12 may exist yet refuse to run: take the first candidate that runs
+if [ -z "${PY312:-}" ]; then
+  for c in python3.12 /root/.pyenv/versions/3.12.1/bin/python; do
+    if "$c" -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null; then PY312=$c; break; fi
+  done
+fi
+: "${PY312:?no working Python 3.12 found: set PY312=/path/to/python3.12}"
 V=${REHEARSE_VENV:-/tmp/contrastkit-device-venv}
 if [ ! -x "$V/bin/python" ]; then
   "$PY312" -m venv "$V"
