@@ -103,6 +103,22 @@ def test_more_clusters_than_training_items_is_refused_before_training(
     assert "lower --clusters to at most 80" in err and "contrastkit sela:" not in err
 
 
+def test_default_clusters_are_the_classes_present(tmp_path: Path) -> None:
+    """K defaults to the classes present in the training items (as for audio), not to the class folders: 8
+    digits drawn class-balanced hold 8 of the 10 classes, so K = 8 fits them (10 would be refused)."""
+    config = SelaConfig(
+        data="digits",
+        limit=8,
+        batch_size=4,
+        epochs=1,
+        linear_probe=False,
+        device="cpu",
+        out=str(tmp_path / "r"),
+    )
+    metrics = run_sela(config)
+    assert metrics["config"]["clusters"] == 8
+
+
 # ------------------------------------------------------------------------------ 5: hidden width of the heads
 def test_negative_hidden_dim_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match=r"option hidden_dim \(--hidden-dim\) must be an integer >= 0"):

@@ -67,6 +67,23 @@ def test_matches_plain_domain_reference() -> None:
     np.testing.assert_allclose(res.plan.numpy(), ref, rtol=1e-6, atol=1e-12)
 
 
+@pytest.mark.parametrize("lam", [0.05, 0.5, 1.0])
+def test_lambda_at_most_one_is_solved_as_given(lam: float) -> None:
+    """λ <= 1 (strong regularisation) needs no annealing: the plan is that of λ itself, not of λ = 1 (the
+    annealing's first stage), with and without ``anneal``, and it matches the plain-domain reference."""
+    n, k = 40, 4
+    lp = log_posteriors(n, k, scale=2.0, seed=8)
+    r, c = np.array([0.1, 0.2, 0.3, 0.4]), np.full(n, 1 / n)
+    ref = plain_sinkhorn(lp.exp().numpy(), lam, r, c)
+    kw = dict(cluster_marginal=torch.from_numpy(r), tol=1e-12, max_iter=50_000)
+    annealed, plain = sinkhorn(lp, lam, **kw), sinkhorn(lp, lam, anneal=False, **kw)
+    np.testing.assert_allclose(annealed.plan.numpy(), ref, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(plain.plan.numpy(), ref, rtol=1e-6, atol=1e-12)
+    if lam < 1:  # the plans of λ and of λ = 1 differ: the check above can tell them apart
+        at_one = sinkhorn(lp, 1.0, **kw).plan.numpy()
+        assert np.abs(at_one - ref).max() > 1e-4
+
+
 def test_matches_pot() -> None:
     ot = pytest.importorskip("ot")
     n, k, lam = 50, 5, 5.0
@@ -185,6 +202,16 @@ def test_an_unconverged_solve_warns_and_still_returns_the_plan() -> None:
         warnings.simplefilter("ignore")
         again = sinkhorn(lp, 1000.0, **kw)
     assert torch.equal(again.plan, res.plan) and again.iterations == res.iterations == 30
+
+
+def test_the_warning_counts_the_last_stage_and_all_iterations() -> None:
+    lp, r, c = hard_problem()
+    with pytest.warns(SinkhornConvergenceWarning) as rec:
+        res = sinkhorn(lp, 1000.0, cluster_marginal=r, item_marginal=c, max_iter=30)
+    assert res.iterations > 30  # the annealing stages ran before the last one's 30
+    assert f"after 30 iterations at λ = 1000 ({res.iterations} with the annealing stages" in str(
+        rec[0].message
+    )
 
 
 def test_the_warning_without_annealing_suggests_it() -> None:

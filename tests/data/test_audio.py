@@ -66,13 +66,17 @@ def test_split_labels_and_centred_padding(tmp_path: Path) -> None:
             else:
                 expected = raw[(n - 800) // 2 : (n - 800) // 2 + 800]
             np.testing.assert_array_equal(ds.waveforms[j, 0].numpy(), expected)
-    assert "centre-cropped" in splits.name  # the 1000-sample clips are longer than 0.1 s
+    longer = sum(int((ds.lengths > 800).sum()) for ds in (splits.train, splits.test))
+    assert longer > 0 and f"({longer} clips longer than 0.1 s centre-cropped)" in splits.name
     assert is_fsdd_zip(z)
 
 
 def test_limit_is_class_balanced(tmp_path: Path) -> None:
     splits = load_fsdd(small_fsdd(tmp_path / "f.zip"), clip_seconds=0.1, limit=6)
     assert torch.bincount(splits.test.labels).tolist() == [2, 2, 2]
+    # the banner counts the cropped clips that were kept, not those of the whole zip
+    kept = sum(int((ds.lengths > 800).sum()) for ds in (splits.train, splits.test))
+    assert (f"({kept} clips longer" in splits.name) if kept else ("centre-cropped" not in splits.name)
 
 
 def test_fix_length_extra_sample_goes_right() -> None:

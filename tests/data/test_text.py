@@ -38,6 +38,27 @@ def test_empty_lines_are_named_or_skipped_on_request(tmp_path: Path) -> None:
     assert load_sentences(path, skip_empty=True) == ["one", "two", "three"]
 
 
+def test_lines_are_counted_as_wc_does(tmp_path: Path) -> None:
+    """Only \\n, \\r\\n and \\r end a line: a form feed or U+2028 inside a line neither splits its sentence
+    nor shifts the line numbers an error names."""
+    path = tmp_path / "s.txt"
+    path.write_bytes("a\x0cb\r\nsecond\nthird\u2028part\nfourth\rfifth\n\nseventh\n".encode("utf-8"))
+    with pytest.raises(DataError, match=r"1 empty line\(s\): line 6;"):
+        load_sentences(path)
+    assert load_sentences(path, skip_empty=True) == [
+        "a\x0cb",
+        "second",
+        "third\u2028part",
+        "fourth",
+        "fifth",
+        "seventh",
+    ]
+    sts = tmp_path / "sts-test.csv"
+    sts.write_text(sts_row("1.0", "one\x85sentence") + "\n" + sts_row("high") + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2: score field 'high'"):
+        load_sts(sts)
+
+
 def test_many_empty_lines_are_summarised(tmp_path: Path) -> None:
     path = tmp_path / "s.txt"
     path.write_text("x\n" + "\n" * 15 + "y\n", encoding="utf-8")

@@ -36,6 +36,16 @@ def test_audio_train_command(fsdd: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert main(["audio-train", "--data", str(tmp_path / "missing.zip")]) == 2
 
 
+def test_fewer_mel_bands_than_mfccs_use_every_band(fsdd: Path, tmp_path: Path) -> None:
+    """--n-mels 12: the MFCC baseline takes the 12 coefficients there are (not 20), and says so."""
+    run = tmp_path / "run"
+    args = ["audio-train", "--data", str(fsdd), *AUDIO_TINY, "--n-mels", "12", "--freq-mask", "4"]
+    assert main([*args, "--out", str(run)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["protocol"]["mfcc"].startswith("12 MFCCs (orthonormal DCT-II of the 12-band log-mel)")
+    assert 0 <= m["mfcc"]["knn_top1"] <= 1
+
+
 def test_mfcc_features_are_mean_and_std_of_dct() -> None:
     waves = torch.randn(3, 1, 1600)
     lm = LogMel()

@@ -156,3 +156,22 @@ def test_spec_augment_masks_are_checked_against_the_mel_bands(capsys: pytest.Cap
             AudioTrainConfig(**{name: -1})
     assert main(["audio-train", "--freq-mask", "100"]) == 2
     assert "wider than the 40 mel bands" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- 12: a shift longer than the clip, too many bands
+def test_a_shift_longer_than_the_clip_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=r"max_shift.*5 s is longer than the clip \(--clip-seconds 1\)"):
+        AudioTrainConfig(max_shift=5.0)
+    assert AudioTrainConfig(max_shift=1.0).max_shift == 1.0  # as long as the clip: allowed
+    assert AudioTrainConfig(clip_seconds=0.1).max_shift == 0.1  # the default shift with a short clip
+    assert main(["audio-train", "--max-shift", "1.5"]) == 2
+    assert "longer than the clip" in capsys.readouterr().err
+
+
+def test_more_mel_bands_than_the_fft_can_fill_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # 8 kHz, 256-point FFT: 129 bins; from 150 bands on, some triangular filters cover no bin
+    with pytest.raises(ConfigError, match=r"n_mels \(--n-mels\) 200 is more mel bands .* use at most 149"):
+        AudioTrainConfig(n_mels=200)
+    assert AudioTrainConfig(n_mels=149).n_mels == 149
+    assert main(["audio-train", "--n-mels", "150"]) == 2
+    assert "use at most 149" in capsys.readouterr().err

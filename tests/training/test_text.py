@@ -140,6 +140,9 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         (dict(encoder="bert"), "encoder .* one of: pretrained, scratch"),
         (dict(checkpoint_every=-1), "checkpoint_every .* an integer >= 0"),
         (dict(checkpoint_every=2.5), "checkpoint_every .* an integer >= 0"),
+        (dict(limit=True), "limit .* a positive integer"),
+        (dict(steps=True), "steps .* a positive integer"),
+        (dict(batch_size=True), "batch_size .* an integer >= 2"),
     ],
 )
 def test_bad_config_values_name_the_option(kw: dict, message: str) -> None:

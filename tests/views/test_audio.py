@@ -18,6 +18,7 @@ from contrastkit.views.audio import (
     add_noise,
     apply_gain,
     mask_along,
+    max_mel_bands,
     mel_filterbank,
     mfcc,
     sample_masks,
@@ -39,6 +40,45 @@ def test_mel_filterbank_matches_librosa(htk: bool) -> None:
     ours = mel_filterbank(8000, 256, 40, f_min=20.0, f_max=3800.0, htk=htk).numpy()
     ref = librosa.filters.mel(sr=8000, n_fft=256, n_mels=40, fmin=20.0, fmax=3800.0, htk=htk, norm="slaney")
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("sample_rate", "n_fft"), [(8000, 256), (16000, 512), (8000, 64)])
+def test_max_mel_bands_is_where_filters_start_to_be_empty(sample_rate: int, n_fft: int) -> None:
+    """Brute force: every filter of up to ``max_mel_bands`` bands covers a bin; from one more band on some
+    filter covers none (and LogMel refuses it, naming the bands that fit)."""
+    fits = max_mel_bands(sample_rate, n_fft)
+
+    def empty(n: int) -> int:
+        return int((mel_filterbank(sample_rate, n_fft, n).sum(1) == 0).sum())
+
+    assert all(empty(n) == 0 for n in range(1, fits + 1))
+    assert all(empty(n) > 0 for n in range(fits + 1, fits + 20))
+    win = min(200, n_fft)
+    assert LogMel(sample_rate, n_fft=n_fft, win_length=win, n_mels=fits).fb.shape == (fits, n_fft // 2 + 1)
+    with pytest.raises(
+        ConfigError, match=rf"{fits + 1} mel bands are too many .* use at most {fits} mel bands"
+    ):
+        LogMel(sample_rate, n_fft=n_fft, win_length=win, n_mels=fits + 1)
+
+
+def test_empty_filters_agree_with_librosa() -> None:
+    librosa = pytest.importorskip("librosa")
+    import warnings
+
+    for n in (149, 150, 200):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa warns of the empty filters it returns
+            ref = librosa.filters.mel(sr=8000, n_fft=256, n_mels=n, norm="slaney")
+        ours = mel_filterbank(8000, 256, n).numpy()
+        assert int((ref.sum(1) == 0).sum()) == int((ours.sum(1) == 0).sum())
+    assert max_mel_bands(8000, 256) == 149
+
+
+def test_mfcc_refuses_more_coefficients_than_mel_bands() -> None:
+    log_mel = torch.randn(2, 1, 12, 30)
+    assert mfcc(log_mel, 12).shape == (2, 1, 12, 30)
+    with pytest.raises(ConfigError, match="n_mfcc 20 is more than the 12 mel bands"):
+        mfcc(log_mel, 20)
 
 
 def test_log_mel_and_mfcc_match_librosa() -> None:

@@ -248,7 +248,7 @@ def _prepare(config: SelaConfig, device: torch.device, stats: dict[str, Any] | N
         test=isplits.test.images,
         train_y=isplits.train.labels,
         test_y=isplits.test.labels,
-        num_classes=len(isplits.train.classes),
+        num_classes=int(torch.unique(isplits.train.labels).numel()),  # classes present, as for audio
         views=image_views,
         eval_view=ev,
         encoder=build_encoder("small_cnn" if h < 32 else "resnet18", in_channels=c, image_size=h),

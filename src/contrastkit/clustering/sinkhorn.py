@@ -146,13 +146,14 @@ def sinkhorn(
     log_r = _marginal("cluster", cluster_marginal, k, lp)
     log_c = _marginal("item", item_marginal, n, lp)
     r = log_r.exp()
-    # ε-scaling (Schmitzer 2019): solve for λ_0 = min(λ, 1), then λ x 4 per stage up to λ, warm-starting the
-    # dual potentials u / λ; only the last stage runs to the tolerance. Same fixed point, far fewer iterations.
+    # ε-scaling (Schmitzer 2019): for λ > 1 solve first at λ_0 = 1, then λ x 4 per stage up to λ, warm-starting
+    # the dual potentials u / λ; only the last stage runs to the tolerance. Same fixed point, far fewer
+    # iterations. λ <= 1 is one stage at λ itself.
     stages = [float(lam)]
     if anneal:
         while stages[-1] > 1.0:
-            stages.append(stages[-1] / 4)
-        stages = [max(s, 1.0) if i == len(stages) - 1 else s for i, s in enumerate(stages)][::-1]
+            stages.append(max(stages[-1] / 4, 1.0))
+        stages = stages[::-1]
     log_beta = torch.zeros(n, dtype=dtype, device=lp.device)  # per item (rows here)
     log_alpha = torch.zeros(k, dtype=dtype, device=lp.device)  # per cluster (columns here)
     prev = stages[0]
@@ -178,7 +179,9 @@ def sinkhorn(
     converged = error < tol
     if not converged:
         warnings.warn(
-            f"Sinkhorn did not converge: after {it} iterations at λ = {float(lam):g} the largest relative "
+            f"Sinkhorn did not converge: after {it} iterations at λ = {float(lam):g}"
+            + (f" ({total} with the annealing stages before it)" if total != it else "")
+            + " the largest relative "
             f"column-marginal error is {error:.3g} (tol {tol:g}); the plan is returned as it is. Raise "
             f"max_iter (now {max_iter}) or lower lam (stronger regularisation converges faster)"
             + ("" if anneal else ", or keep anneal=True (ε-scaling)"),

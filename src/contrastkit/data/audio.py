@@ -183,7 +183,6 @@ def load_fsdd(
         raise DataError(f"{p} is not a readable zip file; check the download") from None
     clip = round(clip_seconds * sample_rate)
     parts: dict[str, list[tuple[str, int, str, np.ndarray, int]]] = {"train": [], "test": []}
-    cropped = 0
     with zf:
         members = sorted(n for n in zf.namelist() if n.lower().endswith(".wav") and "__MACOSX" not in n)
         if not members:
@@ -202,7 +201,6 @@ def load_fsdd(
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 raise DataError(f"cannot read {n!r} from {p} ({exc}); the zip is damaged") from None
             x = decode_wav(data, f"{n!r} in {p}", sample_rate=sample_rate, resample=resample)
-            cropped += x.size > clip
             split = "test" if index in test_indices else "train"
             parts[split].append((n, digit, speaker, fix_length(x, clip), x.size))
     out = {}
@@ -224,5 +222,7 @@ def load_fsdd(
             classes=[str(d) for d in range(10)],
             sample_rate=sample_rate,
         )
+    # the clips kept (after --limit) that were longer than the window
+    cropped = sum(int((split.lengths > clip).sum()) for split in out.values())
     name = f"{p.name} ({cropped} clips longer than {clip_seconds:g} s centre-cropped)" if cropped else p.name
     return AudioSplits(train=out["train"], test=out["test"], name=name)

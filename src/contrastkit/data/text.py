@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,18 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _split_lines(text: str) -> list[str]:
+    """The lines of ``text`` as ``wc -l`` and editors count them: broken at ``\n``, ``\r\n`` and ``\r`` only
+    (``str.splitlines`` also breaks at form feeds, ``\x1c``-``\x1e``, ``\x85``, U+2028 and U+2029, which would
+    shift the line numbers that errors name and split one sentence in two). A final line break ends the last
+    line; it does not start an empty one."""
+    lines = _LINE_BREAK.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _line_list(numbers: list[int]) -> str:
     shown = ", ".join(str(n) for n in numbers[:_SHOWN_LINES])
     more = len(numbers) - _SHOWN_LINES
@@ -88,7 +101,7 @@ def load_sentences(path: str | Path, *, skip_empty: bool = False, limit: int | N
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer or None, got {limit!r}")
     p = Path(path)
-    lines = _read_text(p).splitlines()
+    lines = _split_lines(_read_text(p))
     sentences: list[str] = []
     empty: list[int] = []
     for number, line in enumerate(lines, start=1):
@@ -136,7 +149,7 @@ def load_sts(path: str | Path) -> StsPairs:
     s2: list[str] = []
     scores: list[float] = []
     lo, hi = STS_SCORE_RANGE
-    reader = csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    reader = csv.reader(_split_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     for number, row in enumerate(reader, start=1):
         if not row or (len(row) == 1 and not row[0].strip()):
             raise DataError(f"STS file {str(p)!r}, line {number}: empty line; remove it")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contrastkit.data.audio import AudioSplits, load_fsdd
+from contrastkit.data.audio import FSDD_SAMPLE_RATE, AudioSplits, load_fsdd
 from contrastkit.encoders import ContrastiveModel, ProjectionHead
 from contrastkit.encoders.audio import AudioCNN
 from contrastkit.errors import ConfigError, TrainingError
@@ -66,7 +66,7 @@ from contrastkit.training.resume import (  # the resume helpers audio-train shar
     write_finished_run,
 )
 from contrastkit.training.run_folder import new_run_folder
-from contrastkit.views.audio import AudioViews, LogMel, mfcc
+from contrastkit.views.audio import AudioViews, LogMel, max_mel_bands, mfcc
 
 __all__ = [
     "AUDIO_NEGATIVES",
@@ -77,11 +77,16 @@ __all__ = [
     "evaluate_features",
     "linear_probe_top1",
     "mfcc_baseline",
+    "mfcc_coefficients",
     "mfcc_features",
     "resume_audio",
     "standardise",
     "train_audio",
 ]
+
+
+# the MFCC baseline: this many coefficients of the log-mel (fewer with fewer mel bands), mean and std over time
+MFCC_COEFFICIENTS = 20
 
 
 def default_fsdd_path() -> str:
@@ -145,6 +150,19 @@ class AudioTrainConfig:
         check_option(
             is_number(self.max_shift) and self.max_shift >= 0, "max_shift", "a number >= 0", self.max_shift
         )
+        if is_positive(self.clip_seconds) and self.max_shift > self.clip_seconds:
+            raise ConfigError(
+                f"option max_shift (--max-shift) {self.max_shift:g} s is longer than the clip "
+                f"(--clip-seconds {self.clip_seconds:g}): a shift that long moves the whole clip out of its "
+                f"window and leaves a silent view; use at most {self.clip_seconds:g} (default 0.1)"
+            )
+        fits = max_mel_bands(FSDD_SAMPLE_RATE, LogMel().n_fft)  # the log-mel's FFT at FSDD's 8 kHz
+        if is_integer(self.n_mels, 1) and self.n_mels > fits:
+            raise ConfigError(
+                f"option n_mels (--n-mels) {self.n_mels} is more mel bands than the {LogMel().n_fft}-point "
+                f"FFT's bins can fill (some triangular filters would cover no bin); use at most {fits} "
+                "(default 40)"
+            )
         for name in ("noise_p", "stretch_p"):
             v = getattr(self, name)
             check_option(is_number(v) and 0 <= v <= 1, name, "a probability in [0, 1]", v)
@@ -271,6 +289,11 @@ NO_RANDOM_INIT_PROBE = (
 
 
 @torch.no_grad()
+def mfcc_coefficients(n_mels: int) -> int:
+    """The MFCC baseline's coefficients: :data:`MFCC_COEFFICIENTS`, or every one of fewer mel bands."""
+    return min(MFCC_COEFFICIENTS, n_mels)
+
+
 def mfcc_features(waves: Tensor, logmel: LogMel, n_mfcc: int = 20, batch_size: int = 512) -> Tensor:
     """The MFCC baseline: ``n_mfcc`` MFCCs (DCT-II of the log-mel), mean and std over time: ``(N, 2 n_mfcc)``."""
     out = []
@@ -444,7 +467,7 @@ def _train_audio(
     def mfcc_reference() -> dict[str, float]:
         """kNN and linear-probe top-1 of the MFCC baseline (it depends on the data alone)."""
         logmel_cpu = LogMel(sample_rate=splits.train.sample_rate, n_mels=config.n_mels)
-        mfcc_tr, mfcc_te = mfcc_baseline(train_w, test_w, logmel_cpu)
+        mfcc_tr, mfcc_te = mfcc_baseline(train_w, test_w, logmel_cpu, mfcc_coefficients(config.n_mels))
         return evaluate_features(mfcc_tr, ytr, mfcc_te, yte, **ev)
 
     pos = _Position()
@@ -588,8 +611,9 @@ def _train_audio(
                 "test_clips": len(splits.test),
                 "split": "FSDD takes 0-4 test, the rest train",
                 "features": "AudioCNN backbone (before the projection head), centred clip, no augmentation",
-                "mfcc": "20 MFCCs (orthonormal DCT-II of the 40-band log-mel), mean and std over frames, "
-                "standardised per dimension with the train split's mean and std",
+                "mfcc": f"{mfcc_coefficients(config.n_mels)} MFCCs (orthonormal DCT-II of the "
+                f"{config.n_mels}-band log-mel), mean and std over frames, standardised per dimension with "
+                "the train split's mean and std",
                 "knn": {"k": config.knn_k, "temperature": config.knn_temperature},
                 "linear_probe": "contrastkit.evaluation.linear.linear_probe (L-BFGS logistic regression, standardised)",
             },

@@ -208,8 +208,13 @@ class TextTrainConfig:
         )
         for name in ("limit", "steps"):
             v = getattr(self, name)
-            _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size", "an integer >= 2")
+            _check(
+                v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+                name,
+                "a positive integer",
+            )
+        v = self.batch_size
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 2, "batch_size", "an integer >= 2")
         choices = {
             "eval_split": ("train", "dev", "test"),
             "encoder": ("pretrained", "scratch"),

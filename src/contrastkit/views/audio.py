@@ -44,6 +44,7 @@ __all__ = [
     "dct_ii_matrix",
     "hz_to_mel",
     "mask_along",
+    "max_mel_bands",
     "mel_filterbank",
     "mel_to_hz",
     "mfcc",
@@ -114,6 +115,19 @@ def mel_filterbank(
     return weights.to(torch.float32)
 
 
+def max_mel_bands(sample_rate: int, n_fft: int, f_min: float = 0.0, f_max: float | None = None) -> int:
+    """The most mel bands whose triangular filters (:func:`mel_filterbank`) all cover at least one FFT bin:
+    more bands than this leave some filters empty (librosa warns "Empty filters detected")."""
+
+    def fits(n: int) -> bool:
+        return not bool((mel_filterbank(sample_rate, n_fft, n, f_min, f_max).sum(1) == 0).any())
+
+    n = 1  # the filters narrow as bands are added, so the bands that fit are 1..answer: search upwards
+    while n < 8 * (n_fft // 2 + 1) and fits(n + 1):
+        n += 1
+    return n
+
+
 def dct_ii_matrix(n_in: int, n_out: int) -> Tensor:
     """Orthonormal DCT-II as an ``(n_out, n_in)`` matrix: ``X_k = s_k Σ_n x_n cos(π k (2n + 1) / (2N))``,
     ``s_0 = sqrt(1/N)``, ``s_k = sqrt(2/N)`` (scipy's ``dct(type=2, norm='ortho')``)."""
@@ -126,7 +140,13 @@ def dct_ii_matrix(n_in: int, n_out: int) -> Tensor:
 
 def mfcc(log_mel: Tensor, n_mfcc: int = 20) -> Tensor:
     """MFCCs: the orthonormal DCT-II of a log-mel spectrogram ``(..., n_mels, frames)`` along the mel axis,
-    first ``n_mfcc`` coefficients, shape ``(..., n_mfcc, frames)`` (librosa's ``feature.mfcc`` given ``S``)."""
+    first ``n_mfcc`` coefficients, shape ``(..., n_mfcc, frames)`` (librosa's ``feature.mfcc`` given ``S``).
+    ``n_mfcc`` is at most ``n_mels``: the DCT of ``n_mels`` values has no more coefficients."""
+    if n_mfcc > log_mel.shape[-2]:
+        raise ConfigError(
+            f"n_mfcc {n_mfcc} is more than the {log_mel.shape[-2]} mel bands: the DCT of n_mels values has "
+            "n_mels coefficients; ask for at most that many (or use more mel bands)"
+        )
     d = dct_ii_matrix(log_mel.shape[-2], n_mfcc).to(log_mel.device, log_mel.dtype)
     return torch.matmul(d, log_mel)
 
@@ -169,7 +189,16 @@ class LogMel(nn.Module):
         )
         self.n_mels, self.eps = n_mels, eps
         self.register_buffer("window", torch.hann_window(win_length, periodic=True), persistent=False)
-        self.register_buffer("fb", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max), persistent=False)
+        fb = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
+        empty = int((fb.sum(1) == 0).sum())
+        if empty:
+            fits = max_mel_bands(sample_rate, n_fft, f_min, f_max)
+            raise ConfigError(
+                f"{n_mels} mel bands are too many for a {n_fft}-point FFT ({n_fft // 2 + 1} frequency bins): "
+                f"{empty} of the triangular filters would cover no bin and give a constant band; use at most "
+                f"{fits} mel bands (--n-mels) at {sample_rate} Hz"
+            )
+        self.register_buffer("fb", fb, persistent=False)
 
     def power_mel(self, x: Tensor) -> Tensor:
         """Mel power spectrogram ``(B, 1, n_mels, frames)`` (before the log)."""
