@@ -111,6 +111,9 @@ def compute_embeddings(
 
     trained = load_trained_run(run, device)
     refuse_nonfinite_model(trained.model, trained.checkpoint)  # before decoding and embedding the data
+    interrupted = trained.interrupted_warning("embed again")
+    if interrupted is not None:
+        print(f"WARNING: {interrupted}", file=out, flush=True)
     spec = str(data) if data is not None else trained.config.data
     size = trained.info.image_size
     if spec == "digits" or has_split_layout(spec):
@@ -148,7 +151,9 @@ def compute_embeddings(
         "image_size": size,
         "normalized": normalize,
         "features": "backbone f(x), " + ("L2-normalised" if normalize else "not normalised"),
+        "training": trained.progress,  # finished, trained_steps, total_steps of the checkpoint
         **({"notes": notes} if notes else {}),
+        **({"warnings": [interrupted]} if interrupted is not None else {}),
     }
     return Embeddings(
         embeddings=torch.cat(feats).numpy().astype(np.float32, copy=False),

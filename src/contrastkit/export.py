@@ -68,6 +68,7 @@ def _metadata(trained: Any) -> dict[str, Any]:
         },
         "classes": list(info.classes),
         "source_checkpoint": str(trained.checkpoint),
+        "training": trained.progress,  # finished, trained_steps, total_steps of the checkpoint
         "contrastkit_version": __version__,
     }
 
@@ -97,7 +98,12 @@ def export_backbone(
     _check_target(target, overwrite=overwrite)  # before loading the run: refused before any work
     trained = load_trained_run(run, device="cpu")
     refuse_nonfinite_model(trained.model, trained.checkpoint)  # a diverged run exports nothing
+    interrupted = trained.interrupted_warning("export again")
+    if interrupted is not None:
+        print(f"WARNING: {interrupted}", file=out, flush=True)
     meta = _metadata(trained)
+    if interrupted is not None:
+        meta["warnings"] = [interrupted]
     tensors = {
         k: v.detach().cpu().contiguous().clone() for k, v in trained.model.backbone.state_dict().items()
     }

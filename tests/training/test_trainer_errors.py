@@ -187,6 +187,61 @@ def test_skip_nonfinite_skips_steps_that_leave_nonfinite_buffers_and_warns(tmp_p
     assert on_disk["warnings"] == [warning]
 
 
+def _blow_up_weights(optimizer: torch.optim.Optimizer) -> None:
+    """Weights huge but finite: the encoder's outputs overflow to inf, its state and the losses read stay
+    finite (a diverging run whose loss had not reached inf yet)."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.mul_(1e15)
+
+
+def test_a_run_whose_features_overflow_stops_as_diverged(tmp_path, one_thread, monkeypatch):
+    from ..conftest import at_step
+
+    at_step(monkeypatch, 6, _blow_up_weights, torch.optim.SGD)  # the last of 6 steps
+    with pytest.raises(TrainingError) as caught:
+        train(config(tmp_path, score="dot"))
+    message = str(caught.value)
+    assert "the run diverged: after epoch 1 (step 6 of 6)" in message, message
+    assert "features of the kNN images are NaN or infinite although its weights are finite" in message
+    assert "metrics.json was not written" in message and "It holds this diverged model" in message
+    assert "a lower --lr or a higher --temperature (or --score cosine" in message
+    assert "--precision fp32" not in message  # the run was in fp32 already
+    run = tmp_path / "run"
+    assert not (run / "metrics.json").exists()
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert finite(state["model"]) and not state["finished"] and state["step"] == 6
+    monkeypatch.undo()  # a resume only evaluates the diverged model: it stops the same way
+    with pytest.raises(TrainingError, match="the run diverged: after epoch 1"):
+        train(resume_config(run)[0], resume=run)
+
+
+def _nan_weights(optimizer: torch.optim.Optimizer) -> None:
+    with torch.no_grad():
+        optimizer.param_groups[0]["params"][0].fill_(float("nan"))
+
+
+def test_a_nonfinite_state_at_a_knn_point_is_named_as_such(tmp_path, one_thread, monkeypatch):
+    """A kNN point between checkpoints (--knn-every 1) on a model whose weights are NaN: the error is the
+    non-finite state's (with its resume advice), not the finite-weights divergence's."""
+    from ..conftest import at_step
+
+    at_step(monkeypatch, 6, _nan_weights, torch.optim.SGD)  # the last step of epoch 1 of 3
+    with pytest.raises(TrainingError) as caught:
+        train(config(tmp_path, epochs=3, knn_every=1))
+    message = str(caught.value)
+    assert "the model's state became non-finite by step" in message, message
+    assert "although its weights are finite" not in message
+
+
+def test_the_advice_after_a_divergence_names_fp32_only_to_a_reduced_precision_run():
+    from contrastkit.training.step import nonfinite_advice
+
+    assert nonfinite_advice(None) == "a lower --lr or a higher --temperature"
+    assert nonfinite_advice(torch.bfloat16) == "a lower --lr, a higher --temperature or --precision fp32"
+
+
 class _Blowup(torch.nn.Module):
     """A model whose BatchNorm running variance overflows on its second forward pass; its output is fine."""
 

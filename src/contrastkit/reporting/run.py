@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from contrastkit.errors import ContrastkitError
 from contrastkit.evaluation import extract_features
 from contrastkit.training.checkpoint import find_checkpoint, load_checkpoint
 from contrastkit.training.config import TrainConfig
-from contrastkit.training.evaluate import match_channels
+from contrastkit.training.evaluate import interrupted_run_warning, match_channels, training_progress
 from contrastkit.training.trainer import DataInfo, build_model, resolve_device
 from contrastkit.views import eval_transform
 
@@ -111,6 +111,14 @@ class TrainedRun:
     encoder: str
     stem: str
     device: torch.device
+    # how far training got: finished, trained_steps, total_steps (training.evaluate.training_progress)
+    progress: dict[str, Any] = field(default_factory=dict)
+    # the checkpoint's entries that say so (finished, step, the processes): for interrupted_warning
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def interrupted_warning(self, then: str) -> str | None:
+        """``interrupted_run_warning`` of this checkpoint, ending with ``then`` (``"embed again"``)."""
+        return interrupted_run_warning(self.state, self.checkpoint, then)
 
 
 def load_trained_run(run: str | Path, device: str = "cpu") -> TrainedRun:
@@ -137,7 +145,19 @@ def load_trained_run(run: str | Path, device: str = "cpu") -> TrainedRun:
         encoder=encoder,
         stem=resolve_stem(config.stem, info.image_size),
         device=dev,
+        progress=training_progress(state),
+        state=_progress_entries(state),
     )
+
+
+def _progress_entries(state: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a checkpoint that say how far its run got and on how many processes (not its RNG
+    states, history or model)."""
+    kept = {k: state[k] for k in ("finished", "step", "total_steps") if k in state}
+    progress = state.get("progress")
+    if isinstance(progress, dict):
+        kept["progress"] = {k: progress[k] for k in ("total_steps", "world_size") if k in progress}
+    return kept
 
 
 def fit_channels(trained: TrainedRun, images: Tensor, data: str) -> tuple[Tensor, str | None]:

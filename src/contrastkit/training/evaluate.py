@@ -86,6 +86,19 @@ def unfinished_note(progress: dict[str, Any]) -> str | None:
     return f"unfinished: {where}"
 
 
+def interrupted_run_warning(state: dict[str, Any], path: Path, then: str) -> str | None:
+    """The warning for a checkpoint of an interrupted run (``eval``, ``embed``, ``export``): its step, that it
+    is not the trained model, and the command that continues it, then ``then`` (``"evaluate again"``). None
+    for a finished run, and for an older checkpoint that does not say."""
+    unfinished = unfinished_note(training_progress(state))
+    if unfinished is None:
+        return None
+    return (
+        f"{unfinished}: this checkpoint is of an interrupted run, not of the trained model; continue it with "
+        f"{resume_command(path.parent, _world_size(state))} and {then}"
+    )
+
+
 def match_channels(
     images: torch.Tensor, channels: int, *, encoder: str, data: str
 ) -> tuple[torch.Tensor, str | None]:
@@ -348,12 +361,9 @@ def evaluate_checkpoint(
     amp = autocast_dtype(config.precision, dev)
     n_train, n_test = (len(splits.train), len(splits.test)) if streamed is None else streamed.sizes
     warnings: list[str] = []
-    unfinished = unfinished_note(run_progress)
+    unfinished = interrupted_run_warning(state, path, "evaluate again")
     if unfinished is not None:
-        warnings.append(
-            f"{unfinished}: this checkpoint is of an interrupted run, not of the trained model; continue it "
-            f"with {resume_command(path.parent, _world_size(state))} and evaluate again"
-        )
+        warnings.append(unfinished)
     context = {
         "checkpoint": str(path),
         "data": splits.name,

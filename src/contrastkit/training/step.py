@@ -55,6 +55,15 @@ def restore_buffers(learner: ContrastiveLearner, kept: dict[str, Tensor]) -> Non
         current[name].copy_(value)
 
 
+def nonfinite_advice(amp_dtype: torch.dtype | None) -> str:
+    """What to change after a diverged run: a lower learning rate or a higher temperature, and fp32 only for
+    a run that was not already in fp32 (``amp_dtype`` None)."""
+    options = ["a lower --lr", "a higher --temperature"] + (
+        ["--precision fp32"] if amp_dtype is not None else []
+    )
+    return ", ".join(options[:-1]) + " or " + options[-1]
+
+
 @dataclass
 class TwoViews:
     """Two views of every image of a batch: one batch of 2B when both views are alike, else one B each.
@@ -192,7 +201,7 @@ class TrainStep:
                 raise TrainingError(
                     f"the loss or its gradient was not finite for {self.consecutive_skips} steps in a row (up "
                     f"to step {number}); training has diverged. {self.last_good()} "
-                    "Start a new run with a lower --lr, a higher --temperature or --precision fp32."
+                    f"Start a new run with {nonfinite_advice(self.amp_dtype)}."
                 )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")

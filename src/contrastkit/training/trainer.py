@@ -109,7 +109,14 @@ from contrastkit.training.run_folder import (
     remove_if_empty,
     write_metrics,
 )
-from contrastkit.training.step import TrainStep, TwoViews, all_finite, compile_learner, compile_model_only
+from contrastkit.training.step import (
+    TrainStep,
+    TwoViews,
+    all_finite,
+    compile_learner,
+    compile_model_only,
+    nonfinite_advice,
+)
 from contrastkit.views import ImageViews, eval_transform, view_pair
 
 HISTORY_NAME = "history.jsonl"
@@ -120,7 +127,6 @@ REENCODE_SEED_OFFSET = 2**32
 # metrics.json): its model trained on much less than it was asked to
 SKIPPED_WARNING_SHARE = 0.25
 # what to do about a run whose numbers became non-finite (there is no gradient clipping option)
-NONFINITE_ADVICE = "a lower --lr, a higher --temperature or --precision fp32"
 # a run whose final kNN top-1 is at most this times chance (1 / classes), or more than COLLAPSE_BELOW_RANDOM
 # below the untrained encoder's, ends with a warning that its representation likely collapsed
 COLLAPSE_CHANCE_FACTOR = 1.5
@@ -295,7 +301,7 @@ class KnnEvaluator:
         test_f = extract_features(fn, self.test_images, **kw)
         if not bool(torch.isfinite(train_f).all() and torch.isfinite(test_f).all()):
             # a diverged model: NaN, not knn_accuracy's DataError (raised on rank 0 alone, it would leave the
-            # other ranks at the broadcast); the non-finite state checks before the next checkpoint stop the run
+            # other ranks at the broadcast); the training loop stops on it (_Loop._refuse_diverged_features)
             return float("nan")
         return knn_accuracy(
             train_f,
@@ -1048,6 +1054,8 @@ class _Loop:
         """kNN top-1 of the model after ``epoch`` (0-based): into the curve, TensorBoard and the log."""
         parts = self.parts
         acc = _on_rank0(lambda: parts.evaluator.model_accuracy(parts.model, parts.amp_dtype))
+        if not math.isfinite(acc):  # non-finite features (KnnEvaluator.accuracy): the model diverged
+            self._refuse_diverged_features(epoch)
         self.progress["knn_curve"].append(
             {"epoch": epoch + 1, "step": self.step, "train_seconds": self.clock.seconds(), "knn_top1": acc}
         )
@@ -1055,6 +1063,24 @@ class _Loop:
         self.bar.write(
             f"epoch {epoch + 1}/{self.config.epochs}  loss {self.progress['last_loss']:.4f}  kNN top-1 {acc:.4f}",
             file=sys.stderr,
+        )
+
+    def _refuse_diverged_features(self, epoch: int) -> None:
+        """Raise :class:`TrainingError` for a model whose features are not finite although its state is: the
+        weights grew until the encoder's outputs overflow (a loss still finite, if huge). Such a model cannot
+        be evaluated, embedded or trained on; metrics.json is not written, and no resume can help. A state
+        that is not finite either (a kNN point between checkpoints) gets :meth:`_refuse_nonfinite`'s error."""
+        self._refuse_nonfinite(self._state(), final=epoch == self.config.epochs - 1)
+        latest = self.latest
+        last = "" if latest.step is None or latest.step != self.step else " It holds this diverged model."
+        # unnormalised embeddings under a dot-product score can grow without bound
+        score = " (or --score cosine, which bounds the scores)" if self.config.score == "dot" else ""
+        raise TrainingError(
+            f"the run diverged: after epoch {epoch + 1} (step {self.step} of {self.parts.total_steps}) the "
+            f"encoder's features of the kNN images are NaN or infinite although its weights are finite (they "
+            f"grew until its outputs overflow; the last loss read was {self.progress['last_loss']:.6g}); "
+            f"metrics.json was not written. {latest.describe()}{last} Start a new run with "
+            f"{nonfinite_advice(self.parts.amp_dtype)}{score}."
         )
 
     def drain(self) -> None:
@@ -1070,6 +1096,7 @@ class _Loop:
             last_good=self.latest.describe(),
             resumable=self.latest.step is not None,
             write=self.main,
+            amp_dtype=self.parts.amp_dtype,
         )
         if rows:
             self.progress["last_loss"] = rows[-1]["loss"]
@@ -1096,10 +1123,13 @@ class _Loop:
         if latest.step is not None:
             then = (
                 f"Resume from it with {resume_command(self.run_dir, world_size())} --skip-nonfinite (steps "
-                f"that make the state non-finite are then skipped), or start a new run with {NONFINITE_ADVICE}."
+                f"that make the state non-finite are then skipped), or start a new run with {nonfinite_advice(self.parts.amp_dtype)}."
             )
         else:
-            then = f"Start a new run (another --out, or remove this folder) with {NONFINITE_ADVICE}."
+            then = (
+                "Start a new run (another --out, or remove this folder) with "
+                f"{nonfinite_advice(self.parts.amp_dtype)}."
+            )
         raise TrainingError(
             f"the model's state became non-finite by step {self.step} of {self.parts.total_steps} "
             f"(epoch {max(self.step - 1, 0) // self.parts.steps_per_epoch + 1}): {_name_some(bad)} "
@@ -1213,7 +1243,7 @@ def _final_metrics(
         warnings.append(
             f"--skip-nonfinite skipped {skipped} of {steps} steps ({skipped / steps:.0%}): the model was "
             f"updated in only {steps - skipped} of them, so this is not the run that was asked for. Start a "
-            f"new run with {NONFINITE_ADVICE}"
+            f"new run with {nonfinite_advice(amp_dtype)}"
         )
     if len(train_set.classes) < 2:
         warnings.append(
@@ -1637,6 +1667,7 @@ def _drain(
     last_good: str = "",
     resumable: bool = False,
     write: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[dict[str, float]]:
     """Read the queued step statistics from the device (one synchronisation); stop on a non-finite loss.
 
@@ -1664,8 +1695,8 @@ def _drain(
                 else "Start a new run"
             )
             raise TrainingError(
-                f"the loss became {row['loss']} at step {step} (epoch {epoch + 1}). {last_good} {then} with a "
-                "lower --lr, a higher --temperature or --precision fp32."
+                f"the loss became {row['loss']} at step {step} (epoch {epoch + 1}). {last_good} {then} with "
+                f"{nonfinite_advice(amp_dtype)}."
             )
         rows.append({"step": step, "epoch": epoch + 1, "seconds": seconds, **row})
     history.extend(rows)
