@@ -248,3 +248,19 @@ def test_one_class_data_warns_that_knn_is_meaningless(run: Path, tmp_path: Path)
     assert "WARNING:" in text and "single class ('only')" in text and "meaningless" in text
     knn = json.loads((run / "metrics.json").read_text())["evaluation"]["other_data"][str(folder)]["knn"]
     assert any("single class" in w for w in knn["warnings"])
+
+
+def test_eval_names_its_image_counts_and_a_limit_other_than_the_runs(run: Path) -> None:
+    """A run trained with --limit 200, evaluated without --limit: eval takes every image (its default), and
+    says so with the counts and the flag that evaluates as trained; with --limit 200 there is no note."""
+    printed = io.StringIO()
+    knn = evaluate_checkpoint(run, device="cpu", out=printed)["evaluation"]["knn"]
+    first, text = printed.getvalue().splitlines()[0], printed.getvalue()
+    counts = f"({knn['train_images']} train / {knn['eval_images']} eval images [test split])"
+    assert counts in first and (knn["train_images"], knn["eval_images"]) == (1347, 450)
+    assert "NOTE: the run trained with --limit 200 (images per split)" in text and "pass --limit 200" in text
+    printed = io.StringIO()
+    knn = evaluate_checkpoint(run, device="cpu", limit=200, out=printed)["evaluation"]["knn"]
+    first, text = printed.getvalue().splitlines()[0], printed.getvalue()
+    counts = f"({knn['train_images']} train / {knn['eval_images']} eval images [test split], --limit 200)"
+    assert counts in first and knn["train_images"] == 200 and "NOTE" not in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from contrastkit.cli import main
 from contrastkit.errors import ConfigError
@@ -102,6 +103,10 @@ def test_cli_non_finite_flags(capsys: pytest.CaptureFixture[str], command: str, 
             {"negatives": "in-batch+mochi", "epochs": 3, "mix_start_epoch": 3},
             r"--mix-start-epoch 3 would start MoCHi's mixing after the run ends",
         ),
+        (
+            {"epochs": 1, "warmup_epochs": 5},
+            r"--warmup-epochs 5 is longer than the run \(--epochs 1\).*use --warmup-epochs 1 or less",
+        ),
     ],
 )
 def test_impossible_combinations_are_refused(changes: dict, message: str) -> None:
@@ -122,7 +127,9 @@ def test_impossible_combinations_are_refused(changes: dict, message: str) -> Non
         {"negatives": "in-batch+mochi", "batch_size": 32, "mix_hardest": 62},
         {"negatives": "queue", "queue_size": 64, "mix_hardest": 1000, "mix_start_epoch": 50},  # no mixing
         {"negatives": "queue+mochi", "epochs": 2, "mix_start_epoch": 1.5},
-        {"negatives": "mined+mochi", "mined_negatives": 8},  # N is capped by the mined set, checked later
+        {"negatives": "mined+mochi", "mined_negatives": 8},  # N is capped by the mined set (banner says so)
+        {"epochs": 2, "warmup_epochs": 2},  # warm-up to the last step: the peak is reached
+        {"epochs": 2, "warmup_epochs": 0},
     ],
 )
 def test_possible_combinations_pass(changes: dict) -> None:
@@ -152,3 +159,52 @@ def test_cli_refuses_the_combination_before_training(
     assert main([*args, "--negatives", "queue+mochi", "--mix-hardest", "64", "--mix-start-epoch", "10"]) == 2
     assert "after the run ends" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_yaml_exponent_floats_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.2 floats without a dot (PyYAML's YAML 1.1 reads '1e-3' as a string, then a wrong type)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "lr: 1e-3\nweight_decay: 5E-4\ntemperature: .5\nepochs: 2\nout: 1e3run\n", encoding="utf-8"
+    )
+    values = load_config_file(path)
+    assert values == {"lr": 0.001, "weight_decay": 0.0005, "temperature": 0.5, "epochs": 2, "out": "1e3run"}
+    config = TrainConfig.from_dict(values)
+    assert (config.lr, config.weight_decay) == (0.001, 0.0005)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("c.yaml", "lr: 0.1\nepochs: 2\nlr: 0.2\n", r"option lr is given twice \(line 3\); keep one"),
+        (
+            "c.toml",
+            "batch-size = 128\nbatch_size = 64\n",
+            "option batch_size is given twice, as 'batch-size' and",
+        ),
+        (
+            "c.yaml",
+            "batch-size: 128\nbatch_size: 64\n",
+            "option batch_size is given twice, as 'batch-size' and",
+        ),
+        ("c.json", '{"lr": 1, "lr": 2}', "option lr is given twice; keep one"),
+    ],
+)
+def test_an_option_given_twice_in_a_config_file_is_refused(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_the_banner_names_mochis_n_as_used() -> None:
+    """MoCHi on mined negatives takes at most the mined set: the banner shows that N, and why."""
+    from contrastkit.training.trainer import _negatives_note
+
+    note = _negatives_note(TrainConfig(negatives="mined+mochi"), 0.0, 5, torch.device("cpu"))
+    assert "mix (N, s, s')=(16, 256, 32) (N: --mix-hardest 256 capped at the mined negatives)" in note
+    note = _negatives_note(TrainConfig(negatives="queue+mochi"), 0.99, 5, torch.device("cpu"))
+    assert "mix (N, s, s')=(256, 256, 32)" in note and "capped" not in note

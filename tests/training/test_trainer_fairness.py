@@ -372,3 +372,26 @@ def test_the_command_line_takes_split_seed(tmp_path, capsys):
     assert main(["train", "--split-seed", "-1", "--out", str(tmp_path / "run")]) == 2
     assert "option split_seed (--split-seed) must be an integer in [0, 2**32)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_mined_run_records_the_index_kind_auto_took(tmp_path, monkeypatch, one_thread):
+    """--mined-index auto is resolved when the run starts and recorded (config.yaml, the checkpoint): a
+    resume on a machine where faiss came or went searches with the same kind, not another auto choice."""
+    monkeypatch.setattr(trainer_module, "resolve_index_kind", lambda kind, device: "torch")
+    config = TrainConfig(
+        **{**TINY, "epochs": 2}, negatives="mined", mined_negatives=4, out=str(tmp_path / "r")
+    )
+    stop_after_checkpoint(monkeypatch)  # the first checkpoint (before the first step) is the last
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    run = tmp_path / "r"
+    assert yaml.safe_load((run / "config.yaml").read_text())["mined_index"] == "torch"
+    assert load_checkpoint(run / "checkpoint.pt")["config"]["mined_index"] == "torch"
+    # on resume auto would now take faiss flat: the recorded kind is kept
+    monkeypatch.setattr(
+        trainer_module, "resolve_index_kind", lambda kind, device: "flat" if kind == "auto" else kind
+    )
+    resumed, _ = resume_config(run)
+    assert resumed.mined_index == "torch"
+    result = train(resumed, resume=run)
+    assert result.metrics["config"]["mined_index"] == "torch"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,13 @@ def check_option_combinations(config: TrainConfig) -> None:
             f"BN runs each group with its own BatchNorm statistics): use --shuffle-bn-groups "
             f"{config.batch_size} or less (1 disables shuffling BN), or a larger --batch-size"
         )
+    warmup = config.warmup_epochs
+    if isinstance(warmup, (int, float)) and warmup > config.epochs:
+        raise ConfigError(
+            f"--warmup-epochs {warmup:g} is longer than the run (--epochs {config.epochs}): the learning rate "
+            f"would still be rising when it ends, never reaching the peak --lr nor decaying: use "
+            f"--warmup-epochs {config.epochs} or less (default: a tenth of the epochs), or more --epochs"
+        )
     if config.negatives.endswith("+mochi"):
         base = config.negatives.partition("+")[0]
         if base == "queue" and config.mix_hardest > config.queue_size:
@@ -352,6 +360,33 @@ def check_option_combinations(config: TrainConfig) -> None:
 
 
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+# YAML 1.2's floats without a dot (1e-3, 5E4): PyYAML follows YAML 1.1, which reads them as strings
+_YAML_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
+def _yaml_options(text: str) -> Any:
+    """``yaml.safe_load`` of a config file, with YAML 1.2's exponent floats (``lr: 1e-3`` is 0.001, not the
+    string '1e-3') and a repeated key refused (PyYAML keeps the last silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_EXPONENT_FLOAT, list("-+0123456789."))
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"option {key} is given twice (line {key_node.start_mark.line + 1}); keep one"
+                )
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -380,19 +415,38 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = _yaml_options(text) or {}
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {str(p)!r}: {exc}") from None
     except Exception as exc:  # parse errors of three libraries
         raise ConfigError(f"config file {str(p)!r} cannot be parsed: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of option = value")
+    spellings: dict[str, str] = {}
+    for name in data:  # batch-size and batch_size are one option: given both ways, which one wins?
+        norm = str(name).replace("-", "_")
+        if norm in spellings:
+            raise ConfigError(
+                f"config file {str(p)!r}: option {norm} is given twice, as {spellings[norm]!r} and {name!r}; "
+                "keep one"
+            )
+        spellings[norm] = str(name)
     for name, v in data.items():  # for every command that reads config files (train, text-train)
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"config file {str(p)!r}: option {name} must be a finite number, got {v}")
     return data
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s object hook: a key given twice is an error (json keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"option {key} is given twice; keep one")
+        out[key] = value
+    return out
 
 
 def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:

@@ -348,6 +348,11 @@ def evaluate_checkpoint(
     if fractions is not None:  # before any work: a fraction too small to fine-tune on is refused
         check_label_fractions(splits.train.labels, fractions)
     notes: list[str] = []
+    if same_data and trained_limit is not None and config.limit is None:
+        notes.append(
+            f"the run trained with --limit {trained_limit} (images per split); eval takes every image of the "
+            f"data unless told: pass --limit {trained_limit} to evaluate on the images the run was monitored on"
+        )
     channel_note = _fit_channels(splits, streamed, info.channels, path, config.data)
     if channel_note is not None:
         notes.append(channel_note)
@@ -361,9 +366,10 @@ def evaluate_checkpoint(
     amp = autocast_dtype(config.precision, dev)
     n_train, n_test = (len(splits.train), len(splits.test)) if streamed is None else streamed.sizes
     warnings: list[str] = []
-    unfinished = interrupted_run_warning(state, path, "evaluate again")
-    if unfinished is not None:
-        warnings.append(unfinished)
+    interrupted = interrupted_run_warning(state, path, "evaluate again")
+    if interrupted is not None:
+        warnings.append(interrupted)
+    unfinished = unfinished_note(run_progress)
     context = {
         "checkpoint": str(path),
         "data": splits.name,
@@ -377,8 +383,10 @@ def evaluate_checkpoint(
     }
     if notes:  # in every result entry, so a reader of metrics.json knows how the images were fed
         context["notes"] = list(notes)
+    limited = f", --limit {config.limit}" if config.limit is not None else ""
     print(
-        f"contrastkit eval: {path} on {splits.name}" + (f" ({unfinished})" if unfinished else ""),
+        f"contrastkit eval: {path} on {splits.name} ({n_train} train / {n_test} eval images [{note}]{limited})"
+        + (f" ({unfinished})" if unfinished else ""),
         file=out,
         flush=True,
     )

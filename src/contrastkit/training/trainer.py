@@ -447,6 +447,10 @@ def _train(
     t_start = time.perf_counter()
     main = rank() == 0
     out = (out or sys.stdout) if main else io.StringIO()  # only rank 0 prints
+    if resume is None and "mined" in config.negatives:
+        # the index kind --mined-index auto takes here (faiss flat or torch: they may order equal scores
+        # differently), recorded so that a resume, on a machine where faiss came or went, searches alike
+        config = config.replace(mined_index=resolve_index_kind(config.mined_index, device))
     config, run_dir, saved, created = _open_run(resolve_hyperparameters(config), device, resume)
     try:
         return _run(config, device, run_dir, saved, log_every=log_every, out=out, t_start=t_start)
@@ -1759,9 +1763,12 @@ def _negatives_note(
     elif "queue" in config.negatives:
         parts.append("key_momentum=0 (key encoder off)")
     if config.negatives.endswith("+mochi"):
+        n, capped = config.mix_hardest, ""
+        if config.negatives == "mined+mochi" and n > config.mined_negatives:  # MoCHi takes what there is
+            n, capped = config.mined_negatives, f" (N: --mix-hardest {n} capped at the mined negatives)"
         parts.append(
-            f"mix_start_epoch={config.mix_start_epoch:g} mix (N, s, s')=({config.mix_hardest}, "
-            f"{config.mix_synthetic}, {config.mix_query})"
+            f"mix_start_epoch={config.mix_start_epoch:g} mix (N, s, s')=({n}, "
+            f"{config.mix_synthetic}, {config.mix_query}){capped}"
         )
     return (" " + " ".join(parts)) if parts else ""
 
