@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.evaluation import knn_accuracy, knn_predict
+from contrastkit.evaluation import knn_accuracy, knn_predict, unseen_classes_warning
 
 
 @pytest.mark.parametrize("k", [1, 5, 50])
@@ -233,3 +233,18 @@ def test_feature_shape_errors_are_data_errors():
         knn_accuracy(xtr, ytr, xte[:, :8], yte)
     with pytest.raises(DataError, match=r"\(300, 16, 1\)"):
         knn_predict(xtr[:, :, None], ytr, xte)
+
+
+def test_unseen_classes_warning_counts_the_eval_images_no_vote_can_reach():
+    train_y = torch.tensor([0, 0, 1, 1])
+    test_y = torch.tensor([0, 1, 2, 2, 3, 1, 0, 0])
+    names = ["zero", "one", "two", "three"]
+    warning = unseen_classes_warning(train_y, test_y, names, "do this")
+    assert warning is not None and warning.startswith("2 class(es) of the eval images have no training image")
+    assert "('two', 'three')" in warning and "their 3 of 8 eval images" in warning
+    assert "at most 0.6250 whatever the encoder; do this" in warning
+    # no kNN can beat that cap: every unseen-class image is misclassified
+    feats = torch.randn(8, 4)
+    acc = knn_accuracy(torch.randn(4, 4), train_y, feats, test_y, k=4)
+    assert acc <= 0.625
+    assert unseen_classes_warning(train_y, torch.tensor([1, 0, 1]), names, "x") is None

@@ -210,3 +210,22 @@ def test_report_refuses_other_commands_runs(
 def test_config_error_type_kept_for_bad_suffix(trained_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         embed_run(trained_run, tmp_path / "x.txt", device="cpu", out=io.StringIO())
+
+
+def test_loss_against_wall_clock_has_one_point_per_read_out() -> None:
+    """The steps read out together share one timestamp: the wall-clock panel plots each timestamp once, at
+    the mean of its finite losses (a skipped step's NaN left out), in time order."""
+    from contrastkit.reporting.figures import loss_by_time, plot_loss
+
+    rows = [
+        {"step": 1, "loss": 4.0, "seconds": 1.5},
+        {"step": 2, "loss": 3.0, "seconds": 1.5},
+        {"step": 3, "loss": float("nan"), "seconds": 3.0},
+        {"step": 4, "loss": 2.0, "seconds": 3.0},
+        {"step": 5, "loss": 1.0},  # no timestamp (an older history): on the steps panel only
+    ]
+    assert loss_by_time(rows) == [(1.5, 3.5), (3.0, 2.0)]
+    fig = plot_loss(rows)
+    ax_time = fig.axes[1]
+    (line,) = ax_time.get_lines()
+    assert list(line.get_xdata()) == [1.5, 3.0] and list(line.get_ydata()) == [3.5, 2.0]

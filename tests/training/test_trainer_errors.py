@@ -4,6 +4,7 @@ The run folder (any command's run in it, a file, an uncreatable path); in-batch 
 in the batch; more mined negatives than the data has; a resume on changed data; and a run whose BatchNorm
 statistics overflowed to inf while its loss stayed finite (checkpoint, final model and --skip-nonfinite)."""
 
+import io
 import json
 import os
 import subprocess
@@ -309,3 +310,19 @@ def test_one_class_data_trains_with_a_warning_that_knn_means_nothing(tmp_path, o
 
 def test_several_classes_give_no_class_warning(tmp_path, one_thread):
     assert "warnings" not in train(config(tmp_path)).metrics
+
+
+def test_eval_classes_without_training_images_are_warned_of(tmp_path, one_thread):
+    """--limit 10 on 10 classes without a test/ split: the 2 held-out images are of classes the 8 kept for
+    training lack; train and eval say the accuracies are capped, and how to fix it."""
+    from contrastkit.training import evaluate_checkpoint
+
+    data = digit_folder(tmp_path / "imgs")
+    result = train(config(tmp_path, data=str(data), limit=10, batch_size=4))
+    (warning,) = result.metrics["warnings"]
+    assert "2 class(es) of the eval images have no training image" in warning
+    assert "their 2 of 2 eval images can never be classified correctly" in warning
+    assert "at most 0.0000" in warning and "raise --limit 10" in warning
+    printed = io.StringIO()
+    evaluate_checkpoint(result.run_dir, device="cpu", out=printed)
+    assert "WARNING: 2 class(es) of the eval images have no training image" in printed.getvalue()

@@ -14,7 +14,7 @@ from contrastkit.evaluation.finetune import (
     finetune_few_labels,
 )
 from contrastkit.evaluation.geometry import alignment, cluster_scores, embedding_geometry, uniformity
-from contrastkit.evaluation.knn import knn_accuracy, knn_predict
+from contrastkit.evaluation.knn import knn_accuracy, knn_predict, unseen_classes_warning
 from contrastkit.evaluation.linear import LinearProbeResult, linear_probe
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "knn_predict",
     "linear_probe",
     "uniformity",
+    "unseen_classes_warning",
 ]

@@ -221,3 +221,25 @@ def knn_accuracy(
     num_classes = _check_values(train_features, train_labels, test_features, test_labels, None)
     preds = _knn_predict(train_features, train_labels, test_features, num_classes, k, temperature, batch_size)
     return (preds == test_labels.to(preds.device, torch.int64)).float().mean().item()
+
+
+def unseen_classes_warning(
+    train_labels: Tensor, test_labels: Tensor, class_names: list[str], advice: str
+) -> str | None:
+    """The warning for eval images whose class has no training image (a small ``--limit``, or a ``test/``
+    class missing from ``train/``): no kNN vote, linear probe or fine-tuned head can name that class, so
+    every accuracy is capped below 1 whatever the encoder. ``advice`` ends the message (what to change).
+    None when every eval class has training images."""
+    seen = {int(v) for v in train_labels.unique().tolist()}
+    test = test_labels.cpu()
+    unseen = sorted({int(v) for v in test.unique().tolist()} - seen)
+    if not unseen:
+        return None
+    count = int(torch.isin(test, torch.tensor(unseen, dtype=test.dtype)).sum())
+    names = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in unseen]
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"{len(unseen)} class(es) of the eval images have no training image ({shown}): their {count} of "
+        f"{test.numel()} eval images can never be classified correctly, so the accuracies are at most "
+        f"{1 - count / test.numel():.4f} whatever the encoder; {advice}"
+    )

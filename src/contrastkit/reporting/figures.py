@@ -62,6 +62,18 @@ def _column(rows: Sequence[dict[str, float]], key: str) -> tuple[np.ndarray, np.
     return a[:, 0], a[:, 1]
 
 
+def loss_by_time(rows: Sequence[dict[str, float]]) -> list[tuple[float, float]]:
+    """``(seconds, mean loss)`` per read-out of the history: the trainer reads the steps' statistics every
+    few steps and stamps all of them with that moment's training wall-clock, so plotting each step would
+    draw vertical lines; the mean of the finite losses of one timestamp, in time order, does not."""
+    groups: dict[float, list[float]] = {}
+    for r in rows:
+        t, v = r.get("seconds"), r.get("loss")
+        if isinstance(t, (int, float)) and isinstance(v, (int, float)) and math.isfinite(v):
+            groups.setdefault(float(t), []).append(float(v))
+    return [(t, sum(vs) / len(vs)) for t, vs in sorted(groups.items())]
+
+
 def plot_loss(history: Sequence[dict[str, float]] | None, reason: str = "") -> Any:
     """Training loss against optimiser steps and against training wall-clock (``seconds``)."""
     fig = _figure(11, 3.6)
@@ -77,12 +89,10 @@ def plot_loss(history: Sequence[dict[str, float]] | None, reason: str = "") -> A
     ax_step.set_xlabel("step")
     ax_step.set_ylabel("loss")
     ax_step.set_title("loss against steps")
-    timed = [r for r in rows if "seconds" in r and math.isfinite(r["loss"])]
+    timed = loss_by_time(rows)
     if timed:
-        # steps read from the device together share one timestamp: markers show every logged step
-        ax_time.plot(
-            [r["seconds"] for r in timed], [r["loss"] for r in timed], ".-", color=QUERY, lw=0.8, ms=4
-        )
+        # the steps read from the device together share one timestamp: one point each, their mean loss
+        ax_time.plot([t for t, _ in timed], [v for _, v in timed], ".-", color=QUERY, lw=0.8, ms=4)
         ax_time.set_xlabel("training wall-clock (s)")
         ax_time.set_ylabel("loss")
         ax_time.set_title("loss against wall-clock")

@@ -33,6 +33,7 @@ from contrastkit.evaluation import (
     extract_features,
     finetune_few_labels,
     knn_accuracy,
+    unseen_classes_warning,
 )
 from contrastkit.evaluation import linear_probe as run_linear_probe
 from contrastkit.evaluation.features import extract_features_from_batches
@@ -55,6 +56,7 @@ from contrastkit.training.trainer import (
     load_splits,
     resolve_device,
     resume_command,
+    unseen_classes_advice,
 )
 
 DEFAULT_FEW_LABEL_FRACTIONS = (0.01, 0.1)
@@ -419,6 +421,12 @@ def evaluate_checkpoint(
         )
         warnings.append(warning)
         print(f"WARNING: {warning}", file=out, flush=True)
+    unseen = unseen_classes_warning(
+        train_y, test_y, list(splits.train.classes), unseen_classes_advice(config.limit)
+    )
+    if unseen is not None:
+        warnings.append(unseen)
+        print(f"WARNING: {unseen}", file=out, flush=True)
     if warnings:
         context["warnings"] = list(warnings)
     knn_protocol = {

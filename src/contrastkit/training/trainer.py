@@ -66,7 +66,7 @@ from contrastkit import __version__
 from contrastkit.data import DataSplits, load_dataset
 from contrastkit.encoders import MLP, ContrastiveModel, ProjectionHead, build_encoder, resolve_stem
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
-from contrastkit.evaluation import extract_features, knn_accuracy
+from contrastkit.evaluation import extract_features, knn_accuracy, unseen_classes_warning
 from contrastkit.negatives import MomentumEncoder, build_negatives
 from contrastkit.negatives.distributed import (
     all_gather_no_grad,
@@ -1255,6 +1255,11 @@ def _final_metrics(
             "accuracies are 1.0 by construction and mean nothing; give labelled data of several classes "
             "(one sub-folder per class) to monitor the encoder"
         )
+    unseen = unseen_classes_warning(
+        train_set.labels, test_set.labels, list(train_set.classes), unseen_classes_advice(config.limit)
+    )
+    if unseen is not None:
+        warnings.append(unseen)
     # (a run that skipped most of its steps has its warning already, with the same advice)
     collapse = _collapse_warning(
         metrics["knn_top1"], metrics["knn_top1_random_init"], len(train_set.classes), config
@@ -1264,6 +1269,13 @@ def _final_metrics(
     if warnings:
         metrics["warnings"] = warnings
     return metrics
+
+
+def unseen_classes_advice(limit: int | None) -> str:
+    """What to do about eval classes without training images (:func:`unseen_classes_warning`)."""
+    if limit is not None:
+        return f"raise --limit {limit} (images per split, class-balanced) to at least the number of classes"
+    return "give every class of the eval images some training images"
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
