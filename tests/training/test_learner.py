@@ -304,3 +304,50 @@ def test_float64_learner_loss_is_float64_and_passes_gradcheck():
     assert learner(v1, v2).loss.dtype == torch.float64
     x = v1[:4].clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda a: learner(a, v2[:4]).loss, (x,))
+
+
+def test_the_mutual_information_bound_is_reported_for_infonce_alone():
+    """log(N + 1) - L bounds I(x; x+) for InfoNCE's loss only: the other objectives report none (the
+    decoupled loss goes below 0, which would make the 'bound' exceed log(N + 1))."""
+    from contrastkit.objectives import Debiased, Decoupled, HardNegative, Margin
+
+    v1, v2 = views()
+    out = ContrastiveLearner(small_model(), InBatchNegatives(), CosineSimilarity(), InfoNCE(0.2))(v1, v2)
+    n = 2 * B - 2  # in-batch negatives of each anchor
+    torch.testing.assert_close(out.mi_bound, math.log(n + 1) - out.loss.detach())
+    for objective in (Debiased(0.2, 0.1), HardNegative(0.2, 0.1, 1.0), Decoupled(0.2), Margin(0.5)):
+        learner = ContrastiveLearner(small_model(), InBatchNegatives(), CosineSimilarity(), objective)
+        assert learner(v1, v2).mi_bound is None, type(objective).__name__
+
+
+def test_a_run_of_another_objective_logs_no_bound(tmp_path, one_thread):
+    from contrastkit.training import TrainConfig, train
+
+    base = dict(epochs=1, batch_size=32, limit=96, knn_every=0, progress=False)
+    result = train(TrainConfig(**base, objective="decoupled", out=str(tmp_path / "d")))
+    assert all("mi_bound" not in row for row in result.history)
+    assert math.isnan(result.metrics["final_mi_bound_nats"])
+    result = train(TrainConfig(**base, out=str(tmp_path / "i")))
+    assert all(math.isfinite(row["mi_bound"]) for row in result.history)
+    assert result.metrics["final_mi_bound_nats"] == result.history[-1]["mi_bound"]
+
+
+@pytest.mark.parametrize("mochi", [False, True])
+def test_a_queue_keeps_the_dataset_indices_beside_its_keys(mochi):
+    """Given the batch's dataset indices, the queue (also inside MoCHi) stores them beside the keys, in the
+    keys' order (k2 then k1: the same indices twice); without them they stay -1 (unknown)."""
+    from contrastkit.negatives import HardNegativeMixing
+
+    source = QueueNegatives(size=40)
+    negatives = HardNegativeMixing(source, num_hardest=8, num_mixed=4, num_query_mixed=2) if mochi else source
+    learner, _, _ = moco_learner(negatives)
+    idx = torch.arange(100, 100 + B)
+    labels = torch.arange(B) % 3
+    learner(*views(), labels=None, indices=idx)
+    q = source.queue
+    keys, stored_labels, stored = q.ordered()
+    assert stored.tolist() == [*idx.tolist(), *idx.tolist()] and keys.shape[0] == 2 * B
+    learner(*views(2), labels=labels)  # no indices given: unknown, as before
+    _, stored_labels, stored = q.ordered()
+    assert stored[-2 * B :].tolist() == [-1] * (2 * B)  # the newest keys (the queue wrapped around)
+    assert stored_labels[-2 * B :].tolist() == [*labels.tolist(), *labels.tolist()]

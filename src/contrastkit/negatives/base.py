@@ -109,9 +109,12 @@ def score_candidates(candidates: Candidates, score: Score, *, oracle: bool = Fal
 
 def source_kwargs(source: nn.Module, indices: Tensor | None, how: str = "indices=...") -> dict[str, Tensor]:
     """The keyword arguments ``source`` takes besides the embeddings: ``indices`` when it
-    ``needs_indices`` (an error naming ``how`` to pass them when they are missing), else none."""
+    ``needs_indices`` (an error naming ``how`` to pass them when they are missing), or when it
+    ``accepts_indices`` and they are given (the queue keeps them beside its keys); else none."""
     if not getattr(source, "needs_indices", False):
-        return {}
+        return (
+            {"indices": indices} if indices is not None and getattr(source, "accepts_indices", False) else {}
+        )
     if indices is None:
         raise ValueError(
             f"the negative source {type(source).__name__} needs the batch's dataset indices: pass {how}"
@@ -128,10 +131,12 @@ class NegativeSource(nn.Module):
 
     ``needs_indices`` is True for sources that also need the batch's dataset indices (``indices=`` keyword
     of ``forward`` and ``update``, e.g. :class:`~contrastkit.negatives.MinedNegatives`, which must not
-    mine an anchor's own item); the learner passes them only to such sources.
+    mine an anchor's own item); the learner passes them only to such sources, and to those that
+    ``accepts_indices`` (they take them when given: the queue stores them beside its keys).
     """
 
     needs_indices: bool = False
+    accepts_indices: bool = False
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
         raise NotImplementedError

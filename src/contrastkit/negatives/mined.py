@@ -150,6 +150,7 @@ class MinedNegatives(NegativeSource):
     """
 
     needs_indices = True
+    accepts_indices = True
 
     def __init__(
         self,

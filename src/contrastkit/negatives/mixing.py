@@ -164,6 +164,11 @@ class HardNegativeMixing(NegativeSource):
         """Whether the wrapped source needs the batch's dataset indices (mined negatives)."""
         return bool(getattr(self.source, "needs_indices", False))
 
+    @property
+    def accepts_indices(self) -> bool:  # type: ignore[override]
+        """Whether the wrapped source takes the batch's dataset indices when given (a queue stores them)."""
+        return bool(getattr(self.source, "accepts_indices", False))
+
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Candidates:
         cand = self.source(z1, z2, labels, **kwargs)
         if cand.extra_negatives is not None:

@@ -188,6 +188,8 @@ class QueueNegatives(NegativeSource):
     queue (this also keeps DDP's buffer broadcast from rank 0 harmless).
     """
 
+    accepts_indices = True  # given the batch's dataset indices, the queue stores them beside the keys
+
     def __init__(self, size: int = 4096, dim: int | None = None) -> None:
         super().__init__()
         self.queue = KeyQueue(size, dim)

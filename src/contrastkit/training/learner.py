@@ -42,7 +42,7 @@ from contrastkit.negatives import (
     score_candidates,
     source_kwargs,
 )
-from contrastkit.objectives import Objective, ShapeError, mutual_information_bound
+from contrastkit.objectives import InfoNCE, Objective, ShapeError, mutual_information_bound
 from contrastkit.scores import Score, score_dtype
 
 
@@ -56,7 +56,9 @@ class StepOutput:
     """
 
     loss: Tensor
-    mi_bound: Tensor
+    # the InfoNCE bound log(N + 1) - L (nats); None for other objectives, whose loss bounds nothing (the
+    # decoupled loss, without the positive in its denominator, even goes below 0)
+    mi_bound: Tensor | None
     pos_score: Tensor
     neg_score: Tensor
     extra: dict[str, Tensor] = field(default_factory=dict)
@@ -194,7 +196,7 @@ class ContrastiveLearner(nn.Module):
         extra = self._source_stats()
         loss = self._update_source(loss, z1.detach(), z2.detach(), labels, kwargs)
         with torch.no_grad():
-            return _step_output(loss, [contrast], extra)
+            return _step_output(loss, [contrast], extra, isinstance(self.objective, InfoNCE))
 
     def _forward_momentum(
         self, view1: Tensor, view2: Tensor, labels: Tensor | None, kwargs: dict[str, Tensor]
@@ -224,11 +226,14 @@ class ContrastiveLearner(nn.Module):
             both_kwargs,
         )
         with torch.no_grad():
-            return _step_output(loss, [contrast_a, contrast_b], extra)
+            return _step_output(loss, [contrast_a, contrast_b], extra, isinstance(self.objective, InfoNCE))
 
 
-def _step_output(loss: Tensor, contrasts: list[Contrast], extra: dict[str, Tensor]) -> StepOutput:
-    """Statistics of a step from the contrasts it scored (averaged over them; call under no_grad)."""
+def _step_output(
+    loss: Tensor, contrasts: list[Contrast], extra: dict[str, Tensor], infonce: bool
+) -> StepOutput:
+    """Statistics of a step from the contrasts it scored (averaged over them; call under no_grad); the
+    mutual-information bound only for an ``infonce`` objective."""
     pos, neg, valid = [], [], []
     for contrast in contrasts:
         n = contrast.neg.float()
@@ -242,7 +247,7 @@ def _step_output(loss: Tensor, contrasts: list[Contrast], extra: dict[str, Tenso
         valid.append(v)
     return StepOutput(
         loss=loss,
-        mi_bound=mutual_information_bound(loss.detach(), torch.cat(valid)),
+        mi_bound=mutual_information_bound(loss.detach(), torch.cat(valid)) if infonce else None,
         pos_score=torch.stack(pos).mean(),
         neg_score=torch.stack(neg).mean(),
         extra=extra,

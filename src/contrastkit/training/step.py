@@ -208,7 +208,7 @@ class TrainStep:
             self.scheduler.step()
         stats = {
             "loss": result.loss.detach(),
-            "mi_bound": result.mi_bound,
+            **({"mi_bound": result.mi_bound} if result.mi_bound is not None else {}),  # InfoNCE only
             "lr": torch.full((), lr_used, device=self.device),
             "skipped": torch.full((), float(skip), device=self.device),
             **result.extra,

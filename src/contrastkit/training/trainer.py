@@ -1218,7 +1218,8 @@ def _final_metrics(
             "knn_images": data.knn_images,  # the --knn-images cap applied to each split (null: none)
         },
         "final_loss": progress["last_loss"],
-        "final_mi_bound_nats": history[-1]["mi_bound"] if history else float("nan"),
+        # InfoNCE's bound log(N + 1) - L; null for the other objectives (their loss bounds nothing)
+        "final_mi_bound_nats": history[-1].get("mi_bound", float("nan")) if history else float("nan"),
         "epochs": config.epochs,
         "steps": steps,
         "skipped_steps": progress["skipped_steps"],
