@@ -15,7 +15,7 @@ import torch
 
 from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.training import TrainConfig, train
-from contrastkit.training.checkpoint import load_checkpoint
+from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.resume import resume_config
 from contrastkit.training.trainer import format_summary
@@ -326,3 +326,27 @@ def test_eval_classes_without_training_images_are_warned_of(tmp_path, one_thread
     printed = io.StringIO()
     evaluate_checkpoint(result.run_dir, device="cpu", out=printed)
     assert "WARNING: 2 class(es) of the eval images have no training image" in printed.getvalue()
+
+
+def _ran_on(run, world: int, **config_changes) -> None:
+    """Make the run's checkpoint look like one of a ``world``-process launch (with ``config_changes``)."""
+    state = load_checkpoint(run / "checkpoint.pt")
+    state = {k: v for k, v in state.items() if k not in ("format", "version", "metrics")}
+    state.update(finished=False)
+    state["progress"] = {**state["progress"], "world_size": world}
+    state["config"] = {**state["config"], **config_changes}
+    save_checkpoint(state, run / "checkpoint.pt")
+
+
+def test_a_resume_on_another_process_count_names_the_count_first(tmp_path, one_thread):
+    """A checkpoint of a 2-process launch resumed on one process: the refusal names the 2 processes and
+    the torchrun command, not the option checks of this launch (--negatives gather needs torchrun; a batch
+    not divisible by the processes), whose advice a resume could not follow."""
+    train(config(tmp_path, "run"))
+    run = tmp_path / "run"
+    _ran_on(run, 2, negatives="gather")
+    with pytest.raises(ConfigError) as caught:
+        train(resume_config(run)[0], resume=run)
+    message = str(caught.value)
+    assert "on 1 process(es): it ran on 2" in message and "torchrun" in message, message
+    assert "torch.distributed is not initialised" not in message

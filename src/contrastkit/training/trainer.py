@@ -597,6 +597,21 @@ def _run(
     return TrainResult(run_dir=run_dir, metrics=metrics, model=parts.model, history=loop.history)
 
 
+def _refuse_other_world_size(saved: dict[str, Any], run_dir: Path) -> None:
+    """A checkpoint resumes only on as many processes as it ran on: each process's random state and batch
+    shard depend on that. Checked before the option combinations, whose advice for this launch (another
+    --batch-size, or torchrun for --negatives gather) a resume could not follow."""
+    progress = saved.get("progress")
+    saved_world = int(progress.get("world_size", 1)) if isinstance(progress, dict) else 1
+    world = world_size()
+    if saved_world != world:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} on {world} process(es): it ran on {saved_world}, and each "
+            f"process's random state and batch shard depend on that; resume it with "
+            f"{resume_command(run_dir, saved_world)}"
+        )
+
+
 def _open_run(
     config: TrainConfig, device: torch.device, resume: str | Path | None
 ) -> tuple[TrainConfig, Path, dict[str, Any] | None, bool]:
@@ -606,7 +621,6 @@ def _open_run(
     made), the loaded checkpoint (None for a new run) and whether this call created the folder.
     ``--deterministic`` is switched on here, before anything is built.
     """
-    check_combinations(config)
     saved: dict[str, Any] | None = None
     created = False
     if resume is not None:
@@ -615,9 +629,12 @@ def _open_run(
         if rank() == 0:
             lock_run_dir(run_dir)  # a second resume of this run, started at the same time, is refused
         saved = load_checkpoint(ckpt_path)
+        _refuse_other_world_size(saved, run_dir)
+        check_combinations(config)
         if rank() == 0:
             remove_stale_temporaries(ckpt_path)
     else:
+        check_combinations(config)
         config = config.replace(data=absolute_data(config.data))  # a resume from another folder finds it
         run_dir = Path(broadcast_object(str(Path(config.out) if config.out else default_run_dir(config))))
         created = not run_dir.exists()  # (rank 0's answer is the one used: it alone removes the folder)
@@ -805,13 +822,7 @@ def _restore(
             f"cannot resume {str(run_dir)!r}: it has {progress['total_steps']} steps in all, this data and "
             f"config give {parts.total_steps}; was the data set changed?"
         )
-    saved_world = int(progress.get("world_size", 1))
-    if saved_world != world:
-        raise ConfigError(
-            f"cannot resume {str(run_dir)!r} on {world} process(es): it ran on {saved_world}, and each "
-            f"process's random state and batch shard depend on that; resume it with "
-            f"{resume_command(run_dir, saved_world)}"
-        )
+    _refuse_other_world_size(saved, run_dir)  # (checked first in _open_run too)
     progress["world_size"] = world
     _load_states(saved, run_dir, parts)
     view_rng, global_rng = progress.pop("view_rng"), progress.pop("global_rng")
