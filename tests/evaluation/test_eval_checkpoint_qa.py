@@ -259,6 +259,7 @@ def test_eval_names_its_image_counts_and_a_limit_other_than_the_runs(run: Path) 
     counts = f"({knn['train_images']} train / {knn['eval_images']} eval images [test split])"
     assert counts in first and (knn["train_images"], knn["eval_images"]) == (1347, 450)
     assert "NOTE: the run trained with --limit 200 (images per split)" in text and "pass --limit 200" in text
+    assert knn["protocol"]["eval_split"] == knn["eval_split"] == "test split"  # not the NOTE's text
     printed = io.StringIO()
     knn = evaluate_checkpoint(run, device="cpu", limit=200, out=printed)["evaluation"]["knn"]
     first, text = printed.getvalue().splitlines()[0], printed.getvalue()

@@ -322,10 +322,12 @@ def test_eval_classes_without_training_images_are_warned_of(tmp_path, one_thread
     (warning,) = result.metrics["warnings"]
     assert "2 class(es) of the eval images have no training image" in warning
     assert "their 2 of 2 eval images can never be classified correctly" in warning
-    assert "at most 0.0000" in warning and "raise --limit 10" in warning
+    assert "at most 0.0000" in warning and "start a new run with a larger --limit than 10" in warning
+    assert "the eval images are 20% held out of the --limit images" in warning
     printed = io.StringIO()
     evaluate_checkpoint(result.run_dir, device="cpu", out=printed)
     assert "WARNING: 2 class(es) of the eval images have no training image" in printed.getvalue()
+    assert "train again with a larger --limit than 10" in printed.getvalue()  # eval keeps the run's limit
 
 
 def _ran_on(run, world: int, **config_changes) -> None:

@@ -395,3 +395,39 @@ def test_a_mined_run_records_the_index_kind_auto_took(tmp_path, monkeypatch, one
     assert resumed.mined_index == "torch"
     result = train(resumed, resume=run)
     assert result.metrics["config"]["mined_index"] == "torch"
+
+
+def test_a_flat_mined_run_resumes_where_faiss_has_gone_only_as_asked(tmp_path, monkeypatch, one_thread):
+    """A run recorded as faiss 'flat' on a machine without faiss: the resume says why it cannot search as it
+    ran and offers --mined-index torch (exact too), which it then accepts as no change of the run."""
+    pytest.importorskip("faiss")
+    from contrastkit.errors import ConfigError as Refused
+    from contrastkit.negatives import mined as mined_module
+
+    config = TrainConfig(
+        **{**TINY, "epochs": 2},
+        negatives="mined",
+        mined_negatives=4,
+        mined_index="flat",
+        out=str(tmp_path / "r"),
+    )
+    stop_after_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    run = tmp_path / "r"
+
+    def no_faiss():
+        raise Refused("mined negatives need the faiss library: pip install faiss-cpu")
+
+    monkeypatch.setattr(mined_module, "import_faiss", no_faiss)
+    with pytest.raises(Refused, match=r"searched its mined negatives with the faiss index 'flat'") as caught:
+        resume_config(run)
+    assert "pip install faiss-cpu to resume it as it ran, or resume it with --mined-index torch" in str(
+        caught.value
+    )
+    resumed, saved = resume_config(run, {"mined_index": "torch"})
+    assert resumed.mined_index == "torch"
+    result = train(resumed, resume=run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["finished"] and state["config"]["mined_index"] == "torch"
+    assert result.metrics["resumed_at_steps"] == [saved["step"]] and saved["step"] < state["step"]

@@ -182,8 +182,8 @@ def write_report(
             "Loss",
             F.figure_png(F.plot_loss(history, reason)),
             f"Training loss of {n_loss} logged steps ({HISTORY_NAME}) against optimiser steps (left) and "
-            "training wall-clock in seconds, evaluation excluded (right; steps read from the device together "
-            "share one timestamp)."
+            "training wall-clock in seconds, evaluation excluded (right: one point per read-out of the steps' "
+            "statistics, which share one timestamp, at their mean loss)."
             if n_loss
             else f"Loss history unavailable: {reason}.",
         )

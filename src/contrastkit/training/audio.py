@@ -66,7 +66,7 @@ from contrastkit.training.resume import (  # the resume helpers audio-train shar
     write_finished_run,
 )
 from contrastkit.training.run_folder import new_run_folder
-from contrastkit.views.audio import AudioViews, LogMel, max_mel_bands, mfcc
+from contrastkit.views.audio import LOG_MEL_N_FFT, AudioViews, LogMel, max_mel_bands, mfcc
 
 __all__ = [
     "AUDIO_NEGATIVES",
@@ -156,10 +156,10 @@ class AudioTrainConfig:
                 f"(--clip-seconds {self.clip_seconds:g}): a shift that long moves the whole clip out of its "
                 f"window and leaves a silent view; use at most {self.clip_seconds:g} (default 0.1)"
             )
-        fits = max_mel_bands(FSDD_SAMPLE_RATE, LogMel().n_fft)  # the log-mel's FFT at FSDD's 8 kHz
+        fits = max_mel_bands(FSDD_SAMPLE_RATE, LOG_MEL_N_FFT)  # the log-mel's FFT at 8 kHz (cached)
         if is_integer(self.n_mels, 1) and self.n_mels > fits:
             raise ConfigError(
-                f"option n_mels (--n-mels) {self.n_mels} is more mel bands than the {LogMel().n_fft}-point "
+                f"option n_mels (--n-mels) {self.n_mels} is more mel bands than the {LOG_MEL_N_FFT}-point "
                 f"FFT's bins can fill (some triangular filters would cover no bin); use at most {fits} "
                 "(default 40)"
             )
@@ -288,12 +288,12 @@ NO_RANDOM_INIT_PROBE = (
 )
 
 
-@torch.no_grad()
 def mfcc_coefficients(n_mels: int) -> int:
     """The MFCC baseline's coefficients: :data:`MFCC_COEFFICIENTS`, or every one of fewer mel bands."""
     return min(MFCC_COEFFICIENTS, n_mels)
 
 
+@torch.no_grad()
 def mfcc_features(waves: Tensor, logmel: LogMel, n_mfcc: int = 20, batch_size: int = 512) -> Tensor:
     """The MFCC baseline: ``n_mfcc`` MFCCs (DCT-II of the log-mel), mean and std over time: ``(N, 2 n_mfcc)``."""
     out = []

@@ -392,8 +392,8 @@ def evaluate_checkpoint(
         file=out,
         flush=True,
     )
-    for note in notes:
-        print(f"NOTE: {note}", file=out, flush=True)
+    for line in notes:  # (not ``note``: that is the eval split, recorded below)
+        print(f"NOTE: {line}", file=out, flush=True)
     for warning in warnings:
         print(f"WARNING: {warning}", file=out, flush=True)
 
@@ -422,7 +422,7 @@ def evaluate_checkpoint(
         warnings.append(warning)
         print(f"WARNING: {warning}", file=out, flush=True)
     unseen = unseen_classes_warning(
-        train_y, test_y, list(splits.train.classes), unseen_classes_advice(config.limit)
+        train_y, test_y, list(splits.train.classes), unseen_classes_advice(config.limit, note, retrain=True)
     )
     if unseen is not None:
         warnings.append(unseen)

@@ -21,7 +21,8 @@ enqueued once, after both losses, so neither half sees the current batch's keys 
 caller updates the key encoder (``key_encoder.update(model)``) after the optimizer step.
 
 Sources that need the batch's dataset indices (``needs_indices``: mined negatives, which must not mine an
-anchor's own item) get ``indices`` in ``forward`` and ``update``; with a key encoder both halves of the
+anchor's own item) get ``indices`` in ``forward`` and ``update``, and so do those that take them when given
+(``accepts_indices``: the queue stores them beside its keys); with a key encoder both halves of the
 symmetrised step use the same indices.
 """
 

@@ -117,6 +117,9 @@ def resume_config(
     compared = wanted.to_dict()
     if "stream" not in (saved.data_placement, wanted.data_placement):
         compared["data_placement"] = saved.data_placement  # the same batches either way: no change
+    if {saved.mined_index, wanted.mined_index} == {"flat", "torch"}:
+        compared["mined_index"] = saved.mined_index  # both exact: the same neighbours (ties aside)
+    _refuse_missing_faiss(wanted, path.parent)
     refuse_changed_options(
         saved.to_dict(),
         compared,
@@ -128,6 +131,29 @@ def resume_config(
     if data is not None:
         wanted = wanted.replace(data=data)
     return wanted.replace(out=str(path.parent)), state
+
+
+def _refuse_missing_faiss(config: TrainConfig, run_dir: Path) -> None:
+    """A mined run that searched with a faiss index (recorded, also when ``--mined-index auto`` chose it)
+    resumes only where faiss is installed, or, for the exact ``flat``, with ``--mined-index torch``."""
+    if "mined" not in config.negatives or config.mined_index in ("auto", "torch"):
+        return
+    from contrastkit.negatives.mined import import_faiss
+
+    try:
+        import_faiss()
+    except ConfigError:
+        other = (
+            ", or resume it with --mined-index torch (the same exact neighbours; equal scores may come in "
+            "another order)"
+            if config.mined_index == "flat"
+            else ""
+        )
+        raise ConfigError(
+            f"run {str(run_dir)!r} searched its mined negatives with the faiss index {config.mined_index!r} "
+            f"(recorded when it started, also when --mined-index auto chose it), and faiss is not installed "
+            f"here: pip install faiss-cpu to resume it as it ran{other}"
+        ) from None
 
 
 def same_path(a: str | Path, b: str | Path) -> bool:

@@ -1268,7 +1268,10 @@ def _final_metrics(
             "(one sub-folder per class) to monitor the encoder"
         )
     unseen = unseen_classes_warning(
-        train_set.labels, test_set.labels, list(train_set.classes), unseen_classes_advice(config.limit)
+        train_set.labels,
+        test_set.labels,
+        list(train_set.classes),
+        unseen_classes_advice(config.limit, data.eval_note),
     )
     if unseen is not None:
         warnings.append(unseen)
@@ -1283,11 +1286,22 @@ def _final_metrics(
     return metrics
 
 
-def unseen_classes_advice(limit: int | None) -> str:
-    """What to do about eval classes without training images (:func:`unseen_classes_warning`)."""
-    if limit is not None:
-        return f"raise --limit {limit} (images per split, class-balanced) to at least the number of classes"
-    return "give every class of the eval images some training images"
+def unseen_classes_advice(limit: int | None, eval_split: str, *, retrain: bool = False) -> str:
+    """What to do about eval classes without training images (:func:`unseen_classes_warning`): a larger
+    ``--limit`` (for ``eval``, ``retrain``: a new run, since eval keeps the run's limit on held-out data),
+    or training images of every class. ``eval_split`` is the data's note (``"held out ..."`` without a
+    ``test/`` split: the eval images are a fifth of the ``--limit`` images)."""
+    if limit is None:
+        return "give every class of the eval images some training images"
+    if eval_split.startswith("held out"):
+        where = (
+            f"the eval images are {HELD_OUT_FRACTION:.0%} held out of the --limit images, so every class "
+            "needs several of them"
+        )
+    else:
+        where = "each split needs images of every class"
+    start = "train again with" if retrain else "start a new run with"
+    return f"{start} a larger --limit than {limit} (images per split, class-balanced: {where}), or none"
 
 
 def _environment(device: torch.device) -> dict[str, Any]:

@@ -28,6 +28,7 @@ every random number drawn from one ``torch.Generator`` (so a seed fixes the view
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from contrastkit.errors import ConfigError
 
 __all__ = [
+    "LOG_MEL_N_FFT",
     "AudioViews",
     "LogMel",
     "add_noise",
@@ -52,6 +54,10 @@ __all__ = [
     "shift",
     "time_stretch",
 ]
+
+
+LOG_MEL_N_FFT = 256
+"""The FFT size of :class:`LogMel` by default (129 frequency bins; 32 ms at 8 kHz, its 25 ms window in it)."""
 
 
 # ----------------------------------------------------------------------------------------------- mel maths
@@ -115,6 +121,7 @@ def mel_filterbank(
     return weights.to(torch.float32)
 
 
+@functools.lru_cache(maxsize=64)
 def max_mel_bands(sample_rate: int, n_fft: int, f_min: float = 0.0, f_max: float | None = None) -> int:
     """The most mel bands whose triangular filters (:func:`mel_filterbank`) all cover at least one FFT bin:
     more bands than this leave some filters empty (librosa warns "Empty filters detected")."""
@@ -162,7 +169,7 @@ class LogMel(nn.Module):
     def __init__(
         self,
         sample_rate: int = 8000,
-        n_fft: int = 256,
+        n_fft: int = LOG_MEL_N_FFT,
         win_length: int = 200,
         hop_length: int = 80,
         n_mels: int = 40,
