@@ -76,3 +76,21 @@ def at_step(
 def send(signum: int) -> Any:
     """An :func:`at_step` action: send ``signum`` to this process."""
     return lambda _optimizer: os.kill(os.getpid(), signum)
+
+
+def edit_checkpoint(run: Path, *, progress: dict[str, Any] | None = None, **entries: Any) -> None:
+    """Rewrite ``run``'s checkpoint with ``entries`` replaced and ``progress`` merged into its progress, as
+    another launch or an interruption would have left it (the loader adds format and version again)."""
+    from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(run / "checkpoint.pt")
+    state = {k: v for k, v in state.items() if k not in ("format", "version", "metrics")}
+    state.update(entries)
+    if progress:
+        state["progress"] = {**state["progress"], **progress}
+    save_checkpoint(state, run / "checkpoint.pt")
+
+
+def interrupt(run: Path, step: int, total: int) -> None:
+    """Make the run's checkpoint look like one a Ctrl-C left at ``step`` of ``total``."""
+    edit_checkpoint(run, finished=False, step=step, progress={"total_steps": total})

@@ -20,8 +20,9 @@ from contrastkit.cli import main
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation import check_label_fractions, finetune_few_labels
 from contrastkit.training import TrainConfig, evaluate_checkpoint, train
-from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 from contrastkit.training.evaluate import merge_evaluation
+
+from ..conftest import interrupt as interrupted
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,11 +64,7 @@ def gray_folder(root: Path, classes: tuple[str, ...], per_class: int = 20) -> Pa
 
 def interrupt(run: Path, step: int = 73, total: int = 630) -> None:
     """Make the run's checkpoint look like one a Ctrl-C left at ``step`` of ``total``."""
-    state = load_checkpoint(run / "checkpoint.pt")
-    state = {k: v for k, v in state.items() if k not in ("format", "version", "metrics")}
-    state.update(finished=False, step=step)
-    state["progress"] = {**state["progress"], "total_steps": total}
-    save_checkpoint(state, run / "checkpoint.pt")
+    interrupted(run, step, total)
 
 
 def test_eval_of_an_unfinished_run_says_so_and_records_it(run: Path) -> None:

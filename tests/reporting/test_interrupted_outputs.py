@@ -9,21 +9,13 @@ from pathlib import Path
 
 from contrastkit.embed import embed_run
 from contrastkit.export import export_backbone, read_export_metadata
-from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 
-
-def interrupt(run: Path, step: int = 7, total: int = 15) -> None:
-    """Make the run's checkpoint look like one a Ctrl-C left at ``step`` of ``total``."""
-    state = load_checkpoint(run / "checkpoint.pt")
-    state = {k: v for k, v in state.items() if k not in ("format", "version", "metrics")}
-    state.update(finished=False, step=step)
-    state["progress"] = {**state["progress"], "total_steps": total}
-    save_checkpoint(state, run / "checkpoint.pt")
+from ..conftest import interrupt
 
 
 def test_embed_of_an_interrupted_run_warns_and_records_its_progress(run_copy: Path, tmp_path: Path) -> None:
     run = run_copy
-    interrupt(run)
+    interrupt(run, 7, 15)
     printed = io.StringIO()
     out = tmp_path / "e.npz"
     emb = embed_run(run, out, device="cpu", out=printed)
@@ -36,7 +28,7 @@ def test_embed_of_an_interrupted_run_warns_and_records_its_progress(run_copy: Pa
 
 def test_export_of_an_interrupted_run_warns_and_records_its_progress(run_copy: Path, tmp_path: Path) -> None:
     run = run_copy
-    interrupt(run)
+    interrupt(run, 7, 15)
     printed = io.StringIO()
     target = export_backbone(run, tmp_path / "b.safetensors", out=printed)
     assert "WARNING: unfinished: step 7 of 15" in printed.getvalue() and "export again" in printed.getvalue()

@@ -15,11 +15,12 @@ import torch
 
 from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.training import TrainConfig, train
-from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
+from contrastkit.training.checkpoint import load_checkpoint
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.resume import resume_config
 from contrastkit.training.trainer import format_summary
 
+from ..conftest import edit_checkpoint
 from .conftest import digit_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -332,12 +333,8 @@ def test_eval_classes_without_training_images_are_warned_of(tmp_path, one_thread
 
 def _ran_on(run, world: int, **config_changes) -> None:
     """Make the run's checkpoint look like one of a ``world``-process launch (with ``config_changes``)."""
-    state = load_checkpoint(run / "checkpoint.pt")
-    state = {k: v for k, v in state.items() if k not in ("format", "version", "metrics")}
-    state.update(finished=False)
-    state["progress"] = {**state["progress"], "world_size": world}
-    state["config"] = {**state["config"], **config_changes}
-    save_checkpoint(state, run / "checkpoint.pt")
+    config = {**load_checkpoint(run / "checkpoint.pt")["config"], **config_changes}
+    edit_checkpoint(run, finished=False, config=config, progress={"world_size": world})
 
 
 def test_a_resume_on_another_process_count_names_the_count_first(tmp_path, one_thread):
