@@ -262,3 +262,26 @@ def test_eval_names_its_image_counts_and_a_limit_other_than_the_runs(run: Path) 
     first, text = printed.getvalue().splitlines()[0], printed.getvalue()
     counts = f"({knn['train_images']} train / {knn['eval_images']} eval images [test split], --limit 200)"
     assert counts in first and knn["train_images"] == 200 and "NOTE" not in text
+
+
+def test_runs_of_two_seeds_are_probed_and_fine_tuned_on_the_same_labels(tmp_path: Path) -> None:
+    """--split-seed (0 for both) seeds the probe's held-out part and the few-label subsets; --seed does not."""
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        config = TrainConfig(
+            epochs=1,
+            batch_size=64,
+            limit=200,
+            knn_every=0,
+            progress=False,
+            device="cpu",
+            seed=seed,
+            out=str(out),
+        )
+        train(config, out=io.StringIO())
+        result = evaluate_checkpoint(out, device="cpu", linear_probe=True, few_label="0.1", out=io.StringIO())
+        runs.append(result["evaluation"])
+    for ev in runs:
+        assert ev["linear_probe"]["protocol"]["seed"] == 0
+        assert ev["few_label"]["0.1"]["protocol"]["subset"].startswith("class-balanced, seed 0,")

@@ -110,3 +110,27 @@ def test_too_few_labels_is_a_clear_error(digits):
             splits.test.labels,
             fraction=0.0005,
         )
+
+
+def test_subset_seed_chooses_the_labels_and_seed_the_training(digits, monkeypatch):
+    """``subset_seed`` picks the labelled images (runs of several seeds share them), ``seed`` the rest."""
+    import sys
+
+    finetune_module = sys.modules["contrastkit.evaluation.finetune"]  # (the package exports the function)
+    splits, mean, std = digits
+    chosen = []
+    real = finetune_module.few_label_subset
+
+    def spy(labels, fraction, seed=0):
+        chosen.append(seed)
+        return real(labels, fraction, seed)
+
+    monkeypatch.setattr(finetune_module, "few_label_subset", spy)
+    torch.manual_seed(0)
+    backbone = SmallCNN(1, width=4)
+    data = (splits.train.images, splits.train.labels, splits.test.images, splits.test.labels)
+    kw = dict(mean=mean, std=std, fraction=0.1, epochs=1, batch_size=64, optimizer="sgd", lr=0.1)
+    a = finetune(backbone, *data, seed=1, subset_seed=0, **kw)
+    b = finetune(backbone, *data, seed=1, **kw)  # subset_seed defaults to seed
+    assert chosen == [0, 1]
+    assert "seed 0" in a.protocol["subset"] and "seed 1" in b.protocol["subset"]

@@ -227,6 +227,7 @@ def finetune(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     seed: int = 0,
+    subset_seed: int | None = None,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     eval_batch_size: int = 512,
@@ -236,7 +237,10 @@ def finetune(
     ``train_images``/``test_images`` are ``uint8`` (N, C, H, W); ``mean``/``std`` normalise them as in
     pretraining. See the module docstring for the protocol and its defaults; ``epochs`` defaults to
     :data:`FINETUNE_EPOCHS`, ``lr`` to ``0.005 sqrt(batch)`` (lars) or ``0.05 batch / 256`` (sgd).
+    ``seed`` seeds the fine-tuning (augmentation, batches); ``subset_seed`` (default ``seed``) the choice
+    of the labelled images, so that runs of several seeds can be fine-tuned on the same labels.
     """
+    subset_seed = seed if subset_seed is None else subset_seed
     t0 = time.perf_counter()
     device = torch.device(device)
     for name, imgs, y in (("train", train_images, train_labels), ("test", test_images, test_labels)):
@@ -256,7 +260,7 @@ def finetune(
     ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    subset = few_label_subset(train_labels, fraction, seed)
+    subset = few_label_subset(train_labels, fraction, subset_seed)
     n = int(subset.numel())
     check_label_fractions(train_labels, [fraction])  # at least one image per class, and 2 (BatchNorm)
     k = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
@@ -326,7 +330,8 @@ def finetune(
         "paper": "Chen et al. 2020b (SimCLRv2) Sec. 4 / SimCLR Appendix B.5: fine-tune backbone + new linear head",
         "labelled_images": n,
         "labels_per_class": [int(c) for c in per_class],
-        "subset": f"class-balanced, seed {seed}, of {int((train_labels >= 0).sum())} labelled train images",
+        "subset": f"class-balanced, seed {subset_seed}, of {int((train_labels >= 0).sum())} labelled train "
+        "images",
         "epochs": epochs,
         "steps": total_steps,
         "batch_size": batch,

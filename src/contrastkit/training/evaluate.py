@@ -478,7 +478,8 @@ def evaluate_checkpoint(
         )
 
     if linear_probe:
-        probe = run_linear_probe(train_f, train_y, test_f, test_y, seed=config.seed)
+        # the held-out part that chooses λ: the run's split seed, so runs of several seeds choose alike
+        probe = run_linear_probe(train_f, train_y, test_f, test_y, seed=config.split_seed)
         results["linear_probe"] = {**probe.to_dict(), **context, "seconds": probe.protocol["seconds"]}
         print(
             f"linear probe top-1 {probe.top1:.4f} (weight decay {probe.weight_decay:.3g} chosen on "
@@ -504,6 +505,7 @@ def evaluate_checkpoint(
             mean=info.mean,
             std=info.std,
             seed=config.seed,
+            subset_seed=config.split_seed,  # the labelled images: the same for runs of several seeds
             device=dev,
             autocast_dtype=amp,
         )
