@@ -36,9 +36,7 @@ class UnionNegatives(NegativeSource):
         self.first = first
         self.second = second
         self.needs_indices = bool(first.needs_indices or second.needs_indices)
-        self.accepts_indices = bool(
-            getattr(first, "accepts_indices", False) or getattr(second, "accepts_indices", False)
-        )
+        self.accepts_indices = bool(first.accepts_indices or second.accepts_indices)
 
     @property
     def last_stats(self) -> dict[str, Tensor]:

@@ -145,7 +145,8 @@ def scalar_names(history: Sequence[dict[str, float]] | None) -> list[str]:
 
 
 def plot_scalars(history: Sequence[dict[str, float]], names: Sequence[str]) -> Any:
-    """One small panel per scalar in ``names`` (learning rate, the InfoNCE MI bound, the negative source's statistics, ...) against steps."""
+    """One small panel per scalar in ``names`` (learning rate, the InfoNCE MI bound, the negative source's
+    statistics, ...) against steps."""
     cols = min(3, len(names))
     nrows = math.ceil(len(names) / cols)
     fig = _figure(11, 2.8 * nrows)

@@ -111,10 +111,13 @@ class TrainedRun:
     encoder: str
     stem: str
     device: torch.device
-    # how far training got: finished, trained_steps, total_steps (training.evaluate.training_progress)
-    progress: dict[str, Any] = field(default_factory=dict)
-    # the checkpoint's entries that say so (finished, step, the processes): for interrupted_warning
+    # the checkpoint's entries that say how far it trained, and on how many processes
     state: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """How far training got: finished, trained_steps, total_steps (``training_progress``)."""
+        return training_progress(self.state)
 
     def interrupted_warning(self, then: str) -> str | None:
         """``interrupted_run_warning`` of this checkpoint, ending with ``then`` (``"embed again"``)."""
@@ -145,7 +148,6 @@ def load_trained_run(run: str | Path, device: str = "cpu") -> TrainedRun:
         encoder=encoder,
         stem=resolve_stem(config.stem, info.image_size),
         device=dev,
-        progress=training_progress(state),
         state=_progress_entries(state),
     )
 

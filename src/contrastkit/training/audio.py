@@ -294,7 +294,9 @@ def mfcc_coefficients(n_mels: int) -> int:
 
 
 @torch.no_grad()
-def mfcc_features(waves: Tensor, logmel: LogMel, n_mfcc: int = 20, batch_size: int = 512) -> Tensor:
+def mfcc_features(
+    waves: Tensor, logmel: LogMel, n_mfcc: int = MFCC_COEFFICIENTS, batch_size: int = 512
+) -> Tensor:
     """The MFCC baseline: ``n_mfcc`` MFCCs (DCT-II of the log-mel), mean and std over time: ``(N, 2 n_mfcc)``."""
     out = []
     for start in range(0, waves.shape[0], batch_size):
@@ -317,7 +319,7 @@ def standardise(train_f: Tensor, test_f: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def mfcc_baseline(
-    train_waves: Tensor, test_waves: Tensor, logmel: LogMel, n_mfcc: int = 20
+    train_waves: Tensor, test_waves: Tensor, logmel: LogMel, n_mfcc: int = MFCC_COEFFICIENTS
 ) -> tuple[Tensor, Tensor]:
     """The MFCC reference features of both splits: :func:`mfcc_features`, then :func:`standardise`."""
     return standardise(mfcc_features(train_waves, logmel, n_mfcc), mfcc_features(test_waves, logmel, n_mfcc))

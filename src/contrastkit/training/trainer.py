@@ -822,8 +822,7 @@ def _restore(
             f"cannot resume {str(run_dir)!r}: it has {progress['total_steps']} steps in all, this data and "
             f"config give {parts.total_steps}; was the data set changed?"
         )
-    _refuse_other_world_size(saved, run_dir)  # (checked first in _open_run too)
-    progress["world_size"] = world
+    progress["world_size"] = world  # as many processes as it ran on: _open_run checked it
     _load_states(saved, run_dir, parts)
     view_rng, global_rng = progress.pop("view_rng"), progress.pop("global_rng")
     if world > 1:  # one state per rank
