@@ -73,6 +73,15 @@ def at_step(
     monkeypatch.setattr(optimizer, "step", patched)
 
 
+def blow_up_weights(optimizer: torch.optim.Optimizer) -> None:
+    """An :func:`at_step` action: weights huge but finite, so the encoder's outputs overflow to inf while its
+    state and the losses read stay finite (a diverging run whose loss had not reached inf yet)."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.mul_(1e15)
+
+
 def send(signum: int) -> Any:
     """An :func:`at_step` action: send ``signum`` to this process."""
     return lambda _optimizer: os.kill(os.getpid(), signum)

@@ -184,6 +184,29 @@ def test_self_labelling_refuses_a_bad_lambda(lam: float) -> None:
         SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=3, lam=lam)
 
 
+def test_self_labelling_refuses_more_clusters_than_items_and_a_misfit_marginal_early() -> None:
+    """The CLI refused --clusters > items; the Python class trained on (empty clusters), and a marginal of the
+    wrong length failed only at the first refresh."""
+    model = SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=5)
+    with pytest.raises(ConfigError, match=r"4 items cannot fill 5 clusters .*num_clusters <= 4"):
+        model.init_labels(4)
+    with pytest.raises(ConfigError, match=r"4 items cannot fill 5 clusters"):
+        train_self_labelling(
+            model, torch.randn(4, 4), lambda x, g: x, epochs=1, batch_size=2,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"must be an integer, got 4\.0"):
+        model.init_labels(4.0)  # type: ignore[arg-type]
+    model.init_labels(5)
+    assert sorted(model.labels[0].tolist()) == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigError, match=r"\(num_clusters,\) = \(5,\) vector .*got shape \(4,\)"):
+        SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=5, cluster_marginal=torch.ones(4))
+    with pytest.raises(ConfigError, match=r"cluster_marginal must be positive and finite .*got min 0"):
+        SelfLabelling(
+            MLP(4, hidden=(), batchnorm=False), num_clusters=3, cluster_marginal=torch.tensor([1.0, 0.0, 1.0])
+        )
+
+
 def test_marginal_order_reference_gives_the_largest_cluster_the_smallest_mass() -> None:
     from contrastkit.clustering.sinkhorn import sorted_marginal
 

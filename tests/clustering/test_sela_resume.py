@@ -22,7 +22,7 @@ from contrastkit.training.checkpoint import load_checkpoint
 from contrastkit.views import ImageViews
 
 from ..conftest import at_step as at_optimizer_step
-from ..conftest import send
+from ..conftest import blow_up_weights, send
 
 at_step = functools.partial(at_optimizer_step, optimizer=torch.optim.SGD)  # sela's default optimizer
 
@@ -206,6 +206,24 @@ def test_a_non_finite_state_is_refused_before_writing_and_the_last_checkpoint_ke
     state = load_checkpoint(run, image_run=False)
     assert state["progress"]["done"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_a_run_whose_features_overflow_stops_as_diverged_and_so_does_its_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    at_step(monkeypatch, STEPS, blow_up_weights)  # after the last step: the state stays finite
+    assert main([*DIGITS, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "the run diverged: after its 4 epochs the encoder's features are NaN or infinite for" in err, err
+    assert "no results were written to metrics.json" in err and "start a new run with a lower --lr" in err
+    assert "Traceback" not in err
+    state = load_checkpoint(run, image_run=False)
+    assert state["progress"]["done"] == 4 and state["finished"] is False
+    assert not (run / "metrics.json").exists()
+    monkeypatch.undo()
+    assert main(["sela", "--resume", str(run)]) == 2
+    assert "the run diverged: after its 4 epochs" in capsys.readouterr().err
 
 
 def test_the_loop_resumed_from_its_state_matches_the_uninterrupted_loop() -> None:

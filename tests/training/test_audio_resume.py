@@ -18,7 +18,7 @@ import torch
 from contrastkit.cli import main
 from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 
-from ..conftest import AUDIO_TINY, at_step, send, tiny_fsdd
+from ..conftest import AUDIO_TINY, at_step, blow_up_weights, send, tiny_fsdd
 
 # the session's fsdd (tests/conftest.py): 24 training clips, batch 8: 3 steps an epoch, 9 in all
 TINY = [*AUDIO_TINY, "--epochs", "3"]
@@ -263,6 +263,27 @@ def test_a_non_finite_state_is_refused_before_writing_and_the_last_checkpoint_ke
     assert state["progress"]["done"] == 1 and state["finished"] is False
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert not (run / "metrics.json").exists()
+
+
+def test_a_run_whose_features_overflow_stops_as_diverged_and_so_does_its_resume(
+    fsdd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    at_step(monkeypatch, STEPS, blow_up_weights)  # after the last step: the state stays finite
+    assert main(_args(fsdd, run)) == 2
+    err = capsys.readouterr().err
+    assert "the run diverged: after its 3 epochs the encoder's features are NaN or infinite for" in err, err
+    assert (
+        "train clips" in err and "no results were written to metrics.json" in err and "Traceback" not in err
+    )
+    assert "start a new run with a lower --lr or a higher --temperature" in err
+    state = load_checkpoint(run, image_run=False)  # the last epoch's checkpoint, finite and resumable
+    assert state["progress"]["done"] == 3 and state["finished"] is False
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert not (run / "metrics.json").exists()
+    monkeypatch.undo()  # the resume only evaluates the same model: it stops the same way
+    assert main(["audio-train", "--resume", str(run)]) == 2
+    assert "the run diverged: after its 3 epochs" in capsys.readouterr().err
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(

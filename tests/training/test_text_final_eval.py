@@ -16,7 +16,7 @@ import yaml
 
 import contrastkit.training.text as text_module
 from contrastkit.cli import main
-from contrastkit.evaluation.sts import sts_spearman
+from contrastkit.evaluation.sts import embeddings_spearman
 from contrastkit.training.checkpoint import load_checkpoint
 from contrastkit.training.resume import TrainingInterrupted
 from contrastkit.training.run_folder import unlock_run_dir
@@ -32,7 +32,7 @@ def signal_in_final_evaluation(monkeypatch: pytest.MonkeyPatch, signum: int) -> 
     """Raise ``signum`` inside the next run's final STS evaluation (its second); counts the evaluations
     and the training steps (fallback handlers: an unhandled signal fails the test, see :func:`at_steps`)."""
     calls = {"eval": 0, "steps": 0}
-    real = text_module.sts_spearman
+    real = text_module.embeddings_spearman
 
     def spearman(*args: Any, **kwargs: Any) -> float:
         calls["eval"] += 1
@@ -44,7 +44,7 @@ def signal_in_final_evaluation(monkeypatch: pytest.MonkeyPatch, signum: int) -> 
         calls["steps"] += 1
 
     at_steps(monkeypatch, dict.fromkeys(range(1, 1000), count))
-    monkeypatch.setattr(text_module, "sts_spearman", spearman)
+    monkeypatch.setattr(text_module, "embeddings_spearman", spearman)
     return calls
 
 
@@ -94,7 +94,7 @@ def test_a_stop_signal_in_the_final_evaluation_stops_and_the_resume_only_evaluat
     assert metrics["sts_spearman_after"] is None and "final evaluation was stopped" in metrics["note"]
     capsys.readouterr()
 
-    monkeypatch.setattr(text_module, "sts_spearman", sts_spearman)
+    monkeypatch.setattr(text_module, "embeddings_spearman", embeddings_spearman)
     result = train_text(cfg, resume=run)
     assert calls["steps"] == 10  # the resume trains no step
     assert "resumed at step 10 of 10" in capsys.readouterr().out
@@ -114,7 +114,7 @@ def test_the_last_steps_checkpoint_is_written_before_the_final_evaluation(
     tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kill (or a crash) during the final evaluation loses no step: the checkpoint then holds them all."""
-    real = text_module.sts_spearman
+    real = text_module.embeddings_spearman
     seen: list[int] = []
     run = tmp_path / "run"
 
@@ -123,7 +123,7 @@ def test_the_last_steps_checkpoint_is_written_before_the_final_evaluation(
             seen.append(load_checkpoint(run / "checkpoint.pt", image_run=False)["step"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(text_module, "sts_spearman", spearman)
+    monkeypatch.setattr(text_module, "embeddings_spearman", spearman)
     train_text(TextTrainConfig(**{**TINY, **text_data, "checkpoint_every": 0}, out=str(run)))
     assert seen == [10]  # none before training; step 10's at the final evaluation
 
@@ -140,7 +140,7 @@ def test_cli_sigterm_in_the_final_evaluation_exits_143_naming_the_resume(
     err = capsys.readouterr().err
     assert "SIGTERM received during the final evaluation" in err and "Traceback" not in err
     assert f"continue with: contrastkit text-train --resume {run}" in err
-    monkeypatch.setattr(text_module, "sts_spearman", sts_spearman)
+    monkeypatch.setattr(text_module, "embeddings_spearman", embeddings_spearman)
     assert main(["text-train", "--resume", str(run), "--no-progress"]) == 0
     assert json.loads((run / "metrics.json").read_text())["finished"] is True
 
@@ -192,7 +192,7 @@ def test_ctrl_c_during_the_start_leaves_no_run_folder(
     def spearman(*args: Any, **kwargs: Any) -> float:  # the evaluation before training
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(text_module, "sts_spearman", spearman)
+    monkeypatch.setattr(text_module, "embeddings_spearman", spearman)
     run = tmp_path / "runs" / "new"
     assert main(["text-train", *cli_flags(text_data, run)]) == 130
     assert not (tmp_path / "runs").exists()

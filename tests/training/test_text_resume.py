@@ -497,6 +497,39 @@ def test_a_nonfinite_state_is_refused_before_it_is_written(
     )
 
 
+def test_a_run_whose_embeddings_overflow_stops_as_diverged(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[torch.nn.Module] = []
+    real_build = text_module.build_text_encoder
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        encoder, tokenizer = real_build(*args, **kwargs)
+        built.append(encoder)
+        return encoder, tokenizer
+
+    real_final = text_module.final_evaluation
+
+    def final_evaluation(**kwargs: Any) -> Any:  # after the last step's checkpoint: weights huge, finite
+        with torch.no_grad():
+            for p in built[0].parameters():
+                p.mul_(1e15)
+        return real_final(**kwargs)
+
+    monkeypatch.setattr(text_module, "build_text_encoder", build)
+    monkeypatch.setattr(text_module, "final_evaluation", final_evaluation)
+    run = tmp_path / "run"
+    cfg = TextTrainConfig(**{**TINY, "log_every": 100}, **text_data, out=str(run))
+    with pytest.raises(TrainingError) as info:
+        train_text(cfg)
+    message = str(info.value)
+    assert f"the run diverged: after all {cfg.steps} steps the encoder's features are NaN" in message
+    assert "sentences" in message and "no results were written to metrics.json" in message
+    state = load_checkpoint(run / "checkpoint.pt", image_run=False)
+    assert state["step"] == cfg.steps and state["finished"] is False
+    assert json.loads((run / "metrics.json").read_text())["finished"] is False
+
+
 def test_resume_flag_passes_only_the_options_given(tmp_path: Path) -> None:
     args = build_parser().parse_args(["text-train", "--resume", "runs/x", "--dim", "30", "--no-progress"])
     cfg = config_from_args(args)  # dim 30 with the default 4 heads: checked against the run's heads later

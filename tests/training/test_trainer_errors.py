@@ -189,19 +189,10 @@ def test_skip_nonfinite_skips_steps_that_leave_nonfinite_buffers_and_warns(tmp_p
     assert on_disk["warnings"] == [warning]
 
 
-def _blow_up_weights(optimizer: torch.optim.Optimizer) -> None:
-    """Weights huge but finite: the encoder's outputs overflow to inf, its state and the losses read stay
-    finite (a diverging run whose loss had not reached inf yet)."""
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.mul_(1e15)
-
-
 def test_a_run_whose_features_overflow_stops_as_diverged(tmp_path, one_thread, monkeypatch):
-    from ..conftest import at_step
+    from ..conftest import at_step, blow_up_weights
 
-    at_step(monkeypatch, 6, _blow_up_weights, torch.optim.SGD)  # the last of 6 steps
+    at_step(monkeypatch, 6, blow_up_weights, torch.optim.SGD)  # the last of 6 steps
     with pytest.raises(TrainingError) as caught:
         train(config(tmp_path, score="dot"))
     message = str(caught.value)

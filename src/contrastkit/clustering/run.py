@@ -333,6 +333,7 @@ def _run_sela(
         data_fingerprint,
         epoch_run_interrupted,
         final_evaluation,
+        refuse_diverged_features,
         refuse_misfit_checkpoint,
         save_epoch_checkpoint,
         write_finished_run,
@@ -515,6 +516,12 @@ def _run_sela(
         heads = [cluster_scores(test_logits[h].argmax(1), yte.cpu()) for h in range(config.heads)]
         pseudo = [cluster_scores(model.labels[h].cpu(), ytr) for h in range(config.heads)]
         learned_tr, learned_te = features(d.encoder, d.train), features(d.encoder, d.test)
+        refuse_diverged_features(
+            {"train items": learned_tr, "test items": learned_te},
+            after=f"its {config.epochs} epochs",
+            run_dir=run_dir,
+            advice="a lower --lr" + (" or --precision fp32" if amp is not None else ""),
+        )
         learned = evaluate_features(
             learned_tr, ytr, learned_te, yte, seed=config.seed, linear=config.linear_probe
         )

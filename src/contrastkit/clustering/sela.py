@@ -26,6 +26,7 @@ itself could not be read in this check.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable
@@ -131,6 +132,18 @@ class SelfLabelling(nn.Module):
             raise ConfigError(
                 "give either cluster_marginal or marginal_std (SeLaVi's Gaussian prior), not both"
             )
+        if cluster_marginal is not None:  # checked now, not at the first refresh after an epoch's work
+            r = torch.as_tensor(cluster_marginal, dtype=torch.float64)
+            if r.ndim != 1 or r.numel() != num_clusters:
+                raise ConfigError(
+                    f"cluster_marginal must be a (num_clusters,) = ({num_clusters},) vector of cluster "
+                    f"masses, got shape {tuple(r.shape)}"
+                )
+            if not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
+                raise ConfigError(
+                    f"cluster_marginal must be positive and finite (every cluster gets some mass; it is "
+                    f"normalised to sum 1), got min {float(r.min()):g}"
+                )
         self.encoder_a = encoder_a
         self.encoder_b = encoder_b
         self.heads_a = ClusteringHeads(int(encoder_a.feature_dim), num_clusters, num_heads, hidden_dim)
@@ -163,7 +176,15 @@ class SelfLabelling(nn.Module):
         return self.encoder_a if self.encoder_b is None else self.encoder_b
 
     def init_labels(self, n: int, generator: torch.Generator | None = None) -> None:
-        """Start from a random equipartition of ``n`` items for every head."""
+        """Start from a random equipartition of ``n`` items for every head (``n`` ≥ ``num_clusters``: each
+        cluster needs at least one item)."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise ConfigError(f"n (the number of items to label) must be an integer, got {n!r}")
+        if n < self.num_clusters:
+            raise ConfigError(
+                f"{n!r} items cannot fill {self.num_clusters} clusters (each needs at least one); use at "
+                f"least {self.num_clusters} items or num_clusters <= {n!r}"
+            )
         self.labels = random_equipartition(self.num_heads, n, self.num_clusters, generator).to(
             self.labels.device
         )

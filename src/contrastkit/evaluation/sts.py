@@ -115,7 +115,19 @@ def sts_spearman(
     kw = dict(batch_size=batch_size, max_length=max_length, device=device)
     e1 = embed_sentences(encoder, tokenizer, pairs.sentences1, **kw)
     e2 = embed_sentences(encoder, tokenizer, pairs.sentences2, **kw)
-    scores = cosine_scores(e1, e2).double().numpy()
+    return embeddings_spearman(e1, e2, pairs)
+
+
+def embeddings_spearman(e1: Tensor, e2: Tensor, pairs: StsPairs) -> float:
+    """STS Spearman ×100 of the cosine of the pairs' embeddings ``e1``, ``e2`` (``(N, D)`` each, in the
+    pairs' order) against the gold scores; NaN, with a ``RuntimeWarning`` naming the cause, when the
+    embeddings are not finite or the encoder has collapsed."""
+    if e1.shape != e2.shape or e1.ndim != 2 or e1.shape[0] != len(pairs.scores):
+        raise ValueError(
+            f"embeddings_spearman needs two (N, D) embeddings of the {len(pairs.scores)} pairs, got "
+            f"{tuple(e1.shape)} and {tuple(e2.shape)}"
+        )
+    scores = cosine_scores(e1, e2).double().cpu().numpy()
     bad = int((~np.isfinite(scores)).sum())
     if bad or (scores.size > 1 and scores.min() == scores.max()):
         cause = (
@@ -146,4 +158,11 @@ def tfidf_spearman(pairs: StsPairs, fit_sentences: Sequence[str] | None = None) 
     return spearman(cos, pairs.scores)
 
 
-__all__ = ["cosine_scores", "embed_sentences", "spearman", "sts_spearman", "tfidf_spearman"]
+__all__ = [
+    "cosine_scores",
+    "embed_sentences",
+    "embeddings_spearman",
+    "spearman",
+    "sts_spearman",
+    "tfidf_spearman",
+]

@@ -60,6 +60,7 @@ from contrastkit.training.resume import (  # the resume helpers audio-train shar
     epoch_run_interrupted,
     final_evaluation,
     open_resumed_run,
+    refuse_diverged_features,
     refuse_misfit_checkpoint,
     save_epoch_checkpoint,
     unfinished_run_hint,
@@ -460,10 +461,18 @@ def _train_audio(
         linear=config.linear_probe,
     )
 
-    def evaluate_encoder() -> dict[str, float]:
-        """kNN and linear-probe top-1 of the backbone's features (the model as it is now)."""
+    def evaluate_encoder(final: bool = False) -> dict[str, float]:
+        """kNN and linear-probe top-1 of the backbone's features (the model as it is now); the ``final``
+        evaluation refuses a diverged model (non-finite features) as such."""
         model.eval()
         train_f, test_f = (encoder_features(model.features, w, views, device) for w in (train_w, test_w))
+        if final:
+            refuse_diverged_features(
+                {"train clips": train_f, "test clips": test_f},
+                after=f"its {config.epochs} epochs",
+                run_dir=run_dir,
+                advice="a lower --lr or a higher --temperature",
+            )
         return evaluate_features(train_f, ytr, test_f, yte, **ev)
 
     def mfcc_reference() -> dict[str, float]:
@@ -603,7 +612,7 @@ def _train_audio(
     train_seconds, history = pos.train_seconds, pos.history
     # a Ctrl-C / SIGTERM now: the checkpoint holds every epoch, the resume only evaluates
     with final_evaluation(command="audio-train", run_dir=run_dir, total_steps=total):
-        learned = evaluate_encoder()
+        learned = evaluate_encoder(final=True)
         metrics = {
             "learned": learned,
             "random_init": random_init,

@@ -660,6 +660,30 @@ def refuse_nonfinite_state(state: dict[str, Any], *, where: str, kept: str) -> N
         )
 
 
+def refuse_diverged_features(
+    features: dict[str, Tensor], *, after: str, run_dir: Path, advice: str = "a lower --lr"
+) -> None:
+    """Raise :class:`TrainingError` when the final evaluation's features (named splits of ``(N, D)``) hold a
+    NaN or an infinity although the state was finite (its checkpoint of the last epoch was written): the
+    weights grew until the encoder's outputs overflow. Such a model cannot be evaluated, and a resume would
+    evaluate the same one, so the advice is a new run with ``advice``; no results are written.
+    ``after`` says how far the run got ("its 30 epochs", "all 500 steps")."""
+    bad = torch.stack(
+        [(~torch.isfinite(f.detach().float()).all(dim=1)).sum().cpu() for f in features.values()]
+    ).tolist()  # one host synchronisation
+    if not any(bad):
+        return
+    counts = ", ".join(
+        f"{b} of {f.shape[0]} {name}" for b, (name, f) in zip(bad, features.items(), strict=True) if b
+    )
+    raise TrainingError(
+        f"the run diverged: after {after} the encoder's features are NaN or infinite for "
+        f"{counts} although its weights are finite (they grew until its outputs overflow); no results "
+        f"were written to metrics.json. {run_dir / CHECKPOINT_NAME} holds this model, and its resume "
+        f"would evaluate it again: start a new run with {advice}"
+    )
+
+
 def describe_kept(run_dir: Path, done: int | None, total: int) -> str:
     """What the run folder keeps after a refused checkpoint (for :func:`refuse_nonfinite_state`)."""
     if done is None:

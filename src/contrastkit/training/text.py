@@ -50,7 +50,7 @@ from contrastkit.encoders.text import (
     load_minilm,
 )
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
-from contrastkit.evaluation.sts import sts_spearman, tfidf_spearman
+from contrastkit.evaluation.sts import embed_sentences, embeddings_spearman, tfidf_spearman
 from contrastkit.negatives import MomentumEncoder, build_negatives
 from contrastkit.objectives import OBJECTIVES, build_objective
 from contrastkit.scores import CosineSimilarity
@@ -78,6 +78,7 @@ from contrastkit.training.resume import (
     interrupted_message,
     open_command_resume,
     refuse_cuda_run_without_cuda,
+    refuse_diverged_features,
     refuse_misfit_checkpoint,
     resumed_config,
     unfinished_run_hint,
@@ -663,15 +664,21 @@ def _train_text(
     model = ContrastiveModel(encoder, head).to(device)
     use_bf16 = autocast_dtype(config.precision, device) is not None
 
-    def evaluate(m: ContrastiveModel) -> float:  # always float32: comparable across devices and precisions
-        return sts_spearman(
-            m.features,
-            tokenizer,
-            pairs,
-            batch_size=config.eval_batch_size,
-            max_length=config.eval_max_length,
-            device=device,
+    def evaluate(m: ContrastiveModel, final: bool = False) -> float:
+        """STS Spearman of ``m`` (always float32: comparable across devices and precisions); the ``final``
+        evaluation refuses a diverged model (non-finite embeddings) as such."""
+        kw = dict(batch_size=config.eval_batch_size, max_length=config.eval_max_length, device=device)
+        e1, e2 = (
+            embed_sentences(m.features, tokenizer, s, **kw) for s in (pairs.sentences1, pairs.sentences2)
         )
+        if final:
+            refuse_diverged_features(
+                {"first sentences": e1, "second sentences": e2},
+                after=f"all {total_steps} steps",
+                run_dir=run_dir,
+                advice="a lower --lr or a higher --temperature",
+            )
+        return embeddings_spearman(e1, e2, pairs)
 
     if saved is None:
         t_eval = time.perf_counter()
@@ -942,7 +949,7 @@ def _train_text(
         with final_evaluation(
             command=COMMAND, run_dir=run_dir, total_steps=total_steps, on_stop=stopped_in_final_evaluation
         ):
-            after = evaluate(model)
+            after = evaluate(model, final=True)
         # the final writes: a first signal now lets them finish (milliseconds), a second one stops at once
         metrics = base_metrics(total_steps, train_seconds)
         metrics.update(
