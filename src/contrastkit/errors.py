@@ -1,7 +1,8 @@
 """Errors that contrastkit reports to users.
 
 Every error raised for bad input derives from :class:`ContrastkitError`; the command line prints its
-message (which names the problem and what to do) and exits with status 2, never a traceback.
+message (which names the problem and what to do) and exits with status 2, never a traceback. The
+library's argument and shape errors (:class:`ConfigError`, :class:`ShapeError`) are ``ValueError`` s too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ class DataError(ContrastkitError):
     """A data set cannot be found, read or decoded."""
 
 
-class ConfigError(ContrastkitError):
-    """A configuration value is invalid or the combination of values is impossible."""
+class ConfigError(ContrastkitError, ValueError):
+    """A configuration value or argument is invalid or the combination of values is impossible (also a
+    ``ValueError``, as Python's own argument errors are)."""
+
+
+class ShapeError(ContrastkitError, ValueError):
+    """Tensors with shapes that do not fit together (scores and masks, embeddings, labels)."""
 
 
 class TrainingError(ContrastkitError):

@@ -7,11 +7,13 @@ anchor, shape (M, N, D). Scores are *not* divided by a temperature here: that be
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, ShapeError
 
 
 def score_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -25,6 +27,14 @@ def score_dtype(*dtypes: torch.dtype) -> torch.dtype:
     for dtype in dtypes:
         out = torch.promote_types(out, dtype)
     return out
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager[object]:
+    """A region where autocast is off on ``device_type``; nothing to turn off where the device type has no
+    autocast (``meta``: shape inference), on which ``torch.autocast`` itself would raise."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class Score(nn.Module):
@@ -44,7 +54,7 @@ class Score(nn.Module):
             return a @ negatives.transpose(0, 1)
         if negatives.ndim == 3:
             return torch.einsum("md,mnd->mn", a, negatives)
-        raise ValueError(f"negatives must have shape (N, D) or (M, N, D), got {tuple(negatives.shape)}")
+        raise ShapeError(f"negatives must have shape (N, D) or (M, N, D), got {tuple(negatives.shape)}")
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Row-wise score of raw embeddings ``a`` and ``b`` (both (M, D))."""

@@ -107,6 +107,10 @@ def test_bad_inputs():
         linear_probe(x, y, x, y, weight_decays=(-1.0,))
     with pytest.raises(ConfigError, match="heldout_fraction"):
         linear_probe(x, y, x, y, heldout_fraction=1.5)
+    with pytest.raises(DataError, match="train features must be a torch tensor, got ndarray"):
+        linear_probe(x.numpy(), y.numpy(), x.numpy(), y.numpy())
+    with pytest.raises(DataError, match="test labels must be a torch tensor, got list"):
+        linear_probe(x, y, x, y.tolist())
 
 
 def test_heldout_split_of_tiny_data_falls_back_to_a_plain_split():

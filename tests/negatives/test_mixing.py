@@ -125,6 +125,21 @@ def test_warm_up_and_step_counter():
     assert resumed.step == 2 and resumed.mixing
 
 
+def test_state_dict_carries_the_generator_so_the_next_mixture_is_the_same():
+    torch.manual_seed(4)
+    q, k = unit(4, 6), unit(4, 6)
+    score, loss = CosineSimilarity(), InfoNCE(0.2)
+    kw = dict(num_hardest=4, num_mixed=3, num_query_mixed=2)
+    mix = mixer(QueueNegatives(16), **kw)
+    for _ in range(3):  # the picks draw from mix.generator
+        mix(q, k)
+        mix.update(q, k)
+    resumed = mixer(QueueNegatives(16), **kw)  # a fresh generator, seeded as the first was
+    resumed.load_state_dict(mix.state_dict())
+    expected = loss(*vars(score_candidates(mix(q, k), score)).values())
+    assert torch.equal(loss(*vars(score_candidates(resumed(q, k), score)).values()), expected)
+
+
 def test_block_layout_equals_per_anchor_layout():
     torch.manual_seed(4)
     m, n, d = 6, 50, 8

@@ -7,6 +7,7 @@ import torch
 from contrastkit.errors import ConfigError
 from contrastkit.negatives import InBatchNegatives, score_candidates
 from contrastkit.objectives import (
+    OBJECTIVES,
     Debiased,
     Decoupled,
     HardNegative,
@@ -16,6 +17,7 @@ from contrastkit.objectives import (
     ShapeError,
     SupervisedContrastive,
     Triplet,
+    build_objective,
     check_scores,
 )
 from contrastkit.scores import CosineSimilarity
@@ -178,7 +180,7 @@ def test_pos_mask_is_validated():
 def test_pos_mask_refused_by_objectives_without_labels(name):
     obj = FACTORIES[name]()
     assert obj.needs_labels is False
-    with pytest.raises(TypeError, match="pos_mask"):
+    with pytest.raises(ConfigError, match="pos_mask"):
         obj(torch.zeros(4), torch.zeros(4, 3), pos_mask=torch.zeros(4, 3, dtype=torch.bool))
 
 
@@ -321,3 +323,13 @@ def test_numpy_scalar_parameters_are_accepted(pair):
 def test_bad_temperatures_are_still_refused(bad):
     with pytest.raises(ConfigError, match="must be a finite number > 0"):
         InfoNCE(bad)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objectives_infer_shapes_on_the_meta_device(name: str) -> None:
+    """``torch.autocast`` refuses the meta device ('unsupported scalarType'): a shape dry run failed."""
+    obj = build_objective(name)
+    pos, neg = torch.rand(3, device="meta"), torch.rand(3, 5, device="meta")
+    extra = {"pos_mask": torch.zeros(3, 5, dtype=torch.bool, device="meta")} if obj.needs_labels else {}
+    loss = obj(pos, neg, **extra)
+    assert loss.device.type == "meta" and loss.shape == () and loss.dtype == torch.float32

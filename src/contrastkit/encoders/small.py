@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, ShapeError
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> list[nn.Module]:
@@ -94,7 +94,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n = math.prod(x.shape[1:]) if x.ndim > 1 else 0
         if n != self.in_features:
-            raise ValueError(
+            raise ShapeError(
                 f"MLP expects inputs of {self.in_features} values per example (after flattening), "
                 f"got shape {tuple(x.shape)}"
             )

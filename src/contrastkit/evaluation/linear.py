@@ -165,6 +165,12 @@ def _check_inputs(
         ("train", train_features, train_labels),
         ("test", test_features, test_labels),
     ):
+        for what, t in (("features", f), ("labels", y)):
+            if not isinstance(t, Tensor):
+                raise DataError(
+                    f"{name} {what} must be a torch tensor, got {type(t).__name__}; convert with "
+                    "torch.as_tensor(...)"
+                )
         if f.ndim != 2 or y.ndim != 1 or f.shape[0] != y.shape[0]:
             raise DataError(
                 f"{name} features must be (N, D) with one label each, got features {tuple(f.shape)} and "

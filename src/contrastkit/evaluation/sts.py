@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from contrastkit.data.text import StsPairs
 from contrastkit.encoders.text import TextTokenizer, split_words
+from contrastkit.errors import ShapeError
 from contrastkit.evaluation.features import check_batch_size
 
 
@@ -49,7 +50,7 @@ def spearman(x: Tensor | Sequence[float], y: Tensor | Sequence[float]) -> float:
     a = torch.as_tensor(x, dtype=torch.float64).flatten().cpu().numpy()
     b = torch.as_tensor(y, dtype=torch.float64).flatten().cpu().numpy()
     if a.shape != b.shape or a.size < 2:
-        raise ValueError(f"spearman needs two equally long sequences of 2+ values, got {a.size} and {b.size}")
+        raise ShapeError(f"spearman needs two equally long sequences of 2+ values, got {a.size} and {b.size}")
     reason = _undefined("x", a) or _undefined("y", b)
     if reason is not None:
         warnings.warn(
@@ -123,7 +124,7 @@ def embeddings_spearman(e1: Tensor, e2: Tensor, pairs: StsPairs) -> float:
     pairs' order) against the gold scores; NaN, with a ``RuntimeWarning`` naming the cause, when the
     embeddings are not finite or the encoder has collapsed."""
     if e1.shape != e2.shape or e1.ndim != 2 or e1.shape[0] != len(pairs.scores):
-        raise ValueError(
+        raise ShapeError(
             f"embeddings_spearman needs two (N, D) embeddings of the {len(pairs.scores)} pairs, got "
             f"{tuple(e1.shape)} and {tuple(e2.shape)}"
         )

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from contrastkit.scores import Score, score_dtype
+from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.scores import Score, autocast_off, score_dtype
 
 
 @dataclass
@@ -42,6 +43,19 @@ class Candidates:
     negative_labels: Tensor | None = None
     extra_negatives: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        """Label shapes (shape checks only: no device synchronisation), for any source, a user's too."""
+        m, n = self.anchors.shape[0], self.num_negatives
+        if self.anchor_labels is not None and tuple(self.anchor_labels.shape) != (m,):
+            raise ShapeError(
+                f"anchor_labels must have shape ({m},), one per anchor, got {tuple(self.anchor_labels.shape)}"
+            )
+        if self.negative_labels is not None and tuple(self.negative_labels.shape) not in ((n,), (m, n)):
+            raise ShapeError(
+                f"negative_labels must have shape ({n},) or ({m}, {n}), one per candidate column, got "
+                f"{tuple(self.negative_labels.shape)}"
+            )
+
     @property
     def num_negatives(self) -> int:
         """N (+ n), the number of candidate columns (masked ones included)."""
@@ -64,6 +78,27 @@ class Contrast:
         return (~self.neg_mask).sum(dim=1)
 
 
+def check_labels(labels: Tensor | None, z1: Tensor, source: nn.Module) -> None:
+    """Refuse ``labels`` that are not one integer class index per embedding of the batch ``z1`` (B, D): a
+    single label would otherwise broadcast over every anchor in the oracle and supervised masks."""
+    if labels is None:
+        return
+    b = z1.shape[0]
+    name = type(source).__name__
+    if not isinstance(labels, Tensor) or tuple(labels.shape) != (b,):
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        flat = isinstance(labels, Tensor) and labels.numel() == b
+        raise ShapeError(
+            f"{name}: labels must have shape ({b},), one per embedding of the batch of {b}, got {shape}"
+            + ("; flatten them" if flat else "")
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ConfigError(
+            f"{name}: labels must be integer class indices (-1: unknown), got dtype {labels.dtype}; "
+            "convert them with labels.long()"
+        )
+
+
 def oracle_mask(candidates: Candidates) -> Tensor:
     """Mask of candidates that share the anchor's label: the false negatives (Chuang et al. 2020).
 
@@ -74,7 +109,7 @@ def oracle_mask(candidates: Candidates) -> Tensor:
     same-class, even against an anchor whose label is also ``-1``.
     """
     if candidates.anchor_labels is None or candidates.negative_labels is None:
-        raise ValueError("the oracle mask needs anchor_labels and negative_labels on the candidates")
+        raise ConfigError("the oracle mask needs anchor_labels and negative_labels on the candidates")
     neg_labels = candidates.negative_labels
     if neg_labels.ndim == 1:
         neg_labels = neg_labels.unsqueeze(0)
@@ -94,7 +129,7 @@ def score_candidates(candidates: Candidates, score: Score, *, oracle: bool = Fal
     if candidates.extra_negatives is not None:
         tensors.append(candidates.extra_negatives)
     dtype = score_dtype(*(t.dtype for t in tensors))
-    with torch.autocast(candidates.anchors.device.type, enabled=False):
+    with autocast_off(candidates.anchors.device.type):
         anchors = candidates.anchors.to(dtype)
         pos = score.pairs(anchors, candidates.positives.to(dtype))
         neg = score.against(anchors, candidates.negatives.to(dtype))
@@ -116,7 +151,7 @@ def source_kwargs(source: nn.Module, indices: Tensor | None, how: str = "indices
             {"indices": indices} if indices is not None and getattr(source, "accepts_indices", False) else {}
         )
     if indices is None:
-        raise ValueError(
+        raise ConfigError(
             f"the negative source {type(source).__name__} needs the batch's dataset indices: pass {how}"
         )
     return {"indices": indices}

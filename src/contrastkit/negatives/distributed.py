@@ -42,8 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from contrastkit.errors import ConfigError
-from contrastkit.negatives.base import Candidates, NegativeSource
+from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.negatives.base import Candidates, NegativeSource, check_labels
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -220,10 +220,11 @@ class GatherNegatives(NegativeSource):
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
         if z1.shape != z2.shape or z1.ndim != 2:
-            raise ValueError(
+            raise ShapeError(
                 f"the two views' embeddings must both have shape (B, D); got {tuple(z1.shape)} "
                 f"and {tuple(z2.shape)}"
             )
+        check_labels(labels, z1, self)
         b, d = z1.shape
         sizes = gather_sizes(b, z1.device, self.group)
         both = gather_with_grad(torch.cat([z1, z2], dim=1), self.group, sizes)

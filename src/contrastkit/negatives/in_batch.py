@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contrastkit.negatives.base import Candidates, NegativeSource
+from contrastkit.errors import ShapeError
+from contrastkit.negatives.base import Candidates, NegativeSource, check_labels
 
 
 class InBatchNegatives(NegativeSource):
@@ -20,10 +21,11 @@ class InBatchNegatives(NegativeSource):
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Candidates:
         if z1.shape != z2.shape or z1.ndim != 2:
-            raise ValueError(
+            raise ShapeError(
                 f"the two views' embeddings must both have shape (B, D); got {tuple(z1.shape)} "
                 f"and {tuple(z2.shape)}"
             )
+        check_labels(labels, z1, self)
         b = z1.shape[0]
         views = torch.cat([z1, z2], dim=0)
         partners = torch.cat([z2, z1], dim=0)

@@ -65,8 +65,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError
-from contrastkit.negatives.base import Candidates, NegativeSource
+from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.negatives.base import Candidates, NegativeSource, check_labels
 
 INDEX_KINDS = ("torch", "flat", "hnsw", "ivf")
 """Values of ``index``: ``torch`` (exact, on the anchors' device; the Python default) and the faiss kinds."""
@@ -262,11 +262,11 @@ class MinedNegatives(NegativeSource):
             emb = emb.cpu()
         emb = emb.contiguous()
         if emb.ndim != 2 or emb.shape[0] < 2:
-            raise ValueError(
+            raise ShapeError(
                 f"embed_all must return (N_train, D) embeddings with N_train >= 2, got {tuple(emb.shape)}"
             )
         if self.train_labels is not None and self.train_labels.shape[0] != emb.shape[0]:
-            raise ValueError(
+            raise ShapeError(
                 f"train_labels has {self.train_labels.shape[0]} entries but embed_all returned "
                 f"{emb.shape[0]} rows"
             )
@@ -309,7 +309,7 @@ class MinedNegatives(NegativeSource):
             raise RuntimeError("the index has not been built; call refresh() first")
         m = query_emb.shape[0]
         if query_indices is not None and tuple(query_indices.shape) != (m,):
-            raise ValueError(f"query_indices must have shape ({m},), got {tuple(query_indices.shape)}")
+            raise ShapeError(f"query_indices must have shape ({m},), got {tuple(query_indices.shape)}")
         if self.index_kind == "torch":
             return self._search_torch(query_emb, query_indices, n)
         return self._search_faiss(query_emb, query_indices, n)
@@ -374,31 +374,32 @@ class MinedNegatives(NegativeSource):
         self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
     ) -> Candidates:
         if z1.ndim != 2 or z1.shape != z2.shape:
-            raise ValueError(
+            raise ShapeError(
                 f"the two views' embeddings must both have shape (B, D); got {tuple(z1.shape)} "
                 f"and {tuple(z2.shape)}"
             )
+        check_labels(labels, z1, self)
         if indices is None:
             indices, self._batch_indices = self._batch_indices, None
         if indices is None:
-            raise ValueError(
+            raise ConfigError(
                 "MinedNegatives needs the batch's dataset indices to exclude each anchor's own item: pass "
                 "forward(..., indices=...) or call set_batch(indices) before each forward"
             )
         if tuple(indices.shape) != (z1.shape[0],):
-            raise ValueError(f"indices must have shape ({z1.shape[0]},), got {tuple(indices.shape)}")
+            raise ShapeError(f"indices must have shape ({z1.shape[0]},), got {tuple(indices.shape)}")
         if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be integer dataset indices, got dtype {indices.dtype}")
+            raise ConfigError(f"indices must be integer dataset indices, got dtype {indices.dtype}")
         self.maybe_refresh()
         assert self.embeddings is not None
         if self.embeddings.shape[1] != z1.shape[1]:
-            raise ValueError(f"the index holds dimension {self.embeddings.shape[1]}, the batch {z1.shape[1]}")
+            raise ShapeError(f"the index holds dimension {self.embeddings.shape[1]}, the batch {z1.shape[1]}")
         n_items = self.embeddings.shape[0]
         # checked where it costs no device sync (CPU indices); the trainers' indices come from the data set
         if indices.device.type == "cpu" and indices.numel():
             low, high = int(indices.min()), int(indices.max())
             if low < 0 or high >= n_items:
-                raise ValueError(
+                raise ConfigError(
                     f"indices must be dataset indices in [0, {n_items}) (the index holds {n_items} items), "
                     f"got values from {low} to {high}: pass each item's position in the training set"
                 )
@@ -426,7 +427,7 @@ class MinedNegatives(NegativeSource):
             unique, inverse = torch.unique(safe, return_inverse=True)
             encoded = self.encode_items(unique.to(device))
             if tuple(encoded.shape) != (unique.numel(), anchors.shape[1]):
-                raise ValueError(
+                raise ShapeError(
                     f"encode_items must return ({unique.numel()}, {anchors.shape[1]}) embeddings for "
                     f"{unique.numel()} ids, got {tuple(encoded.shape)}"
                 )

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives.base import Candidates, NegativeSource
 
 LAYOUTS = ("auto", "per-anchor", "block")
@@ -103,7 +104,9 @@ class HardNegativeMixing(NegativeSource):
     Candidates masked by the source (``neg_mask``) are never among the hardest. Synthetic negatives get
     label -1 (never removed by the oracle mask). ``forward``/``update`` pass extra keyword arguments (such
     as ``indices``) to the wrapped source. ``step`` (a Python int, advanced by :meth:`update`) is saved in
-    ``state_dict`` as extra state, so the warm-up survives a resume; reading it never syncs a GPU.
+    ``state_dict`` as extra state, so the warm-up survives a resume; reading it never syncs a GPU. So is the
+    state of ``generator`` when one is given (without one the picks draw from the global generator of the
+    device, whose state the caller saves: the trainers' checkpoints do).
     :attr:`last_stats` also holds the wrapped source's own ``last_stats`` (mined negatives' staleness).
     """
 
@@ -130,11 +133,11 @@ class HardNegativeMixing(NegativeSource):
             ("start_step", start_step, 0),
         ):
             if not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
         if stats_top_k is not None and (not isinstance(stats_top_k, int) or stats_top_k < 1):
-            raise ValueError(f"stats_top_k must be a positive integer, got {stats_top_k!r}")
+            raise ConfigError(f"stats_top_k must be a positive integer, got {stats_top_k!r}")
         self.source = source
         self.num_hardest = num_hardest
         self.num_mixed = num_mixed
@@ -172,7 +175,7 @@ class HardNegativeMixing(NegativeSource):
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Candidates:
         cand = self.source(z1, z2, labels, **kwargs)
         if cand.extra_negatives is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"MoCHi mixes one set of negatives; {type(self.source).__name__} gives a shared and a per-anchor "
                 "set (a union): wrap one of its sources instead"
             )
@@ -204,11 +207,16 @@ class HardNegativeMixing(NegativeSource):
         self.source.update(z1, z2, labels, **kwargs)
         self.step += 1
 
-    def get_extra_state(self) -> dict[str, int]:
-        return {"step": self.step}
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"step": self.step}
+        if self.generator is not None:  # its draws continue exactly after a resume
+            state["generator"] = self.generator.get_state()
+        return state
 
-    def set_extra_state(self, state: dict[str, int]) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
 
     def _invalid(self, cand: Candidates, sim: Tensor) -> Tensor:
         invalid = torch.zeros_like(sim, dtype=torch.bool)

@@ -42,6 +42,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from contrastkit.errors import ConfigError
+
 
 def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
     """BYOL's cosine momentum schedule, from ``base`` at step 0 to ``final`` at ``total_steps``.
@@ -50,7 +52,7 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: flo
     is the official ``target_ema``). Steps past ``total_steps`` stay at ``final``.
     """
     if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
+        raise ConfigError(f"total_steps must be positive, got {total_steps}")
     k = min(max(step, 0), total_steps)
     return final - (final - base) * (math.cos(math.pi * k / total_steps) + 1) / 2
 
@@ -76,9 +78,9 @@ def grouped_forward(model: nn.Module, x: Tensor, groups: int) -> Tensor:
     that BN running statistics are then updated once per group.
     """
     if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+        raise ConfigError(f"groups must be a positive integer, got {groups!r}")
     if groups > x.shape[0]:
-        raise ValueError(f"cannot split a batch of {x.shape[0]} into {groups} groups")
+        raise ConfigError(f"cannot split a batch of {x.shape[0]} into {groups} groups")
     if groups == 1:
         return model(x)
     return torch.cat([model(chunk) for chunk in x.tensor_split(groups)], dim=0)
@@ -129,9 +131,9 @@ class MomentumEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
+            raise ConfigError(f"momentum must lie in [0, 1], got {momentum!r}")
         if not isinstance(shuffle_groups, int) or shuffle_groups < 1:
-            raise ValueError(f"shuffle_groups must be a positive integer, got {shuffle_groups!r}")
+            raise ConfigError(f"shuffle_groups must be a positive integer, got {shuffle_groups!r}")
         self.model = copy.deepcopy(_unwrap(model))
         self.model.requires_grad_(False)
         self.momentum = float(momentum)
@@ -151,7 +153,7 @@ class MomentumEncoder(nn.Module):
         key_params = dict(self.model.named_parameters())
         online_params = dict(online.named_parameters())
         if key_params.keys() != online_params.keys():
-            raise ValueError("the online model's parameters do not match the momentum encoder's")
+            raise ConfigError("the online model's parameters do not match the momentum encoder's")
         names = list(key_params)
         theta_k = [key_params[n] for n in names]
         theta_q = [online_params[n].detach().to(key_params[n].dtype) for n in names]
@@ -162,7 +164,7 @@ class MomentumEncoder(nn.Module):
             online_buffers = dict(online.named_buffers())
             for name, buf in self.model.named_buffers():
                 if name not in online_buffers:
-                    raise ValueError(f"the online model has no buffer {name!r}")
+                    raise ConfigError(f"the online model has no buffer {name!r}")
                 buf.copy_(online_buffers[name])
 
     def forward(self, x: Tensor) -> Tensor:

@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from contrastkit.negatives.base import Candidates, NegativeSource
+from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.negatives.base import Candidates, NegativeSource, check_labels
 from contrastkit.negatives.distributed import all_gather_no_grad, world_size
 
 
@@ -60,9 +61,9 @@ class KeyQueue(nn.Module):
     def __init__(self, size: int, dim: int | None = None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if not isinstance(size, int) or size <= 0:
-            raise ValueError(f"queue size must be a positive integer, got {size!r}")
+            raise ConfigError(f"queue size must be a positive integer, got {size!r}")
         if dim is not None and (not isinstance(dim, int) or dim <= 0):
-            raise ValueError(f"queue dim must be a positive integer or None (lazy), got {dim!r}")
+            raise ConfigError(f"queue dim must be a positive integer or None (lazy), got {dim!r}")
         self.size = size
         self.register_buffer("keys", torch.zeros(size, dim or 0, dtype=dtype))
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
@@ -84,7 +85,7 @@ class KeyQueue(nn.Module):
         if self.dim == dim:
             return
         if self.dim is not None:
-            raise ValueError(f"the queue holds keys of dimension {self.dim}; got keys of dimension {dim}")
+            raise ShapeError(f"the queue holds keys of dimension {self.dim}; got keys of dimension {dim}")
         device = self.keys.device if device is None else torch.device(device)
         self.keys = torch.zeros(self.size, dim, dtype=self.keys.dtype, device=device)
         self.labels = self.labels.to(device)
@@ -116,11 +117,11 @@ class KeyQueue(nn.Module):
         enqueues the keys of a step whose loss it refused (``finite_check``) not at all.
         """
         if keys.ndim != 2:
-            raise ValueError(f"keys must have shape (B, D), got {tuple(keys.shape)}")
+            raise ShapeError(f"keys must have shape (B, D), got {tuple(keys.shape)}")
         b = keys.shape[0]
         for name, t in (("labels", labels), ("indices", indices)):
             if t is not None and tuple(t.shape) != (b,):
-                raise ValueError(f"{name} must have shape ({b},) to match the keys, got {tuple(t.shape)}")
+                raise ShapeError(f"{name} must have shape ({b},) to match the keys, got {tuple(t.shape)}")
         if b == 0:
             return
         self.allocate(keys.shape[1], keys.device if self.dim is None else None)
@@ -198,14 +199,15 @@ class QueueNegatives(NegativeSource):
         self, z1: Tensor, z2: Tensor, labels: Tensor | None = None, indices: Tensor | None = None
     ) -> Candidates:
         if z1.ndim != 2 or z1.shape != z2.shape:
-            raise ValueError(
+            raise ShapeError(
                 f"queries and keys must both have shape (B, D); got {tuple(z1.shape)} and {tuple(z2.shape)}"
             )
+        check_labels(labels, z1, self)
         q = self.queue
         if q.dim is None:
             q.allocate(z1.shape[1], z1.device)
         elif q.dim != z1.shape[1]:
-            raise ValueError(
+            raise ShapeError(
                 f"the queue holds keys of dimension {q.dim}; got embeddings of dimension {z1.shape[1]}"
             )
         return Candidates(

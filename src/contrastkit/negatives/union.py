@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives.base import Candidates, NegativeSource, source_kwargs
 
 
@@ -49,7 +50,7 @@ class UnionNegatives(NegativeSource):
         a = self.first(z1, z2, labels, **source_kwargs(self.first, indices))
         b = self.second(z1, z2, labels, **source_kwargs(self.second, indices))
         if a.anchors.shape != b.anchors.shape or a.positives.shape != b.positives.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self.first).__name__} and {type(self.second).__name__} give different anchors "
                 f"({tuple(a.anchors.shape)} vs {tuple(b.anchors.shape)}); a union needs the same anchors in "
                 "both (e.g. in-batch with a mined source that takes both views as anchors)"
@@ -57,7 +58,7 @@ class UnionNegatives(NegativeSource):
         m = a.anchors.shape[0]
         device = a.anchors.device
         if a.extra_negatives is not None or b.extra_negatives is not None:
-            raise ValueError("a union of unions is not supported: give UnionNegatives two plain sources")
+            raise ConfigError("a union of unions is not supported: give UnionNegatives two plain sources")
         if a.negatives.ndim == 3 and b.negatives.ndim == 2:
             a, b = b, a  # the shared block's columns come first
         shared = a.negatives.ndim == 2 and b.negatives.ndim == 3

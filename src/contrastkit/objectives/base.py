@@ -34,11 +34,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.errors import ContrastkitError
-
-
-class ShapeError(ContrastkitError, ValueError):
-    """Scores or masks with shapes that do not fit together."""
+from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.scores import autocast_off
 
 
 def _check_mask(name: str, mask: Tensor, neg: Tensor, meaning: str) -> None:
@@ -113,12 +110,12 @@ class Objective(nn.Module):
         extra: dict[str, Tensor] = {}
         if pos_mask is not None:
             if not self._takes_pos_mask:
-                raise TypeError(
+                raise ConfigError(
                     f"{type(self).__name__} does not use pos_mask; only supervised objectives "
                     "(needs_labels = True) take extra positives"
                 )
             extra["pos_mask"] = pos_mask
-        with torch.autocast(device_type=pos.device.type, enabled=False):
+        with autocast_off(pos.device.type):
             loss = self.compute(pos, neg, neg_mask, **extra)
             return torch.where(_all_finite(pos, neg, neg_mask), loss, torch.full_like(loss, float("nan")))
 

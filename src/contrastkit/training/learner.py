@@ -184,7 +184,7 @@ class ContrastiveLearner(nn.Module):
         oracle and supervised objectives), ``indices`` (B,) their dataset indices. The negative source is
         updated only in training mode (see the module docstring)."""
         if self.uses_labels and labels is None:
-            raise ValueError("the oracle mask and supervised objectives need labels")
+            raise ConfigError("the oracle mask and supervised objectives need labels")
         self._check_batch(view1, view2, labels, indices)
         kwargs = source_kwargs(self.negatives, indices, "learner(view1, view2, labels, indices=...)")
         if self.key_encoder is not None:

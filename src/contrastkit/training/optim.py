@@ -18,6 +18,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from contrastkit.errors import ConfigError
+
 BASE_LR = {"sgd": 0.06, "lars": 0.3, "adamw": 1e-3}
 WEIGHT_DECAY = {"sgd": 5e-4, "lars": 1e-6, "adamw": 0.05}
 
@@ -106,7 +108,7 @@ def build_optimizer(
         return torch.optim.AdamW(groups, lr=lr, fused=fused)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of: sgd, lars, adamw")
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of: sgd, lars, adamw")
 
 
 def warmup_cosine(
