@@ -30,8 +30,9 @@ shuffled (facebookresearch/moco ``moco/builder.py``), and BYOL's schedule ``1 �
 0.5 (1 + cos(π k / K))`` with k clipped at K (google-deepmind/deepmind-research
 ``byol/utils/schedules.py``, ``target_ema``), which :func:`cosine_momentum` computes. The label
 "Eqn.(1)" for the InfoNCE loss appears in the paper's own Algorithm 1 (as quoted), and a transcription of
-the paper numbers the momentum update (2); the MoCo and BYOL papers' bodies could not be opened in this
-check, so Eq. (2), Sec. 3.2, Sec. 3.3 and BYOL's section are as cited, not as read.
+the paper numbers the momentum update (2). Eq. (2) in Sec. 3.2 was since read in text transcriptions of
+the MoCo paper kept in public repositories ("The momentum update in Eqn.(2) makes θ_k evolve more
+smoothly than θ_q"); Sec. 3.3 and BYOL's section are as cited, not as read.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class MomentumEncoder(nn.Module):
             every :meth:`update`. False keeps the key model's own buffers, updated by its own forward
             passes in training mode (MoCo's code does this).
         shuffle_groups: G > 1 applies :func:`shuffle_bn_forward` with G groups in training mode.
+        generator: optional ``torch.Generator`` for the shuffle's permutations (default: the global one).
 
     ``forward`` runs under ``torch.no_grad()`` and returns keys without graph. The key model's parameters
     have ``requires_grad=False``, so optimizers built over a module that contains this one skip them; they

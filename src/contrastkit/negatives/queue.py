@@ -1,7 +1,7 @@
 """A queue of past keys as negatives: MoCo's dictionary.
 
 He, Fan, Wu, Xie, Girshick 2020, "Momentum Contrast for Unsupervised Visual Representation Learning"
-(CVPR 2020, arXiv 1911.05722), Sec. 3.2 ("Dictionary as a queue"), with the InfoNCE loss of Eq. (1) over
+(CVPR 2020, arXiv 1911.05722), Sec. 3.2 ("Dictionary as a queue"), with the InfoNCE loss of Eq. (1) (Sec. 3.1) over
 the positive key and the K queued keys: the keys of the current mini-batch are enqueued and the oldest
 are dequeued, so the number of negatives K is decoupled from the batch size; MoCo v2 (Chen, Fan,
 Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning", arXiv 2003.04297) keeps the
@@ -11,8 +11,8 @@ same queue (K = 65536 on ImageNet). Keys come from a slowly evolving momentum en
 Citation check: the behaviour was verified against the official code (facebookresearch/moco
 ``moco/builder.py``: ``K = 65536`` default; logits ``[q·k+, q·queue]`` with the queue detached; keys
 all-gathered over GPUs, then written over the oldest slots *after* the logits are formed). "Eqn.(1)" is
-the paper's own label in its Algorithm 1 as quoted; Sec. 3.2 was not re-read (only the papers' openings
-were readable in this check).
+the paper's own label in its Algorithm 1 as quoted; Eq. (1) sits in Sec. 3.1 and the queue in Sec. 3.2, as
+read in text transcriptions of the paper kept in public repositories.
 
 :class:`KeyQueue` is the state: a FIFO ring buffer held in persistent buffers, so it is saved with the
 module's ``state_dict`` (and in checkpoints that store it). Beside each key it keeps the key's label and

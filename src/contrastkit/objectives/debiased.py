@@ -51,7 +51,11 @@ from contrastkit.objectives.base import Objective
 
 
 class Debiased(Objective):
-    """Debiased contrastive loss with temperature ``t`` and class prior ``0 <= τ+ < 1``."""
+    """Debiased contrastive loss (Chuang et al. 2020, L^{N,M}_Debiased with M = 1) with temperature ``t``
+    and class prior ``0 <= τ+ < 1``: ``L = -log e^{s+/t} / (e^{s+/t} + N g)`` with
+    ``g = max{(mean_j e^{s_j/t} - τ+ e^{s+/t}) / (1 - τ+), e^{-1/t}}``, in log space (module docstring).
+
+    ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``; τ+ = 0 is InfoNCE."""
 
     def __init__(self, temperature: float = 0.1, tau_plus: float = 0.1) -> None:
         super().__init__()

@@ -30,7 +30,10 @@ from contrastkit.objectives.base import Objective
 
 
 class Decoupled(Objective):
-    """Decoupled contrastive loss with temperature ``t``."""
+    """Decoupled contrastive loss (Yeh et al. 2021) with temperature ``t``: InfoNCE without the positive in
+    the denominator, ``L_i = -s+/t + logsumexp_j(s_j/t)`` over the unmasked negatives (module docstring).
+
+    ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``; it can be negative."""
 
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()

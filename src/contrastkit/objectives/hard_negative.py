@@ -41,7 +41,11 @@ from contrastkit.objectives.debiased import Debiased
 
 
 class HardNegative(Debiased):
-    """HCL with temperature ``t``, class prior ``0 <= τ+ < 1`` and hardness ``β >= 0``."""
+    """Hard-negative loss (Robinson et al. 2021, HCL) with temperature ``t``, class prior ``0 <= τ+ < 1``
+    and hardness ``β >= 0``: :class:`Debiased` with the mean of e^{s_j/t} replaced by its importance-weighted
+    estimate ``Σ_j w_j e^{s_j/t} / Σ_j w_j``, ``w_j = e^{β s_j/t}`` (module docstring).
+
+    ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``; β = 0 is Debiased, β = τ+ = 0 InfoNCE."""
 
     def __init__(self, temperature: float = 0.1, tau_plus: float = 0.1, beta: float = 1.0) -> None:
         super().__init__(temperature=temperature, tau_plus=tau_plus)

@@ -12,12 +12,12 @@ an (N+1)-way cross-entropy with the positive as the target (CPC's f_k = exp(s/τ
 left out of the sum. SimCLR's loss covers both directions (i, j) and (j, i): with in-batch negatives
 every one of the 2B views is an anchor (:mod:`contrastkit.negatives.in_batch`), and the mean is over them.
 
-Equation numbers: CPC's L_N is commonly cited as its Eq. 4 (Sec. 2.3) and NT-Xent as SimCLR's Eq. 1
-(Sec. 2.1). These numbers could not be checked against the papers' own text (the stored copies that
-could be searched give only the papers' opening pages); the formulas above match the papers'
-definitions as quoted elsewhere (e.g. papers-with-code's InfoNCE and NT-Xent pages).
+Equation numbers, as printed: CPC's L_N is its Eq. (4), Sec. 2.3; NT-Xent is SimCLR's Eq. (1), Sec. 2.1
+(read in text transcriptions of the two papers kept in public repositories: "The loss in Equation 4 is
+the categorical cross-entropy of classifying the positive sample correctly", CPC p. 3).
 
-Mutual information. CPC's bound is I(x; c) >= log(N) - L_N with N the size of the candidate set, i.e. one
+Mutual information. CPC's bound, the unnumbered display at the end of its Sec. 2.3 (derived in its
+Appendix A.1, Eqs. (6)-(11)), is I(x; c) >= log(N) - L_N with N the size of the candidate set, i.e. one
 positive and N - 1 negatives. With N here counting negatives only, that is ``log(N + 1) - L``
 (:func:`mutual_information_bound`).
 """
@@ -32,7 +32,11 @@ from contrastkit.objectives.base import Objective
 
 
 class InfoNCE(Objective):
-    """InfoNCE with temperature τ; ``loss = obj(pos, neg, neg_mask=None)``."""
+    """InfoNCE (van den Oord et al. 2018, CPC Eq. 4; NT-Xent, Chen et al. 2020, SimCLR Eq. 1) with
+    temperature τ: per anchor ``L = -log e^{s+/τ} / (e^{s+/τ} + Σ_j e^{s_j/τ})``, computed as
+    ``logsumexp([s+, s_1..s_N] / τ) - s+/τ`` over the unmasked negatives (details: the module docstring).
+
+    ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``, the mean over anchors."""
 
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()

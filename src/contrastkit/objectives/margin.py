@@ -43,7 +43,11 @@ def sphere_distance(scores: Tensor) -> Tensor:
 
 
 class Margin(Objective):
-    """Hadsell et al.'s two-term contrastive loss with margin ``m`` (a distance on the unit sphere)."""
+    """Hadsell, Chopra, LeCun 2006's two-term contrastive loss with margin ``m`` (a distance on the unit
+    sphere, cosine scores assumed): ``L_i = ½ d(x, x+)² + ½ mean_j max(0, m - d(x, x_j-))²`` with
+    ``d = sqrt(2 - 2s)`` (module docstring).
+
+    ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``."""
 
     def __init__(self, margin: float = 0.5) -> None:
         super().__init__()

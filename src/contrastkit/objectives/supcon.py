@@ -33,7 +33,11 @@ from contrastkit.objectives.base import Objective
 
 
 class SupervisedContrastive(Objective):
-    """SupCon L_out with temperature ``t``: ``obj(pos, neg, neg_mask=None, pos_mask=None)``."""
+    """Supervised contrastive loss (Khosla et al. 2020, L^sup_out, Eq. 2) with temperature ``t``:
+    ``L_i = logsumexp_{a ∈ A(i)}(s_ia/t) - mean_{p ∈ P(i)} s_ip/t``, P(i) the positive and the columns
+    marked by ``pos_mask`` (same class), A(i) every unmasked column and the positive (module docstring).
+
+    ``loss = obj(pos (B,), neg (B, N), neg_mask=None, pos_mask=None)``; no ``pos_mask`` is InfoNCE."""
 
     needs_labels: ClassVar[bool] = True
 

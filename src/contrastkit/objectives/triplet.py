@@ -1,11 +1,10 @@
 """Triplet loss with FaceNet's negative selection.
 
 Schroff, Kalenichenko, Philbin 2015, "FaceNet: A Unified Embedding for Face Recognition and Clustering"
-(CVPR 2015, arXiv 1503.03832), Sec. 3.1 (the triplet constraint, and the hinge loss summed over triplets
-that follows it) and Sec. 3.2 (triplet selection, semi-hard negatives). The constraint and the semi-hard
-inequality are commonly cited as its Eq. 1 and Eq. 4; these numbers could not be checked against the
-paper's own text (the stored copies that could be searched give only its opening pages). Written with
-similarity scores s:
+(CVPR 2015, arXiv 1503.03832), Sec. 3.1 (the triplet constraint, Eq. (1), over all triplets, Eq. (2), and
+the hinge loss summed over them, Eq. (3)) and Sec. 3.2 (triplet selection: the semi-hard inequality,
+Eq. (4)); the numbers as printed, read in a text transcription of the paper kept in a public repository
+("... (4) We call these negative exemplars semi-hard"). Written with similarity scores s:
 
     ℓ(x, x+, x-) = max(0, m - s(x, x+) + s(x, x-))
 
@@ -17,7 +16,7 @@ Negative selection (``mining``), per anchor, over its unmasked negatives:
 * ``"all"``: every (anchor, positive, negative) triplet.
 * ``"hardest"``: the negative with the highest score (FaceNet's argmin over negatives of the distance).
 * ``"semi-hard"``: FaceNet's semi-hard negatives, further from the anchor than the positive (the strict
-  inequality cited as Eq. 4) yet, as FaceNet describes them, inside the margin α:
+  inequality of Eq. 4) yet, as FaceNet describes them, inside the margin α:
   ``s(x, x+) - m < s(x, x-) < s(x, x+)``; the one with the highest score is used (the hardest
   semi-hard negative, as in the common per-anchor implementations). If an anchor has no semi-hard negative,
   it falls back to its hardest negative. (tf-addons' ``TripletSemiHardLoss`` differs here: it takes the
@@ -47,7 +46,11 @@ REDUCTIONS = ("mean", "non-zero")
 
 
 class Triplet(Objective):
-    """Triplet hinge ``max(0, m - s+ + s-)`` with ``mining`` in ``all | hardest | semi-hard``."""
+    """Triplet hinge (Schroff et al. 2015, FaceNet Eq. 3 in scores) ``max(0, m - s+ + s-)`` with the negative
+    selection ``mining`` in ``all | hardest | semi-hard`` (FaceNet Eq. 4 within the margin) and
+    ``reduction`` ``mean`` (over the triplets used) or ``non-zero`` (module docstring).
+
+    ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``."""
 
     def __init__(self, margin: float = 0.5, mining: str = "all", reduction: str = "mean") -> None:
         super().__init__()
