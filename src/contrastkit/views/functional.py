@@ -319,7 +319,8 @@ def crop_flip_resize(
     ``resized_crop(x, top, left, h, w, out_size, antialias=False)`` followed by ``hflip``: output pixel
     ``o`` reads source position ``left + (o + 0.5) * w / out_w - 0.5`` (half-pixel centres,
     ``align_corners=False``), clamped to the box as resizing the cropped image clamps at its border. A
-    full-image box at the input size therefore reads every pixel centre exactly.
+    full-image box at the input size therefore reads every pixel centre exactly. float16 and bfloat16
+    images are resampled in float32 (the grid's positions need its precision) and returned in their dtype.
     """
     _check_image(x)
     if isinstance(boxes, Tensor):
@@ -335,6 +336,9 @@ def crop_flip_resize(
     if out_h <= 0 or out_w <= 0:
         raise ConfigError(f"out_size must be positive, got {out_size!r}")
     bsz, _, in_h, in_w = x.shape
+    out_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):  # resampled in float32, returned in the input's dtype:
+        x = x.to(torch.float32)  # a half-precision grid misplaces pixels; CPU grid_sample crashes on them
     opts = {"dtype": x.dtype, "device": x.device}
 
     def axis(start: Tensor, length: Tensor, n_out: int, n_in: int, mirror: Tensor | None) -> Tensor:
@@ -352,4 +356,5 @@ def crop_flip_resize(
     grid = torch.stack(
         (gx.unsqueeze(1).expand(bsz, out_h, out_w), gy.unsqueeze(2).expand(bsz, out_h, out_w)), dim=-1
     )
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(out_dtype)

@@ -155,9 +155,14 @@ def _stats(name: str, values: Sequence[float] | None) -> Tensor | None:
 
 
 def _as_float(images: Tensor) -> Tensor:
-    """``uint8`` in ``[0, 255]`` -> float32 in ``[0, 1]`` (torchvision ``ToTensor``); floats are kept."""
+    """``uint8`` in ``[0, 255]`` -> float32 in ``[0, 1]`` (torchvision ``ToTensor``); float32 and float64 are
+    kept, float16 and bfloat16 computed in float32: their 8 or 11 bits would misplace the crop's sampling
+    grid by up to half a pixel at 100 px (bf16), and PyTorch's CPU ``grid_sample`` crashes on them at
+    ImageNet sizes."""
     if images.dtype == torch.uint8:
         return images.to(torch.float32).div(255.0)
+    if images.dtype in (torch.float16, torch.bfloat16):
+        return images.to(torch.float32)
     if images.is_floating_point():
         return images
     raise ConfigError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}; convert them")
@@ -415,7 +420,8 @@ class ImageViews(nn.Module):
         )
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``uint8`` ``(B, C, H, W)`` -> float32 ``(B, C, size, size)`` views, normalised if configured."""
+        """``uint8`` ``(B, C, H, W)`` -> float32 ``(B, C, size, size)`` views, normalised if configured (float
+        images in ``[0, 1]``: float64 stays float64, float16 and bfloat16 give float32)."""
         return self.render(images, self.sample(images, generator))
 
     def extra_repr(self) -> str:
