@@ -3,7 +3,8 @@
 #   ./dev.sh train [FLAGS...]   run `contrastkit train` (default: SimCLR on the embedded digits data set)
 #   ./dev.sh test  [PYTEST ARGS] lint with ruff and run the test suite
 # Any other command runs inside the environment, e.g. ./dev.sh contrastkit eval runs/NAME
-# TORCH_SPEC overrides the PyTorch requirement (default torch==2.13.0, the local CPU build).
+# TORCH_SPEC overrides the PyTorch requirement (default torch==2.13.0, the local CPU build); it may hold
+# pip options too, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124".
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${CONTRASTKIT_VENV:-.venv}"
@@ -20,7 +21,9 @@ setup() {  # $1: extras ("" or "test")
   stamp="$VENV/.installed-${extras:-base}-$(cat pyproject.toml | cksum | cut -d' ' -f1)"
   [ -f "$stamp" ] && return 0
   echo "setting up $VENV (${extras:-base}) ..." >&2
-  "$VENV/bin/python" -c "import torch" 2>/dev/null || quiet_pip "$TORCH_SPEC"
+  local torch_spec
+  read -ra torch_spec <<<"$TORCH_SPEC"  # words: a requirement and pip options (--index-url URL)
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || quiet_pip "${torch_spec[@]}"
   if [ -n "$extras" ]; then quiet_pip -e ".[$extras]"; else quiet_pip -e .; fi
   touch "$stamp"
 }

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from contrastkit.cli import main
 from contrastkit.reporting import write_report
@@ -72,6 +73,7 @@ def test_unfinished_run_is_named_in_the_header_the_warnings_and_the_terminal(run
     assert page.order[0] == "warnings" and "unfinished: step 73 of 630" in " ".join(page.warnings)
     assert any("unfinished: step 73 of 630" in n for n in result.notes)
     assert "contrastkit report: WARNING: unfinished: step 73 of 630" in printed.getvalue()
+    assert f"continue it with contrastkit train --resume {run_copy} and report again" in printed.getvalue()
     assert "1 warning(s)" in printed.getvalue().splitlines()[-1]
 
 
@@ -115,3 +117,16 @@ def test_metrics_of_a_text_run_interrupted_without_a_checkpoint_are_flagged(tmp_
     result = write_report(run, out=io.StringIO(), **SMALL)
     assert "unfinished: step 12 of 5000" in top(result.html).subtitle
     assert any("unfinished: step 12 of 5000" in n for n in result.notes)
+    assert not any("--resume" in n for n in result.notes)  # no checkpoint: nothing to resume
+
+
+def test_report_refuses_a_cuda_device_that_is_not_there(
+    run_copy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval and embed refused it; report drew its page without the feature figures and exited 0."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (run_copy / "report.html").unlink(missing_ok=True)  # another test may have reported on the shared run
+    assert main(["report", str(run_copy), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda was asked for, but no CUDA device is available; use --device cpu" in err
+    assert not (run_copy / "report.html").exists()

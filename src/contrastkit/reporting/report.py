@@ -43,8 +43,8 @@ from contrastkit.training.checkpoint import (
     load_checkpoint,
     write_atomic,
 )
-from contrastkit.training.evaluate import training_progress, unfinished_note
-from contrastkit.training.trainer import load_splits
+from contrastkit.training.evaluate import run_world_size, training_progress, unfinished_note
+from contrastkit.training.trainer import load_splits, resolve_device, resume_command
 
 __all__ = ["REPORT_NAME", "ReportResult", "write_report"]
 
@@ -135,6 +135,7 @@ def write_report(
     if limit is not None:
         _positive("limit", limit)
     _check_seed(seed)
+    resolve_device(device)  # --device cuda without CUDA: refused, as eval and embed refuse it
     t0 = time.perf_counter()
     folder = run_folder(run)
     kind = detect_run_kind(folder)
@@ -166,9 +167,12 @@ def write_report(
     notes.extend(_run_warnings(metrics))  # e.g. --skip-nonfinite's skipped steps, a single class
     unfinished = unfinished_note(_progress_of(state, metrics))
     if unfinished is not None:
+        resume = ""
+        if state:  # a readable checkpoint continues it
+            resume = f"; continue it with {resume_command(folder, run_world_size(state))} and report again"
         notes.append(
             f"{unfinished}: the run did not finish (it was interrupted); its curves, metrics and figures "
-            "are of the model at that step, not of the trained model"
+            f"are of the model at that step, not of the trained model{resume}"
         )
 
     figs: list[Figure] = []

@@ -97,7 +97,7 @@ def interrupted_run_warning(state: dict[str, Any], path: Path, then: str) -> str
         return None
     return (
         f"{unfinished}: this checkpoint is of an interrupted run, not of the trained model; continue it with "
-        f"{resume_command(path.parent, _world_size(state))} and {then}"
+        f"{resume_command(path.parent, run_world_size(state))} and {then}"
     )
 
 
@@ -581,7 +581,8 @@ def _fit_channels(
     return note
 
 
-def _world_size(state: dict[str, Any]) -> int:
+def run_world_size(state: dict[str, Any]) -> int:
+    """The number of processes a checkpoint's run trained on (1 when it does not say)."""
     progress = state.get("progress")
     world = progress.get("world_size", 1) if isinstance(progress, dict) else 1
     return world if isinstance(world, int) and world > 0 else 1
