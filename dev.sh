@@ -23,6 +23,7 @@ setup() {  # $1: extras ("" or "test")
   echo "setting up $VENV (${extras:-base}) ..." >&2
   local torch_spec
   read -ra torch_spec <<<"$TORCH_SPEC"  # words: a requirement and pip options (--index-url URL)
+  [ "${#torch_spec[@]}" -gt 0 ] || torch_spec=(torch==2.13.0)  # a blank TORCH_SPEC: the default
   "$VENV/bin/python" -c "import torch" 2>/dev/null || quiet_pip "${torch_spec[@]}"
   if [ -n "$extras" ]; then quiet_pip -e ".[$extras]"; else quiet_pip -e .; fi
   touch "$stamp"

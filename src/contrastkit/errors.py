@@ -27,3 +27,8 @@ class ShapeError(ContrastkitError, ValueError):
 
 class TrainingError(ContrastkitError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class DivergedError(TrainingError):
+    """Training diverged (non-finite losses, state or features): a resume would repeat it, so the advice is a
+    new run with other settings, never ``--resume``."""

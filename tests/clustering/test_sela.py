@@ -201,6 +201,10 @@ def test_self_labelling_refuses_more_clusters_than_items_and_a_misfit_marginal_e
     assert sorted(model.labels[0].tolist()) == [0, 1, 2, 3, 4]
     with pytest.raises(ConfigError, match=r"\(num_clusters,\) = \(5,\) vector .*got shape \(4,\)"):
         SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=5, cluster_marginal=torch.ones(4))
+    row = SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=5, cluster_marginal=torch.ones(1, 5))
+    assert row.cluster_marginal.shape == (1, 5)  # (1, K) and (K, 1) are K masses, as sinkhorn takes them
+    with pytest.raises(ConfigError, match=r"vector .*got shape \(5, 5\)"):
+        SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=25, cluster_marginal=torch.ones(5, 5))
     with pytest.raises(ConfigError, match=r"cluster_marginal must be positive and finite .*got min 0"):
         SelfLabelling(
             MLP(4, hidden=(), batchnorm=False), num_clusters=3, cluster_marginal=torch.tensor([1.0, 0.0, 1.0])

@@ -138,6 +138,9 @@ def test_state_dict_carries_the_generator_so_the_next_mixture_is_the_same():
     resumed.load_state_dict(mix.state_dict())
     expected = loss(*vars(score_candidates(mix(q, k), score)).values())
     assert torch.equal(loss(*vars(score_candidates(resumed(q, k), score)).values()), expected)
+    old = mixer(QueueNegatives(16), **kw)  # a state saved before the generator was kept: step only
+    old.load_state_dict({**mix.state_dict(), "_extra_state": {"step": 3}})
+    assert old.step == 3
 
 
 def test_block_layout_equals_per_anchor_layout():

@@ -80,3 +80,16 @@ def test_a_misfit_checkpoint_names_its_first_mismatch(tmp_path, one_thread):
     with pytest.raises(ConfigError, match="does not fit the model") as info:
         train(config, resume=run)
     assert f"Missing key(s) in state_dict: {first}" in str(info.value), info.value
+
+
+def test_resolve_device_refuses_malformed_names_and_missing_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from contrastkit.training.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in ("gpu", "CPU", "cuda:x"):
+        with pytest.raises(ConfigError, match=r"is not a device; use auto, cpu, cuda or cuda:N"):
+            resolve_device(name)
+    with pytest.raises(ConfigError, match=r"names GPU 1, but this machine has 1 \(cuda:0 to cuda:0\)"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cpu").type == "cpu"

@@ -272,6 +272,9 @@ def test_the_misfit_message_names_the_first_mismatch(tmp_path: Path) -> None:
         with refuse_misfit_checkpoint(tmp_path):
             {}["loop"]
     assert first_mismatch(RuntimeError("")) == "RuntimeError"
+    # the library's own errors (also ValueErrors now) keep their message: they are not a misfit
+    with pytest.raises(ConfigError, match=r"^faiss is not installed$"), refuse_misfit_checkpoint(tmp_path):
+        raise ConfigError("faiss is not installed")
 
 
 # ------------------------------------------------------ 6. folders without a checkpoint; stale temporaries

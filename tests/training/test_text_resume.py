@@ -24,7 +24,7 @@ import torch
 
 import contrastkit.training.text as text_module
 from contrastkit.cli import build_parser, main
-from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.errors import ConfigError, DivergedError, TrainingError
 from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 from contrastkit.training.resume import TrainingInterrupted
 from contrastkit.training.text import ResumeRequest, TextTrainConfig, config_from_args, train_text
@@ -306,7 +306,7 @@ def test_the_last_steps_checkpoint_rewrites_metrics_json_before_the_final_evalua
 ) -> None:
     """As at a periodic checkpoint: a kill -9 during the final evaluation leaves a current metrics.json
     (step 10 of 10, resumable), not the one of the last periodic checkpoint (step 8) or none."""
-    real = text_module.sts_spearman
+    real = text_module.embeddings_spearman
     seen: list[dict[str, Any]] = []
     run = tmp_path
 
@@ -315,7 +315,7 @@ def test_the_last_steps_checkpoint_rewrites_metrics_json_before_the_final_evalua
             seen.append(json.loads((run / "metrics.json").read_text()))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(text_module, "sts_spearman", spearman)
+    monkeypatch.setattr(text_module, "embeddings_spearman", spearman)
     for every in (4, 0):  # a periodic checkpoint at steps 4 and 8; none
         seen.clear()
         run = tmp_path / f"every-{every}"
@@ -497,37 +497,47 @@ def test_a_nonfinite_state_is_refused_before_it_is_written(
     )
 
 
-def test_a_run_whose_embeddings_overflow_stops_as_diverged(
-    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+def test_a_run_whose_embeddings_overflow_stops_as_diverged_and_so_does_its_resume(
+    tmp_path: Path,
+    text_data: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     built: list[torch.nn.Module] = []
-    real_build = text_module.build_text_encoder
+    real_build, real_save = text_module.build_text_encoder, text_module.save_checkpoint
 
     def build(*args: Any, **kwargs: Any) -> Any:
         encoder, tokenizer = real_build(*args, **kwargs)
         built.append(encoder)
         return encoder, tokenizer
 
-    real_final = text_module.final_evaluation
-
-    def final_evaluation(**kwargs: Any) -> Any:  # after the last step's checkpoint: weights huge, finite
-        with torch.no_grad():
-            for p in built[0].parameters():
-                p.mul_(1e15)
-        return real_final(**kwargs)
+    def save(state: dict[str, Any], path: Any) -> Any:  # the last step's: weights huge but finite, saved so
+        if state["step"] == state["total_steps"]:
+            with torch.no_grad():
+                for p in built[0].parameters():
+                    p.mul_(1e15)  # in place: the state's tensors are the model's
+        return real_save(state, path)
 
     monkeypatch.setattr(text_module, "build_text_encoder", build)
-    monkeypatch.setattr(text_module, "final_evaluation", final_evaluation)
+    monkeypatch.setattr(text_module, "save_checkpoint", save)
     run = tmp_path / "run"
-    cfg = TextTrainConfig(**{**TINY, "log_every": 100}, **text_data, out=str(run))
-    with pytest.raises(TrainingError) as info:
+    cfg = TextTrainConfig(**{**TINY, "log_every": 100, "save_model": False}, **text_data, out=str(run))
+    with pytest.raises(DivergedError) as info:
         train_text(cfg)
     message = str(info.value)
     assert f"the run diverged: after all {cfg.steps} steps the encoder's features are NaN" in message
     assert "sentences" in message and "no results were written to metrics.json" in message
+    assert "--resume" not in message  # a resume evaluates the same model: the advice is a new run
     state = load_checkpoint(run / "checkpoint.pt", image_run=False)
     assert state["step"] == cfg.steps and state["finished"] is False
-    assert json.loads((run / "metrics.json").read_text())["finished"] is False
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] is False and metrics["resumable"] is False
+    assert metrics["note"].startswith("diverged: the run diverged") and "--resume" not in metrics["note"]
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["text-train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run diverged: after all {cfg.steps} steps" in err and "--resume" not in err
 
 
 def test_resume_flag_passes_only_the_options_given(tmp_path: Path) -> None:

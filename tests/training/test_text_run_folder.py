@@ -87,7 +87,7 @@ def test_cli_bad_out_is_one_line_exit_2(
 def test_metrics_json_is_strict_json_when_a_value_is_nan(
     tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(text_module, "sts_spearman", lambda *a, **k: float("nan"))
+    monkeypatch.setattr(text_module, "embeddings_spearman", lambda *a, **k: float("nan"))
     train_text(TextTrainConfig(**TINY, **text_data, out=str(tmp_path / "run")))
     raw = (tmp_path / "run" / "metrics.json").read_text()
     assert "NaN" not in raw

@@ -134,7 +134,7 @@ class SelfLabelling(nn.Module):
             )
         if cluster_marginal is not None:  # checked now, not at the first refresh after an epoch's work
             r = torch.as_tensor(cluster_marginal, dtype=torch.float64)
-            if r.ndim != 1 or r.numel() != num_clusters:
+            if r.numel() != num_clusters or sum(d > 1 for d in r.shape) > 1:  # (K,), (1, K), (K, 1)
                 raise ConfigError(
                     f"cluster_marginal must be a (num_clusters,) = ({num_clusters},) vector of cluster "
                     f"masses, got shape {tuple(r.shape)}"

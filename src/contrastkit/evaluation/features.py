@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.errors import ConfigError
 
 
 def check_batch_size(name: str, value: object) -> int:
@@ -71,5 +71,5 @@ def extract_features_from_batches(
                 out[i].append(fn(batch).flatten(1).float())
         labels.append(y.to(device))
     if not labels:
-        raise DataError("no batches to extract features from")
+        raise ConfigError("no batches to extract features from: the data (or its loader) is empty")
     return [torch.cat(f) for f in out], torch.cat(labels)

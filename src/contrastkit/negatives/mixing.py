@@ -216,7 +216,7 @@ class HardNegativeMixing(NegativeSource):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         if self.generator is not None and "generator" in state:
-            self.generator.set_state(state["generator"])
+            self.generator.set_state(state["generator"].cpu())  # a state loaded with map_location="cuda"
 
     def _invalid(self, cand: Candidates, sim: Tensor) -> Tensor:
         invalid = torch.zeros_like(sim, dtype=torch.bool)

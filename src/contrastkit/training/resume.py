@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
+from contrastkit.errors import ConfigError, ContrastkitError, DivergedError, TrainingError
 from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
     FOREIGN_RUNS,
@@ -471,6 +471,8 @@ def refuse_misfit_checkpoint(run_dir: str | Path, advice: str = "start a new run
     the error, then ``advice``."""
     try:
         yield
+    except ContrastkitError:
+        raise  # already says what is wrong (faiss missing for a mined index, ...); not a misfit
     except KeyError as exc:
         raise ConfigError(
             f"the checkpoint in {str(run_dir)!r} lacks {exc.args[0] if exc.args else '?'!r}: written by another "
@@ -676,7 +678,7 @@ def refuse_diverged_features(
     counts = ", ".join(
         f"{b} of {f.shape[0]} {name}" for b, (name, f) in zip(bad, features.items(), strict=True) if b
     )
-    raise TrainingError(
+    raise DivergedError(
         f"the run diverged: after {after} the encoder's features are NaN or infinite for "
         f"{counts} although its weights are finite (they grew until its outputs overflow); no results "
         f"were written to metrics.json. {run_dir / CHECKPOINT_NAME} holds this model, and its resume "

@@ -49,7 +49,7 @@ from contrastkit.encoders.text import (
     WordTokenizer,
     load_minilm,
 )
-from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
+from contrastkit.errors import ConfigError, ContrastkitError, DivergedError
 from contrastkit.evaluation.sts import embed_sentences, embeddings_spearman, tfidf_spearman
 from contrastkit.negatives import MomentumEncoder, build_negatives
 from contrastkit.objectives import OBJECTIVES, build_objective
@@ -59,6 +59,7 @@ from contrastkit.training.checkpoint import (
     FOREIGN_RUNS,
     ForeignRunError,
     nonfinite_state_tensors,
+    read_run_metrics,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -497,7 +498,9 @@ def train_text(
                 file=sys.stderr,
                 flush=True,
             )
-        if has_checkpoint:
+        if isinstance(exc, DivergedError):  # a resume would repeat it: no --resume advice anywhere
+            _mark_diverged(run_dir, exc)
+        elif has_checkpoint:
             note = (
                 f"the run folder {str(run_dir)!r} keeps the resumable checkpoint of step {latest.step} of "
                 f"{latest.total}: continue from it with: contrastkit {COMMAND} --resume {run_dir} (or remove "
@@ -511,6 +514,19 @@ def train_text(
         if note and isinstance(exc, ContrastkitError) and exc.args:
             exc.args = (f"{exc.args[0]}; {note}", *exc.args[1:])
         raise
+
+
+def _mark_diverged(run_dir: Path, exc: DivergedError) -> None:
+    """The progress metrics.json of a diverged run (written with its last checkpoint, which named the
+    resume) says that it diverged and that a resume would not help."""
+    metrics = read_run_metrics(run_dir)
+    if metrics is None or metrics.get("finished") is not False:
+        return
+    metrics.update(resumable=False, note=f"diverged: {exc.args[0] if exc.args else exc}")
+    try:
+        write_metrics(run_dir / "metrics.json", metrics)
+    except OSError:
+        pass
 
 
 def _open_resume(
@@ -822,8 +838,9 @@ def _train_text(
         pending.clear()
         mean_loss = sum(losses) / len(losses)
         if not all(math.isfinite(v) for v in losses):
-            raise TrainingError(
-                f"the loss became non-finite by step {step}; try a lower --lr or a higher --temperature"
+            raise DivergedError(
+                f"the loss became non-finite by step {step}; start a new run with a lower --lr or a higher "
+                "--temperature (a resume would repeat the same steps)"
             )
         seconds = train_seconds_now()
         loss_curve.append({"step": step, "loss": mean_loss, "seconds": seconds})
@@ -872,9 +889,10 @@ def _train_text(
                 if latest.step is not None
                 else "no checkpoint was written"
             )
-            raise TrainingError(
+            raise DivergedError(
                 f"the training state at step {step} has non-finite values in {bad[0]}{more}: training "
-                f"diverged, so it was not written ({kept}); try a lower --lr or a higher --temperature"
+                f"diverged, so it was not written ({kept}); start a new run with a lower --lr or a higher "
+                "--temperature (a resume would repeat the same steps)"
             )
         path = save_checkpoint(state, run_dir / CHECKPOINT_NAME)
         latest.step = step

@@ -171,7 +171,18 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for, but no CUDA device is available; use --device cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N (N a GPU index)"
+        ) from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name} names GPU {device.index}, but this machine has {torch.cuda.device_count()} "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of those"
+        )
+    return device
 
 
 def load_splits(config: TrainConfig) -> tuple[DataSplits, str]:
@@ -1573,6 +1584,8 @@ def _load_states(saved: dict[str, Any], run_dir: Path, parts: _Parts) -> None:
             parts.key_encoder.load_state_dict(saved["key_encoder"])
         parts.optimizer.load_state_dict(saved["optimizer"])
         parts.scheduler.load_state_dict(saved["scheduler"])
+    except ContrastkitError:
+        raise  # already says what is wrong (faiss missing for a mined index, ...); not a misfit
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         first = first_mismatch(exc)  # the first missing, unexpected or size-mismatched key
         raise ConfigError(

@@ -221,7 +221,8 @@ def _check_std(std: Tensor | None) -> None:
 def eval_transform(
     images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> Tensor:
-    """Evaluation transform: ``uint8`` -> float32 in ``[0, 1]``, then ``(x - mean) / std`` when given.
+    """Evaluation transform: ``uint8`` -> float32 in ``[0, 1]``, then ``(x - mean) / std`` when given (float
+    images in ``[0, 1]`` are kept, float16 and bfloat16 as float32).
 
     Float images must already be in ``[0, 1]``: in eager mode a float batch whose largest value is above 1
     is a ConfigError (pass uint8 or divide by 255), at the cost of one host synchronisation per float batch.
