@@ -31,8 +31,10 @@ def score_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager[object]:
     """A region where autocast is off on ``device_type``; nothing to turn off where the device type has no
-    autocast (``meta``: shape inference), on which ``torch.autocast`` itself would raise."""
-    if torch.amp.is_autocast_available(device_type):
+    autocast (``meta``: shape inference), on which ``torch.autocast`` itself would raise. While compiling
+    the check is skipped: dynamo of torch 2.11 cannot trace ``is_autocast_available`` (a graph break per
+    call), and compiled code runs on real devices."""
+    if torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 

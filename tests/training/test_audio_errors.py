@@ -168,6 +168,36 @@ def test_a_shift_longer_than_the_clip_is_refused(capsys: pytest.CaptureFixture[s
     assert "longer than the clip" in capsys.readouterr().err
 
 
+def test_a_shift_that_can_move_the_shortest_clip_out_of_view_is_warned_about(
+    tmp_path: Path, fsdd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clip of L s centred in a C s window leaves it wholly once the shift exceeds (C + L) / 2: the old
+    message promised no silent view for any shift up to C."""
+    import torch
+
+    from contrastkit.data.audio import AudioDataset
+    from contrastkit.training.audio import silent_shift_warning
+
+    train = AudioDataset(
+        waveforms=torch.zeros(2, 1, 8000), labels=torch.tensor([0, 1]), lengths=torch.tensor([1148, 9000]),
+        speakers=["a", "b"], names=["x", "y"], classes=["0", "1"], sample_rate=8000,
+    )  # fmt: skip
+    bound = (1.0 + 1148 / 8000) / 2  # 0.57 s
+    assert silent_shift_warning(bound, 1.0, train) is None
+    warning = silent_shift_warning(0.6, 1.0, train)
+    assert (
+        warning is not None and "shortest training clip (0.143 s" in warning and "at most 0.572 s" in warning
+    )
+    run = tmp_path / "run"
+    args = ["audio-train", "--data", str(fsdd), *TINY, "--max-shift", "0.1", "--out", str(run)]
+    assert (
+        main([*args, "--clip-seconds", "0.5"]) == 0
+    )  # the shortest tiny clip is 300 samples: 0.1 <= (0.5 + 0.0375) / 2
+    assert "WARNING: --max-shift" not in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "run2"), "--clip-seconds", "0.5", "--max-shift", "0.4"]) == 0
+    assert "WARNING: --max-shift 0.4 s can move the shortest training clip" in capsys.readouterr().err
+
+
 def test_more_mel_bands_than_the_fft_can_fill_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     # 8 kHz, 256-point FFT: 129 bins; from 150 bands on, some triangular filters cover no bin
     with pytest.raises(ConfigError, match=r"n_mels \(--n-mels\) 200 is more mel bands .* use at most 149"):

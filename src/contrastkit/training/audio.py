@@ -154,8 +154,9 @@ class AudioTrainConfig:
         if is_positive(self.clip_seconds) and self.max_shift > self.clip_seconds:
             raise ConfigError(
                 f"option max_shift (--max-shift) {self.max_shift:g} s is longer than the clip "
-                f"(--clip-seconds {self.clip_seconds:g}): a shift that long moves the whole clip out of its "
-                f"window and leaves a silent view; use at most {self.clip_seconds:g} (default 0.1)"
+                f"(--clip-seconds {self.clip_seconds:g}): a shift that long moves every clip wholly out of "
+                f"its window, leaving silent views; use at most {self.clip_seconds:g} (default 0.1; a "
+                "shorter clip goes silent from a smaller shift, which audio-train warns about)"
             )
         fits = max_mel_bands(FSDD_SAMPLE_RATE, LOG_MEL_N_FFT)  # the log-mel's FFT at 8 kHz (cached)
         if is_integer(self.n_mels, 1) and self.n_mels > fits:
@@ -287,6 +288,22 @@ NO_RANDOM_INIT_PROBE = (
     "--no-linear-probe, and its initial weights could not be rebuilt on resume (a checkpoint from an older "
     "contrastkit, or a PyTorch that initialises differently)"
 )
+
+
+def silent_shift_warning(max_shift: float, clip_seconds: float, train: Any) -> str | None:
+    """Why ``max_shift`` can leave silent views, or None: a clip of L s centred in its C s window leaves the
+    window wholly once the shift exceeds (C + L) / 2, so the shortest training clip sets the bound."""
+    if len(train) == 0:
+        return None
+    shortest = min(float(train.lengths.min()) / train.sample_rate, clip_seconds)
+    bound = (clip_seconds + shortest) / 2
+    if max_shift <= bound:
+        return None
+    return (
+        f"--max-shift {max_shift:g} s can move the shortest training clip ({shortest:.3g} s, centred in its "
+        f"{clip_seconds:g} s window) wholly out of the window, leaving silent views; at most {bound:.3g} s "
+        "keeps part of every clip in view"
+    )
 
 
 def mfcc_coefficients(n_mels: int) -> int:
@@ -426,6 +443,9 @@ def _train_audio(
     fingerprint = data_fingerprint(splits.train.waveforms, splits.train.labels)
     if saved is not None:
         check_fingerprint(saved, fingerprint, run_dir, data)
+    silent = silent_shift_warning(config.max_shift, config.clip_seconds, splits.train)
+    if silent is not None:
+        print(f"WARNING: {silent}", file=sys.stderr, flush=True)
     lr = config.lr if config.lr is not None else BASE_LR[config.optimizer] * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else WEIGHT_DECAY[config.optimizer]
     resolved = asdict(config) | {"data": data, "lr": lr, "weight_decay": wd}

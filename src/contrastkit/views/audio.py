@@ -9,7 +9,9 @@ every random number drawn from one ``torch.Generator`` (so a seed fixes the view
 
 - **time stretch** is speed perturbation (Ko et al. 2015): the clip is resampled by linear interpolation
   about its centre, ``y(t) = x(c + (t - c) * rate)``, which changes duration *and* pitch (no phase vocoder);
-  the length ``T`` is kept (zero outside the source).
+  the length ``T`` is kept (zero outside the source). Linear interpolation is not band-limited: it damps
+  high frequencies (at 8 kHz and rate 1.1 a 2 kHz tone keeps 0.82 of its amplitude, a 3 kHz one 0.65; the
+  top mel band of white noise loses 2-4 dB) and a faster rate aliases tones above ``fs / (2 rate)``.
 - **noise** is white Gaussian noise scaled so that ``10 log10(P_signal / P_noise) = snr_db`` exactly, with
   ``P`` the mean square over the clip's ``T`` samples (padding included); a silent clip gets no noise.
 - **log-mel**: ``log(mel_fb @ |STFT|^2 + eps)`` with a Hann window, ``center=True`` and zero padding (as
@@ -19,7 +21,8 @@ every random number drawn from one ``torch.Generator`` (so a seed fixes the view
   frequency masking: ``f ~ U{0..F}``, ``f0 ~ U{0..ν - f - 1}``, channels ``[f0, f0 + f)`` masked, ``m_F``
   times; time masking: ``t ~ U{0..T}`` with ``t <= p * τ``, ``t0 ~ U{0..τ - t - 1}``, frames
   ``[t0, t0 + t)`` masked, ``m_T`` times. As in the paper the masked value is 0 on the normalised
-  spectrogram, i.e. the data mean. (Time warping is not implemented.) Checked: the paper's wording of the
+  spectrogram: the data mean when ``mean`` and ``std`` are the data's log-mel statistics (audio-train passes
+  them; the defaults 0 and 1 leave the log-mel unnormalised, so the masks are log-power 0). (Time warping is not implemented.) Checked: the paper's wording of the
   frequency mask ("f is first chosen from a uniform distribution from 0 to the frequency mask parameter F,
   and f0 is chosen from [0, ν − f)"), as quoted in the nlpaug documentation; "from 0 to F" is read here as
   inclusive of F. Not re-read (only the paper's opening was readable in this check): the section number,
