@@ -109,6 +109,18 @@ def test_sts_rows_with_extra_fields_and_quotes(tmp_path: Path) -> None:
     assert load_sts_split(tmp_path, "test").sentences1 == pairs.sentences1
 
 
+def test_a_byte_order_mark_and_a_huge_field_are_read(tmp_path: Path) -> None:
+    """A UTF-8 BOM stayed glued to the first sentence (a stray token for the word tokenizer); csv refused a
+    field over 128 KiB with a raw _csv.Error naming neither file nor line."""
+    text = tmp_path / "bom.txt"
+    text.write_bytes(b"\xef\xbb\xbfa b\nc d\n")
+    assert load_sentences(text) == ["a b", "c d"]
+    sts = tmp_path / "sts-test.csv"
+    sts.write_bytes(b"\xef\xbb\xbf" + (sts_row() + "\n" + sts_row("1.0", "x" * 200_000, "y") + "\n").encode())
+    pairs = load_sts(sts)
+    assert pairs.sentences1 == ["A girl is styling her hair.", "x" * 200_000] and pairs.sentences2[1] == "y"
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [

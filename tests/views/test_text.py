@@ -166,3 +166,10 @@ def test_same_views_on_the_gpu_with_a_gpu_generator() -> None:
     assert out.device == ids.device and out.shape == ids.shape
     for row in out.cpu():
         check_layout(row)
+
+
+def test_rows_without_tokens_come_back_unchanged() -> None:
+    """A (B, 0) batch raised an IndexError from argmax."""
+    ids = torch.zeros(2, 0, dtype=torch.long)
+    out = TextViews(pad_id=0, delete_p=1.0, crop_p=1.0, shuffle_p=1.0)(ids, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 0) and out.dtype == torch.long

@@ -9,7 +9,7 @@ lines, a bad score) is a :class:`~contrastkit.errors.DataError` that names the f
 
 from __future__ import annotations
 
-import csv
+import codecs
 import gzip
 import os
 import re
@@ -65,6 +65,8 @@ def _read_text(path: Path) -> str:
                 f"text file {str(path)!r} is a corrupt or truncated gzip file ({exc}); "
                 "re-create or re-download it"
             ) from None
+    if raw.startswith(codecs.BOM_UTF8):  # a UTF-8 byte-order mark (some editors write one): not text
+        raw = raw[len(codecs.BOM_UTF8) :]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -78,7 +80,8 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def _split_lines(text: str) -> list[str]:
-    """The lines of ``text`` as ``wc -l`` and editors count them: broken at ``\n``, ``\r\n`` and ``\r`` only
+    """The lines of ``text`` as editors count them: broken at ``\n``, ``\r\n`` and ``\r`` only (``wc -l`` and
+    ``sed -n`` count ``\n`` alone, so after a lone ``\r`` their numbers run behind)
     (``str.splitlines`` also breaks at form feeds, ``\x1c``-``\x1e``, ``\x85``, U+2028 and U+2029, which would
     shift the line numbers that errors name and split one sentence in two). A final line break ends the last
     line; it does not start an empty one."""
@@ -149,8 +152,9 @@ def load_sts(path: str | Path) -> StsPairs:
     s2: list[str] = []
     scores: list[float] = []
     lo, hi = STS_SCORE_RANGE
-    reader = csv.reader(_split_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE)
-    for number, row in enumerate(reader, start=1):
+    # tab-separated without quoting (csv.QUOTE_NONE reads it the same way, but refuses fields over 128 KiB)
+    rows = (line.split("\t") if line else [] for line in _split_lines(text))
+    for number, row in enumerate(rows, start=1):
         if not row or (len(row) == 1 and not row[0].strip()):
             raise DataError(f"STS file {str(p)!r}, line {number}: empty line; remove it")
         if len(row) < STS_MIN_FIELDS:

@@ -183,6 +183,8 @@ class TextViews(nn.Module):
                 f"create it with torch.Generator(device={str(dev)!r})"
             )
         b, length = ids.shape
+        if length == 0:  # rows without tokens: nothing to augment (and no draws)
+            return ids
         # A fixed set of draws per call, whatever fires, keeps the stream (and the views) reproducible.
         u = torch.rand(b, 5, generator=generator, device=dev)
         tok = torch.rand(3, b, length, generator=generator, device=dev)
