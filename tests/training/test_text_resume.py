@@ -467,9 +467,8 @@ def test_text_train_resume_refuses_an_image_run_and_an_audio_run(
         assert "Traceback" not in err and err.count("\n") == 1 and "contrastkit train --resume" not in err
 
 
-def test_a_nonfinite_state_is_refused_before_it_is_written(
-    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def built_encoders(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """The text encoders that text-train builds from now on, in order (to change their weights mid-run)."""
     built: list[torch.nn.Module] = []
     real_build = text_module.build_text_encoder
 
@@ -478,11 +477,19 @@ def test_a_nonfinite_state_is_refused_before_it_is_written(
         built.append(encoder)
         return encoder, tokenizer
 
+    monkeypatch.setattr(text_module, "build_text_encoder", build)
+    return built
+
+
+def test_a_nonfinite_state_is_refused_before_it_is_written(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = built_encoders(monkeypatch)
+
     def poison() -> None:  # in step 3, after the checkpoint of step 2: the weights diverge
         with torch.no_grad():
             next(built[0].parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(text_module, "build_text_encoder", build)
     at_steps(monkeypatch, {3: poison})
     run = tmp_path / "run"
     cfg = TextTrainConfig(**{**TINY, "log_every": 100}, **text_data, checkpoint_every=2, out=str(run))
@@ -503,13 +510,8 @@ def test_a_run_whose_embeddings_overflow_stops_as_diverged_and_so_does_its_resum
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    built: list[torch.nn.Module] = []
-    real_build, real_save = text_module.build_text_encoder, text_module.save_checkpoint
-
-    def build(*args: Any, **kwargs: Any) -> Any:
-        encoder, tokenizer = real_build(*args, **kwargs)
-        built.append(encoder)
-        return encoder, tokenizer
+    built = built_encoders(monkeypatch)
+    real_save = text_module.save_checkpoint
 
     def save(state: dict[str, Any], path: Any) -> Any:  # the last step's: weights huge but finite, saved so
         if state["step"] == state["total_steps"]:
@@ -518,7 +520,6 @@ def test_a_run_whose_embeddings_overflow_stops_as_diverged_and_so_does_its_resum
                     p.mul_(1e15)  # in place: the state's tensors are the model's
         return real_save(state, path)
 
-    monkeypatch.setattr(text_module, "build_text_encoder", build)
     monkeypatch.setattr(text_module, "save_checkpoint", save)
     run = tmp_path / "run"
     cfg = TextTrainConfig(**{**TINY, "log_every": 100, "save_model": False}, **text_data, out=str(run))
