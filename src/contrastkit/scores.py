@@ -40,7 +40,13 @@ def autocast_off(device_type: str) -> contextlib.AbstractContextManager[object]:
 
 
 class Score(nn.Module):
-    """Base class: a similarity between embeddings. Subclasses override :meth:`prepare`."""
+    """Base class: a similarity between embeddings. Subclasses override :meth:`prepare`.
+
+    ``unit_norm`` says whether :meth:`prepare` returns unit vectors (then points built from prepared
+    embeddings, such as MoCHi's mixtures, are L2-normalised to stay on the same sphere).
+    """
+
+    unit_norm: bool = False
 
     def prepare(self, z: Tensor) -> Tensor:
         """Map raw embeddings to the space where a dot product is the score."""
@@ -65,6 +71,8 @@ class Score(nn.Module):
 
 class CosineSimilarity(Score):
     """``s(a, b) = a·b / (‖a‖ ‖b‖)`` (the SimCLR default)."""
+
+    unit_norm = True
 
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__()

@@ -244,3 +244,45 @@ def test_build_negatives_passes_the_mochi_sizes() -> None:
 
     source = build_negatives("queue+mochi", mix_hardest=8, mix_synthetic=4, mix_query=2, mix_start_step=5)
     assert (source.num_hardest, source.num_mixed, source.num_query_mixed, source.start_step) == (8, 4, 2, 5)
+    assert source.normalize
+    assert not build_negatives("in-batch+mochi", mix_normalize=False).normalize
+
+
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+def test_the_trainer_mixes_on_the_scores_sphere_or_not(score, tmp_path, monkeypatch) -> None:
+    """Normalised mixtures only for the cosine score: with the dot score (embeddings of norm >> 1) unit-norm
+    synthetic points would score far below the real negatives they were mixed from."""
+    from contrastkit.training import trainer as trainer_module
+    from contrastkit.training.config import TrainConfig
+
+    built = []
+
+    def build_and_stop(*args, **kwargs):
+        built.append(trainer_module_build(*args, **kwargs))
+        raise KeyboardInterrupt  # the learner is built: no need to train
+
+    trainer_module_build = trainer_module._build
+    monkeypatch.setattr(trainer_module, "_build", build_and_stop)
+    config = TrainConfig(
+        negatives="queue+mochi", score=score, epochs=1, limit=64, batch_size=32, out=str(tmp_path / "run")
+    )
+    with pytest.raises(KeyboardInterrupt):
+        trainer_module.train(config)
+    mix = built[0].learner.negatives
+    assert isinstance(mix, HardNegativeMixing) and mix.normalize == (score == "cosine")
+
+
+def test_hardness_is_ranked_in_float32_under_bf16_autocast() -> None:
+    """Under the training step's bf16 autocast the hardest set is still float32's exact top-N (a plain
+    product under autocast ranks in bf16 and picks a different set in most rows)."""
+    torch.manual_seed(0)
+    m, k, d, n = 32, 2048, 64, 128
+    q, negs = unit(m, d), unit(k, d)
+    want = (q @ negs.T).topk(n, dim=1).indices.sort(dim=1).values
+    mix = mixer(Fixed(negs), num_hardest=n, num_mixed=8, num_query_mixed=2, layout="per-anchor")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mix(q, unit(m, d))
+    assert torch.equal(mix.last_mix.hardest.sort(dim=1).values, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the test can fail: bf16 ranking picks other sets
+        bf16 = (q @ negs.T).topk(n, dim=1).indices.sort(dim=1).values
+    assert not torch.equal(bf16, want)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives.momentum import (
     MomentumEncoder,
     cosine_momentum,
@@ -131,3 +132,11 @@ def test_momentum_encoder_shuffles_in_training_mode_only():
     torch.testing.assert_close(key(x), key.model(x))
     with pytest.raises(ValueError, match="groups"):
         grouped_forward(online, x, 9)
+
+
+def test_update_from_a_model_of_other_shapes_names_the_parameter():
+    key = MomentumEncoder(nn.Linear(2, 3), momentum=0.9)
+    before = key.model.weight.clone()
+    with pytest.raises(ConfigError, match=r"'weight' has shape \(4, 2\), the momentum encoder's \(3, 2\)"):
+        key.update(nn.Linear(2, 4))
+    assert torch.equal(key.model.weight, before)  # nothing half-updated

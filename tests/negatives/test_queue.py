@@ -3,6 +3,7 @@ import io
 import pytest
 import torch
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives import oracle_mask, score_candidates
 from contrastkit.negatives.queue import KeyQueue, QueueNegatives
 from contrastkit.objectives import InfoNCE
@@ -199,3 +200,52 @@ def test_nan_keys_in_the_queue_make_the_next_loss_nan(objective):
     assert torch.isnan(loss())
     src.update(None, score.prepare(torch.randn(8, 4)))  # the NaN key leaves the queue
     assert torch.isfinite(loss())
+
+
+def test_queued_keys_of_the_anchors_own_image_are_masked():
+    """A queue spanning more than an epoch holds keys of the query's own image: false negatives (the
+    hardest), masked per anchor when the batch's indices are given; other anchors still see them."""
+    src = QueueNegatives(size=6, dim=2)
+    src.update(None, torch.randn(5, 2), indices=torch.tensor([3, 7, 3, 9, -1]))
+    q, k = torch.randn(3, 2), torch.randn(3, 2)
+    c = src(q, k, indices=torch.tensor([3, 9, -1]))
+    unwritten = [False] * 5 + [True]
+    assert c.neg_mask.tolist() == [
+        [True, False, True, False, False, True],  # image 3: both of its queued keys
+        [False, False, False, True, False, True],  # image 9
+        unwritten,  # an unknown index (-1) masks nothing, not even unknown keys
+    ]
+    assert src(q, k).neg_mask.tolist() == [unwritten] * 3  # without indices: unwritten slots only
+    keep = QueueNegatives(size=6, dim=2, exclude_own=False)  # MoCo's own behaviour
+    keep.load_state_dict(src.state_dict())
+    assert keep(q, k, indices=torch.tensor([3, 9, -1])).neg_mask.tolist() == [unwritten] * 3
+
+
+def test_own_key_masked_loss_equals_the_loss_without_that_key():
+    """The masked column drops out of InfoNCE exactly: the loss equals the paper's formula over the other
+    queued keys (independent logsumexp)."""
+    torch.manual_seed(0)
+    score, t = CosineSimilarity(), 0.5
+    src = QueueNegatives(size=4, dim=3)
+    keys = score.prepare(torch.randn(4, 3))
+    src.update(None, keys, indices=torch.tensor([0, 5, 6, 7]))
+    q, k = score.prepare(torch.randn(2, 3)), score.prepare(torch.randn(2, 3))
+    c = score_candidates(src(q, k, indices=torch.tensor([0, 1])), score)
+    pos = (q * k).sum(1) / t
+    logits0 = torch.cat([pos[:1], q[0] @ keys[1:].T / t])  # anchor 0 is image 0: key 0 removed
+    logits1 = torch.cat([pos[1:], q[1] @ keys.T / t])
+    want = torch.stack([logits0.logsumexp(0) - pos[0], logits1.logsumexp(0) - pos[1]]).mean()
+    torch.testing.assert_close(InfoNCE(temperature=t)(c.pos, c.neg, c.neg_mask), want)
+
+
+def test_float_indices_and_labels_are_refused_not_truncated():
+    src = QueueNegatives(size=4, dim=2)
+    with pytest.raises(ConfigError, match=r"indices must be integers.*\.long\(\)"):
+        src.update(None, torch.randn(2, 2), indices=torch.tensor([0.7, 1.2]))
+    with pytest.raises(ConfigError, match=r"labels must be integers"):
+        src.update(None, torch.randn(2, 2), torch.tensor([0.5, 1.0]))
+    with pytest.raises(ConfigError, match=r"indices must be integers"):
+        src(torch.randn(2, 2), torch.randn(2, 2), indices=torch.tensor([0.0, 1.0]))
+    assert int(src.queue.filled) == 0  # nothing was written
+    with pytest.raises(ConfigError, match="positive integer, got True"):
+        QueueNegatives(size=True)

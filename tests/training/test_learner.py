@@ -351,3 +351,26 @@ def test_a_queue_keeps_the_dataset_indices_beside_its_keys(mochi):
     _, stored_labels, stored = q.ordered()
     assert stored[-2 * B :].tolist() == [-1] * (2 * B)  # the newest keys (the queue wrapped around)
     assert stored_labels[-2 * B :].tolist() == [*labels.tolist(), *labels.tolist()]
+
+
+def test_momentum_learner_masks_queued_keys_of_each_images_own_index():
+    """Through the learner (both symmetrised halves): with the batch's indices, exactly the keys the queue
+    holds for each anchor's own image (from an earlier step) are masked, and the loss differs from MoCo's
+    unmasked one; without indices nothing but unwritten slots is masked."""
+    learner, _, _ = moco_learner(QueueNegatives(size=2 * B))
+    idx = torch.arange(B)
+    learner(*views(), indices=idx)  # fills the queue with 2B keys of images 0..B-1
+    queued = learner.negatives.queue.indices.clone()
+    assert queued.tolist() == idx.tolist() * 2
+    unmasked = copy.deepcopy(learner)
+    unmasked.negatives.exclude_own = False
+    seen = []
+    forward = learner.negatives.forward
+    learner.negatives.forward = lambda *a, **k: seen.append(forward(*a, **k)) or seen[-1]
+    idx2 = torch.tensor([0, 3, *range(B, 2 * B - 2)])  # images 0 and 3 again, the rest new
+    out = learner(*views(2), indices=idx2)
+    assert len(seen) == 2
+    for cand in seen:
+        torch.testing.assert_close(cand.neg_mask, queued.unsqueeze(0) == idx2.unsqueeze(1), rtol=0, atol=0)
+    assert int(seen[0].neg_mask.sum()) == 4
+    assert out.loss.item() != unmasked(*views(2), indices=idx2).loss.item()

@@ -51,6 +51,7 @@ def build_negatives(
     mix_hardest: int = 256,
     mix_synthetic: int = 256,
     mix_query: int = 32,
+    mix_normalize: bool = True,
     embed_all: Callable[[], Tensor] | None = None,
     mined_negatives: int = 16,
     refresh_every: int = 1000,
@@ -63,6 +64,9 @@ def build_negatives(
 
     ``mined`` (and ``in-batch+mined``) needs ``embed_all`` (see :class:`MinedNegatives`, which also takes
     the other mined options; the union takes both views as anchors, as in-batch does).
+    ``mix_normalize`` is :class:`HardNegativeMixing`'s ``normalize``: pass the score's ``unit_norm`` (False for
+    the dot score, whose embeddings are not unit vectors: normalised mixtures would be far from the real
+    negatives' scale, the easiest negatives rather than the hardest).
     """
     if name not in NEGATIVES:
         raise ConfigError(f"unknown negatives source {name!r}; choose one of: {', '.join(NEGATIVES)}")
@@ -101,6 +105,7 @@ def build_negatives(
         num_mixed=mix_synthetic,
         num_query_mixed=mix_query,
         start_step=mix_start_step,
+        normalize=mix_normalize,
     )
 
 

@@ -157,6 +157,14 @@ class MomentumEncoder(nn.Module):
         if key_params.keys() != online_params.keys():
             raise ConfigError("the online model's parameters do not match the momentum encoder's")
         names = list(key_params)
+        misfit = [n for n in names if key_params[n].shape != online_params[n].shape]
+        if misfit:
+            n = misfit[0]
+            raise ConfigError(
+                f"the online model's parameter {n!r} has shape {tuple(online_params[n].shape)}, the momentum "
+                f"encoder's {tuple(key_params[n].shape)} ({len(misfit)} such parameters): build the momentum "
+                "encoder from the model it follows"
+            )
         theta_k = [key_params[n] for n in names]
         theta_q = [online_params[n].detach().to(key_params[n].dtype) for n in names]
         if theta_k:

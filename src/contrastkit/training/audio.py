@@ -457,10 +457,11 @@ def _train_audio(
     model = ContrastiveModel(
         backbone, ProjectionHead(backbone.feature_dim, config.proj_hidden_dim, config.proj_dim)
     ).to(device)
+    score = build_score(config.score)
     learner = ContrastiveLearner(
         model,
-        build_negatives(config.negatives),
-        build_score(config.score),
+        build_negatives(config.negatives, mix_normalize=score.unit_norm),
+        score,
         build_objective(config.objective, temperature=config.temperature),
     ).to(device)
     if learner.uses_labels:

@@ -739,6 +739,7 @@ def _build(config: TrainConfig, device: torch.device, data: TrainingData, info: 
         mix_hardest=config.mix_hardest,
         mix_synthetic=config.mix_synthetic,
         mix_query=config.mix_query,
+        mix_normalize=score.unit_norm,
         embed_all=_train_set_embedder(model, evaluator, score, amp_dtype, data.resident.images)
         if mined and data.resident is not None
         else None,
