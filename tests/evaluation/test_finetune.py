@@ -7,7 +7,7 @@ import torch
 
 from contrastkit.data import channel_stats, load_dataset
 from contrastkit.encoders import SmallCNN
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation import few_label_subset, finetune, finetune_few_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,3 +134,18 @@ def test_subset_seed_chooses_the_labels_and_seed_the_training(digits, monkeypatc
     b = finetune(backbone, *data, seed=1, **kw)  # subset_seed defaults to seed
     assert chosen == [0, 1]
     assert "seed 0" in a.protocol["subset"] and "seed 1" in b.protocol["subset"]
+
+
+def test_bad_labels_are_refused_before_any_training(digits):
+    splits, _, _ = digits
+    tr, te = splits.train, splits.test
+    args = (SmallCNN(1, width=4), tr.images)
+    with pytest.raises(DataError, match=r"train labels must be an integer tensor.*float32"):
+        finetune(*args, tr.labels.float(), te.images, te.labels, fraction=0.1)
+    with pytest.raises(DataError, match=r"train labels must be a torch tensor, got ndarray"):
+        finetune(*args, tr.labels.numpy(), te.images, te.labels, fraction=0.1)
+    with pytest.raises(ConfigError, match=r"num_classes is 2 but the train/test labels go up to 9"):
+        finetune(*args, tr.labels, te.images, te.labels, fraction=0.1, num_classes=2)
+    sparse = tr.labels * 10**6  # class codes, not indices: 9,000,001 head outputs
+    with pytest.raises(DataError, match=r"class indices 0 \.\. C-1, but the largest is 9000000"):
+        finetune(*args, sparse, te.images, te.labels * 10**6, fraction=0.1)

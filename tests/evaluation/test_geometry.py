@@ -128,3 +128,29 @@ def test_zero_block_or_batch_size_is_a_config_error(bad):
         extract_features(lambda x: x.flatten(1), images, transform=lambda x: x.float(), batch_size=bad)
     with pytest.raises(ConfigError, match="batch_size"):
         knn_predict(z, torch.arange(8) % 2, z, num_classes=2, k=3, batch_size=bad)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+def test_unnormalised_uniformity_far_from_the_origin_matches_pdist(offset):
+    """normalize=False: d² expanded as ‖x‖² + ‖y‖² − 2xᵀy in float32 was 20% off at offset 1000."""
+    g = torch.Generator().manual_seed(3)
+    z = offset + 0.05 * torch.randn(400, 64, generator=g)
+    d2 = pdist(z.double().numpy(), "sqeuclidean")
+    expected = float(np.logaddexp.reduce(-2.0 * d2) - math.log(d2.size))
+    assert uniformity(z, normalize=False, block_size=128) == pytest.approx(expected, rel=1e-5)
+
+
+def test_uniformity_reaches_its_small_n_bound():
+    """The range is [−2tN/(N − 1), 0], not [−4, 0]: two antipodal unit vectors give −8 at t = 2."""
+    assert uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-8.0, abs=1e-6)
+
+
+def test_cluster_scores_refuse_untyped_or_float_labels_and_warn_on_one_class():
+    z = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match=r"labels must be a torch tensor, got ndarray.*torch\.as_tensor"):
+        cluster_scores(z, np.zeros(20, dtype=np.int64))
+    with pytest.raises(DataError, match=r"integer tensor of class indices.*float32.*labels\.long\(\)"):
+        cluster_scores(z, torch.arange(20).float() / 10)
+    with pytest.warns(UserWarning, match="single class, so NMI and ARI measure nothing"):
+        scores = cluster_scores(z, torch.zeros(20, dtype=torch.long))
+    assert scores["nmi"] == 1.0 and scores["ari"] == 1.0  # what sklearn gives: hence the warning

@@ -248,3 +248,25 @@ def test_unseen_classes_warning_counts_the_eval_images_no_vote_can_reach():
     acc = knn_accuracy(torch.randn(4, 4), train_y, feats, test_y, k=4)
     assert acc <= 0.625
     assert unseen_classes_warning(train_y, torch.tensor([1, 0, 1]), names, "x") is None
+
+
+def test_sparse_class_ids_are_refused_but_up_to_65536_classes_are_taken():
+    xtr, ytr, xte, yte = blobs()
+    with pytest.raises(
+        DataError,
+        match=r"class indices 0 \.\. C-1, but the largest is 400000 for 400 labelled items.*return_inverse",
+    ):
+        knn_accuracy(xtr, ytr * 10**5, xte, yte * 10**5)
+    with pytest.raises(DataError, match=r"the largest is 400000 for 300 labelled"):
+        knn_predict(xtr, ytr * 10**5, xte)
+    wide = knn_predict(xtr, ytr * 16000, xte, k=20)  # largest 64000 < 2**16: votes over 64,001 slots
+    assert torch.equal(wide, knn_predict(xtr, ytr, xte, k=20) * 16000)
+
+
+def test_extract_features_of_no_images_is_a_clear_error():
+    from contrastkit.evaluation import extract_features
+
+    with pytest.raises(ConfigError, match=r"no images to extract features from \(shape \(0, 1, 8, 8\)\)"):
+        extract_features(
+            lambda x: x, torch.zeros(0, 1, 8, 8, dtype=torch.uint8), transform=lambda x: x.float()
+        )

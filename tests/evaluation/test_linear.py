@@ -158,3 +158,27 @@ def test_negative_labels_still_say_unknown():
     y[3] = -1
     with pytest.raises(DataError, match=r"train labels must be non-negative.*got -1.*unknown labels, -1"):
         linear_probe(x, y, x, y.clamp_min(0))
+
+
+def test_a_held_out_share_of_every_item_names_the_fraction():
+    from contrastkit.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"holding out 0\.9 of 3 training items rounds up to all 3.*at most 0\.667"
+    ):
+        heldout_split(torch.tensor([0, 1, 0]), 0.9, 0)
+
+
+def test_seed_must_be_an_integer_so_the_split_is_reproducible():
+    from contrastkit.errors import ConfigError
+
+    x, y = mixture(60)
+    with pytest.raises(ConfigError, match=r"seed must be an integer.*got None"):
+        linear_probe(x, y, x, y, seed=None)
+
+
+def test_sparse_class_ids_are_refused_before_allocating_a_weight_per_id():
+    """Labels {0, 10**8} made a (10**8, D) weight matrix: the process was killed for memory."""
+    x, y = mixture(60)
+    with pytest.raises(DataError, match=r"largest is 300000000 for 120 labelled items.*return_inverse"):
+        linear_probe(x, y * 10**8, x, y * 10**8)

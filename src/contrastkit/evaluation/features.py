@@ -33,6 +33,10 @@ def extract_features(
     The caller puts the network in eval mode; results stay on ``device``.
     """
     batch_size = check_batch_size("batch_size", batch_size)
+    if images.shape[0] == 0:  # torch.cat of no batches: a raw error naming nothing
+        raise ConfigError(
+            f"no images to extract features from (shape {tuple(images.shape)}): the split is empty"
+        )
     device = torch.device(device)
     out = []
     for start in range(0, images.shape[0], batch_size):

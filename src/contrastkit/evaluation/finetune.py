@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from contrastkit.data import balanced_indices
 from contrastkit.errors import ConfigError, DataError, TrainingError
+from contrastkit.evaluation.knn import check_dense_labels
 from contrastkit.views import ImageViews, eval_transform
 
 __all__ = [
@@ -244,6 +245,17 @@ def finetune(
     t0 = time.perf_counter()
     device = torch.device(device)
     for name, imgs, y in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+        for what, t in (("images", imgs), ("labels", y)):
+            if not isinstance(t, Tensor):
+                raise DataError(
+                    f"{name} {what} must be a torch tensor, got {type(t).__name__}; convert with "
+                    "torch.as_tensor(...)"
+                )
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise DataError(
+                f"{name} labels must be an integer tensor of class indices, got dtype {y.dtype}; "
+                "convert with labels.long()"
+            )
         if imgs.dtype != torch.uint8 or imgs.ndim != 4 or y.shape != (imgs.shape[0],):
             raise DataError(
                 f"{name} images must be uint8 (N, C, H, W) with one label each, got {imgs.dtype} "
@@ -263,7 +275,16 @@ def finetune(
     subset = few_label_subset(train_labels, fraction, subset_seed)
     n = int(subset.numel())
     check_label_fractions(train_labels, [fraction])  # at least one image per class, and 2 (BatchNorm)
-    k = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
+    largest = int(max(train_labels.max(), test_labels.max()))
+    if num_classes is None:
+        k = check_dense_labels(largest, train_labels.numel() + test_labels.numel())
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= largest:
+        raise ConfigError(
+            f"num_classes is {num_classes!r} but the train/test labels go up to {largest}; num_classes must be "
+            f"an integer of at least {largest + 1} (the largest label + 1), or None to infer it"
+        )
+    else:
+        k = num_classes
     epochs = epochs if epochs is not None else FINETUNE_EPOCHS.get(round(fraction, 6), 30)
     batch = min(batch_size, n)
     if lr is None:

@@ -90,6 +90,25 @@ def _check_labels(name: str, labels: object, n: int) -> Tensor:
     return labels
 
 
+MAX_SPARSE_CLASSES = 2**16
+"""Class indices up to this many are taken as they are, whatever the number of labelled items."""
+
+
+def check_dense_labels(largest: int, items: int) -> int:
+    """The number of classes, ``largest + 1``, for labels that are class indices ``0 .. C-1``: refused when it
+    exceeds both :data:`MAX_SPARSE_CLASSES` and the number of labelled ``items`` (train and test together),
+    which only sparse ids (a dataset's own class codes) do. The votes and the probe's weights hold a row or
+    column per class index, so ids such as {0, 10**8} would take gigabytes or more (a linear probe with
+    them ran out of memory); below the limit that costs at most a few hundred MB."""
+    if largest + 1 > max(items, MAX_SPARSE_CLASSES):
+        raise DataError(
+            f"labels must be class indices 0 .. C-1, but the largest is {largest} for {items} labelled items "
+            "(sparse class ids: each index up to the largest gets its own votes / weights); remap them, e.g. "
+            "torch.unique(labels, return_inverse=True)[1]"
+        )
+    return largest + 1
+
+
 def _check_values(
     train_features: Tensor,
     train_labels: Tensor,
@@ -131,7 +150,8 @@ def _check_values(
             )
         top = max(top, hi)
     if num_classes is None:
-        return top + 1
+        items = train_labels.numel() + (0 if test_labels is None else test_labels.numel())
+        return check_dense_labels(top, items)
     num_classes = _positive_int("num_classes", num_classes)
     if num_classes <= top:
         which = "train" if test_labels is None else "train/test"

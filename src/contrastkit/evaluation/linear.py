@@ -20,6 +20,7 @@ regularisation, each fit warm-started from the previous one (a regularisation pa
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.evaluation.knn import check_dense_labels
 
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-6.0, 0.01, 0.5))
 """Weight decays searched by default: 1e-6 to 1 in half-decades (13 values)."""
@@ -140,10 +142,15 @@ def heldout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, T
     y = labels.cpu().numpy()
     n = len(y)
     n_heldout = math.ceil(fraction * n)  # what train_test_split holds out
-    if n < 2 or n_heldout >= n:
+    if n < 2:
         raise ConfigError(
             f"the linear probe needs at least 2 training items to hold {fraction:g} of them out for choosing "
             f"its weight decay, got {n}; use more data (a larger --limit)"
+        )
+    if n_heldout >= n:
+        raise ConfigError(
+            f"holding out {fraction:g} of {n} training items rounds up to all {n} of them, leaving none to fit "
+            f"the probe on; use a smaller held-out fraction (at most {(n - 1) / n:.3g} here) or more data"
         )
     counts = np.bincount(y)
     classes = int((counts > 0).sum())
@@ -225,8 +232,12 @@ def linear_probe(
         )
     if not 0.0 < heldout_fraction < 1.0:
         raise ConfigError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"seed must be an integer (it seeds the held-out split), got {seed!r}")
     dev = torch.device(device) if device is not None else train_features.device
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    num_classes = check_dense_labels(
+        int(max(train_labels.max(), test_labels.max())), train_labels.numel() + test_labels.numel()
+    )
 
     x_train = train_features.to(dev, torch.float32)
     y_train = train_labels.to(dev, torch.int64)

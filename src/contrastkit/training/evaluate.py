@@ -416,8 +416,8 @@ def evaluate_checkpoint(
         name = names[classes[0]] if classes and classes[0] < len(names) else "no labels"
         warning = (
             f"{splits.name!r} has a single class ({name!r}) among its training images: kNN top-1 is 1.0 "
-            "whatever the encoder, and so are the linear probe and fine-tuning; these accuracies are "
-            "meaningless: evaluate on data with at least 2 classes"
+            "whatever the encoder, and so are the linear probe, fine-tuning and the geometry's k-means "
+            "NMI/ARI; these scores are meaningless: evaluate on data with at least 2 classes"
         )
         warnings.append(warning)
         print(f"WARNING: {warning}", file=out, flush=True)
