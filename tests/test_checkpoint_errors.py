@@ -161,3 +161,44 @@ def test_cli_export_and_embed_of_a_diverged_run(
     assert main(["embed", str(run_copy), "--out", str(tmp_path / "e.npy"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"has non-finite values in {key}" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_write_that_fails_inside_torch_save_keeps_the_old_file(tmp_path, monkeypatch) -> None:
+    """On a full disk torch.save's zip writer raises a RuntimeError, not the OSError: still a clear error,
+    the previous checkpoint intact and no temporary file left."""
+    import torch
+
+    from contrastkit.errors import ContrastkitError
+    from contrastkit.training import checkpoint as ckpt
+
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save_checkpoint({"step": 5}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 10")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(
+        ContrastkitError, match=r"cannot write .*checkpoint\.pt.*the write failed; .* MiB free"
+    ):
+        ckpt.save_checkpoint({"step": 6}, path)
+    assert path.read_bytes() == before and list(tmp_path.glob("*.tmp")) == []
+
+
+def test_a_stale_temporary_that_cannot_be_removed_warns(tmp_path, monkeypatch) -> None:
+    import errno
+
+    from contrastkit.training import checkpoint as ckpt
+
+    (tmp_path / "checkpoint.pt.abc.tmp").write_bytes(b"x")
+
+    def read_only(self, missing_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.warns(
+        UserWarning, match=r"could not remove the stale temporary file .* \(Read-only file system\)"
+    ):
+        ckpt.remove_stale_temporaries(tmp_path / "checkpoint.pt")

@@ -95,3 +95,51 @@ def test_run_files_written_between_the_check_and_the_lock_are_seen(tmp_path, mon
     monkeypatch.setattr(rf, "lock_run_dir", lock_after_another_run_wrote)
     with pytest.raises(ConfigError, match=r"already holds a run \(config.yaml\)"):
         rf.prepare_run_dir(tmp_path)
+
+
+FORK_THEN_DIE = """
+import os, signal, sys, time
+from contrastkit.training.run_folder import prepare_run_dir
+prepare_run_dir(sys.argv[1])
+child = os.fork()  # as a DataLoader worker is forked
+if child == 0:
+    time.sleep(30)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the run is killed; its worker lives on
+"""
+
+
+def test_a_forked_worker_outliving_its_killed_parent_does_not_hold_the_lock(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORK_THEN_DIE, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    child = int(parent.stdout.readline())
+    parent.wait()
+    try:
+        os.kill(child, 0)  # the orphan is still running
+        lock_run_dir(run)  # what an immediate --resume takes: refused while the orphan held the lock
+        unlock_run_dir(run)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_history_row_on_a_full_disk_is_a_clear_error(tmp_path):
+    """/dev/full refuses every write with ENOSPC, as a full disk does."""
+    import torch
+
+    from contrastkit.errors import ContrastkitError
+    from contrastkit.training.trainer import _drain
+
+    (tmp_path / "history.jsonl").symlink_to("/dev/full")
+    pending = [(1, {"loss": torch.tensor(1.0), "lr": torch.tensor(0.1)})]
+    with pytest.raises(
+        ContrastkitError, match=r"cannot write .*history\.jsonl.* \(No space left on device\)"
+    ):
+        _drain(pending, [], 0, tmp_path, 1.0)

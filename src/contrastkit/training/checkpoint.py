@@ -13,6 +13,7 @@ import os
 import signal
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -139,7 +140,25 @@ def _write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool)
             raise
     except OSError as exc:
         raise cannot_write(path, exc) from exc
+    except RuntimeError as exc:
+        # torch.save's zip writer reports a failed write (ENOSPC) as a RuntimeError ("unexpected pos")
+        if tmp is None or ("inline_container" not in str(exc) and "PytorchStreamWriter" not in str(exc)):
+            raise
+        free = _free_bytes(path.parent)
+        reason = "the write failed" + ("" if free is None else f"; {free / 2**20:.1f} MiB free there")
+        raise ContrastkitError(
+            f"cannot write {str(path)!r} ({reason}; torch.save: {str(exc).splitlines()[0]}): free some space "
+            "or choose another location; the previous file, if any, is unchanged"
+        ) from exc
     return path
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -153,7 +172,12 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     path = Path(path)
     stale = sorted(path.parent.glob(path.name + ".*.tmp"))
     for tmp in stale:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError as exc:  # a read-only folder: the resume's first write says so, clearly
+            warnings.warn(
+                f"could not remove the stale temporary file {str(tmp)!r} ({_reason(exc)})", stacklevel=2
+            )
     return stale
 
 

@@ -8,6 +8,7 @@ the training whose results it was to hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,11 +36,27 @@ def existing_run_files(run_dir: Path) -> list[str]:
 _LOCKS: dict[str, int] = {}  # run folder -> the open descriptor whose lock this process holds until it exits
 
 
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the inherited lock descriptors. An ``flock`` belongs
+    to the open file, which a fork shares, so a worker left running after its parent was killed (SIGKILL)
+    kept the folder locked, and an immediate ``--resume`` was refused for seconds. Closing the child's copy
+    leaves the parent's lock as it is."""
+    for fd in _LOCKS.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def lock_run_dir(run_dir: str | Path) -> None:
     """Hold an exclusive lock on the folder ``run_dir`` for the rest of this process, or raise
     :class:`ConfigError` when another process holds it: two runs (or two resumes) never write into one
     folder at once. The lock is the kernel's ``flock`` on the folder itself (no lock file is left behind;
-    it goes when the process ends, however it ends). Where ``fcntl`` does not exist (Windows) nothing is
+    it goes when the process ends, however it ends; forked children such as DataLoader workers close their
+    inherited copy at once, so a worker outliving a killed parent does not hold it). Where ``fcntl`` does not exist (Windows) nothing is
     locked."""
     try:
         import fcntl

@@ -82,6 +82,7 @@ from contrastkit.objectives import OBJECTIVES, build_objective
 from contrastkit.scores import Score, build_score
 from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
+    cannot_write,
     find_checkpoint,
     load_checkpoint,
     remove_stale_temporaries,
@@ -1757,10 +1758,13 @@ def _drain(
     history.extend(rows)
     pending.clear()
     if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
-            for row in rows:  # strict JSON: a skipped step's NaN loss is null (read back as NaN)
-                f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
+                for row in rows:  # strict JSON: a skipped step's NaN loss is null (read back as NaN)
+                    f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+        except OSError as exc:  # a full disk: the checkpoint kept is older than these rows
+            raise cannot_write(run_dir / HISTORY_NAME, exc) from exc
     return rows
 
 
