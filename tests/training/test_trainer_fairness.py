@@ -431,3 +431,27 @@ def test_a_flat_mined_run_resumes_where_faiss_has_gone_only_as_asked(tmp_path, m
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["finished"] and state["config"]["mined_index"] == "torch"
     assert result.metrics["resumed_at_steps"] == [saved["step"]] and saved["step"] < state["step"]
+
+
+def test_a_kill_before_the_finished_checkpoint_leaves_metrics_and_a_resumable_run(tmp_path, monkeypatch):
+    """metrics.json is written before the finished checkpoint: a kill between the two leaves both the
+    metrics and the resumable checkpoint (the other order left a finished checkpoint without metrics.json,
+    which a resume refused as finished)."""
+    save = trainer_module.save_checkpoint
+
+    def die_at_the_finished_one(state, path):
+        if state.get("finished"):
+            raise KeyboardInterrupt
+        save(state, path)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(trainer_module, "save_checkpoint", die_at_the_finished_one)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**TINY, out=str(run)))
+    monkeypatch.undo()
+    first = json.loads((run / "metrics.json").read_text())
+    assert not load_checkpoint(run / "checkpoint.pt").get("finished")
+    config, _ = resume_config(run)
+    resumed = train(config, resume=run)
+    assert load_checkpoint(run / "checkpoint.pt")["finished"]
+    assert resumed.metrics["knn_top1"] == first["knn_top1"]

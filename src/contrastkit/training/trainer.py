@@ -595,10 +595,13 @@ def _run(
             mined=parts.mined,
             amp_dtype=parts.amp_dtype,
         )
-        loop.finish(metrics)
+        final = loop.final_state(metrics)  # refused when not finite, the latest checkpoint kept
         metrics["total_seconds"] = loop.elapsed_base + time.perf_counter() - t_start
         if main:  # strict JSON: a metric that could not be computed (NaN) is null
+            # metrics first: a kill between the two leaves the resumable checkpoint, whose resume writes both
+            # (the other order left a finished checkpoint without metrics.json)
             write_metrics(run_dir / "metrics.json", metrics)
+        loop.finish(final, metrics)
     if stop.requested is not None:
         print(
             f"{signal.Signals(stop.requested).name} received after the last step: the run was finished first",
@@ -1181,12 +1184,17 @@ class _Loop:
         self.latest.step = self.step
         self.clock.start()
 
-    def finish(self, metrics: dict[str, Any]) -> None:
-        """The last checkpoint, marked finished, with the metrics (but the kNN curve, in its progress); a
-        non-finite final state is refused (:meth:`_refuse_nonfinite`), the latest checkpoint kept."""
+    def final_state(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The state of the last checkpoint; a non-finite one is refused (:meth:`_refuse_nonfinite`), the
+        latest checkpoint kept."""
         self.progress["train_seconds"] = metrics["train_seconds"]
         state = self._state()
         self._refuse_nonfinite(state, final=True)
+        return state
+
+    def finish(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """The last checkpoint (``state`` from :meth:`final_state`), marked finished, with the metrics (but
+        the kNN curve, in its progress)."""
         if self.main:
             save_checkpoint(
                 {
