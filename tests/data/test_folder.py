@@ -61,8 +61,13 @@ def test_empty_test_folder_and_empty_class_folders_are_ignored(tree, noise):
     root = tree({"train/a/0.png": noise(), "train/b/0.png": noise(seed=1), "test/a/notes.txt": b""})
     (root / "train" / "empty").mkdir()
     (root / "test" / "b").mkdir()
-    s = load_image_folder(root)
+    with pytest.warns(UserWarning) as caught:
+        s = load_image_folder(root)
     assert s.test is None and s.train.classes == ["a", "b"]
+    (message,) = [str(w.message) for w in caught]
+    assert "train/ has 1 class folder(s) without images (empty): they are not used" in message
+    assert "test/ has 1 file(s) that are not images by their extension (.txt; e.g. 'a/notes.txt'" in message
+    assert "test/ holds no image, so it is ignored and a share of train is held out instead" in message
 
 
 @pytest.mark.parametrize("prefix", ["", "cifar-mini/"])
@@ -90,8 +95,41 @@ def test_hidden_and_non_image_files_are_ignored(tree, noise):
             "__MACOSX/train/a/._0.png": b"junk",
         }
     )
-    s = load_image_folder(root)
+    with pytest.warns(UserWarning, match=r"train/ has 2 file\(s\) that are not images.*\(\.md, \.txt;") as w:
+        s = load_image_folder(root)
     assert s.train.classes == ["a", "b"] and s.train.names == ["train/a/0.png", "train/b/sub/1.png"]
+    assert len(w) == 1 and "DS_Store" not in str(w[0].message)  # hidden files: silently
+
+
+def test_images_beside_the_class_folders_are_named_in_a_warning(tree, noise):
+    root = tree({"train/a/0.png": noise(), "train/b/0.png": noise(seed=1), "train/stray.png": noise(seed=2)})
+    with pytest.warns(UserWarning, match=r"1 image\(s\) outside the class folders \(e\.g\. 'stray\.png'\)"):
+        s = load_image_folder(root)
+    assert len(s.train) == 2
+
+
+def test_a_clean_folder_gives_no_warning(tree, noise):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image_folder(tree({"train/a/0.png": noise(), "test/a/0.png": noise(seed=1)}))
+
+
+def test_a_symlink_loop_is_refused_not_read_forty_times(tree, noise):
+    root = tree({"train/a/0.png": noise(), "train/b/0.png": noise(seed=1)})
+    (root / "train" / "a" / "up").symlink_to("..")
+    with pytest.raises(
+        DataError, match=r"up'.* a folder already read \(a symbolic link loop.*remove the link"
+    ):
+        load_image_folder(root)
+
+
+def test_a_symlink_to_a_folder_elsewhere_is_followed(tree, noise, tmp_path):
+    root = tree({"train/a/0.png": noise()})
+    other = tree({"b/0.png": noise(seed=1)}, name="elsewhere")
+    (root / "train" / "b").symlink_to(other / "b")
+    assert load_image_folder(root).train.names == ["train/a/0.png", "train/b/0.png"]
 
 
 def test_wrapper_folder_is_accepted_for_directories(tree, noise):

@@ -80,6 +80,18 @@ def test_grayscale_set_stays_one_channel(tmp_path):
     assert test is None and train.image_shape == (1, 9, 9) and train[0][0].shape == (1, 9, 9)
 
 
+def test_a_colour_image_after_the_grayscale_probe_is_converted_with_a_warning(tmp_path, monkeypatch):
+    from contrastkit.data import stream
+
+    monkeypatch.setattr(stream, "PROBE_IMAGES", 2)
+    files = {f"train/a/{i}.png": noise_image("L", (9, 9), seed=i) for i in range(2)}
+    files["train/b/0.png"] = noise_image("RGB", (9, 9), seed=5)
+    train, _ = stream_image_folder(write_tree(tmp_path / "g", files), image_size=9)
+    with pytest.warns(UserWarning, match=r"0\.png.* is in colour, but the first 2 images were all grayscale"):
+        image, _ = train[train.names.index("train/b/0.png")]
+    assert image.shape == (1, 9, 9)
+
+
 def test_errors_name_the_problem(tmp_path):
     path = folder(tmp_path / "d")
     listing = list_image_folder(path)
@@ -90,7 +102,9 @@ def test_errors_name_the_problem(tmp_path):
     bad = train.names.index("train/cat/3.png")
     with pytest.raises(DataError, match=r"cannot decode image .*3\.png.*remove or replace this file"):
         train[bad]
-    with pytest.raises(DataError, match=r"^cannot decode image .*3\.png.*this file$"):  # raised in a worker
+    with pytest.raises(
+        DataError, match=r"^cannot decode image .*3\.png.*the file is fixed\)$"
+    ):  # in a worker
         list(batch_loader(train, torch.arange(len(train)), len(train), workers=1))
     with pytest.raises(ConfigError, match=r"batch size 99 must be in \[1, 21\]"):
         batch_loader(train, torch.arange(len(train)), 99)

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import struct
 import sys
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -152,9 +153,22 @@ def _dir_root(path: Path) -> str:
 
 
 def _walk(folder: Path) -> Iterator[str]:
-    """Relative POSIX paths of the visible files (and of folders, with a trailing slash) under ``folder``."""
+    """Relative POSIX paths of the visible files (and of folders, with a trailing slash) under ``folder``.
+
+    Symbolic links to folders are followed; one that leads to a folder already read (a link loop such as
+    ``up -> ..``, or two links to one folder) is a :class:`DataError`: ``os.walk`` would read its images
+    again and again, about 40 levels deep for a loop."""
+    seen = {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not _hidden([d]))
+        for d in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                raise DataError(
+                    f"{os.path.join(dirpath, d)!r} leads to {real!r}, a folder already read (a symbolic link "
+                    "loop, or two links to one folder): its images would be read again; remove the link"
+                )
+            seen.add(real)
         rel = Path(dirpath).relative_to(folder).as_posix()
         prefix = "" if rel == "." else rel + "/"
         if prefix:
@@ -194,6 +208,32 @@ def _group(entries: list[str]) -> tuple[dict[str, list[str]], list[str], set[str
         else:
             loose.append(rel)
     return {c: sorted(v) for c, v in sorted(by_class.items())}, sorted(loose), folders
+
+
+def _skipped_files_warning(
+    path: Path, split: str, entries: list[str], by_class: dict[str, list[str]], loose: list[str]
+) -> str | None:
+    """What the listing of ``split/`` leaves out without an error, in words (None when nothing is): files
+    that are not images by extension, images outside the class folders, class folders without images.
+    Hidden files (``.*``, ``__MACOSX``) are left out silently."""
+    files = [e for e in entries if not e.endswith("/")]
+    others = [e for e in files if not _is_image(e)]
+    folders = {e.partition("/")[0] for e in entries if "/" in e}
+    empty = sorted(folders - set(by_class))
+    parts = []
+    if others:
+        exts = sorted({Path(e).suffix.lower() or "(none)" for e in others})
+        parts.append(
+            f"{len(others)} file(s) that are not images by their extension ({', '.join(exts[:6])}"
+            f"{', ...' if len(exts) > 6 else ''}; e.g. {others[0]!r}; read are {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    if loose and by_class:
+        parts.append(f"{len(loose)} image(s) outside the class folders (e.g. {loose[0]!r})")
+    if empty:
+        parts.append(f"{len(empty)} class folder(s) without images ({', '.join(empty[:5])})")
+    if not parts:
+        return None
+    return f"{path}: {split}/ has " + "; ".join(parts) + ": they are not used"
 
 
 def _no_images_error(
@@ -475,6 +515,7 @@ def list_image_folder(
     by_class, loose, folders = _group(train_entries)
     if not by_class:
         raise _no_images_error(p, f"{root}train", loose, folders, len(train_entries))
+    skipped = _skipped_files_warning(p, f"{root}train", train_entries, by_class, loose)
     classes = list(by_class)
     splits = {"train": _build_split(source, root, "train", by_class, classes)}
 
@@ -483,6 +524,10 @@ def list_image_folder(
         t_by_class, t_loose, t_folders = _group(test_entries)
         if not t_by_class and t_loose:
             raise _no_images_error(p, f"{root}test", t_loose, t_folders, len(test_entries))
+        t_skipped = _skipped_files_warning(p, f"{root}test", test_entries, t_by_class, t_loose)
+        if t_skipped is not None and not t_by_class:
+            t_skipped += "; test/ holds no image, so it is ignored and a share of train is held out instead"
+        skipped = t_skipped if skipped is None else f"{skipped}. {t_skipped}" if t_skipped else skipped
         extra = sorted(set(t_by_class) - set(classes))
         if extra:
             raise DataError(
@@ -492,6 +537,8 @@ def list_image_folder(
         if t_by_class:
             splits["test"] = _build_split(source, root, "test", t_by_class, classes)
 
+    if skipped is not None:
+        warnings.warn(skipped, UserWarning, stacklevel=2)
     splits = {k: _limit(s, limit, seed) for k, s in splits.items()}
     return ImageFolderListing(source=source, classes=classes, splits=splits)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ class ImageFileDataset(Dataset):
         self.image_size = image_size
         probe = [self._decode(k) for k in self.keys[:PROBE_IMAGES]]
         self.channels = 1 if probe and all(a.shape[2] == 1 for a in probe) else 3
+        self._warned_colour = False
         _close_zips()  # worker processes open their own readers
 
     def _decode(self, key: str) -> np.ndarray:
@@ -59,7 +61,9 @@ class ImageFileDataset(Dataset):
         if result[0] == "error":
             _, bad, reason = result
             raise DataError(
-                f"cannot decode image {self.source.display(bad)}: {reason}; remove or replace this file"
+                f"cannot decode image {self.source.display(bad)}: {reason}; remove or replace this file (a run "
+                "that streams this data stops here, and its checkpoint cannot resume on the changed data: "
+                "start the run again once the file is fixed)"
             )
         return result[1][0]  # (S, S, C)
 
@@ -74,7 +78,16 @@ class ImageFileDataset(Dataset):
             else:
                 from PIL import Image
 
-                a = np.asarray(Image.fromarray(a).convert("L"))[:, :, None]
+                if not self._warned_colour:  # in memory every image is looked at: there it stays RGB
+                    self._warned_colour = True
+                    warnings.warn(
+                        f"image {self.source.display(self.keys[i])} is in colour, but the first {PROBE_IMAGES} "
+                        "images were all grayscale, so the streamed set is 1-channel: colour images are "
+                        "converted to grayscale (L); decode in memory (--data-placement auto) to keep RGB",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                a = np.array(Image.fromarray(a).convert("L"))[:, :, None]  # a writable copy
         return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))), self.labels[i]
 
     @property
@@ -241,7 +254,7 @@ def _hold_out(listing: ImageFolderListing, fraction: float, seed: int) -> ImageF
     from contrastkit.data.dataset import held_out_indices
 
     part = listing.splits["train"]
-    keep, held = held_out_indices(part.labels, fraction, seed, what=str(listing.source))
+    keep, held = held_out_indices(part.labels, fraction, seed, what=listing.source.container)
 
     def take(rows: np.ndarray) -> _Split:
         rows = np.sort(rows)
