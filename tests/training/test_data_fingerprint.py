@@ -143,3 +143,25 @@ def test_folder_records_are_names_and_sizes(tmp_path):
     same_size[-1] ^= 0xFF  # a same-size replacement in a folder is not detected (documented)
     target.write_bytes(bytes(same_size))
     assert contents_fingerprint(root, names) == before
+
+
+def test_a_run_whose_data_was_moved_resumes_with_the_new_path_checked_by_the_fingerprint(zip_run, tmp_path):
+    run, data, members = zip_run
+    moved = data.rename(tmp_path / "elsewhere.zip")
+    unfinished(run)
+    with pytest.raises(
+        ConfigError, match=r"which no longer exists: if the data was moved, give its new place"
+    ):
+        resume_config(run)
+    config, _ = resume_config(run, {"data": str(moved)})
+    assert config.data == str(moved)
+    assert train(config, resume=run, out=io.StringIO()).metrics["resumed_at_steps"] == [2]
+    other = dict(members)
+    name = next(n for n in members if n.startswith("train/"))
+    other[name] = other_image(members[name])
+    impostor = write_zip(tmp_path / "impostor.zip", other)
+    moved.unlink()  # moved again, and other data given in its place
+    unfinished(run)
+    config, _ = resume_config(run, {"data": str(impostor)})
+    with pytest.raises(ConfigError, match="changed since the run started"):  # the fingerprint still decides
+        train(config, resume=run, out=io.StringIO())

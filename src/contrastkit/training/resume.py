@@ -168,7 +168,8 @@ def _resume_data(saved: str, given: Any, state: dict[str, Any], run_dir: Path) -
     """The run's data for a resume from the current folder, as an absolute path, when it is found: the
     saved path itself, or a ``--data`` given again that is the same file or folder; for a run started with
     a relative path from another folder, a ``--data`` with the same name (or any, when the checkpoint keeps
-    the data's fingerprint, which the trainer then checks). None: nothing to resolve (a data set name such
+    the data's fingerprint, which the trainer then checks); likewise for a saved absolute path that no
+    longer exists (the data was moved). None: nothing to resolve (a data set name such
     as digits, a ``--data`` that is another data set: the comparison of the options refuses it). A saved
     relative path that does not exist from here, and no ``--data``, is a ConfigError saying what to give."""
     from contrastkit.data import KNOWN_DATASETS
@@ -176,6 +177,13 @@ def _resume_data(saved: str, given: Any, state: dict[str, Any], run_dir: Path) -
     if saved in KNOWN_DATASETS:
         return None
     relative_missing = not os.path.isabs(saved) and not os.path.exists(saved)
+    if given is None and os.path.isabs(saved) and not os.path.exists(saved):
+        raise ConfigError(
+            f"run {str(run_dir)!r} was trained on --data {saved!r}, which no longer exists: if the data was "
+            f"moved, give its new place: --resume {run_dir} --data /new/path/to/"
+            f"{os.path.basename(os.path.normpath(saved))} (checked against the data's fingerprint)"
+        )
+    moved = os.path.isabs(saved) and not os.path.exists(saved)
     if given is None or str(given) == saved:
         if relative_missing:
             raise ConfigError(
@@ -190,7 +198,7 @@ def _resume_data(saved: str, given: Any, state: dict[str, Any], run_dir: Path) -
         return None
     if same_path(saved, given):
         return os.path.abspath(given)
-    if relative_missing and (
+    if (relative_missing or moved) and (
         os.path.basename(os.path.normpath(given)) == os.path.basename(os.path.normpath(saved))
         or isinstance(state.get("data_fingerprint"), dict)  # compared with the data's when it is loaded
     ):
