@@ -165,3 +165,20 @@ def test_a_run_whose_data_was_moved_resumes_with_the_new_path_checked_by_the_fin
     config, _ = resume_config(run, {"data": str(impostor)})
     with pytest.raises(ConfigError, match="changed since the run started"):  # the fingerprint still decides
         train(config, resume=run, out=io.StringIO())
+
+
+def test_a_changed_test_split_is_refused(zip_run):
+    """The kNN points before the stop and the references were measured on the eval images: a resume on
+    another test split would mix two evaluations in one curve."""
+    run, data, members = zip_run
+    tests = [n for n in members if n.startswith("test/")]
+    write_zip(data, {n: v for n, v in members.items() if n not in tests[::2]})  # half the test split gone
+    unfinished(run)
+    with pytest.raises(ConfigError, match=rf"eval images: run had {len(tests)}, now {len(tests) // 2}"):
+        resume(run)
+    renamed = {(n.replace(".png", "x.png") if n == tests[0] else n): v for n, v in members.items()}
+    write_zip(data, renamed)
+    with pytest.raises(ConfigError, match=r"the eval images' file names differ"):
+        resume(run)
+    write_zip(data, members)
+    assert resume(run).metrics["resumed_at_steps"] == [2]

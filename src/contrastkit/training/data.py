@@ -69,13 +69,21 @@ class TrainingData:
         The records cost no read of the images: for a ``.zip`` each member's CRC-32 and size from the
         central directory (a replaced image is noticed whenever its bytes differ), for a folder each file's
         size (``stat``; a replacement of the same size in a folder is *not* noticed). The embedded digits
-        are fixed and get no contents record."""
+        are fixed and get no contents record. The eval images (those of the kNN monitor) are counted and their
+        names hashed too: the kNN points before a stop and the random-init and raw-pixel references were
+        measured on them."""
         found: dict[str, Any] = {"train_items": len(self), "image_shape": [int(d) for d in self.image_shape]}
         if self.names is not None:
             digest = hashlib.sha256("\n".join(sorted(self.names)).encode("utf-8", "surrogateescape"))
             found["names_sha256"] = digest.hexdigest()
             if self.source is not None:
                 found.update(contents_fingerprint(self.source, self.names))
+        test = self.knn_splits.test  # the eval images: the saved kNN points and references were on them
+        if test is not None:
+            found["eval_items"] = len(test)
+            if test.names is not None:
+                digest = hashlib.sha256("\n".join(sorted(test.names)).encode("utf-8", "surrogateescape"))
+                found["eval_names_sha256"] = digest.hexdigest()
         return found
 
     @property

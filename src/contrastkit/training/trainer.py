@@ -1577,6 +1577,15 @@ def _check_same_data(
             f"another; {fingerprint.get('contents', 'contents')} hash {old['contents_sha256'][:12]} then, "
             f"{fingerprint['contents_sha256'][:12]} now)"
         )
+    if "eval_items" in old and old["eval_items"] != fingerprint.get("eval_items"):
+        changed.append(f"eval images: run had {old['eval_items']}, now {fingerprint.get('eval_items', 0)}")
+    elif old.get("eval_names_sha256") not in (
+        None,
+        fingerprint.get("eval_names_sha256", old["eval_names_sha256"]),
+    ):
+        changed.append(
+            "the eval images' file names differ (files added, removed or renamed in the test split)"
+        )
     if changed:
         raise ConfigError(
             f"cannot resume {str(run_dir)!r}: its training data ({config.data}) changed since the run started "
