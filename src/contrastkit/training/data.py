@@ -56,6 +56,7 @@ class TrainingData:
     names: list[str] | None = None  # the training images' names (file paths in the folder or zip), if known
     source: str | None = None  # the folder or .zip the names are in (None: the embedded digits)
     knn_images: int | None = None  # the --knn-images cap of the kNN monitor's subsets (None: every image)
+    eval_names: list[str] | None = None  # every eval image's name (the whole split, not the kNN subset)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -69,7 +70,7 @@ class TrainingData:
         The records cost no read of the images: for a ``.zip`` each member's CRC-32 and size from the
         central directory (a replaced image is noticed whenever its bytes differ), for a folder each file's
         size (``stat``; a replacement of the same size in a folder is *not* noticed). The embedded digits
-        are fixed and get no contents record. The eval images (those of the kNN monitor) are counted and their
+        are fixed and get no contents record. The eval images (the whole eval split) are counted and their
         names hashed too: the kNN points before a stop and the random-init and raw-pixel references were
         measured on them."""
         found: dict[str, Any] = {"train_items": len(self), "image_shape": [int(d) for d in self.image_shape]}
@@ -78,12 +79,10 @@ class TrainingData:
             found["names_sha256"] = digest.hexdigest()
             if self.source is not None:
                 found.update(contents_fingerprint(self.source, self.names))
-        test = self.knn_splits.test  # the eval images: the saved kNN points and references were on them
-        if test is not None:
-            found["eval_items"] = len(test)
-            if test.names is not None:
-                digest = hashlib.sha256("\n".join(sorted(test.names)).encode("utf-8", "surrogateescape"))
-                found["eval_names_sha256"] = digest.hexdigest()
+        if self.eval_names is not None:  # the whole eval split, whichever subset the kNN monitor takes
+            found["eval_items"] = len(self.eval_names)
+            digest = hashlib.sha256("\n".join(sorted(self.eval_names)).encode("utf-8", "surrogateescape"))
+            found["eval_names_sha256"] = digest.hexdigest()
         return found
 
     @property
@@ -181,6 +180,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
             names=list(splits.train.names),
             source=None if config.data == "digits" else config.data,
             knn_images=config.knn_images if knn is not splits else None,
+            eval_names=list(splits.test.names),
         )
     streamed = stream_splits(config)
     return TrainingData(
@@ -194,6 +194,7 @@ def load_training_data(config: TrainConfig, device: torch.device) -> TrainingDat
         names=list(streamed.train.names),
         source=config.data,
         knn_images=config.knn_images,
+        eval_names=list(streamed.test.names),
     )
 
 
