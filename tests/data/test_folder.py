@@ -357,3 +357,18 @@ def test_cifar10_zip_with_limit():
     assert len(s.train.classes) == 10 and s.train.classes[0] == "airplane"
     assert torch.bincount(s.train.labels).tolist() == [20] * 10
     assert 60 < s.train.images.float().mean() < 190
+
+
+def test_integer_mode_images_scale_by_their_mode_not_their_content(tree):
+    """Two 16-bit images of equal pixel value decode alike, whatever the rest of each file holds."""
+    dark = Image.fromarray(np.full((6, 8), 200, dtype=np.int32), mode="I")
+    bright = np.full((6, 8), 200, dtype=np.int32)
+    bright[0, 0] = 65535
+    root = tree({"train/b/0.png": Image.new("L", (8, 6))})
+    (root / "train" / "a").mkdir()
+    dark.save(root / "train" / "a" / "dark.tif", format="TIFF")
+    Image.fromarray(bright, mode="I").save(root / "train" / "a" / "bright.tif", format="TIFF")
+    s = load_image_folder(root)
+    images = dict(zip(s.train.names, s.train.images, strict=True))
+    assert int(images["train/a/dark.tif"][0, 1, 1]) == int(images["train/a/bright.tif"][0, 1, 1]) == 1
+    assert int(images["train/a/bright.tif"][0, 0, 0]) == 255

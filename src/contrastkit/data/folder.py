@@ -336,8 +336,11 @@ def _to_array(img: Any, image_size: int | None) -> np.ndarray:
     if mode in ("1", "L", "LA", "La"):
         img = img if mode == "L" else img.convert("L")
     elif mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale
+        # Integer modes are read as 16-bit (Pillow opens 16-bit PNGs as "I" or "I;16"), whatever the content:
+        # a rule on the pixel values (max > 255) scaled two files of equal pixels differently. Float
+        # images are taken as 0..255.
         a = np.asarray(img).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and a.size and a.max() > 255):
+        if mode.startswith("I"):
             a = a * (255.0 / 65535.0)
         img = Image.fromarray(np.rint(a).clip(0, 255).astype(np.uint8))
     elif mode in ("P", "PA") and "transparency" in img.info:
