@@ -455,3 +455,24 @@ def test_a_kill_before_the_finished_checkpoint_leaves_metrics_and_a_resumable_ru
     resumed = train(config, resume=run)
     assert load_checkpoint(run / "checkpoint.pt")["finished"]
     assert resumed.metrics["knn_top1"] == first["knn_top1"]
+
+
+def test_a_checkpoint_copied_from_another_run_is_refused_not_given_the_folders_history(tmp_path, monkeypatch):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        stop_after_checkpoint(monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            train(
+                TrainConfig(**{**TINY, "epochs": 2}, seed=seed, checkpoint_every=3, out=str(tmp_path / name))
+            )
+        monkeypatch.undo()
+        runs[name] = tmp_path / name
+    assert load_checkpoint(runs["b"] / "checkpoint.pt")["progress"]["history_last_row"]["step"] == 3
+    shutil.copy(runs["b"] / "checkpoint.pt", runs["a"] / "checkpoint.pt")
+    config, _ = resume_config(runs["a"])
+    with pytest.raises(
+        ConfigError, match=r"history\.jsonl is not this checkpoint's run \(the loss at step 3"
+    ):
+        train(config, resume=runs["a"])
+    config, _ = resume_config(runs["b"])  # its own checkpoint: resumes
+    assert train(config, resume=runs["b"]).metrics["resumed_at_steps"] == [3]

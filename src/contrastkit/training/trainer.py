@@ -856,8 +856,43 @@ def _restore(
         *progress.get("session_environments", []),
         {"from_step": step, **_environment(device)},
     ]
+    _refuse_foreign_history(run_dir / HISTORY_NAME, progress.get("history_last_row"), run_dir)
     history = _truncate_history(run_dir / HISTORY_NAME, step, write=rank_ == 0)
     return progress, step, history
+
+
+def _refuse_foreign_history(path: Path, last: dict[str, Any] | None, run_dir: Path) -> None:
+    """Refuse a resume whose ``history.jsonl`` is another run's: its row at the checkpoint's last logged step
+    must hold the loss the checkpoint recorded (a checkpoint copied in from another run kept the folder's
+    rows, which then passed for the resumed run's). Checkpoints written before the record are not checked."""
+    if not last or not path.exists():
+        return
+    want = last.get("loss")
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or row.get("step") != last["step"]:
+            continue
+        got = row.get("loss")
+        same = (
+            got == want
+            or (
+                isinstance(got, (int, float))
+                and isinstance(want, float)
+                and math.isclose(got, want, rel_tol=1e-6)
+            )
+            or (got is None and isinstance(want, float) and math.isnan(want))
+        )
+        if same:
+            return
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: its {HISTORY_NAME} is not this checkpoint's run (the loss at step "
+            f"{last['step']} is {got} there, {want} in the checkpoint): was the checkpoint copied from another "
+            "run? Put back the folder's own checkpoint, or copy the other run's whole folder"
+        )
+    # no row at that step: the history was cut (a torn file), and the rows kept are earlier ones
 
 
 def _train_step(
@@ -1176,6 +1211,9 @@ class _Loop:
         self.clock.stop()
         self.progress["train_seconds"] = self.clock.seconds()
         self.progress["elapsed_seconds"] = self.elapsed_base + time.perf_counter() - self.t_start
+        if self.history:  # the resume checks that history.jsonl is this run's (not a copied checkpoint's)
+            last = self.history[-1]
+            self.progress["history_last_row"] = {"step": last["step"], "loss": last.get("loss")}
         state = self._state()
         self._refuse_nonfinite(state, final=final)
         self.board.flush()  # the points up to this step are on disk first: a resume writes only later ones
