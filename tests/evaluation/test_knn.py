@@ -270,3 +270,11 @@ def test_extract_features_of_no_images_is_a_clear_error():
         extract_features(
             lambda x: x, torch.zeros(0, 1, 8, 8, dtype=torch.uint8), transform=lambda x: x.float()
         )
+
+
+def test_many_classes_on_few_items_pass_with_num_classes_given():
+    xtr, ytr, xte, yte = blobs()
+    with pytest.raises(DataError, match="the largest is 400000"):
+        knn_accuracy(xtr, ytr * 10**5, xte, yte * 10**5, k=20)
+    wide = knn_accuracy(xtr, ytr * 10**5, xte, yte * 10**5, k=20, num_classes=400_001)
+    assert wide == knn_accuracy(xtr, ytr, xte, yte, k=20)

@@ -247,5 +247,10 @@ def test_float_indices_and_labels_are_refused_not_truncated():
     with pytest.raises(ConfigError, match=r"indices must be integers"):
         src(torch.randn(2, 2), torch.randn(2, 2), indices=torch.tensor([0.0, 1.0]))
     assert int(src.queue.filled) == 0  # nothing was written
+    src.update(None, torch.ones(4, 2), indices=torch.arange(4))  # full
+    keys, indices = src.queue.keys.clone(), src.queue.indices.clone()
+    with pytest.raises(ConfigError, match=r"indices must be integers"):
+        src.update(None, torch.full((2, 2), 7.0), indices=torch.tensor([0.5, 1.5]))
+    assert torch.equal(src.queue.keys, keys) and torch.equal(src.queue.indices, indices)  # no key written
     with pytest.raises(ConfigError, match="positive integer, got True"):
         QueueNegatives(size=True)

@@ -374,3 +374,11 @@ def test_momentum_learner_masks_queued_keys_of_each_images_own_index():
         torch.testing.assert_close(cand.neg_mask, queued.unsqueeze(0) == idx2.unsqueeze(1), rtol=0, atol=0)
     assert int(seen[0].neg_mask.sum()) == 4
     assert out.loss.item() != unmasked(*views(2), indices=idx2).loss.item()
+
+
+def test_a_supervised_learner_keeps_own_keys_as_positives():
+    """Under SupCon the queued keys of an anchor's own image share its label: positives, not masked."""
+    learner, _, _ = moco_learner(QueueNegatives(size=2 * B), objective=SupervisedContrastive())
+    assert learner.negatives.exclude_own is False
+    unsupervised, _, _ = moco_learner(QueueNegatives(size=2 * B))
+    assert unsupervised.negatives.exclude_own is True

@@ -227,9 +227,11 @@ def knn_accuracy(
     k: int = 200,
     temperature: float = 0.1,
     batch_size: int = 1024,
+    num_classes: int | None = None,
 ) -> float:
     """Top-1 accuracy of :func:`knn_predict` on labelled test features (checked as the training ones; an
-    empty test split is a :class:`DataError`)."""
+    empty test split is a :class:`DataError`). ``num_classes`` as in :func:`knn_predict` (given, it also
+    admits more than :data:`MAX_SPARSE_CLASSES` classes on fewer labelled items)."""
     k = _positive_int("k (the number of neighbours)", k)
     temperature = _check_temperature(temperature)
     batch_size = _positive_int("batch_size", batch_size)
@@ -238,7 +240,7 @@ def knn_accuracy(
     test_labels = _check_labels("test_labels", test_labels, test_features.shape[0])
     if test_features.shape[0] == 0:
         raise DataError("the test split is empty; kNN accuracy needs labelled test images")
-    num_classes = _check_values(train_features, train_labels, test_features, test_labels, None)
+    num_classes = _check_values(train_features, train_labels, test_features, test_labels, num_classes)
     preds = _knn_predict(train_features, train_labels, test_features, num_classes, k, temperature, batch_size)
     return (preds == test_labels.to(preds.device, torch.int64)).float().mean().item()
 

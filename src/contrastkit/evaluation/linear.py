@@ -150,7 +150,8 @@ def heldout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, T
     if n_heldout >= n:
         raise ConfigError(
             f"holding out {fraction:g} of {n} training items rounds up to all {n} of them, leaving none to fit "
-            f"the probe on; use a smaller held-out fraction (at most {(n - 1) / n:.3g} here) or more data"
+            f"the probe on; use a smaller held-out fraction (at most {math.floor((n - 1) / n * 1000) / 1000:g} "
+            "here) or more data"
         )
     counts = np.bincount(y)
     classes = int((counts > 0).sum())

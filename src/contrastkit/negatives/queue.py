@@ -130,6 +130,8 @@ class KeyQueue(nn.Module):
         for name, t in (("labels", labels), ("indices", indices)):
             if t is not None and tuple(t.shape) != (b,):
                 raise ShapeError(f"{name} must have shape ({b},) to match the keys, got {tuple(t.shape)}")
+            if t is not None:  # before any write: a refused batch leaves the queue as it was
+                _check_integer(name, t)
         if b == 0:
             return
         self.allocate(keys.shape[1], keys.device if self.dim is None else None)
@@ -141,9 +143,6 @@ class KeyQueue(nn.Module):
         device = self.keys.device
         slots = (self.ptr + torch.arange(b, device=device)) % self.size
         self.keys[slots] = keys.detach().to(device=device, dtype=self.keys.dtype)
-        for name, t in (("labels", labels), ("indices", indices)):
-            if t is not None:
-                _check_integer(name, t)
         self.labels[slots] = -1 if labels is None else labels.detach().to(device=device, dtype=torch.long)
         self.indices[slots] = -1 if indices is None else indices.detach().to(device=device, dtype=torch.long)
         self.ptr.copy_((self.ptr + b) % self.size)
@@ -194,7 +193,8 @@ class QueueNegatives(NegativeSource):
 
     ``forward(..., indices=...)`` with the batch's dataset indices (the learner passes them when it has them)
     also masks, per anchor, the queued keys of the anchor's own image (``exclude_own=True``; the module
-    docstring says when that happens). Without indices, or with ``exclude_own=False`` (MoCo's own
+    docstring says when that happens). A learner with a supervised objective (SupCon) turns it off: there
+    those keys are positives. Without indices, or with ``exclude_own=False`` (MoCo's own
     behaviour), the mask is the shared (M, K) view of the unwritten slots.
 
     ``dim=None`` (the default) takes D from the first batch; see :class:`KeyQueue` for checkpoints. On the

@@ -602,8 +602,10 @@ def _train_audio(
                 if pos.order is None:
                     pos.order = torch.randperm(n, device=device, generator=gen)
                 for i in range(pos.next_step, steps_per_epoch):
-                    batch = waves_dev[pos.order[i * config.batch_size : (i + 1) * config.batch_size]]
-                    result = learner(views(batch, gen), views(batch, gen))
+                    idx = pos.order[i * config.batch_size : (i + 1) * config.batch_size]
+                    batch = waves_dev[idx]
+                    # the indices: a queue (K = 4096 > FSDD's 2,700 clips) masks each clip's own keys
+                    result = learner(views(batch, gen), views(batch, gen), indices=idx)
                     optimizer.zero_grad(set_to_none=True)
                     result.loss.backward()
                     optimizer.step()

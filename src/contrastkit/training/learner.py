@@ -86,6 +86,15 @@ class ContrastiveLearner(nn.Module):
                 f"{type(objective).__name__} already makes same-class samples positives, and the oracle would "
                 "remove them; drop oracle=True"
             )
+        if getattr(objective, "needs_labels", False):
+            # a supervised objective takes same-label keys as positives, and the queued keys of an anchor's own
+            # image are the surest of them: the queue must not mask them (they are false negatives only for
+            # an unsupervised objective)
+            from contrastkit.negatives.queue import QueueNegatives
+
+            for module in negatives.modules():
+                if isinstance(module, QueueNegatives):
+                    module.exclude_own = False
         self.model = model
         self.negatives = negatives
         self.score = score

@@ -181,7 +181,12 @@ def _resume_data(saved: str, given: Any, state: dict[str, Any], run_dir: Path) -
         raise ConfigError(
             f"run {str(run_dir)!r} was trained on --data {saved!r}, which no longer exists: if the data was "
             f"moved, give its new place: --resume {run_dir} --data /new/path/to/"
-            f"{os.path.basename(os.path.normpath(saved))} (checked against the data's fingerprint)"
+            f"{os.path.basename(os.path.normpath(saved))}"
+            + (
+                " (checked against the data's fingerprint)"
+                if isinstance(state.get("data_fingerprint"), dict)
+                else " (this checkpoint keeps no fingerprint of the data: only the folder's name is compared)"
+            )
         )
     moved = os.path.isabs(saved) and not os.path.exists(saved)
     if given is None or str(given) == saved:

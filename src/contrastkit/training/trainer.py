@@ -322,6 +322,9 @@ class KnnEvaluator:
             self.test.labels.to(self.device),
             k=self.k,
             temperature=self.t,
+            # the data set's class count: a subset (--limit, --knn-images) of many classes may have fewer
+            # items than its largest class index, which the inferred count refuses -- on rank 0 alone
+            num_classes=max(len(self.train.classes), 1),
         )
 
     def model_accuracy(self, model: ContrastiveModel, autocast_dtype: torch.dtype | None = None) -> float:
@@ -883,7 +886,7 @@ def _refuse_foreign_history(path: Path, last: dict[str, Any] | None, run_dir: Pa
                 and isinstance(want, float)
                 and math.isclose(got, want, rel_tol=1e-6)
             )
-            or (got is None and isinstance(want, float) and math.isnan(want))
+            or (got is None and isinstance(want, float) and not math.isfinite(want))  # null: NaN or ±inf
         )
         if same:
             return
