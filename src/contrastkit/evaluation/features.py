@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, DataError
 
 
 def check_batch_size(name: str, value: object) -> int:
@@ -16,6 +16,23 @@ def check_batch_size(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_tensor(name: str, value: object) -> None:
+    """``value`` is a torch tensor; otherwise a DataError naming ``name`` and how to convert it."""
+    if not isinstance(value, Tensor):
+        raise DataError(
+            f"{name} must be a torch tensor, got {type(value).__name__}; convert with torch.as_tensor(...)"
+        )
+
+
+def check_integer_labels(name: str, labels: Tensor, note: str = "") -> None:
+    """``labels`` hold integer class indices (not float, complex or bool); ``note`` follows "indices"."""
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise DataError(
+            f"{name} must be an integer tensor of class indices{note}, got dtype {labels.dtype}; "
+            "convert with labels.long()"
+        )
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from contrastkit.data import balanced_indices
 from contrastkit.errors import ConfigError, DataError, TrainingError
+from contrastkit.evaluation.features import check_integer_labels, check_tensor
 from contrastkit.evaluation.knn import check_dense_labels
 from contrastkit.views import ImageViews, eval_transform
 
@@ -246,16 +247,8 @@ def finetune(
     device = torch.device(device)
     for name, imgs, y in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         for what, t in (("images", imgs), ("labels", y)):
-            if not isinstance(t, Tensor):
-                raise DataError(
-                    f"{name} {what} must be a torch tensor, got {type(t).__name__}; convert with "
-                    "torch.as_tensor(...)"
-                )
-        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-            raise DataError(
-                f"{name} labels must be an integer tensor of class indices, got dtype {y.dtype}; "
-                "convert with labels.long()"
-            )
+            check_tensor(f"{name} {what}", t)
+        check_integer_labels(f"{name} labels", y)
         if imgs.dtype != torch.uint8 or imgs.ndim != 4 or y.shape != (imgs.shape[0],):
             raise DataError(
                 f"{name} images must be uint8 (N, C, H, W) with one label each, got {imgs.dtype} "

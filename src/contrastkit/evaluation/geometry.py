@@ -31,7 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.evaluation.features import check_batch_size, extract_features
+from contrastkit.evaluation.features import (
+    check_batch_size,
+    check_integer_labels,
+    check_tensor,
+    extract_features,
+)
 
 __all__ = ["alignment", "cluster_scores", "embedding_geometry", "uniformity"]
 
@@ -116,15 +121,8 @@ def cluster_scores(
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     _check_2d("embeddings", embeddings)
-    if not isinstance(labels, Tensor):
-        raise DataError(
-            f"labels must be a torch tensor, got {type(labels).__name__}; convert with torch.as_tensor(...)"
-        )
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise DataError(
-            f"labels must be an integer tensor of class indices (-1: unknown), got dtype {labels.dtype}; "
-            "convert with labels.long()"
-        )
+    check_tensor("labels", labels)
+    check_integer_labels("labels", labels, " (-1: unknown)")
     y = labels.detach().cpu().numpy().reshape(-1)
     if y.shape[0] != embeddings.shape[0]:
         raise DataError(

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.evaluation.features import check_integer_labels
 
 ONE_HOT_ELEMENTS = 2**25  # test rows x k x classes of one deterministic vote block (128 MB in float32)
 
@@ -82,11 +83,7 @@ def _check_labels(name: str, labels: object, n: int) -> Tensor:
         raise DataError(
             f"{name} must have shape ({n},), one label per feature row, got {tuple(labels.shape)}"
         )
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise DataError(
-            f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}; "
-            "convert with labels.long()"
-        )
+    check_integer_labels(name, labels)
     return labels
 
 

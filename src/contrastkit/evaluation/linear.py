@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.evaluation.features import check_integer_labels, check_tensor
 from contrastkit.evaluation.knn import check_dense_labels
 
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-6.0, 0.01, 0.5))
@@ -174,11 +175,7 @@ def _check_inputs(
         ("test", test_features, test_labels),
     ):
         for what, t in (("features", f), ("labels", y)):
-            if not isinstance(t, Tensor):
-                raise DataError(
-                    f"{name} {what} must be a torch tensor, got {type(t).__name__}; convert with "
-                    "torch.as_tensor(...)"
-                )
+            check_tensor(f"{name} {what}", t)
         if f.ndim != 2 or y.ndim != 1 or f.shape[0] != y.shape[0]:
             raise DataError(
                 f"{name} features must be (N, D) with one label each, got features {tuple(f.shape)} and "
@@ -186,11 +183,7 @@ def _check_inputs(
             )
         if f.shape[0] == 0:
             raise DataError(f"the {name} split is empty; a linear probe needs labelled {name} images")
-        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-            raise DataError(
-                f"{name} labels must be an integer tensor of class indices, got dtype {y.dtype}; "
-                "convert with labels.long()"
-            )
+        check_integer_labels(f"{name} labels", y)
         lowest = int(y.min())
         if lowest < 0:
             raise DataError(
