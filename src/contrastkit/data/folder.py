@@ -211,14 +211,16 @@ def _group(entries: list[str]) -> tuple[dict[str, list[str]], list[str], set[str
 
 
 def _skipped_files_warning(
-    path: Path, split: str, entries: list[str], by_class: dict[str, list[str]], loose: list[str]
+    path: Path,
+    split: str,
+    entries: list[str],
+    grouped: tuple[dict[str, list[str]], list[str], set[str]],
 ) -> str | None:
     """What the listing of ``split/`` leaves out without an error, in words (None when nothing is): files
     that are not images by extension, images outside the class folders, class folders without images.
-    Hidden files (``.*``, ``__MACOSX``) are left out silently."""
-    files = [e for e in entries if not e.endswith("/")]
-    others = [e for e in files if not _is_image(e)]
-    folders = {e.partition("/")[0] for e in entries if "/" in e}
+    Hidden files (``.*``, ``__MACOSX``) are left out silently. ``grouped`` is :func:`_group` of ``entries``."""
+    by_class, loose, folders = grouped
+    others = [e for e in entries if not e.endswith("/") and not _is_image(e)]
     empty = sorted(folders - set(by_class))
     parts = []
     if others:
@@ -515,22 +517,24 @@ def list_image_folder(
         )
 
     _, train_entries = _split_members(source, root, "train", zip_names)
-    by_class, loose, folders = _group(train_entries)
+    grouped = _group(train_entries)
+    by_class, loose, folders = grouped
     if not by_class:
         raise _no_images_error(p, f"{root}train", loose, folders, len(train_entries))
-    skipped = _skipped_files_warning(p, f"{root}train", train_entries, by_class, loose)
+    skipped = [_skipped_files_warning(p, f"{root}train", train_entries, grouped)]
     classes = list(by_class)
     splits = {"train": _build_split(source, root, "train", by_class, classes)}
 
     has_test, test_entries = _split_members(source, root, "test", zip_names)
     if has_test:
-        t_by_class, t_loose, t_folders = _group(test_entries)
+        t_grouped = _group(test_entries)
+        t_by_class, t_loose, t_folders = t_grouped
         if not t_by_class and t_loose:
             raise _no_images_error(p, f"{root}test", t_loose, t_folders, len(test_entries))
-        t_skipped = _skipped_files_warning(p, f"{root}test", test_entries, t_by_class, t_loose)
+        t_skipped = _skipped_files_warning(p, f"{root}test", test_entries, t_grouped)
         if t_skipped is not None and not t_by_class:
             t_skipped += "; test/ holds no image, so it is ignored and a share of train is held out instead"
-        skipped = t_skipped if skipped is None else f"{skipped}. {t_skipped}" if t_skipped else skipped
+        skipped.append(t_skipped)
         extra = sorted(set(t_by_class) - set(classes))
         if extra:
             raise DataError(
@@ -540,8 +544,9 @@ def list_image_folder(
         if t_by_class:
             splits["test"] = _build_split(source, root, "test", t_by_class, classes)
 
-    if skipped is not None:
-        warnings.warn(skipped, UserWarning, stacklevel=2)
+    said = [s for s in skipped if s is not None]
+    if said:
+        warnings.warn(". ".join(said), UserWarning, stacklevel=2)
     splits = {k: _limit(s, limit, seed) for k, s in splits.items()}
     return ImageFolderListing(source=source, classes=classes, splits=splits)
 

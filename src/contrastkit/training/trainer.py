@@ -868,15 +868,11 @@ def _refuse_foreign_history(path: Path, last: dict[str, Any] | None, run_dir: Pa
     """Refuse a resume whose ``history.jsonl`` is another run's: its row at the checkpoint's last logged step
     must hold the loss the checkpoint recorded (a checkpoint copied in from another run kept the folder's
     rows, which then passed for the resumed run's). Checkpoints written before the record are not checked."""
-    if not last or not path.exists():
+    if not last:
         return
     want = last.get("loss")
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(row, dict) or row.get("step") != last["step"]:
+    for row in _history_rows(path):
+        if row.get("step") != last["step"]:
             continue
         got = row.get("loss")
         same = (
@@ -1657,19 +1653,30 @@ def _load_states(saved: dict[str, Any], run_dir: Path, parts: _Parts) -> None:
 def _truncate_history(path: Path, step: int, *, write: bool = True) -> list[dict[str, float]]:
     """The history up to ``step`` (the checkpoint's); later rows, and a torn last line, are dropped (from
     the file too, with ``write``)."""
-    rows: list[dict[str, float]] = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("step", step + 1) <= step:
-                rows.append({k: float("nan") if v is None else v for k, v in row.items()})  # null: NaN
+    rows = [
+        {k: float("nan") if v is None else v for k, v in row.items()}  # null: NaN
+        for row in _history_rows(path)
+        if row.get("step", step + 1) <= step
+    ]
     if not write:
         return rows
     text = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in rows)
     write_atomic(path, lambda f: f.write(text), binary=False)
+    return rows
+
+
+def _history_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``history.jsonl`` as written (``null`` kept); torn or foreign lines are skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
