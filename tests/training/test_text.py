@@ -86,6 +86,32 @@ def test_queue_negatives_views_head_and_checkpoint(tmp_path: Path, text_data: di
     assert saved["tokenizer"]["kind"] == "words" and "backbone.tokens.weight" in saved["model"]
 
 
+def test_the_queue_gets_each_batchs_sentence_indices(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indices are stored beside the keys, so a queue larger than an epoch masks each sentence's own keys."""
+    seen: list[torch.Tensor] = []
+    forward = ContrastiveLearner.forward
+
+    def spy(self, view1, view2, labels=None, indices=None):  # type: ignore[no-untyped-def]
+        seen.append(indices)
+        return forward(self, view1, view2, labels, indices)
+
+    monkeypatch.setattr(ContrastiveLearner, "forward", spy)
+    cfg = TextTrainConfig(
+        **{**TINY, "steps": 5},
+        **text_data,
+        negatives="queue",
+        queue_size=64,
+        limit=16,
+        out=str(tmp_path / "r"),
+    )
+    train_text(cfg)
+    assert len(seen) == 5 and all(t is not None and t.shape == (8,) for t in seen)
+    for epoch in (seen[0:2], seen[2:4]):  # two batches of 8 make an epoch of the 16 sentences
+        assert sorted(torch.cat(epoch).tolist()) == list(range(16))
+
+
 def test_cli_text_train_and_its_one_line_errors(
     tmp_path: Path, text_data: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

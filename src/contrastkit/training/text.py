@@ -908,11 +908,11 @@ def _train_text(
             i = (step - 1) % steps_per_epoch
             if i == 0:
                 order = torch.randperm(len(sentences), device=device, generator=gen)
-            ids = trim_padding(
-                tokens[order[i * config.batch_size : (i + 1) * config.batch_size]], tokenizer.pad_id
-            )
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            ids = trim_padding(tokens[idx], tokenizer.pad_id)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                result = learner(views(ids, generator=gen), views(ids, generator=gen))
+                # the indices: a queue larger than the sentences of an epoch masks each sentence's own keys
+                result = learner(views(ids, generator=gen), views(ids, generator=gen), indices=idx)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             optimizer.step()
