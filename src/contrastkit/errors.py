@@ -7,6 +7,8 @@ library's argument and shape errors (:class:`ConfigError`, :class:`ShapeError`) 
 
 from __future__ import annotations
 
+import torch
+
 
 class ContrastkitError(Exception):
     """Base class for errors caused by input the user can fix."""
@@ -32,3 +34,9 @@ class TrainingError(ContrastkitError):
 class DivergedError(TrainingError):
     """Training diverged (non-finite losses, state or features): a resume would repeat it, so the advice is a
     new run with other settings, never ``--resume``."""
+
+
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """Whether a tensor of ``dtype`` holds integer ids (labels, indices): not float, complex or bool, which
+    casting to int64 would silently truncate or reinterpret. The label and index checks all use it."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.errors import ConfigError, DataError, is_integer_dtype
 
 
 def check_batch_size(name: str, value: object) -> int:
@@ -28,7 +28,7 @@ def check_tensor(name: str, value: object) -> None:
 
 def check_integer_labels(name: str, labels: Tensor, note: str = "") -> None:
     """``labels`` hold integer class indices (not float, complex or bool); ``note`` follows "indices"."""
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+    if not is_integer_dtype(labels.dtype):
         raise DataError(
             f"{name} must be an integer tensor of class indices{note}, got dtype {labels.dtype}; "
             "convert with labels.long()"

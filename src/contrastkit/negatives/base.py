@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.errors import ConfigError, ShapeError, is_integer_dtype
 from contrastkit.scores import Score, autocast_off, score_dtype
 
 
@@ -92,7 +92,7 @@ def check_labels(labels: Tensor | None, z1: Tensor, source: nn.Module) -> None:
             f"{name}: labels must have shape ({b},), one per embedding of the batch of {b}, got {shape}"
             + ("; flatten them" if flat else "")
         )
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+    if not is_integer_dtype(labels.dtype):
         raise ConfigError(
             f"{name}: labels must be integer class indices (-1: unknown), got dtype {labels.dtype}; "
             "convert them with labels.long()"

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.errors import ConfigError, ShapeError, is_integer_dtype
 from contrastkit.negatives.base import Candidates, NegativeSource, check_labels
 
 INDEX_KINDS = ("torch", "flat", "hnsw", "ivf")
@@ -388,7 +388,7 @@ class MinedNegatives(NegativeSource):
             )
         if tuple(indices.shape) != (z1.shape[0],):
             raise ShapeError(f"indices must have shape ({z1.shape[0]},), got {tuple(indices.shape)}")
-        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+        if not is_integer_dtype(indices.dtype):
             raise ConfigError(f"indices must be integer dataset indices, got dtype {indices.dtype}")
         self.maybe_refresh()
         assert self.embeddings is not None

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from contrastkit.errors import ConfigError, ShapeError
+from contrastkit.errors import ConfigError, ShapeError, is_integer_dtype
 from contrastkit.negatives.base import Candidates, NegativeSource, check_labels
 from contrastkit.negatives.distributed import all_gather_no_grad, world_size
 
@@ -265,7 +265,7 @@ class QueueNegatives(NegativeSource):
 
 def _check_integer(name: str, t: Tensor) -> None:
     """Refuse float, complex or bool labels / indices: casting them to int64 would silently truncate."""
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+    if not is_integer_dtype(t.dtype):
         raise ConfigError(
             f"the queue's {name} must be integers (-1: unknown), got dtype {t.dtype}; convert them with .long()"
         )
