@@ -92,6 +92,32 @@ def test_a_colour_image_after_the_grayscale_probe_is_converted_with_a_warning(tm
     assert image.shape == (1, 9, 9)
 
 
+def test_the_colour_warning_comes_once_from_the_main_process_across_workers_and_epochs(tmp_path, monkeypatch):
+    """Workers report converted images and the main process warns once per data set (a worker's own warning
+    repeated in every worker of every epoch, and for every evaluation pass)."""
+    import warnings
+
+    from contrastkit.data import stream
+    from contrastkit.data.stream import sequential_batches
+
+    monkeypatch.setattr(stream, "PROBE_IMAGES", 2)
+    files = {f"train/a/{i}.png": noise_image("L", (9, 9), seed=i) for i in range(2)}
+    files.update({f"train/b/{i}.png": noise_image("RGB", (9, 9), seed=5 + i) for i in range(4)})
+    train, _ = stream_image_folder(write_tree(tmp_path / "g", files), image_size=9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(2):
+            batches = list(
+                batch_loader(
+                    train, torch.randperm(6, generator=torch.Generator().manual_seed(epoch)), 2, workers=2
+                )
+            )
+            assert all(images.shape == (2, 1, 9, 9) for images, _, _ in batches)
+        assert [images.shape[1] for images, _ in sequential_batches(train, 3, workers=2)] == [1, 1]
+    colour = [w for w in caught if "is in colour" in str(w.message)]
+    assert len(colour) == 1 and "train/b/" in str(colour[0].message)
+
+
 def test_errors_name_the_problem(tmp_path):
     path = folder(tmp_path / "d")
     listing = list_image_folder(path)

@@ -71,24 +71,39 @@ class ImageFileDataset(Dataset):
         return len(self.keys)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image, label, converted = self.load(i)
+        if converted:
+            self.warn_colour(i)
+        return image, label
+
+    def load(self, i: int) -> tuple[Tensor, Tensor, bool]:
+        """Image ``i`` as (C, S, S) uint8, its label, and whether a colour image was made grayscale (the
+        loaders' workers report it, and the main process warns once: a worker's warning would repeat in
+        every worker of every epoch)."""
         a = self._decode(self.keys[i])
+        converted = False
         if a.shape[2] != self.channels:
             if self.channels == 3:
                 a = np.repeat(a, 3, axis=2)
             else:
                 from PIL import Image
 
-                if not self._warned_colour:  # in memory every image is looked at: there it stays RGB
-                    self._warned_colour = True
-                    warnings.warn(
-                        f"image {self.source.display(self.keys[i])} is in colour, but the first {PROBE_IMAGES} "
-                        "images were all grayscale, so the streamed set is 1-channel: colour images are "
-                        "converted to grayscale (L); decode in memory (--data-placement auto) to keep RGB",
-                        UserWarning,
-                        stacklevel=2,
-                    )
                 a = np.array(Image.fromarray(a).convert("L"))[:, :, None]  # a writable copy
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))), self.labels[i]
+                converted = True
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))), self.labels[i], converted
+
+    def warn_colour(self, i: int) -> None:
+        """Warn, once per data set, that colour image ``i`` was converted to the set's grayscale."""
+        if self._warned_colour:  # in memory every image is looked at: there it stays RGB
+            return
+        self._warned_colour = True
+        warnings.warn(
+            f"image {self.source.display(self.keys[i])} is in colour, but the first {PROBE_IMAGES} images "
+            "were all grayscale, so the streamed set is 1-channel: colour images are converted to grayscale "
+            "(L); decode in memory (--data-placement auto) to keep RGB",
+            UserWarning,
+            stacklevel=3,
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -99,19 +114,15 @@ class ImageFileDataset(Dataset):
         idx = [int(i) for i in torch.as_tensor(indices).flatten().tolist()]
         if not idx:
             raise DataError("no images to decode: the index list is empty")
-        loader = _loader(self, [idx[i : i + 256] for i in range(0, len(idx), 256)], _collate, workers)
-        images, labels = zip(*_clean_errors(loader), strict=True)
+        batches = [idx[i : i + 256] for i in range(0, len(idx), 256)]
+        loader = _loader(_Indexed(self), batches, _collate_indexed, workers)
+        images, labels, _ = zip(*_clean_errors(loader, self), strict=True)
         return ImageDataset(
             images=torch.cat(images),
             labels=torch.cat(labels),
             classes=self.classes,
             names=[self.names[i] for i in idx],
         )
-
-
-def _collate(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    images, labels = zip(*items, strict=True)
-    return torch.stack(images), torch.stack(labels)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -151,7 +162,7 @@ def batch_loader(
         order[i * batch_size : (i + 1) * batch_size][rows].tolist() for i in range(start_batch, n_batches)
     ]
     workers = default_workers() if workers is None else workers
-    return _Batches(_loader(_Indexed(dataset), batches, _collate_indexed, workers, pin_memory))
+    return _Batches(_loader(_Indexed(dataset), batches, _collate_indexed, workers, pin_memory), dataset)
 
 
 def sequential_batches(
@@ -164,7 +175,8 @@ def sequential_batches(
     workers = default_workers() if workers is None else workers
     n = len(dataset)
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    return _clean_errors(_loader(dataset, batches, _collate, workers, pin_memory))
+    loader = _loader(_Indexed(dataset), batches, _collate_indexed, workers, pin_memory)
+    return ((images, labels) for images, labels, _ in _clean_errors(loader, dataset))
 
 
 def _loader(
@@ -185,27 +197,33 @@ def _loader(
 class _Batches:
     """A ``DataLoader`` whose decoding errors keep their own one-line message (not the worker's traceback)."""
 
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
+    def __init__(self, loader: DataLoader, dataset: ImageFileDataset) -> None:
+        self.loader, self.dataset = loader, dataset
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        return _clean_errors(self.loader)
+        return _clean_errors(self.loader, self.dataset)
 
 
-def _clean_errors(loader: Iterable[Any]) -> Iterator[Any]:
+def _clean_errors(
+    loader: Iterable[tuple[Tensor, Tensor, Tensor, int]], dataset: ImageFileDataset
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """The batches ``(images, labels, indices)``, decoding errors with their own one-line message, and the
+    colour-converted warning given here, in the main process, once per data set."""
     it = iter(loader)
     while True:
         try:
-            item = next(it)
+            images, labels, idx, converted = next(it)
         except StopIteration:
             return
         except DataError as exc:  # re-raised by the DataLoader with the worker's traceback in the message
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             raise DataError(lines[-1].removeprefix(f"{DataError.__module__}.DataError: ")) from None
-        yield item
+        if converted >= 0:
+            dataset.warn_colour(converted)
+        yield images, labels, idx
 
 
 class _Indexed(Dataset):
@@ -217,14 +235,16 @@ class _Indexed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        image, label = self.dataset[i]
-        return image, label, i
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int, bool]:
+        image, label, converted = self.dataset.load(i)
+        return image, label, i, converted
 
 
-def _collate_indexed(items: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    images, labels, idx = zip(*items, strict=True)
-    return torch.stack(images), torch.stack(labels), torch.tensor(idx, dtype=torch.int64)
+def _collate_indexed(items: list[tuple[Tensor, Tensor, int, bool]]) -> tuple[Tensor, Tensor, Tensor, int]:
+    """A batch, its indices, and the first colour-converted item's index (-1: none)."""
+    images, labels, idx, converted = zip(*items, strict=True)
+    first = next((i for i, c in zip(idx, converted, strict=True) if c), -1)
+    return torch.stack(images), torch.stack(labels), torch.tensor(idx, dtype=torch.int64), first
 
 
 def stream_image_folder(
