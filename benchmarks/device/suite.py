@@ -510,6 +510,13 @@ def run_suite(
                     ev = [sys.executable, "-m", "contrastkit", "eval", str(run_dir), "--linear-probe"]
                     record["eval_command"] = shlex.join(ev[1:])
                     record["eval_rc"], _ = _run(ev, log, deadline - time.perf_counter())
+                    if record["eval_rc"] != 0:  # the kNN stands; the table names the missing probe
+                        record["probe_error"] = (
+                            "killed at the budget's end"
+                            if record["eval_rc"] == -9
+                            else f"exited {record['eval_rc']}"
+                        )
+                        record["probe_log_tail"] = log.read_text()[start_of_row:][-2000:]
                 record |= _train_record(run_dir) if suite.command == "train" else _sela_record(run_dir)
                 if rc != 0:
                     record["error"] = "killed at the budget's end" if rc == -9 else f"exited {rc}"

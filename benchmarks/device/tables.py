@@ -301,6 +301,12 @@ def table(records: list[dict[str, Any]], suite: str, smoke: bool | None = None) 
         kind = "real" if smoke else "smoke"
         foot.append(f"{left_out} {kind} record(s) of this suite left out (never mixed with these)")
     foot += [f"failed: {f}" for f in failed]
+    foot += [
+        f"linear probe failed: {r['row']} seed {r.get('seed')}: {r['probe_error']} (its kNN stands)"
+        for g in groups.values()
+        for r in g
+        if r.get("probe_error")
+    ]
     # the notes under the table: one paragraph each (consecutive markdown lines would run into one)
     return "\n".join([head, "", *lines, "", "\n\n".join(foot)])
 

@@ -100,6 +100,34 @@ def test_budget_skips_rows_that_do_not_fit(tmp_path: Path) -> None:
     assert records == []  # nothing started: 5 s left, a row is estimated at 60 s
 
 
+def test_a_failed_linear_probe_is_recorded_and_named_under_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training went through (its kNN stands) but ``eval --linear-probe`` failed: the record says so and
+    the table names it (it showed a silent '-')."""
+
+    def fake_run(cmd: list[str], log: Path, timeout: float) -> tuple[int, float]:
+        with log.open("a") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+        if "eval" in cmd:
+            return 3, 0.0
+        run_dir = Path(cmd[cmd.index("--out") + 1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"knn_top1": 0.81, "train_seconds": 9.0}))
+        return 0, 0.0
+
+    monkeypatch.setattr(suite, "_run", fake_run)
+    (record,) = suite.run_suite(
+        suite.OBJECTIVES, [suite.OBJECTIVES.rows[0]], [0], tmp_path, budget=600, smoke=False, estimate=1,
+        linear_probe=True,
+    )  # fmt: skip
+    assert record["eval_rc"] == 3 and record["probe_error"] == "exited 3" and "error" not in record
+    text = tables.table([{**record, "suite": "objectives"}], "objectives")
+    row = suite.OBJECTIVES.rows[0].name
+    assert f"| {row} | 1 | 0.810 |" in text
+    assert f"linear probe failed: {row} seed 0: exited 3 (its kNN stands)" in text
+
+
 def test_tables_report_failures_apart(tmp_path: Path) -> None:
     recs = [
         {"suite": "negatives", "row": "in-batch", "seed": 0, "knn_top1": 0.8, "images_per_second": 100.0},
@@ -164,21 +192,24 @@ def test_negatives_controls_differ_from_their_rows_in_one_piece() -> None:
             assert c[name][key] == c["in-batch"][key], (name, key)
 
 
-def test_readme_plans_every_negatives_row_in_calls_that_fit() -> None:
-    """benchmarks/device/README.md's calls of the negatives suite: every row in one call, none twice, each
-    call's budget under the 10-minute limit and its rows' estimate within that budget."""
+def test_readme_plans_every_suite_row_in_calls_that_fit() -> None:
+    """benchmarks/device/README.md's suite calls: every row of the negatives, sela and resume suites in one
+    call, none twice; each call's budget under the 10-minute limit and its rows' estimates within it (a
+    resume row at 170 s next to sela could never have started)."""
     import re
 
     text = (ROOT / "benchmarks" / "device" / "README.md").read_text()
-    calls = re.findall(r"negatives --rows ([\w+,.-]+) --budget (\d+)", text)
-    assert calls, "no negatives calls with --rows in the README"
-    planned = [row for rows, _ in calls for row in rows.split(",")]
-    assert sorted(planned) == sorted(r.name for r in suite.NEGATIVES.rows)
-    for rows, budget in calls:
-        assert int(budget) <= 540
-        by_name = {r.name: r for r in suite.NEGATIVES.rows}
-        estimate = sum(by_name[row].estimate_s or suite.NEGATIVES.estimate_s for row in rows.split(","))
-        assert estimate <= int(budget), (rows, estimate, budget)
+    for s in (suite.NEGATIVES, suite.SELA, suite.RESUME):
+        calls = re.findall(rf"\.\.\. {s.name} (?:--rows ([\w+,.-]+) )?--budget (\d+)", text)
+        assert calls, f"no {s.name} calls in the README"
+        by_name = {r.name: r for r in s.rows}
+        planned = [row for rows, _ in calls for row in (rows.split(",") if rows else by_name)]
+        assert sorted(planned) == sorted(by_name), s.name
+        for rows, budget in calls:
+            assert int(budget) <= 540
+            names = rows.split(",") if rows else list(by_name)
+            estimate = sum(by_name[row].estimate_s or s.estimate_s for row in names)
+            assert estimate <= int(budget), (s.name, rows, estimate, budget)
 
 
 def _rec(row: str, seed: int, knn: float, **kw: object) -> dict[str, object]:
