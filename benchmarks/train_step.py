@@ -252,9 +252,9 @@ def _run(args: argparse.Namespace) -> int:
 
     losses: list[torch.Tensor] = []
 
-    def train_on(v1: torch.Tensor, v2: torch.Tensor) -> None:
+    def train_on(v1: torch.Tensor, v2: torch.Tensor, idx: torch.Tensor) -> None:
         with autocast():
-            result = step_fn(v1, v2, None)
+            result = step_fn(v1, v2, None, indices=idx)  # as the full step calls it: one trace, not two
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         optimizer.step()
@@ -263,22 +263,20 @@ def _run(args: argparse.Namespace) -> int:
         if len(losses) > 64:
             del losses[:-1]
 
-    def random_batch() -> torch.Tensor:
-        idx = torch.randint(0, n, (bs,), device=device, generator=gen)
-        return images[idx]
+    def random_indices() -> torch.Tensor:
+        return torch.randint(0, n, (bs,), device=device, generator=gen)
 
-    # (a) compute only: fixed pre-made float views, made exactly as the full step makes them
-    with autocast():
-        fixed = random_batch()
-        pre1, pre2 = make_views(fixed)
+    # (a) compute only: fixed pre-made float views, made exactly as the full step makes them (in float32,
+    # outside autocast)
+    fixed_idx = random_indices()
+    pre1, pre2 = make_views(images[fixed_idx])
 
     def compute_step() -> None:
-        train_on(pre1, pre2)
+        train_on(pre1, pre2, fixed_idx)
 
     # (b) augmentation only: index a batch, make two views
     def augment_step() -> None:
-        with autocast():
-            make_views(random_batch())
+        make_views(images[random_indices()])
 
     # (c) the full step: the trainer's own TrainStep (contrastkit.training.step), fed as its loop feeds it
     train_step = TrainStep(

@@ -10,6 +10,10 @@ from typing import Any
 import pytest
 import torch
 
+# cuBLAS reads its workspace setting when it starts, the first CUDA matmul of the process: --deterministic's
+# setdefault inside a later test would come too late (the device machine's CUDA tests run in one process)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 # audio-train's smallest run on tiny_fsdd: 24 training clips of 0.1 s, batch 8, one epoch, a 4-wide AudioCNN
 AUDIO_TINY = [
     "--clip-seconds", "0.1", "--epochs", "1", "--batch-size", "8", "--width", "4", "--proj-hidden-dim", "16",

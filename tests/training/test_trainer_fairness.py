@@ -476,3 +476,18 @@ def test_a_checkpoint_copied_from_another_run_is_refused_not_given_the_folders_h
         train(config, resume=runs["a"])
     config, _ = resume_config(runs["b"])  # its own checkpoint: resumes
     assert train(config, resume=runs["b"]).metrics["resumed_at_steps"] == [3]
+
+
+def test_deterministic_settings_are_put_back_after_train(tmp_path: Path) -> None:
+    """--deterministic switches process-wide torch settings for the run only: a later caller's work (or the
+    next test in the process) keeps its own."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(TrainConfig(**{**TINY, "epochs": 1, "limit": 128}, deterministic=True, out=str(tmp_path / "r")))
+    assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        train(TrainConfig(**{**TINY, "epochs": 1, "limit": 128}, out=str(tmp_path / "r2")))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

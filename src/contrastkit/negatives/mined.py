@@ -333,7 +333,7 @@ class MinedNegatives(NegativeSource):
         own = None if query_indices is None else query_indices.detach().to(device=device, dtype=torch.long)
         chunk = TORCH_CPU_CHUNK_SCORES if device.type == "cpu" else TORCH_CHUNK_SCORES
         rows = max(1, chunk // total)
-        neg_inf = torch.tensor(float("-inf"), device=device)
+        neg_inf = torch.full((), float("-inf"), device=device)  # a fill, not a synchronising copy
         # one score buffer for all chunks (a fresh one per chunk costs page faults on the CPU)
         buffer = torch.empty(min(rows, m), total, device=device)
         with torch.autocast(device.type, enabled=False):
@@ -415,10 +415,11 @@ class MinedNegatives(NegativeSource):
         found = ids >= 0
         safe = ids.clamp(min=0)
         device = anchors.device
+        # torch.full is a fill kernel; torch.tensor(x, device=cuda) would copy from the host and synchronise
         stats = {
-            "mined_staleness": torch.tensor(float(self.steps_since_refresh), device=device),
-            "mined_refresh_seconds": torch.tensor(
-                self.refresh_seconds if self.refreshed_at_step == self.step else 0.0, device=device
+            "mined_staleness": torch.full((), float(self.steps_since_refresh), device=device),
+            "mined_refresh_seconds": torch.full(
+                (), self.refresh_seconds if self.refreshed_at_step == self.step else 0.0, device=device
             ),
         }
         if self.encode_items is None:
@@ -432,7 +433,7 @@ class MinedNegatives(NegativeSource):
                     f"{unique.numel()} ids, got {tuple(encoded.shape)}"
                 )
             negatives = encoded.to(anchors.dtype)[inverse.to(device)]
-            stats["mined_reencoded"] = torch.tensor(float(unique.numel()), device=device)
+            stats["mined_reencoded"] = torch.full((), float(unique.numel()), device=device)
         self.last_stats = stats
         # an exact search fills every row when n < N_train: no need to look (a device sync on the GPU)
         full = self.index_kind == "torch" and self.num_negatives < self.embeddings.shape[0]

@@ -324,7 +324,9 @@ class HardNegativeMixing(NegativeSource):
         neg = sim.float().masked_fill(invalid, float("-inf"))
         hardest_real = neg.max(dim=1).values
         stats = {
-            "mixing": torch.tensor(float(record is not None), device=q.device),
+            "mixing": torch.full(
+                (), float(record is not None), device=q.device
+            ),  # a fill: no host copy, no sync
             "proxy_accuracy": (pos > hardest_real).float().mean(),
         }
         if record is None:

@@ -177,10 +177,12 @@ class TrainStep:
         """
         learner, optimizer = self.learner, self.optimizer
         before = model_buffers(learner) if self.skip_nonfinite else {}
+        v1, v2 = self.views(
+            batch
+        )  # in float32: under CUDA autocast the blur's conv2d would round pixels to bf16
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
-            v1, v2 = self.views(batch)
             result = self.forward(v1, v2, self.labels[idx] if learner.uses_labels else None, indices=idx)
         optimizer.zero_grad(set_to_none=True)
         lr_used = optimizer.param_groups[0]["lr"]

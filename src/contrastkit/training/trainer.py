@@ -381,6 +381,12 @@ def train(
     the module docstring. A process group this call started is destroyed when it returns.
     """
     device, owns_group = init_from_env(resolve_device(config.device))
+    # --deterministic switches process-wide settings: put them back for the caller's later work
+    kept = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     try:
         try:
             result = _train(config, device, log_every=log_every, out=out, resume=resume)
@@ -390,6 +396,8 @@ def train(
         _barrier_before_teardown(owns_group)
         return result
     finally:
+        torch.use_deterministic_algorithms(kept[0], warn_only=kept[1])
+        torch.backends.cudnn.benchmark = kept[2]
         if owns_group and dist.is_initialized():
             # DistributedDataParallel's reducer sits in reference cycles that keep the process group and
             # gloo's pending work alive until the interpreter's finalisation, where freeing them aborts
@@ -1149,6 +1157,10 @@ class _Loop:
 
     def drain(self) -> None:
         """Read the queued statistics (one synchronisation), stop on a non-finite loss, log them."""
+        if self.pending and self.clock.device.type == "cuda":
+            # the drain's synchronisation, made before the clock is read: the rows' seconds (and images/s)
+            # then hold the GPU work still queued; the read below has nothing left to wait for
+            torch.cuda.synchronize(self.clock.device)
         seconds = self.clock.seconds()
         rows = _drain(
             self.pending,

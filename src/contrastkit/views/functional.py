@@ -49,6 +49,10 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 def _per_sample(value: Tensor | float, x: Tensor) -> Tensor:
     """A ``(B,)`` tensor or a number as a ``(B, 1, 1, 1)`` tensor on ``x``'s device and dtype."""
+    if isinstance(
+        value, (int, float)
+    ):  # a fill: torch.as_tensor(number, device=cuda) copies and synchronises
+        return torch.full((x.shape[0], 1, 1, 1), float(value), dtype=x.dtype, device=x.device)
     t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
     if t.dim() == 0:
         return t.expand(x.shape[0]).reshape(-1, 1, 1, 1)
@@ -127,7 +131,9 @@ def adjust_hue(x: Tensor, factor: Tensor | float) -> Tensor:
     m, c = maxc.squeeze(1), chroma.squeeze(1)
     num = torch.where(m == r, g - b, torch.where(m == g, (b - r) + 2.0 * c, (r - g) + 4.0 * c)).unsqueeze(1)
     safe = torch.where(chroma == 0, torch.ones_like(chroma), chroma)
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    n = (5.0 - 2.0 * torch.arange(3, dtype=x.dtype, device=x.device)).view(
+        1, 3, 1, 1
+    )  # 5, 3, 1: no host copy
     offset = 6.0 * _per_sample(factor, x) + n  # (B, 3, 1, 1)
     k = torch.addcdiv(offset, num, safe)
     k = k - 6.0 * torch.floor(k * (1.0 / 6.0))  # k mod 6 (torch.remainder is much slower on CPU)
