@@ -57,7 +57,13 @@ def _metadata(trained: Any) -> dict[str, Any]:
         "format": FORMAT,
         "version": VERSION,
         "architecture": trained.encoder,
-        "constructor": {"in_channels": info.channels, "image_size": info.image_size, "stem": trained.stem},
+        "constructor": {
+            "in_channels": info.channels,
+            "image_size": info.image_size,
+            "stem": trained.stem,
+            # only with --no-batchnorm (an mlp without BatchNorm), so older readers still read the others
+            **({} if trained.config.batchnorm else {"batchnorm": False}),
+        },
         "feature_dim": int(trained.model.feature_dim),
         "input": {
             "channels": info.channels,
@@ -86,7 +92,7 @@ def export_backbone(
     The written file is read back and loaded (``strict=True``) into a freshly built encoder before this
     returns, so an export that could not be loaded is never reported as a success.
     """
-    from safetensors.torch import save
+    from safetensors.torch import load, save
 
     from contrastkit.reporting.run import load_trained_run
 
@@ -108,11 +114,12 @@ def export_backbone(
         k: v.detach().cpu().contiguous().clone() for k, v in trained.model.backbone.state_dict().items()
     }
     payload = save(tensors, metadata={META_KEY: json.dumps(meta)})
+    _load_export(load(payload), meta, str(target))  # before writing: a file that would not load is never left
     write_atomic(target, lambda f: f.write(payload))
     sidecar = target.with_name(target.name + ".json")
     sidecar_text = json.dumps(meta, indent=2)
     write_atomic(sidecar, lambda f: f.write(sidecar_text), binary=False)
-    load_backbone(target)  # proves the file loads into a plain module
+    load_backbone(target)  # proves the file on disk loads into a plain module
     print(
         f"wrote {target} ({meta['architecture']}, {len(tensors)} tensors, feature_dim {meta['feature_dim']}) "
         f"and {sidecar}",
@@ -184,13 +191,18 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
     from safetensors.torch import load_file
 
     meta = read_export_metadata(path)
-    module = build_encoder(meta["architecture"], **meta["constructor"])
     state = load_file(str(path), device=str(map_location))
+    return _load_export(state, meta, str(path)).to(map_location).eval()
+
+
+def _load_export(state: dict[str, torch.Tensor], meta: dict[str, Any], where: str) -> nn.Module:
+    """A freshly built encoder of the export's metadata with ``state`` loaded strictly."""
+    module = build_encoder(meta["architecture"], **meta["constructor"])
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ContrastkitError(
-            f"the weights in {str(path)!r} do not fit a {meta['architecture']} built with "
+            f"the weights in {where!r} do not fit a {meta['architecture']} built with "
             f"{meta['constructor']}: {' '.join(str(exc).split())[:400]}"
         ) from None
-    return module.to(map_location).eval()
+    return module

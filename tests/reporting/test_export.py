@@ -162,3 +162,34 @@ def test_overwrite_replaces_the_export_atomically(
     assert f"wrote {target}" in capsys.readouterr().out
     assert type(load_backbone(target)) is SmallCNN
     assert json.loads((tmp_path / "f.safetensors.json").read_text()) == read_export_metadata(target)
+
+
+def test_an_mlp_without_batchnorm_exports_and_loads(tmp_path: Path) -> None:
+    """--encoder mlp --no-batchnorm: the metadata records it (the export failed, leaving a file that did not
+    load); an export that would not load is refused before anything is written."""
+    from contrastkit.encoders import MLP
+    from contrastkit.training import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(epochs=1, batch_size=64, limit=128, encoder="mlp", batchnorm=False, knn_every=0,
+                      progress=False, out=str(run)))  # fmt: skip
+    path = export_backbone(run, out=io.StringIO())
+    assert read_export_metadata(path)["constructor"]["batchnorm"] is False
+    backbone = load_backbone(path)
+    assert type(backbone) is MLP and not any(isinstance(m, torch.nn.BatchNorm1d) for m in backbone.modules())
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(backbone(x), checkpoint_model(run).features(x))
+
+
+def test_an_export_that_would_not_load_writes_nothing(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contrastkit import export
+
+    real = export._metadata
+    monkeypatch.setattr(export, "_metadata", lambda t: {**real(t), "architecture": "mlp"})  # a wrong record
+    target = tmp_path / "f.safetensors"
+    with pytest.raises(ContrastkitError, match="do not fit a mlp"):
+        export_backbone(trained_run, target, out=io.StringIO())
+    assert list(tmp_path.iterdir()) == []

@@ -26,11 +26,14 @@ def resolve_stem(stem: str, image_size: int) -> str:
     return stem
 
 
-def build_encoder(name: str, *, in_channels: int, image_size: int, stem: str = "auto") -> nn.Module:
+def build_encoder(
+    name: str, *, in_channels: int, image_size: int, stem: str = "auto", batchnorm: bool = True
+) -> nn.Module:
     """A backbone by name (one of :data:`ENCODERS`) for ``in_channels`` × ``image_size`` × ``image_size``.
 
     The result has a ``feature_dim`` attribute and returns ``(B, feature_dim)``. ``stem`` only matters for
-    the ResNets but is checked for every name.
+    the ResNets but is checked for every name; ``batchnorm=False`` (``--no-batchnorm``) only for the mlp,
+    the only encoder that can drop its BatchNorm layers.
     """
     if name not in ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
@@ -38,13 +41,18 @@ def build_encoder(name: str, *, in_channels: int, image_size: int, stem: str = "
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     stem = resolve_stem(stem, image_size)
+    if not batchnorm and name != "mlp":
+        raise ConfigError(
+            f"--no-batchnorm removes BatchNorm from the mlp encoder and the projection head, but the {name} "
+            "encoder keeps its BatchNorm layers: use --encoder mlp, or drop --no-batchnorm"
+        )
     if name == "resnet18":
         return resnet18(stem=stem, in_channels=in_channels)
     if name == "resnet50":
         return resnet50(stem=stem, in_channels=in_channels)
     if name == "small_cnn":
         return SmallCNN(in_channels=in_channels)
-    return MLP(in_features=in_channels * image_size**2)
+    return MLP(in_features=in_channels * image_size**2, batchnorm=batchnorm)
 
 
 class ContrastiveModel(nn.Module):

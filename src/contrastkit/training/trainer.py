@@ -64,7 +64,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contrastkit import __version__
 from contrastkit.data import DataSplits, load_dataset
-from contrastkit.encoders import MLP, ContrastiveModel, ProjectionHead, build_encoder, resolve_stem
+from contrastkit.encoders import ContrastiveModel, ProjectionHead, build_encoder
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy, unseen_classes_warning
 from contrastkit.negatives import MomentumEncoder, build_negatives
@@ -219,16 +219,9 @@ def _encoder_name(config: TrainConfig, image_size: int) -> str:
 def build_model(config: TrainConfig, channels: int, image_size: int) -> ContrastiveModel:
     """Backbone + SimCLR projection head, chosen by the config (``--no-batchnorm``: both without BN)."""
     name = _encoder_name(config, image_size)
-    if config.batchnorm:
-        backbone = build_encoder(name, in_channels=channels, image_size=image_size, stem=config.stem)
-    elif name == "mlp":
-        resolve_stem(config.stem, image_size)  # the same check as with BatchNorm
-        backbone = MLP(in_features=channels * image_size**2, batchnorm=False)
-    else:
-        raise ConfigError(
-            f"--no-batchnorm removes BatchNorm from the mlp encoder and the projection head, but the {name} "
-            "encoder keeps its BatchNorm layers: use --encoder mlp, or drop --no-batchnorm"
-        )
+    backbone = build_encoder(
+        name, in_channels=channels, image_size=image_size, stem=config.stem, batchnorm=config.batchnorm
+    )
     head = ProjectionHead(
         backbone.feature_dim,
         hidden_dim=config.proj_hidden_dim,
