@@ -32,3 +32,17 @@ def test_derived_values_and_good_ones_pass() -> None:
     check_lr_and_weight_decay(None, None)  # both derived from the optimizer
     check_lr_and_weight_decay(0.3, 0.0)
     assert SelaConfig(lr=0.1, weight_decay=1e-4).lr == 0.1
+
+
+@pytest.mark.parametrize("cls", [*CONFIGS, "train", "text"])
+@pytest.mark.parametrize("seed", [-1, 2**32, 10**20, 1.5, True, "0"])
+def test_seeds_must_be_integers_in_numpys_range(cls: type | str, seed: object) -> None:
+    """A negative or huge --seed failed late with a traceback (numpy, k-means, torch's int64) in every
+    command, and ``train --seed -1`` ran, leaving a run whose ``eval --geometry`` crashed."""
+    from contrastkit.training import TrainConfig
+    from contrastkit.training.text import TextTrainConfig
+
+    make = {"train": TrainConfig, "text": TextTrainConfig}.get(cls, cls)  # type: ignore[call-overload]
+    with pytest.raises(ConfigError, match=r"option seed \(--seed\) must be an integer in \[0, 2\*\*32\)"):
+        make(seed=seed)
+    assert make(seed=2**32 - 1).seed == 2**32 - 1

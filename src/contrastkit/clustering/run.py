@@ -32,7 +32,13 @@ from torch import Tensor
 from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
 from contrastkit.clustering.sinkhorn import MARGINAL_ORDERS
 from contrastkit.errors import ConfigError
-from contrastkit.training.options import check_lr_and_weight_decay, is_integer, is_number, is_positive
+from contrastkit.training.options import (
+    check_lr_and_weight_decay,
+    check_seed,
+    is_integer,
+    is_number,
+    is_positive,
+)
 from contrastkit.training.options import check_option as _check
 from contrastkit.training.precision import PRECISIONS, autocast_dtype
 
@@ -93,6 +99,7 @@ class SelaConfig:
         for name in ("limit", "image_size"):
             v = getattr(self, name)
             _check(v is None or is_integer(v, 1), name, "a positive integer", v)
+        check_seed("seed", self.seed)
         _check(
             self.batch_size >= 2,
             "batch_size",

@@ -45,6 +45,7 @@ from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, w
 from contrastkit.training.options import (
     check_lr_and_weight_decay,
     check_option,
+    check_seed,
     given_flags,
     is_integer,
     is_number,
@@ -146,6 +147,7 @@ class AudioTrainConfig:
         check_option(
             self.limit is None or is_integer(self.limit, 1), "limit", "a positive integer", self.limit
         )
+        check_seed("seed", self.seed)
         for name in ("clip_seconds", "temperature", "knn_temperature"):
             check_option(is_positive(getattr(self, name)), name, "a positive number", getattr(self, name))
         check_option(

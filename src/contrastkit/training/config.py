@@ -17,6 +17,7 @@ from typing import Any
 from contrastkit.errors import ConfigError
 from contrastkit.negatives import NEGATIVES
 from contrastkit.negatives.mined import INDEX_CHOICES
+from contrastkit.training.options import check_seed
 from contrastkit.training.precision import PRECISIONS
 from contrastkit.views.image import RECIPES
 
@@ -215,12 +216,8 @@ class TrainConfig:
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
         _check(isinstance(self.knn_every, int) and self.knn_every >= 0, "knn_every", "an integer >= 0")
-        v = self.split_seed  # scikit-learn's and numpy's seeds: 0 to 2**32 - 1
-        _check(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
-            "split_seed",
-            "an integer in [0, 2**32)",
-        )
+        check_seed("seed", self.seed)
+        check_seed("split_seed", self.split_seed)
         _check(
             isinstance(self.mined_refresh_every, int) and self.mined_refresh_every >= 0,
             "mined_refresh_every",

@@ -33,6 +33,16 @@ def check_option(ok: bool, name: str, what: str, value: Any) -> None:
         raise ConfigError(f"option {name} (--{name.replace('_', '-')}) must be {what}, got {value!r}")
 
 
+SEED_LIMIT = 2**32
+"""Seeds are integers in [0, 2**32): numpy's and scikit-learn's range (torch takes more)."""
+
+
+def check_seed(name: str, value: Any) -> None:
+    """``--seed`` and the like: an integer in [0, 2**32). A negative or huge seed failed late, in numpy,
+    scikit-learn's k-means or torch, with a traceback (``train --seed -1`` even ran, and ``eval`` crashed)."""
+    check_option(is_integer(value, 0) and value < SEED_LIMIT, name, "an integer in [0, 2**32)", value)
+
+
 def check_lr_and_weight_decay(lr: Any, weight_decay: Any) -> None:
     """``--lr`` (None: derived) a positive number, ``--weight-decay`` (None: the optimizer's) a number >= 0."""
     check_option(lr is None or is_positive(lr), "lr", "a positive number (the peak learning rate)", lr)

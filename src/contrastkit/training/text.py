@@ -68,7 +68,7 @@ from contrastkit.training.checkpoint import (
 from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
-from contrastkit.training.options import given_flags
+from contrastkit.training.options import check_seed, given_flags
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import (
     COMMAND_RESUMABLE_OPTIONS,
@@ -188,6 +188,7 @@ class TextTrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid value."""
+        check_seed("seed", self.seed)
         for name in (
             "vocab_size",
             "min_freq",
