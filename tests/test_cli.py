@@ -112,3 +112,20 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert_clean_error(run_cli("train", "--config", bad_cfg), "epochz")
     # argparse's own errors: exit 2 with usage, no traceback
     assert_clean_error(run_cli("train", "--epochs", "many"), "invalid int value")
+
+
+@pytest.mark.parametrize("command", ["train", "text-train", "audio-train", "sela"])
+def test_each_flags_help_states_its_default_once(command: str) -> None:
+    """A help that says its own (derived) default got a second, wrong '(default: None)' in train and
+    text-train ("--lr ... (default: sgd 0.06, ...) (default: None)")."""
+    import argparse
+
+    from contrastkit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    helps = {a.dest: a.help or "" for a in parser._actions if a.dest not in ("help", "resume", "config")}
+    assert helps and all(h.count("(default") <= 1 for h in helps.values()), [
+        h for h in helps.values() if h.count("(default") > 1
+    ]
+    assert "(default: None)" not in " ".join(helps.values())

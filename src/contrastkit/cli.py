@@ -11,12 +11,13 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from typing import Any
 
 from contrastkit import __version__
 from contrastkit.errors import ContrastkitError
 from contrastkit.training.checkpoint import ForeignRunError
+from contrastkit.training.options import flag_help
 from contrastkit.training.resume import TrainingInterrupted
 
 EXAMPLES = """examples:
@@ -46,8 +47,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         t = str(f.type)
-        default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = flag_help(f)
         if t.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue

@@ -255,3 +255,24 @@ def test_knn_monitor_of_a_diverged_model_is_nan_not_an_error() -> None:
 
     assert 0.5 < ev.accuracy(flat) <= 1.0
     assert math.isnan(ev.accuracy(diverged))
+
+
+@pytest.mark.parametrize("option", [{"oracle": True}, {"objective": "supcon"}])
+def test_label_options_on_one_class_are_refused_before_the_run(tmp_path, option):
+    """--oracle on one class masked every negative (loss exactly 0 at every step, exit 0); supcon had no
+    negative at all. Both are refused before the run folder is made."""
+    from PIL import Image
+
+    folder = tmp_path / "one" / "train" / "cats"
+    folder.mkdir(parents=True)
+    rng = torch.Generator().manual_seed(0)
+    for i in range(24):
+        Image.fromarray(torch.randint(0, 256, (8, 8, 3), generator=rng, dtype=torch.uint8).numpy()).save(
+            folder / f"{i}.png"
+        )
+    out = tmp_path / "run"
+    config = TrainConfig(data=str(tmp_path / "one"), encoder="mlp", epochs=1, batch_size=8, progress=False,
+                         out=str(out), **option)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"1 known class\(es\) \(cats\).*use data with class folders"):
+        train(config)
+    assert not out.exists()

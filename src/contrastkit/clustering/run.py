@@ -60,8 +60,10 @@ class SelaConfig:
     """Everything that defines a ``contrastkit sela`` run (the CLI flags come from these fields)."""
 
     data: str = _opt("digits", "'digits', an image folder/.zip (train/<class>/*), or an FSDD .zip of WAVs")
-    limit: int | None = _opt(None, "use at most this many items per split (class-balanced)")
-    image_size: int | None = _opt(None, "resize images to this square size")
+    limit: int | None = _opt(None, "use at most this many items per split (class-balanced; default: all)")
+    image_size: int | None = _opt(
+        None, "resize images to this square size (default: keep; they must all match)"
+    )
     clusters: int = _opt(0, "clusters K per head (0: the number of classes)")
     heads: int = _opt(3, "clustering heads (each its own Sinkhorn assignment)")
     lam: float = _opt(25.0, "SeLa's λ (inverse entropic regularisation of the transport problem)")

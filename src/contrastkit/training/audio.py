@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from contrastkit.training.options import (
     check_lr_and_weight_decay,
     check_option,
     check_seed,
+    flag_help,
     given_flags,
     is_integer,
     is_number,
@@ -114,7 +115,7 @@ class AudioTrainConfig:
     resample: bool = _opt(
         False, "resample WAVs at another rate to 8 kHz (linear interpolation) instead of failing"
     )
-    limit: int | None = _opt(None, "use at most this many clips per split (quick runs)")
+    limit: int | None = _opt(None, "use at most this many clips per split (quick runs; default: all)")
     width: int = _opt(16, "AudioCNN width (feature_dim = 4 x width)")
     n_mels: int = _opt(40, "mel bands of the log-mel spectrogram")
     proj_hidden_dim: int = _opt(512, "hidden width of the projection head")
@@ -216,10 +217,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         t = str(f.type)
-        default = f.default if f.default is not MISSING else None
-        help_text = f.metadata.get("help", "")
-        if "default" not in help_text:  # the help already says what the default is (e.g. a derived one)
-            help_text = f"{help_text} (default: {default})"
+        help_text = flag_help(f)
         if t.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue

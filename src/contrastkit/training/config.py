@@ -42,7 +42,7 @@ class TrainConfig:
     data: str = _opt("digits", "'digits' (embedded, 1,797 8x8 images) or a folder/.zip with train/<class>/*")
     image_size: int | None = _opt(None, "resize images to this square size (default: keep; must all match)")
     limit: int | None = _opt(
-        None, "use at most this many images per split (class-balanced, seeded by --split-seed)"
+        None, "use at most this many images per split (class-balanced, seeded by --split-seed; default: all)"
     )
     data_placement: str = _opt(
         "auto",
@@ -98,7 +98,12 @@ class TrainConfig:
         4, "shuffled BatchNorm groups of the key encoder's batch (MoCo Sec. 3.3); 1 disables"
     )
     mix_start_epoch: float = _opt(0, "MoCHi: epochs before mixing starts")
-    mix_hardest: int = _opt(256, "MoCHi N: the hardest negatives of each query that the mixtures draw from")
+    mix_hardest: int = _opt(
+        256,
+        "MoCHi N: the hardest negatives of each query that the mixtures draw from (at most the queue or the "
+        "batch's negatives, else refused; with mined+mochi capped at --mined-negatives, the mined set being "
+        "the hardest already, as the banner says)",
+    )
     mix_synthetic: int = _opt(256, "MoCHi s: synthetic negatives per query, mixtures of two of the N hardest")
     mix_query: int = _opt(
         32, "MoCHi s': harder synthetic negatives per query, the query mixed with one of the N (weight < 0.5)"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import fields
+from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from contrastkit.errors import ConfigError
@@ -52,6 +52,15 @@ def check_lr_and_weight_decay(lr: Any, weight_decay: Any) -> None:
         "a number >= 0",
         weight_decay,
     )
+
+
+def flag_help(f: Field[Any]) -> str:
+    """A config field's ``--help`` text: its help, then ``(default: X)`` unless the help already says what
+    the default is (a derived one: "default: the optimizer's base rate x batch/256")."""
+    text = f.metadata.get("help", "")
+    if "default" in text:
+        return text
+    return f"{text} (default: {f.default if f.default is not MISSING else None})"
 
 
 def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:

@@ -68,7 +68,7 @@ from contrastkit.training.checkpoint import (
 from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
-from contrastkit.training.options import check_seed, given_flags
+from contrastkit.training.options import check_seed, flag_help, given_flags
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import (
     COMMAND_RESUMABLE_OPTIONS,
@@ -316,7 +316,7 @@ def add_arguments(parser: ArgumentParser) -> None:
     for f in fields(TextTrainConfig):
         flag = "--" + f.name.replace("_", "-")
         t = str(f.type)
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = flag_help(f)
         if t.startswith("bool"):
             parser.add_argument(flag, action=BooleanOptionalAction, default=None, help=help_text)
             continue

@@ -689,6 +689,24 @@ def _data_info(config: TrainConfig, data: TrainingData) -> DataInfo:
             + (f"use --mined-negatives {most} or less" if most >= 1 else "mining needs at least 2 images")
             + (", or more training images (a larger --limit)" if config.limit is not None else "")
         )
+    if config.oracle or config.objective == "supcon":
+        known = data.labels[data.labels >= 0].unique()
+        if known.numel() < 2:
+            use = (
+                "--oracle masks same-class negatives"
+                if config.oracle
+                else "--objective supcon contrasts classes"
+            )
+            raise ConfigError(
+                f"{use}, but the training images hold {known.numel()} known class(es) "
+                f"({', '.join(map(str, splits.train.classes[:3])) or 'no labels'}): "
+                + (
+                    "every negative would be masked and the loss exactly 0, so nothing would be learnt"
+                    if config.oracle
+                    else "every other image would be a positive and none a negative"
+                )
+                + "; use data with class folders (two or more), or drop the option"
+            )
     mean, std = data.stats
     c, h, w = data.image_shape
     if h != w:
