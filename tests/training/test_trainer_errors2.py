@@ -136,7 +136,11 @@ def test_a_healthy_run_gives_no_collapse_warning(tmp_path, one_thread):
 def test_the_collapse_warning_compares_with_chance_and_the_untrained_encoder():
     warn = trainer_module._collapse_warning
     cfg = TrainConfig()
-    assert "at or below chance" in warn(0.15, 0.14, 10, cfg)  # 1.5 x 1/10
+    assert "near chance level (at most 1.5 x 1/10 classes = 0.150" in warn(0.15, 0.14, 10, cfg)
+    # near chance, but clearly above the untrained encoder: a short run that learns, not a collapse (it
+    # warned "at or below chance" for 0.4667 against chance 0.333)
+    assert warn(0.4667, 0.40, 3, cfg) is None
+    assert "near chance" in warn(0.4667, 0.44, 3, cfg)
     assert warn(0.16, 0.14, 10, cfg) is None
     assert "well below the same encoder's at random initialisation" in warn(0.6, 0.81, 10, cfg)
     assert warn(0.75, 0.81, 10, cfg) is None  # less than 0.1 below

@@ -132,6 +132,8 @@ SKIPPED_WARNING_SHARE = 0.25
 # below the untrained encoder's, ends with a warning that its representation likely collapsed
 COLLAPSE_CHANCE_FACTOR = 1.5
 COLLAPSE_BELOW_RANDOM = 0.1
+# ... unless it beats the untrained encoder by more than this: near chance but learning (a tiny run)
+COLLAPSE_IMPROVED = 0.05
 # the options the trainer passes to build_objective: each objective takes those its constructor names
 OBJECTIVE_OPTIONS = ("temperature", "tau_plus", "beta", "margin", "mining")
 
@@ -1422,20 +1424,24 @@ def _environments(progress: dict[str, Any], device: torch.device) -> dict[str, A
 
 
 def _collapse_warning(learned: Any, random_init: Any, classes: int, config: TrainConfig) -> str | None:
-    """The warning for a run whose final kNN top-1 is at chance (at most ``COLLAPSE_CHANCE_FACTOR`` times
-    1 / classes) or well below the untrained encoder's (by more than ``COLLAPSE_BELOW_RANDOM``): its
-    representation most likely collapsed. None for a healthy run, for one class, and for a NaN."""
+    """The warning for a run whose final kNN top-1 is near chance (at most ``COLLAPSE_CHANCE_FACTOR`` times
+    1 / classes, and not more than ``COLLAPSE_IMPROVED`` above the untrained encoder's) or well below the
+    untrained encoder's (by more than ``COLLAPSE_BELOW_RANDOM``): its representation most likely collapsed.
+    None for a healthy run, for one class, and for a NaN."""
     if classes < 2 or not isinstance(learned, (int, float)) or not math.isfinite(learned):
         return None
     chance = 1.0 / classes
+    known = isinstance(random_init, (int, float)) and math.isfinite(random_init)
     reasons = []
-    if learned <= COLLAPSE_CHANCE_FACTOR * chance:
-        reasons.append(f"at or below chance level (1/{classes} classes = {chance:.3f})")
-    if (
-        isinstance(random_init, (int, float))
-        and math.isfinite(random_init)
-        and learned < random_init - COLLAPSE_BELOW_RANDOM
+    if learned <= COLLAPSE_CHANCE_FACTOR * chance and not (
+        known and learned > random_init + COLLAPSE_IMPROVED
     ):
+        reasons.append(
+            f"near chance level (at most {COLLAPSE_CHANCE_FACTOR:g} x 1/{classes} classes = "
+            f"{COLLAPSE_CHANCE_FACTOR * chance:.3f}"
+            + (f", and not above the untrained encoder's {random_init:.4f})" if known else ")")
+        )
+    if known and learned < random_init - COLLAPSE_BELOW_RANDOM:
         reasons.append(f"well below the same encoder's at random initialisation ({random_init:.4f})")
     if not reasons:
         return None
