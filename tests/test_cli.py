@@ -129,3 +129,24 @@ def test_each_flags_help_states_its_default_once(command: str) -> None:
         h for h in helps.values() if h.count("(default") > 1
     ]
     assert "(default: None)" not in " ".join(helps.values())
+
+
+def test_the_librarys_warnings_print_as_contrastkit_warning_lines() -> None:
+    """Inside a command, contrastkit's own warnings read like its other WARNING lines (they printed as
+    '/path/src/contrastkit/data/folder.py:573: UserWarning: ...' plus the source line); others unchanged."""
+    import warnings
+    from pathlib import Path
+
+    import contrastkit
+    from contrastkit import cli
+
+    inside = str(Path(contrastkit.__file__).parent / "data" / "folder.py")
+    plain = warnings.formatwarning
+    with cli._warning_lines():
+        ours = warnings.formatwarning("train/ has 1 file(s) that are not images", UserWarning, inside, 573)
+        other = warnings.formatwarning("deprecated", UserWarning, "/elsewhere/lib.py", 3)
+        future = warnings.formatwarning("changes", FutureWarning, inside, 5)
+    assert ours == "contrastkit: WARNING: train/ has 1 file(s) that are not images\n"
+    assert other == plain("deprecated", UserWarning, "/elsewhere/lib.py", 3)
+    assert "FutureWarning" in future
+    assert warnings.formatwarning is plain

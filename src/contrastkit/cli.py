@@ -8,9 +8,12 @@ command exits with status 2, never with a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -200,9 +203,36 @@ def _rank_prefix() -> str:
     return f"[rank {r}] " if r not in (None, "0") and os.environ.get("WORLD_SIZE", "1") != "1" else ""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@contextlib.contextmanager
+def _warning_lines() -> Iterator[None]:
+    """The library's own warnings (``warnings.warn`` in contrastkit: skipped files, converted images...) as
+    ``contrastkit: WARNING: ...`` lines, like the commands' other warnings, not Python's
+    ``/path/to/folder.py:573: UserWarning: ...`` with a source line; other packages' warnings unchanged."""
+    plain = warnings.formatwarning
+
+    def formatwarning(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
+        if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep) and issubclass(category, UserWarning):
+            return f"{_rank_prefix()}contrastkit: WARNING: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = plain
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _warning_lines():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "train":
             _train(args)

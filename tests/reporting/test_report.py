@@ -166,8 +166,16 @@ def test_missing_history_gives_an_unavailable_loss_panel(run_copy: Path) -> None
 
 
 def test_run_without_checkpoint_still_gets_curves_and_a_note(run_copy: Path) -> None:
+    # an earlier report's figures that this one cannot draw are removed: they would not match the page
+    for name in ("report_embedding.png", "report_retrieval.png"):
+        (run_copy / name).write_bytes(b"an earlier report's figure")
     (run_copy / "checkpoint.pt").unlink()
-    result = write_report(run_copy, device="cpu", out=io.StringIO())
+    printed = io.StringIO()
+    result = write_report(run_copy, device="cpu", out=printed)
+    assert (
+        not (run_copy / "report_embedding.png").exists() and not (run_copy / "report_retrieval.png").exists()
+    )
+    assert "removed the earlier report's report_embedding.png, report_retrieval.png" in printed.getvalue()
     page = parse(result.html)
     assert {"fig-loss", "fig-knn"} <= set(result.figures)
     assert "fig-embedding" not in result.figures and "fig-retrieval" not in result.figures

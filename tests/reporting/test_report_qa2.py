@@ -78,7 +78,8 @@ def test_eval_into_an_unwritable_run_is_refused_before_the_work(
 ) -> None:
     unwritable(monkeypatch, run_copy)
     no_work(monkeypatch)
-    with pytest.raises(ContrastkitError, match="is not writable"):
+    # eval has no --out: the advice is the copy, not "another location"
+    with pytest.raises(ContrastkitError, match=r"is not writable.*copy the run folder somewhere writable"):
         evaluate_checkpoint(run_copy, device="cpu", out=io.StringIO())
 
 
@@ -134,7 +135,7 @@ def test_report_into_an_unwritable_run_is_refused_before_the_work(
 ) -> None:
     unwritable(monkeypatch, run_copy)
     monkeypatch.setattr(report_module, "read_history", lambda *a: pytest.fail("work started"))
-    with pytest.raises(ContrastkitError, match="is not writable"):
+    with pytest.raises(ContrastkitError, match=r"is not writable.*copy the run folder somewhere writable"):
         write_report(run_copy, device="cpu", out=io.StringIO())
 
 

@@ -37,6 +37,7 @@ from contrastkit.reporting.run import (
 from contrastkit.training.checkpoint import (
     CHECKPOINT_NAME,
     FOREIGN_RUNS,
+    IN_RUN_FOLDER,
     ForeignRunError,
     check_output_folder,
     detect_run_kind,
@@ -143,7 +144,9 @@ def write_report(
         exc = ForeignRunError(folder, kind)
         exc.args = (exc.message_for("report"),)
         raise exc
-    check_output_folder(folder / REPORT_NAME)  # before any work: a page that cannot be written is lost
+    check_output_folder(
+        folder / REPORT_NAME, advice=IN_RUN_FOLDER
+    )  # before any work: a page that cannot be written is lost
     notes: list[str] = []
     metrics = read_metrics(folder)
     history = read_history(folder)
@@ -260,11 +263,23 @@ def write_report(
     )
     html_path = folder / REPORT_NAME
     write_atomic(html_path, lambda f: f.write(page), binary=False)
+    stale = []  # an earlier report's figures that this page does not show: they no longer match it
+    for fig_id, name in FIGURE_FILES.items():
+        old = folder / name
+        if fig_id not in figure_paths and old.is_file():
+            try:
+                old.unlink()
+                stale.append(name)
+            except OSError:
+                notes.append(
+                    f"{name} is an earlier report's figure (not drawn this time) and could not be removed"
+                )
     for note in notes:
         print(f"contrastkit report: WARNING: {note}", file=out)
     print(
         f"wrote {html_path} ({len(figs)} figures, {time.perf_counter() - t0:.1f} s) and "
         f"{', '.join(p.name for p in figure_paths.values())}"
+        + (f"; removed the earlier report's {', '.join(stale)} (not drawn this time)" if stale else "")
         + (f"; {len(notes)} warning(s), shown above and at the top of the page" if notes else ""),
         file=out,
     )

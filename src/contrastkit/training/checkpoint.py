@@ -48,9 +48,16 @@ def cannot_write(path: str | Path, exc: OSError) -> ContrastkitError:
     )
 
 
-def check_output_folder(path: str | Path) -> Path:
+IN_RUN_FOLDER = "check its permissions, or copy the run folder somewhere writable and give the copy"
+"""What to do when a file that is written into its run folder (report.html, metrics.json) cannot be."""
+
+
+def check_output_folder(
+    path: str | Path, *, advice: str = "choose another location or check its permissions"
+) -> Path:
     """Check, before any work, that the folder of output file ``path`` exists, is a folder and is writable;
-    raise a :class:`ContrastkitError` naming the folder and what to do otherwise. Returns ``path``."""
+    raise a :class:`ContrastkitError` naming the folder and what to do otherwise (``advice`` when it is not
+    writable: :data:`IN_RUN_FOLDER` for outputs that have no other place). Returns ``path``."""
     target = Path(path)
     folder = target.parent
     if not folder.exists():
@@ -70,8 +77,7 @@ def check_output_folder(path: str | Path) -> Path:
         )
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ContrastkitError(
-            f"folder {str(folder)!r} is not writable, so {str(target)!r} cannot be written: choose another "
-            "location or check its permissions"
+            f"folder {str(folder)!r} is not writable, so {str(target)!r} cannot be written: {advice}"
         )
     return target
 

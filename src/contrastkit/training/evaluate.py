@@ -38,6 +38,7 @@ from contrastkit.evaluation import (
 from contrastkit.evaluation import linear_probe as run_linear_probe
 from contrastkit.evaluation.features import extract_features_from_batches
 from contrastkit.training.checkpoint import (
+    IN_RUN_FOLDER,
     check_output_folder,
     find_checkpoint,
     load_checkpoint,
@@ -311,7 +312,7 @@ def evaluate_checkpoint(
     fractions = parse_fractions(few_label) if few_label is not None else None
     path = find_checkpoint(run_or_checkpoint)
     if write:  # before any work: results that cannot be merged into metrics.json would be lost
-        check_output_folder(path.parent / METRICS_NAME)
+        check_output_folder(path.parent / METRICS_NAME, advice=IN_RUN_FOLDER)
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"], source=str(path), saved_run=True)
     run_progress = training_progress(state)
