@@ -137,3 +137,30 @@ def test_minilm_pads_with_its_pad_id_and_keeps_special_tokens(minilm: tuple) -> 
     with torch.no_grad():
         padded = enc(torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], dim=1))
         torch.testing.assert_close(padded, enc(ids), atol=1e-5, rtol=1e-5)
+
+
+@needs_text_extra
+def test_the_pretrained_wrapper_starts_in_its_models_mode_so_an_evaluation_keeps_dropout_off() -> None:
+    """The wrapper said training while its Hugging Face model was in eval mode; embed_sentences put the
+    wrapper's 'training' back, which switched the model's dropout on (embeddings then varied by up to 0.3)."""
+    import transformers
+
+    from contrastkit.encoders.text import PretrainedTextEncoder
+    from contrastkit.evaluation.sts import embed_sentences
+
+    tok = WordTokenizer.build(SENTENCES, min_freq=1)
+    config = transformers.BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    enc = PretrainedTextEncoder(transformers.BertModel(config).eval(), pad_id=tok.pad_id)
+    assert not enc.training
+    ids = tok.encode(SENTENCES, 16)
+    with torch.no_grad():
+        before = enc(ids)
+    embed_sentences(enc, tok, SENTENCES, max_length=16)
+    assert not enc.training and not enc.model.training
+    with torch.no_grad():
+        assert torch.equal(enc(ids), before)
+    assert PretrainedTextEncoder(transformers.BertModel(config).train(), pad_id=0).training

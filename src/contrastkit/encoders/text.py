@@ -181,6 +181,9 @@ class PretrainedTextEncoder(nn.Module):
         self.model = model
         self.pad_id = int(pad_id)
         self.feature_dim = int(model.config.hidden_size)
+        # the wrapper's mode is the model's (from_pretrained gives eval): a wrapper left in training mode
+        # around an eval model switched dropout on when an evaluation put "its" mode back
+        self.train(model.training)
 
     def forward(self, ids: Tensor) -> Tensor:
         mask = (ids != self.pad_id).long()
