@@ -10,7 +10,8 @@ variant; the section numbers 3.1 / 3.2 given here before were not verified again
 are dropped). The labels start as a random equipartition (``i mod K``, permuted per head), and the loss is
 the mean of the heads' cross-entropies, both as in the reference code (yukimasano/self-label,
 ``main.py``). Refresh schedule: ``refresh_every`` epochs apart, i.e. evenly spaced, like the reference
-``cifar.py`` (400 refreshes over 800 epochs); the reference ImageNet ``main.py`` instead spaces its
+``cifar.py`` (400 refreshes over 800 epochs; it re-solves one head per refresh, ``epoch % H``, where this
+module, like the reference ``main.py``, re-solves every head at each refresh); the reference ImageNet ``main.py`` instead spaces its
 ``nopts`` = 100 refreshes quadratically (``linspace(0, 1, nopts) ** 2`` of the training length, denser
 early on), which this module does not offer.
 
@@ -102,8 +103,10 @@ class SelfLabelling(nn.Module):
     cluster, ``"reference"`` inverts it as the SeLaVi reference code does:
     :func:`~contrastkit.clustering.sinkhorn.gaussian_marginal`). The current sizes are ``Σ_i exp(log_p)``,
     for two branches ``Σ_i sqrt(P^a P^b)``, where the reference code sorts by ``Σ_i P^a P^b``. ``tol`` is
-    the Sinkhorn tolerance on the cluster marginals (relative; the pseudo-labels are an argmax and need no
-    more). ``labels`` (H, N) holds the current pseudo-labels (see :meth:`init_labels`).
+    the Sinkhorn tolerance on the cluster marginals (relative). The pseudo-labels are an argmax, so a loose
+    tolerance changes only near-ties: at the default 1e-3, 2 of 400 labels (0.5%, log gaps of 0.01-0.03)
+    differed from the converged plan's on a two-branch test and none on single-branch ones; 1e-6 changes
+    none (and is still far tighter than the reference code's fixed iteration count). ``labels`` (H, N) holds the current pseudo-labels (see :meth:`init_labels`).
     """
 
     def __init__(

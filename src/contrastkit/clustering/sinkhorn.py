@@ -147,8 +147,10 @@ def sinkhorn(
     log_c = _marginal("item", item_marginal, n, lp)
     r = log_r.exp()
     # ε-scaling (Schmitzer 2019): for λ > 1 solve first at λ_0 = 1, then λ x 4 per stage up to λ, warm-starting
-    # the dual potentials u / λ; only the last stage runs to the tolerance. Same fixed point, far fewer
-    # iterations. λ <= 1 is one stage at λ itself.
+    # the dual potentials u / λ; only the last stage runs to the tolerance. Same fixed point; the gain is at
+    # large λ (measured on 300 x 10 random problems: λ = 1000 converged in 320 iterations, not in 20,000
+    # without), while at SeLa's λ = 10-25 it costs ~5-15% more (360 vs 310, 1320 vs 1260). λ <= 1 is one
+    # stage at λ itself.
     stages = [float(lam)]
     if anneal:
         while stages[-1] > 1.0:

@@ -166,7 +166,11 @@ class TextTrainConfig:
     warmup: float | None = _opt(None, "share of steps of linear warm-up (default: pretrained 0, scratch 0.1)")
     max_length: int = _opt(32, "tokens per training sentence (longer ones are truncated)")
     # run
-    eval_max_length: int = _opt(128, "tokens per sentence at evaluation")
+    eval_max_length: int = _opt(
+        128,
+        "tokens per sentence at evaluation, longer ones truncated (STS-B's longest is 46; the MiniLM "
+        "package's sentence-transformers config uses 256)",
+    )
     eval_batch_size: int = _opt(128, "sentences per evaluation batch")
     seed: int = _opt(0, "random seed (subset, init, order, views)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
