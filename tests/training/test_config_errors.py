@@ -208,3 +208,37 @@ def test_the_banner_names_mochis_n_as_used() -> None:
     assert "mix (N, s, s')=(16, 256, 32) (N: --mix-hardest 256 capped at the mined negatives)" in note
     note = _negatives_note(TrainConfig(negatives="queue+mochi"), 0.99, 5, torch.device("cpu"))
     assert "mix (N, s, s')=(256, 256, 32)" in note and "capped" not in note
+
+
+def test_options_this_run_does_not_use_are_named() -> None:
+    """An option away from its default that the chosen objective / source / encoder ignores is named (it
+    was accepted silently and recorded in config.yaml as if used); the options a run uses are not."""
+    from contrastkit.training.config import unused_options
+
+    assert unused_options(TrainConfig()) == []
+    found = unused_options(
+        TrainConfig(queue_size=100, mining="hardest", stem="imagenet", encoder="mlp", tau_plus=0.05, mix_query=4,
+                    mined_reencode=True)
+    )  # fmt: skip
+    assert found == [
+        "--tau-plus 0.05 has no effect in this run: --objective infonce does not use it (it takes --temperature)",
+        "--mining hardest has no effect in this run: --objective infonce does not use it (it takes --temperature)",
+        "--queue-size 100 has no effect in this run: it is used only by --negatives queue / queue+mochi",
+        "--mix-query 4 has no effect in this run: it is used only by a --negatives ...+mochi source",
+        "--mined-reencode True has no effect in this run: it is used only by a --negatives ...mined source",
+        "--stem imagenet has no effect in this run: it is used only by the ResNet encoders",
+    ]
+    used = TrainConfig(objective="hcl", tau_plus=0.05, beta=0.5, negatives="queue+mochi", queue_size=512,
+                       mix_query=4, mix_hardest=128, encoder="resnet18", stem="imagenet")  # fmt: skip
+    assert unused_options(used) == []
+    assert unused_options(TrainConfig(objective="triplet", temperature=0.1, margin=0.3)) == [
+        "--temperature 0.1 has no effect in this run: --objective triplet does not use it (it takes --margin, "
+        "--mining)"
+    ]
+
+
+def test_train_prints_the_unused_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--encoder", "mlp", "--epochs", "1", "--limit", "200", "--batch-size", "64", "--knn-every",
+            "0", "--no-progress", "--queue-size", "100", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(args) == 0
+    assert "WARNING: --queue-size 100 has no effect in this run" in capsys.readouterr().out

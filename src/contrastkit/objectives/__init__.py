@@ -44,7 +44,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
-def _parameters(cls: type[Objective]) -> list[str]:
+def objective_parameters(cls: type[Objective]) -> list[str]:
     """The names of ``cls``'s constructor parameters, in order."""
     return [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
 
@@ -62,8 +62,8 @@ def build_objective(name: str, **params: Any) -> Objective:
         cls = OBJECTIVES[name]
     except KeyError:
         raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}") from None
-    accepted = _parameters(cls)
-    known = {n for c in OBJECTIVES.values() for n in _parameters(c)}
+    accepted = objective_parameters(cls)
+    known = {n for c in OBJECTIVES.values() for n in objective_parameters(c)}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(
@@ -88,4 +88,5 @@ __all__ = [
     "build_objective",
     "check_scores",
     "mutual_information_bound",
+    "objective_parameters",
 ]

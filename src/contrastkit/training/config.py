@@ -492,3 +492,41 @@ def _positive(v: Any) -> bool:
 def _check(ok: bool, name: str, what: str) -> None:
     if not ok:
         raise ConfigError(f"option {name} (--{name.replace('_', '-')}) must be {what}")
+
+
+# options that only some choices use: (option, whether this config uses it, what uses it)
+_USED_BY: tuple[tuple[str, Any, str], ...] = (
+    ("queue_size", lambda c: "queue" in c.negatives, "--negatives queue / queue+mochi"),
+    ("mix_start_epoch", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
+    ("mix_hardest", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
+    ("mix_synthetic", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
+    ("mix_query", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
+    ("mined_negatives", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
+    ("mined_refresh_every", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
+    ("mined_index", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
+    ("mined_reencode", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
+    ("stem", lambda c: c.encoder in ("auto", "resnet18", "resnet50"), "the ResNet encoders"),
+)
+
+
+def unused_options(config: TrainConfig) -> list[str]:
+    """Options set away from their defaults that this run does not use (``--queue-size`` with in-batch
+    negatives, ``--tau-plus`` with InfoNCE, ...): one sentence each, for a warning. A run records every
+    option in config.yaml, so an option silently doing nothing there reads as if it had been used."""
+    from contrastkit.objectives import OBJECTIVES, objective_parameters
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    options = ("temperature", "tau_plus", "beta", "margin", "mining")
+    takes = [n for n in options if n in objective_parameters(OBJECTIVES[config.objective])]
+    flags = ", ".join("--" + n.replace("_", "-") for n in takes) or "none of these options"
+    found = []
+    for name in options:
+        if name not in takes and getattr(config, name) != defaults[name]:
+            found.append((name, f"--objective {config.objective} does not use it (it takes {flags})"))
+    for name, used, by in _USED_BY:
+        if not used(config) and getattr(config, name) != defaults[name]:
+            found.append((name, f"it is used only by {by}"))
+    return [
+        f"--{name.replace('_', '-')} {getattr(config, name)} has no effect in this run: {why}"
+        for name, why in found
+    ]

@@ -91,7 +91,7 @@ from contrastkit.training.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from contrastkit.training.config import TrainConfig, check_option_combinations
+from contrastkit.training.config import TrainConfig, check_option_combinations, unused_options
 from contrastkit.training.data import HELD_OUT_FRACTION, TrainingData, load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
@@ -564,6 +564,9 @@ def _run(
     print(
         _banner(config, device, data, parts, run_dir, step, resumed=saved is not None), file=out, flush=True
     )
+    if main:
+        for warning in unused_options(config):  # config.yaml records them as if they had been used
+            print(f"WARNING: {warning}", file=out, flush=True)
     loop = _Loop(
         config=config,
         device=device,
