@@ -386,16 +386,22 @@ def train_self_labelling(
             order = torch.randperm(n, generator=_cpu_generator(generator))
             total = torch.zeros((), device=device)
         model.train()
+        # the epoch's order copied once to each device that is indexed with it: a batch's slice of a CPU
+        # order copied to the GPU at every step is a host-to-device copy that waits for the GPU
+        devices = {data_a.device, model.labels.device} | ({second_data.device} if cross_view else set())
+        placed = {where: order.to(where) for where in devices}
         for i in range(start, steps):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            x_a = _memory_format(views_a(data_a[idx.to(data_a.device)].to(device), generator))
+            rows = slice(i * batch_size, (i + 1) * batch_size)
+            x_a = _memory_format(views_a(data_a[placed[data_a.device][rows]].to(device), generator))
             x_b = (
-                _memory_format(second_view(second_data[idx.to(second_data.device)].to(device), generator))
+                _memory_format(
+                    second_view(second_data[placed[second_data.device][rows]].to(device), generator)
+                )
                 if cross_view
                 else None
             )
             with _autocast(device, autocast_dtype):
-                loss = model(x_a, x_b, idx.to(model.labels.device))
+                loss = model(x_a, x_b, placed[model.labels.device][rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
