@@ -34,10 +34,11 @@ fi
 EP=${EPOCHS:-$(python3 -c "print(max(20,min(400,int(($TRAIN_SECONDS-150)*float('$IPS')/50000))))")}
 echo "full-step images/s=$IPS -> epochs=$EP"
 RUN=/tmp/run5-$(date +%H%M%S)   # a new folder per call: a warm machine keeps /tmp between calls
-LEFT=$((DEADLINE - SECONDS - 30))   # 30 s for the SIGTERM checkpoint and the copies below
+LEFT=$((DEADLINE - SECONDS - 30))   # 30 s: the SIGTERM checkpoint (killed after 25 s) and the copies below
 if [ "$LEFT" -lt 60 ]; then echo "only $LEFT s left: no training run in this call"; exit 1; fi   # timeout 0 = none
 echo "training gets at most $LEFT s of the call (SIGTERM then)"
-timeout -s TERM -k 40 "$LEFT" python3 -m contrastkit train --data $DATA --epochs $EP --batch-size 512 $COMPILE --knn-every 5 --checkpoint-every 1000000 \
+# --foreground: the signal goes to the trainer alone (its DataLoader workers must live to finish the checkpoint)
+timeout --foreground -s TERM -k 25 "$LEFT" python3 -m contrastkit train --data $DATA --epochs $EP --batch-size 512 $COMPILE --knn-every 5 --checkpoint-every 1000000 \
   --crop-min-scale 0.2 --temperature 0.2 --lr 0.3 --no-progress --out "$RUN" 2>&1 | tee "$OUT/train5.log"
 cp "$RUN/metrics.json" "$RUN/config.yaml" "$OUT/" 2>/dev/null
 gzip -c "$RUN/history.jsonl" > "$OUT/history5.jsonl.gz" 2>/dev/null
@@ -47,4 +48,4 @@ import json, torch
 p = torch.load('$RUN/checkpoint.pt', map_location='cpu', weights_only=False)['progress']
 json.dump({k: p[k] for k in ('epoch', 'train_seconds', 'knn_curve', 'knn_top1_random_init', 'knn_top1_raw_pixels')},
           open('$OUT/progress_at_stop.json', 'w'), indent=1)
-print('stopped at epoch', p['epoch'], 'last kNN', p['knn_curve'][-1] if p['knn_curve'] else None)"
+print('stopped after', p['epoch'], 'complete epochs; last kNN', p['knn_curve'][-1] if p['knn_curve'] else None)"

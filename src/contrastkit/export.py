@@ -45,7 +45,10 @@ from contrastkit.training.checkpoint import (
 __all__ = ["FORMAT", "export_backbone", "load_backbone", "read_export_metadata"]
 
 FORMAT = "contrastkit-backbone"
-VERSION = 1
+VERSION = 2
+"""The newest export format this version reads and writes: 2 adds ``"batchnorm": false`` to the constructor
+(an mlp without BatchNorm), which only such exports carry; the others are still written as version 1, so
+older contrastkit reads them, and says "upgrade" for a version 2 file instead of a TypeError."""
 META_KEY = "contrastkit"
 DEFAULT_NAME = "backbone.safetensors"
 """The export's file name in the run folder when no ``--out`` is given."""
@@ -55,7 +58,7 @@ def _metadata(trained: Any) -> dict[str, Any]:
     info = trained.info
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 1 if trained.config.batchnorm else 2,
         "architecture": trained.encoder,
         "constructor": {
             "in_channels": info.channels,

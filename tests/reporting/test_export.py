@@ -174,7 +174,8 @@ def test_an_mlp_without_batchnorm_exports_and_loads(tmp_path: Path) -> None:
     train(TrainConfig(epochs=1, batch_size=64, limit=128, encoder="mlp", batchnorm=False, knn_every=0,
                       progress=False, out=str(run)))  # fmt: skip
     path = export_backbone(run, out=io.StringIO())
-    assert read_export_metadata(path)["constructor"]["batchnorm"] is False
+    meta = read_export_metadata(path)
+    assert meta["constructor"]["batchnorm"] is False and meta["version"] == 2  # older readers: "upgrade"
     backbone = load_backbone(path)
     assert type(backbone) is MLP and not any(isinstance(m, torch.nn.BatchNorm1d) for m in backbone.modules())
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(2))

@@ -166,16 +166,19 @@ def test_missing_history_gives_an_unavailable_loss_panel(run_copy: Path) -> None
 
 
 def test_run_without_checkpoint_still_gets_curves_and_a_note(run_copy: Path) -> None:
-    # an earlier report's figures that this one cannot draw are removed: they would not match the page
+    # an earlier report's figures that this one cannot draw are kept (perhaps the only copy) but named
     for name in ("report_embedding.png", "report_retrieval.png"):
         (run_copy / name).write_bytes(b"an earlier report's figure")
     (run_copy / "checkpoint.pt").unlink()
     printed = io.StringIO()
     result = write_report(run_copy, device="cpu", out=printed)
+    assert (run_copy / "report_embedding.png").read_bytes() == b"an earlier report's figure"
+    stale = "report_embedding.png, report_retrieval.png beside the page are an earlier report"
     assert (
-        not (run_copy / "report_embedding.png").exists() and not (run_copy / "report_retrieval.png").exists()
+        stale in printed.getvalue()
+        and stale in result.html.read_text()
+        and any(stale in n for n in result.notes)
     )
-    assert "removed the earlier report's report_embedding.png, report_retrieval.png" in printed.getvalue()
     page = parse(result.html)
     assert {"fig-loss", "fig-knn"} <= set(result.figures)
     assert "fig-embedding" not in result.figures and "fig-retrieval" not in result.figures

@@ -231,6 +231,11 @@ def test_options_this_run_does_not_use_are_named() -> None:
     used = TrainConfig(objective="hcl", tau_plus=0.05, beta=0.5, negatives="queue+mochi", queue_size=512,
                        mix_query=4, mix_hardest=128, encoder="resnet18", stem="imagenet")  # fmt: skip
     assert unused_options(used) == []
+    assert unused_options(TrainConfig(shuffle_bn_groups=2)) == [
+        "--shuffle-bn-groups 2 has no effect in this run: it is used only by a momentum key encoder "
+        "(--negatives queue, or --key-momentum above 0)"
+    ]
+    assert unused_options(TrainConfig(shuffle_bn_groups=2, key_momentum=0.99)) == []
     assert unused_options(TrainConfig(objective="triplet", temperature=0.1, margin=0.3)) == [
         "--temperature 0.1 has no effect in this run: --objective triplet does not use it (it takes --margin, "
         "--mining)"

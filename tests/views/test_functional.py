@@ -380,3 +380,12 @@ def test_crop_flip_resize_rejects_bad_boxes() -> None:
         VF.crop_flip_resize(torch.rand(2, 3, 8, 8), torch.zeros(2, 3), None, 8)
     with pytest.raises(ConfigError, match="floating-point"):
         VF.crop_flip_resize(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 4), None, 8)
+
+
+def test_a_number_beyond_a_16_bit_range_works_as_before_the_fill() -> None:
+    """Numbers are filled, not copied from the host (a copy synchronises on CUDA); a value beyond float16's
+    range becomes inf as torch.as_tensor made it (torch.full of float16 refused it)."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    assert torch.equal(VF.solarize(x, 7e4), x)  # nothing reaches an infinite threshold
+    assert torch.equal(VF.adjust_brightness(x, 1e5), VF.adjust_brightness(x, torch.tensor(1e5).half()))
+    assert torch.equal(VF.adjust_brightness(x, 0.5), VF.adjust_brightness(x, torch.full((2,), 0.5)))

@@ -146,6 +146,8 @@ def cluster_scores(
     k = int(num_clusters) if num_clusters is not None else len(np.unique(y))
     if not 1 <= k <= x_np.shape[0]:
         raise ConfigError(f"num_clusters must lie in [1, {x_np.shape[0]}] (the embeddings), got {k}")
+    # scikit-learn takes seeds in [0, 2**32); a run saved before --seed was checked may hold -1
+    seed = int(seed) % 2**32
     pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x_np)
     return {
         "nmi": float(normalized_mutual_info_score(y, pred)),

@@ -236,6 +236,15 @@ def write_report(
             notes.append(f"embedding map and retrieval grid: {channel_note}")
         figs.extend(_feature_figures(trained, splits, map_points, pool, queries, neighbours, seed, notes))
 
+    drawn = {fig.id for fig in figs}
+    stale = [
+        name for fig_id, name in FIGURE_FILES.items() if fig_id not in drawn and (folder / name).is_file()
+    ]
+    if stale:  # kept (a failed draw may have left them the only copy), but named: they are not this page's
+        notes.append(
+            f"{', '.join(stale)} beside the page {'are' if len(stale) > 1 else 'is'} an earlier report's, "
+            "not drawn this time: not this page's figures (delete them, or fix the cause above and report again)"
+        )
     figure_paths: dict[str, Path] = {}
     for fig in figs:
         path = folder / FIGURE_FILES[fig.id]
@@ -263,23 +272,11 @@ def write_report(
     )
     html_path = folder / REPORT_NAME
     write_atomic(html_path, lambda f: f.write(page), binary=False)
-    stale = []  # an earlier report's figures that this page does not show: they no longer match it
-    for fig_id, name in FIGURE_FILES.items():
-        old = folder / name
-        if fig_id not in figure_paths and old.is_file():
-            try:
-                old.unlink()
-                stale.append(name)
-            except OSError:
-                notes.append(
-                    f"{name} is an earlier report's figure (not drawn this time) and could not be removed"
-                )
     for note in notes:
         print(f"contrastkit report: WARNING: {note}", file=out)
     print(
         f"wrote {html_path} ({len(figs)} figures, {time.perf_counter() - t0:.1f} s) and "
         f"{', '.join(p.name for p in figure_paths.values())}"
-        + (f"; removed the earlier report's {', '.join(stale)} (not drawn this time)" if stale else "")
         + (f"; {len(notes)} warning(s), shown above and at the top of the page" if notes else ""),
         file=out,
     )

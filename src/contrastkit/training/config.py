@@ -221,7 +221,8 @@ class TrainConfig:
             v = getattr(self, name)
             _check(v is None or (isinstance(v, int) and v > 0), name, "a positive integer")
         _check(isinstance(self.knn_every, int) and self.knn_every >= 0, "knn_every", "an integer >= 0")
-        check_seed("seed", self.seed)
+        # --seed is checked when a new run starts (train()): a run saved before the check, with --seed -1
+        # (which torch accepts), still loads for eval, export, report and --resume
         check_seed("split_seed", self.split_seed)
         _check(
             isinstance(self.mined_refresh_every, int) and self.mined_refresh_every >= 0,
@@ -506,6 +507,11 @@ _USED_BY: tuple[tuple[str, Any, str], ...] = (
     ("mined_index", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
     ("mined_reencode", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
     ("stem", lambda c: c.encoder in ("auto", "resnet18", "resnet50"), "the ResNet encoders"),
+    (
+        "shuffle_bn_groups",
+        lambda c: c.resolved_key_momentum() > 0,
+        "a momentum key encoder (--negatives queue, or --key-momentum above 0)",
+    ),
 )
 
 

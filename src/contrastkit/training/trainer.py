@@ -95,6 +95,7 @@ from contrastkit.training.config import TrainConfig, check_option_combinations, 
 from contrastkit.training.data import HELD_OUT_FRACTION, TrainingData, load_training_data
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
+from contrastkit.training.options import check_seed
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import (
     StopSignals,
@@ -658,6 +659,7 @@ def _open_run(
         if rank() == 0:
             remove_stale_temporaries(ckpt_path)
     else:
+        check_seed("seed", config.seed)  # new runs only: see TrainConfig.validate
         check_combinations(config)
         config = config.replace(data=absolute_data(config.data))  # a resume from another folder finds it
         run_dir = Path(broadcast_object(str(Path(config.out) if config.out else default_run_dir(config))))
@@ -1442,7 +1444,11 @@ def _collapse_warning(learned: Any, random_init: Any, classes: int, config: Trai
         reasons.append(
             f"near chance level (at most {COLLAPSE_CHANCE_FACTOR:g} x 1/{classes} classes = "
             f"{COLLAPSE_CHANCE_FACTOR * chance:.3f}"
-            + (f", and not above the untrained encoder's {random_init:.4f})" if known else ")")
+            + (
+                f", and at most {COLLAPSE_IMPROVED:g} above the untrained encoder's {random_init:.4f})"
+                if known
+                else ")"
+            )
         )
     if known and learned < random_init - COLLAPSE_BELOW_RANDOM:
         reasons.append(f"well below the same encoder's at random initialisation ({random_init:.4f})")
@@ -1496,7 +1502,8 @@ def _item_encoder(
     def encode_items(ids: Tensor) -> Tensor:
         batch = fetch(ids)
         views = item_views.views
-        x = views.render(batch, views.sample(batch, generator=item_views.generator))
+        with torch.autocast(batch.device.type, enabled=False):  # float32, as the training views (TrainStep)
+            x = views.render(batch, views.sample(batch, generator=item_views.generator))
         if x.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return score.prepare(model(x).float())

@@ -49,10 +49,12 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 def _per_sample(value: Tensor | float, x: Tensor) -> Tensor:
     """A ``(B,)`` tensor or a number as a ``(B, 1, 1, 1)`` tensor on ``x``'s device and dtype."""
-    if isinstance(
-        value, (int, float)
-    ):  # a fill: torch.as_tensor(number, device=cuda) copies and synchronises
-        return torch.full((x.shape[0], 1, 1, 1), float(value), dtype=x.dtype, device=x.device)
+    if isinstance(value, (int, float)):
+        # a fill (torch.as_tensor(number, device=cuda) copies from the host and synchronises), in float32
+        # for 16-bit images and cast: a number beyond their range becomes +-inf, as with as_tensor, where
+        # torch.full of that dtype refuses it
+        wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        return torch.full((x.shape[0], 1, 1, 1), float(value), dtype=wide, device=x.device).to(x.dtype)
     t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
     if t.dim() == 0:
         return t.expand(x.shape[0]).reshape(-1, 1, 1, 1)
