@@ -61,6 +61,10 @@ def test_config_checks() -> None:
         AudioTrainConfig(noise_p=1.5)
     with pytest.raises(ConfigError, match="optimizer"):
         AudioTrainConfig(optimizer="adam")
+    # every clip is held padded in memory: --clip-seconds 1000 allocated for minutes (~96 GB for FSDD)
+    with pytest.raises(ConfigError, match=r"clip_seconds \(--clip-seconds\) must be at most 10 "):
+        AudioTrainConfig(clip_seconds=1000)
+    assert AudioTrainConfig(clip_seconds=10).clip_seconds == 10
 
 
 def test_mfcc_baseline_is_standardised_with_train_statistics() -> None:

