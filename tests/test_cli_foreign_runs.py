@@ -149,3 +149,23 @@ def test_an_image_run_is_an_image_run(tmp_path: Path) -> None:
     assert detect_run_kind(tmp_path) == "image"
     with pytest.raises(ContrastkitError, match=r"has no checkpoint\.pt; did the run finish"):
         find_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "embed"])
+def test_eval_of_an_unfinished_foreign_run_gives_its_resume(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """An interrupted audio run has no metrics.json: the message pointed to it anyway and said nothing of
+    --resume."""
+    run = tmp_path / "audio"
+    run.mkdir()
+    for f in runs["audio"].iterdir():
+        if f.is_file() and f.name != "metrics.json":
+            shutil.copy2(f, run / f.name)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    torch.save({**state, "finished": False}, run / "checkpoint.pt")
+    argv = [command, str(run)] + (["--out", str(tmp_path / "e.npz")] if command == "embed" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "this run is unfinished: continue it with contrastkit audio-train --resume " in err, err
+    assert "Traceback" not in err

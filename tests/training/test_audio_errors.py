@@ -205,3 +205,14 @@ def test_more_mel_bands_than_the_fft_can_fill_are_refused(capsys: pytest.Capture
     assert AudioTrainConfig(n_mels=149).n_mels == 149
     assert main(["audio-train", "--n-mels", "150"]) == 2
     assert "use at most 149" in capsys.readouterr().err
+
+
+def test_a_limit_smaller_than_the_batch_says_to_raise_the_limit(
+    fsdd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--limit 1: "lower the batch size" led to --batch-size 1, which in-batch negatives refuse."""
+    assert (
+        main(["audio-train", "--data", str(fsdd), *TINY, "--limit", "1", "--out", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "use --batch-size 2 or more with at least 2 clips, or a larger --limit (it is 1)" in err, err

@@ -358,7 +358,11 @@ def _run_sela(
     amp = autocast_dtype(config.precision, device)
     n = d.train.shape[0]
     if config.batch_size > n:
-        raise ConfigError(f"batch size {config.batch_size} is larger than the training set ({n}); lower it")
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than the training set ({n}): use --batch-size "
+            + (f"{n} or less" if n >= 2 else "2 or more with at least 2 items")
+            + (f", or a larger --limit (it is {config.limit})" if config.limit is not None else "")
+        )
     k = config.clusters or d.num_classes
     if k < 2:
         raise ConfigError("the data has a single class; pass --clusters K (K >= 2)")

@@ -448,7 +448,9 @@ def _train_audio(
     n = len(splits.train)
     if config.batch_size > n:
         raise ConfigError(
-            f"batch size {config.batch_size} is larger than the training set ({n} clips); lower it"
+            f"batch size {config.batch_size} is larger than the training set ({n} clips): use --batch-size "
+            + (f"{n} or less" if n >= 2 else "2 or more with at least 2 clips")
+            + (f", or a larger --limit (it is {config.limit})" if config.limit is not None else "")
         )
     fingerprint = data_fingerprint(splits.train.waveforms, splits.train.labels)
     if saved is not None:

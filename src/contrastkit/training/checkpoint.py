@@ -240,6 +240,14 @@ class ForeignRunError(ContrastkitError):
             what = "contrastkit eval, export, embed and train --resume support"
         else:
             what = f"`contrastkit {command}` supports"
+        folder = self.path if self.path.is_dir() else self.path.parent
+        if not foreign_run_finished(folder, self.kind) and self.resumable is not False:
+            # stopped before its results: there is no metrics.json to point to, but a resume to give
+            return (
+                f"{head}; {what} image runs (train's runs). {writer} evaluates its encoder itself, when it "
+                f"finishes, and this run is unfinished: continue it with contrastkit {writer} --resume "
+                f"{self.path}; {results} are then in the run's metrics.json"
+            )
         return (
             f"{head}; {what} image runs (train's runs). {writer} evaluates its encoder itself: {results} "
             f"are in the run's metrics.json; {weights}"
