@@ -123,3 +123,16 @@ def test_audio_queue_gets_each_batchs_clip_indices(
     assert main(["audio-train", "--data", str(fsdd), *AUDIO_TINY, "--negatives", "queue", "--out", out]) == 0
     assert len(seen) == 3 and all(t is not None for t in seen)
     assert sorted(torch.cat(seen).tolist()) == list(range(3 * 2 * 4))  # one epoch: every train clip once
+
+
+def test_audio_train_names_the_options_it_does_not_use(
+    fsdd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--objective margin takes no temperature (the header printed margin(temperature=5.0) as if used); a
+    --knn-k above the training clips votes with them all."""
+    argv = ["audio-train", "--data", str(fsdd), *AUDIO_TINY, "--objective", "margin", "--temperature", "5",
+            "--knn-k", "500", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: --temperature 5.0 has no effect in this run: --objective margin does not use it" in out
+    assert "WARNING: --knn-k 500 has no effect in this run: the kNN vote takes at most the 24 training" in out

@@ -194,3 +194,22 @@ def test_a_words_tokenizer_may_keep_one_token_and_minilm_has_the_positions_we_ch
     assert (
         json.loads((Path(folder) / "config.json").read_text())["max_position_embeddings"] == MINILM_POSITIONS
     )
+
+
+def test_options_a_text_run_does_not_use_are_named() -> None:
+    """--dim with the pretrained MiniLM, --tau-plus with infonce, --epochs beside --steps, ... were accepted
+    silently and recorded in config.yaml as if used."""
+    from contrastkit.training.text import text_unused_options
+
+    assert text_unused_options(TextTrainConfig()) == []
+    found = text_unused_options(TextTrainConfig(dim=64, queue_size=8, tau_plus=0.3, steps=2, epochs=5))
+    assert found == [
+        "--tau-plus 0.3 has no effect in this run: --objective infonce does not use it (it takes --temperature)",
+        "--queue-size 8 has no effect in this run: it is used only by --negatives queue",
+        "--dim 64 has no effect in this run: it is used only by --encoder scratch (the pretrained MiniLM has "
+        "its own tokenizer, size and dropout)",
+        "--epochs 5 has no effect in this run: it is used only by runs without --steps",
+    ]
+    used = TextTrainConfig(encoder="scratch", dim=64, heads=4, negatives="queue", queue_size=8, crop_p=0.5,
+                           crop_min_ratio=0.5, objective="triplet", margin=0.2)  # fmt: skip
+    assert text_unused_options(used) == []

@@ -51,6 +51,8 @@ from contrastkit.training.options import (
     is_integer,
     is_number,
     is_positive,
+    objective_unused,
+    unused_option_warnings,
 )
 from contrastkit.training.resume import (  # the resume helpers audio-train shares with sela
     StopSignals,
@@ -555,6 +557,11 @@ def _train_audio(
         file=out,
         flush=True,
     )
+    unused = objective_unused(config.objective, ("temperature",))  # triplet and margin take none
+    if config.knn_k > n:
+        unused.append(("knn_k", f"the kNN vote takes at most the {n} training clips"))
+    for warning in unused_option_warnings(config, unused):
+        print(f"WARNING: {warning}", file=out, flush=True)
     written: list[int | None] = [None if saved is None else saved["progress"]["done"]]
 
     def checkpoint() -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 from contrastkit.errors import ConfigError
 from contrastkit.negatives import NEGATIVES
 from contrastkit.negatives.mined import INDEX_CHOICES
-from contrastkit.training.options import check_seed
+from contrastkit.training.options import check_seed, objective_unused, unused_option_warnings
 from contrastkit.training.precision import PRECISIONS
 from contrastkit.views.image import RECIPES
 
@@ -519,20 +519,6 @@ def unused_options(config: TrainConfig) -> list[str]:
     """Options set away from their defaults that this run does not use (``--queue-size`` with in-batch
     negatives, ``--tau-plus`` with InfoNCE, ...): one sentence each, for a warning. A run records every
     option in config.yaml, so an option silently doing nothing there reads as if it had been used."""
-    from contrastkit.objectives import OBJECTIVES, objective_parameters
-
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    options = ("temperature", "tau_plus", "beta", "margin", "mining")
-    takes = [n for n in options if n in objective_parameters(OBJECTIVES[config.objective])]
-    flags = ", ".join("--" + n.replace("_", "-") for n in takes) or "none of these options"
-    found = []
-    for name in options:
-        if name not in takes and getattr(config, name) != defaults[name]:
-            found.append((name, f"--objective {config.objective} does not use it (it takes {flags})"))
-    for name, used, by in _USED_BY:
-        if not used(config) and getattr(config, name) != defaults[name]:
-            found.append((name, f"it is used only by {by}"))
-    return [
-        f"--{name.replace('_', '-')} {getattr(config, name)} has no effect in this run: {why}"
-        for name, why in found
-    ]
+    unused = objective_unused(config.objective)
+    unused += [(name, f"it is used only by {by}") for name, used, by in _USED_BY if not used(config)]
+    return unused_option_warnings(config, unused)

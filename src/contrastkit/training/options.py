@@ -63,6 +63,34 @@ def flag_help(f: Field[Any]) -> str:
     return f"{text} (default: {f.default if f.default is not MISSING else None})"
 
 
+OBJECTIVE_FLAGS = ("temperature", "tau_plus", "beta", "margin", "mining")
+"""The objectives' options that the commands pass to every objective (each takes those it names)."""
+
+
+def unused_option_warnings(config: Any, unused: list[tuple[str, str]]) -> list[str]:
+    """One warning each for the options of ``unused`` (``(name, why it is not used)``) that ``config`` (a
+    config dataclass) sets away from their defaults: an option silently doing nothing reads as used in the
+    run's recorded config."""
+    defaults = {f.name: f.default for f in fields(config)}
+    return [
+        f"--{name.replace('_', '-')} {getattr(config, name)} has no effect in this run: {why}"
+        for name, why in unused
+        if getattr(config, name) != defaults[name]
+    ]
+
+
+def objective_unused(objective: str, options: tuple[str, ...] = OBJECTIVE_FLAGS) -> list[tuple[str, str]]:
+    """The ``options`` that objective ``objective`` does not take, each with why (for
+    :func:`unused_option_warnings`)."""
+    from contrastkit.objectives import OBJECTIVES, objective_parameters
+
+    takes = [n for n in options if n in objective_parameters(OBJECTIVES[objective])]
+    flags = ", ".join("--" + n.replace("_", "-") for n in takes) or "none of these options"
+    return [
+        (n, f"--objective {objective} does not use it (it takes {flags})") for n in options if n not in takes
+    ]
+
+
 def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The options of the dataclass ``cls`` given on the command line (an argparse default of None means
     "not given"), in the order of its fields."""

@@ -68,7 +68,13 @@ from contrastkit.training.checkpoint import (
 from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
-from contrastkit.training.options import check_seed, flag_help, given_flags
+from contrastkit.training.options import (
+    check_seed,
+    flag_help,
+    given_flags,
+    objective_unused,
+    unused_option_warnings,
+)
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import (
     COMMAND_RESUMABLE_OPTIONS,
@@ -354,6 +360,31 @@ class ResumeRequest:
 
 
 _RESUME_ATTR = "_resume_request"
+
+
+def text_unused_options(config: TextTrainConfig) -> list[str]:
+    """Warnings for options set away from their defaults that this text-train run does not use."""
+    unused = objective_unused(config.objective, ("temperature", "tau_plus", "beta", "margin"))
+    rules = [
+        (("queue_size",), config.negatives != "queue", "--negatives queue"),
+        (
+            ("tokenizer", "vocab_size", "min_freq", "dim", "depth", "heads", "dropout"),
+            config.encoder == "pretrained",
+            "--encoder scratch (the pretrained MiniLM has its own tokenizer, size and dropout)",
+        ),
+        (("vocab_size", "min_freq"), config.tokenizer != "words", "--tokenizer words"),
+        (("epochs",), config.steps is not None, "runs without --steps"),
+        (("crop_min_ratio",), config.crop_p == 0, "span cropping (--crop-p above 0)"),
+        (("delete_rate",), config.delete_p == 0, "token deletion (--delete-p above 0)"),
+        (("shuffle_window",), config.shuffle_p == 0, "word-order noise (--shuffle-p above 0)"),
+    ]
+    seen = {name for name, _ in unused}
+    for names, unused_here, by in rules:
+        for name in names:
+            if unused_here and name not in seen:
+                unused.append((name, f"it is used only by {by}"))
+                seen.add(name)
+    return unused_option_warnings(config, unused)
 
 
 def config_from_args(args: Namespace) -> TextTrainConfig:
@@ -782,6 +813,8 @@ def _train_text(
         file=out,
         flush=True,
     )
+    for warning in text_unused_options(config):  # the run's config.yaml records them as if used
+        print(f"WARNING: {warning}", file=out, flush=True)
 
     loss_curve: list[dict[str, float]] = [dict(row) for row in saved["loss_curve"]] if saved else []
     train_before = float(saved["train_seconds"]) if saved else 0.0  # earlier sessions of the run
