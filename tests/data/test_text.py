@@ -165,3 +165,14 @@ def test_real_sts_files_have_the_documented_sizes() -> None:
 )
 def test_real_sentence_file_has_the_documented_size() -> None:
     assert len(load_sentences(SHARED / "sentences.txt.gz")) == 79266
+
+
+@pytest.mark.parametrize("scores", [["3.0"], ["2.0", "2.0", "2.0"]])
+def test_an_sts_file_whose_gold_scores_are_all_equal_is_refused_by_name(tmp_path: Path, scores: list) -> None:
+    """One pair was refused by the Spearman helper without naming the file; equal scores gave NaN silently."""
+    path = tmp_path / "sts-test.csv"
+    path.write_text("\n".join(sts_row(s, f"a{i} b", f"c{i} d") for i, s in enumerate(scores)) + "\n")
+    with pytest.raises(
+        DataError, match=r"sts-test.csv' holds \d pair\(s\), all scored .*at least 2 different"
+    ):
+        load_sts(path)

@@ -180,6 +180,11 @@ def load_sts(path: str | Path) -> StsPairs:
         scores.append(score)
     if not scores:
         raise DataError(f"STS file {str(p)!r} holds no sentence pairs")
+    if len(set(scores)) < 2:  # a rank correlation with these gold scores is undefined (NaN)
+        raise DataError(
+            f"STS file {str(p)!r} holds {len(scores)} pair(s), all scored {scores[0]:g}: Spearman's "
+            "correlation needs at least 2 different gold scores; give the full STS-B split"
+        )
     return StsPairs(s1, s2, torch.tensor(scores, dtype=torch.float64), source=str(p))
 
 
