@@ -241,10 +241,15 @@ def write_report(
         name for fig_id, name in FIGURE_FILES.items() if fig_id not in drawn and (folder / name).is_file()
     ]
     if stale:  # kept (a failed draw may have left them the only copy), but named: they are not this page's
-        notes.append(
+        text = (
             f"{', '.join(stale)} beside the page {'are' if len(stale) > 1 else 'is'} an earlier report's, "
-            "not drawn this time: not this page's figures (delete them, or fix the cause above and report again)"
+            "not drawn this time: not this page's figures (delete them, or fix the cause and report again)"
         )
+        why = [i for i, note in enumerate(notes) if "not drawn" in note]
+        if why:  # one warning: what was not drawn, and what is left of it from before
+            notes[why[-1]] = f"{notes[why[-1]]}; {text}"
+        else:
+            notes.append(text)
     figure_paths: dict[str, Path] = {}
     for fig in figs:
         path = folder / FIGURE_FILES[fig.id]
