@@ -70,6 +70,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory, fsdd: Path) -> dict[str, Path
     return {name: root / name for name in ("audio", "text", "text-saved", "sela")}
 
 
+def _interrupted_copy(run: Path, to: Path) -> Path:
+    """A copy of finished run ``run`` as if interrupted: no metrics.json, an unfinished checkpoint."""
+    to.mkdir()
+    for f in run.iterdir():
+        if f.is_file() and f.name != "metrics.json":
+            shutil.copy2(f, to / f.name)
+    state = torch.load(to / "checkpoint.pt", map_location="cpu", weights_only=False)
+    torch.save({**state, "finished": False}, to / "checkpoint.pt")
+    return to
+
+
 @pytest.mark.parametrize("name", ["audio", "text", "text-saved", "sela"])
 @pytest.mark.parametrize("command", ["eval", "export", "embed"])
 def test_commands_name_the_run_kind(
@@ -106,13 +117,7 @@ def test_resume_names_the_run_kind(
 def test_resume_of_an_unfinished_foreign_run_names_its_command(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / "audio"  # the audio run as if interrupted: no metrics.json, an unfinished checkpoint
-    run.mkdir()
-    for f in runs["audio"].iterdir():
-        if f.is_file() and f.name != "metrics.json":
-            shutil.copy2(f, run / f.name)
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    torch.save({**state, "finished": False}, run / "checkpoint.pt")
+    run = _interrupted_copy(runs["audio"], tmp_path / "audio")
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "`contrastkit train --resume` continues image runs (train's runs) only" in err, err
@@ -157,13 +162,7 @@ def test_eval_of_an_unfinished_foreign_run_gives_its_resume(
 ) -> None:
     """An interrupted audio run has no metrics.json: the message pointed to it anyway and said nothing of
     --resume."""
-    run = tmp_path / "audio"
-    run.mkdir()
-    for f in runs["audio"].iterdir():
-        if f.is_file() and f.name != "metrics.json":
-            shutil.copy2(f, run / f.name)
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    torch.save({**state, "finished": False}, run / "checkpoint.pt")
+    run = _interrupted_copy(runs["audio"], tmp_path / "audio")
     argv = [command, str(run)] + (["--out", str(tmp_path / "e.npz")] if command == "embed" else [])
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -26,6 +26,22 @@ def digit_folder(root: Path, limit: int = 60, class_name: str | None = None) -> 
 
 
 @pytest.fixture
+def learner_indices(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The ``indices`` each ``ContrastiveLearner.forward`` call of the test gets (None: not passed)."""
+    from contrastkit.training.learner import ContrastiveLearner
+
+    seen: list = []
+    forward = ContrastiveLearner.forward
+
+    def spy(self, view1, view2, labels=None, indices=None):  # type: ignore[no-untyped-def]
+        seen.append(indices)
+        return forward(self, view1, view2, labels, indices)
+
+    monkeypatch.setattr(ContrastiveLearner, "forward", spy)
+    return seen
+
+
+@pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """60 digit images as PNG files under imgs/train/<class>/."""
     return digit_folder(tmp_path / "imgs")

@@ -105,20 +105,9 @@ def test_help_states_each_default_once() -> None:
     assert helps["epochs"].endswith("(default: 30)")
 
 
-def test_audio_queue_gets_each_batchs_clip_indices(
-    fsdd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_audio_queue_gets_each_batchs_clip_indices(fsdd: Path, tmp_path: Path, learner_indices: list) -> None:
     """audio-train passes each batch's indices, so the queue (K = 4096 > FSDD's clips) masks own keys."""
-    from contrastkit.training.learner import ContrastiveLearner
-
-    seen: list[torch.Tensor] = []
-    forward = ContrastiveLearner.forward
-
-    def spy(self, view1, view2, labels=None, indices=None):  # type: ignore[no-untyped-def]
-        seen.append(indices)
-        return forward(self, view1, view2, labels, indices)
-
-    monkeypatch.setattr(ContrastiveLearner, "forward", spy)
+    seen = learner_indices
     out = str(tmp_path / "r")
     assert main(["audio-train", "--data", str(fsdd), *AUDIO_TINY, "--negatives", "queue", "--out", out]) == 0
     assert len(seen) == 3 and all(t is not None for t in seen)

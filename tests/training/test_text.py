@@ -87,17 +87,10 @@ def test_queue_negatives_views_head_and_checkpoint(tmp_path: Path, text_data: di
 
 
 def test_the_queue_gets_each_batchs_sentence_indices(
-    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, text_data: dict[str, str], learner_indices: list
 ) -> None:
     """The indices are stored beside the keys, so a queue larger than an epoch masks each sentence's own keys."""
-    seen: list[torch.Tensor] = []
-    forward = ContrastiveLearner.forward
-
-    def spy(self, view1, view2, labels=None, indices=None):  # type: ignore[no-untyped-def]
-        seen.append(indices)
-        return forward(self, view1, view2, labels, indices)
-
-    monkeypatch.setattr(ContrastiveLearner, "forward", spy)
+    seen = learner_indices
     cfg = TextTrainConfig(
         **{**TINY, "steps": 5},
         **text_data,
