@@ -158,3 +158,11 @@ def test_real_fsdd_split() -> None:
     assert sorted(set(splits.train.labels.tolist())) == list(range(10))
     assert all(int(Path(n).stem.split("_")[2]) < 5 for n in splits.test.names)
     assert all(int(Path(n).stem.split("_")[2]) >= 5 for n in splits.train.names)
+
+
+def test_a_folder_given_as_the_zip_is_named_as_a_folder(tmp_path: Path) -> None:
+    """An existing folder was reported as 'not found'."""
+    with pytest.raises(DataError, match=r"is a folder; pass the path to fsdd.zip \(the zip itself\)"):
+        load_fsdd(tmp_path)
+    with pytest.raises(DataError, match=r"not found; pass the path to fsdd\.zip"):
+        load_fsdd(tmp_path / "missing.zip")

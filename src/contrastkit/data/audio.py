@@ -175,6 +175,8 @@ def load_fsdd(
     if limit is not None and (not isinstance(limit, int) or limit <= 0):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"audio data {str(p)!r} is a folder; pass the path to fsdd.zip (the zip itself)")
     if not p.is_file():
         raise DataError(f"audio data {str(p)!r} not found; pass the path to fsdd.zip")
     try:
