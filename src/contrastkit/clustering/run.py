@@ -33,6 +33,7 @@ from contrastkit.clustering.sela import SelfLabelling, train_self_labelling
 from contrastkit.clustering.sinkhorn import MARGINAL_ORDERS
 from contrastkit.errors import ConfigError
 from contrastkit.training.options import (
+    batch_larger_than_data,
     check_lr_and_weight_decay,
     check_seed,
     is_integer,
@@ -358,11 +359,7 @@ def _run_sela(
     amp = autocast_dtype(config.precision, device)
     n = d.train.shape[0]
     if config.batch_size > n:
-        raise ConfigError(
-            f"batch size {config.batch_size} is larger than the training set ({n}): use --batch-size "
-            + (f"{n} or less" if n >= 2 else "2 or more with at least 2 items")
-            + (f", or a larger --limit (it is {config.limit})" if config.limit is not None else "")
-        )
+        raise batch_larger_than_data(config.batch_size, n, config.limit, "")
     k = config.clusters or d.num_classes
     if k < 2:
         raise ConfigError("the data has a single class; pass --clusters K (K >= 2)")

@@ -324,9 +324,8 @@ class HardNegativeMixing(NegativeSource):
         neg = sim.float().masked_fill(invalid, float("-inf"))
         hardest_real = neg.max(dim=1).values
         stats = {
-            "mixing": torch.full(
-                (), float(record is not None), device=q.device
-            ),  # a fill: no host copy, no sync
+            # a fill: torch.tensor(x, device=cuda) would copy from the host and synchronise
+            "mixing": torch.full((), float(record is not None), device=q.device),
             "proxy_accuracy": (pos > hardest_real).float().mean(),
         }
         if record is None:

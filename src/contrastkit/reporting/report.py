@@ -144,9 +144,8 @@ def write_report(
         exc = ForeignRunError(folder, kind)
         exc.args = (exc.message_for("report"),)
         raise exc
-    check_output_folder(
-        folder / REPORT_NAME, advice=IN_RUN_FOLDER
-    )  # before any work: a page that cannot be written is lost
+    # before any work: a page that cannot be written is lost
+    check_output_folder(folder / REPORT_NAME, advice=IN_RUN_FOLDER)
     notes: list[str] = []
     metrics = read_metrics(folder)
     history = read_history(folder)

@@ -43,6 +43,7 @@ from contrastkit.training.checkpoint import restore_rng_state, rng_state
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.options import (
+    batch_larger_than_data,
     check_lr_and_weight_decay,
     check_option,
     check_seed,
@@ -449,11 +450,7 @@ def _train_audio(
     )
     n = len(splits.train)
     if config.batch_size > n:
-        raise ConfigError(
-            f"batch size {config.batch_size} is larger than the training set ({n} clips): use --batch-size "
-            + (f"{n} or less" if n >= 2 else "2 or more with at least 2 clips")
-            + (f", or a larger --limit (it is {config.limit})" if config.limit is not None else "")
-        )
+        raise batch_larger_than_data(config.batch_size, n, config.limit, "clips")
     fingerprint = data_fingerprint(splits.train.waveforms, splits.train.labels)
     if saved is not None:
         check_fingerprint(saved, fingerprint, run_dir, data)

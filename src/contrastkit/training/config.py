@@ -17,7 +17,7 @@ from typing import Any
 from contrastkit.errors import ConfigError
 from contrastkit.negatives import NEGATIVES
 from contrastkit.negatives.mined import INDEX_CHOICES
-from contrastkit.training.options import check_seed, objective_unused, unused_option_warnings
+from contrastkit.training.options import check_seed, objective_unused, unused_option_warnings, used_only_by
 from contrastkit.training.precision import PRECISIONS
 from contrastkit.views.image import RECIPES
 
@@ -495,30 +495,29 @@ def _check(ok: bool, name: str, what: str) -> None:
         raise ConfigError(f"option {name} (--{name.replace('_', '-')}) must be {what}")
 
 
-# options that only some choices use: (option, whether this config uses it, what uses it)
-_USED_BY: tuple[tuple[str, Any, str], ...] = (
-    ("queue_size", lambda c: "queue" in c.negatives, "--negatives queue / queue+mochi"),
-    ("mix_start_epoch", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
-    ("mix_hardest", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
-    ("mix_synthetic", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
-    ("mix_query", lambda c: c.negatives.endswith("+mochi"), "a --negatives ...+mochi source"),
-    ("mined_negatives", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
-    ("mined_refresh_every", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
-    ("mined_index", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
-    ("mined_reencode", lambda c: "mined" in c.negatives, "a --negatives ...mined source"),
-    ("stem", lambda c: c.encoder in ("auto", "resnet18", "resnet50"), "the ResNet encoders"),
-    (
-        "shuffle_bn_groups",
-        lambda c: c.resolved_key_momentum() > 0,
-        "a momentum key encoder (--negatives queue, or --key-momentum above 0)",
-    ),
-)
-
-
 def unused_options(config: TrainConfig) -> list[str]:
     """Options set away from their defaults that this run does not use (``--queue-size`` with in-batch
     negatives, ``--tau-plus`` with InfoNCE, ...): one sentence each, for a warning. A run records every
     option in config.yaml, so an option silently doing nothing there reads as if it had been used."""
-    unused = objective_unused(config.objective)
-    unused += [(name, f"it is used only by {by}") for name, used, by in _USED_BY if not used(config)]
-    return unused_option_warnings(config, unused)
+    negatives = config.negatives
+    mochi, mined = negatives.endswith("+mochi"), "mined" in negatives
+    rules = [
+        (("queue_size",), "queue" not in negatives, "--negatives queue / queue+mochi"),
+        (
+            ("mix_start_epoch", "mix_hardest", "mix_synthetic", "mix_query"),
+            not mochi,
+            "a --negatives ...+mochi source",
+        ),
+        (
+            ("mined_negatives", "mined_refresh_every", "mined_index", "mined_reencode"),
+            not mined,
+            "a --negatives ...mined source",
+        ),
+        (("stem",), config.encoder not in ("auto", "resnet18", "resnet50"), "the ResNet encoders"),
+        (
+            ("shuffle_bn_groups",),
+            config.resolved_key_momentum() <= 0,
+            "a momentum key encoder (--negatives queue, or --key-momentum above 0)",
+        ),
+    ]
+    return unused_option_warnings(config, used_only_by(rules, objective_unused(config.objective)))

@@ -91,6 +91,32 @@ def objective_unused(objective: str, options: tuple[str, ...] = OBJECTIVE_FLAGS)
     ]
 
 
+def used_only_by(
+    rules: list[tuple[tuple[str, ...], bool, str]], unused: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """``unused`` extended with the options of each rule ``(names, not used in this run, what uses them)``
+    whose condition holds, each option once (the first reason found stays)."""
+    seen = {name for name, _ in unused}
+    out = list(unused)
+    for names, not_used, by in rules:
+        for name in names:
+            if not_used and name not in seen:
+                out.append((name, f"it is used only by {by}"))
+                seen.add(name)
+    return out
+
+
+def batch_larger_than_data(batch_size: int, n: int, limit: int | None, unit: str) -> ConfigError:
+    """The error for a batch larger than the training set of ``n`` ``unit`` (clips, items), with the
+    batch size that works and, under ``--limit``, a larger limit (a batch of 1 has no in-batch negative)."""
+    return ConfigError(
+        f"batch size {batch_size} is larger than the training set ({n}{' ' + unit if unit else ''}): use "
+        "--batch-size "
+        + (f"{n} or less" if n >= 2 else f"2 or more with at least 2 {unit or 'items'}")
+        + (f", or a larger --limit (it is {limit})" if limit is not None else "")
+    )
+
+
 def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The options of the dataclass ``cls`` given on the command line (an argparse default of None means
     "not given"), in the order of its fields."""

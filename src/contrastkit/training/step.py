@@ -177,9 +177,8 @@ class TrainStep:
         """
         learner, optimizer = self.learner, self.optimizer
         before = model_buffers(learner) if self.skip_nonfinite else {}
-        v1, v2 = self.views(
-            batch
-        )  # in float32: under CUDA autocast the blur's conv2d would round pixels to bf16
+        # in float32, outside autocast: under CUDA autocast the blur's conv2d would round pixels to bf16
+        v1, v2 = self.views(batch)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):

@@ -74,6 +74,7 @@ from contrastkit.training.options import (
     given_flags,
     objective_unused,
     unused_option_warnings,
+    used_only_by,
 )
 from contrastkit.training.precision import autocast_dtype
 from contrastkit.training.resume import (
@@ -378,13 +379,7 @@ def text_unused_options(config: TextTrainConfig) -> list[str]:
         (("delete_rate",), config.delete_p == 0, "token deletion (--delete-p above 0)"),
         (("shuffle_window",), config.shuffle_p == 0, "word-order noise (--shuffle-p above 0)"),
     ]
-    seen = {name for name, _ in unused}
-    for names, unused_here, by in rules:
-        for name in names:
-            if unused_here and name not in seen:
-                unused.append((name, f"it is used only by {by}"))
-                seen.add(name)
-    return unused_option_warnings(config, unused)
+    return unused_option_warnings(config, used_only_by(rules, unused))
 
 
 def config_from_args(args: Namespace) -> TextTrainConfig:

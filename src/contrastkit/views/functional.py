@@ -133,9 +133,8 @@ def adjust_hue(x: Tensor, factor: Tensor | float) -> Tensor:
     m, c = maxc.squeeze(1), chroma.squeeze(1)
     num = torch.where(m == r, g - b, torch.where(m == g, (b - r) + 2.0 * c, (r - g) + 4.0 * c)).unsqueeze(1)
     safe = torch.where(chroma == 0, torch.ones_like(chroma), chroma)
-    n = (5.0 - 2.0 * torch.arange(3, dtype=x.dtype, device=x.device)).view(
-        1, 3, 1, 1
-    )  # 5, 3, 1: no host copy
+    # 5, 3, 1 made on the device: torch.tensor([...], device=cuda) would copy from the host and synchronise
+    n = (5.0 - 2.0 * torch.arange(3, dtype=x.dtype, device=x.device)).view(1, 3, 1, 1)
     offset = 6.0 * _per_sample(factor, x) + n  # (B, 3, 1, 1)
     k = torch.addcdiv(offset, num, safe)
     k = k - 6.0 * torch.floor(k * (1.0 / 6.0))  # k mod 6 (torch.remainder is much slower on CPU)
