@@ -80,3 +80,51 @@ def test_scores_are_float32_under_bf16_autocast() -> None:
         got = score_candidates(cand, build_score("cosine"))
     assert got.neg.dtype == torch.float32 and got.pos.dtype == torch.float32
     torch.testing.assert_close(got.neg, ref.neg, atol=1e-6, rtol=0)
+
+
+def _infonce_through_source(source, z1, z2, t=0.1, labels=None, oracle=False):
+    from contrastkit.objectives import InfoNCE
+
+    c = score_candidates(source(z1, z2, labels), CosineSimilarity(), oracle=oracle)
+    return InfoNCE(temperature=t)(c.pos, c.neg, c.neg_mask), c
+
+
+def test_cross_view_is_simcse_eq4_and_the_mixed_cases_match_their_formulas() -> None:
+    """SimCSE Eq. 4 is a B-way cross-entropy of cos(h1_i, h2_j)/t with j = i the target; the symmetric
+    cross-view loss averages it over both directions; same_view with one direction is SimCLR's first half."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    b, t = 7, 0.1
+    z1, z2 = (
+        torch.randn(b, 5, generator=g, dtype=torch.float64),
+        torch.randn(b, 5, generator=g, dtype=torch.float64),
+    )
+    u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    target = torch.arange(b)
+    simcse = F.cross_entropy(u1 @ u2.T / t, target)
+    got, c = _infonce_through_source(build_negatives("cross-view"), u1, u2, t)
+    torch.testing.assert_close(got, simcse, rtol=1e-12, atol=1e-12)
+    assert c.neg.shape == (b, b) and c.valid_negatives().tolist() == [b - 1] * b
+    clip = (F.cross_entropy(u1 @ u2.T / t, target) + F.cross_entropy(u2 @ u1.T / t, target)) / 2
+    got, c = _infonce_through_source(InBatchNegatives(same_view=False), u1, u2, t)
+    torch.testing.assert_close(got, clip, rtol=1e-12, atol=1e-12)
+    assert c.valid_negatives().tolist() == [b - 1] * (2 * b)
+    views = torch.cat([u1, u2])
+    logits = (views @ views.T / t).masked_fill(torch.eye(2 * b, dtype=torch.bool), float("-inf"))
+    nt_xent_rows = F.cross_entropy(logits, torch.cat([target + b, target]), reduction="none")
+    got, _ = _infonce_through_source(InBatchNegatives(symmetric=False), u1, u2, t)
+    torch.testing.assert_close(got, nt_xent_rows[:b].mean(), rtol=1e-12, atol=1e-12)
+    got, _ = _infonce_through_source(InBatchNegatives(), u1, u2, t)
+    torch.testing.assert_close(got, nt_xent_rows.mean(), rtol=1e-12, atol=1e-12)
+
+
+def test_cross_view_oracle_masks_same_class_second_views() -> None:
+    labels = torch.tensor([0, 1, 0, 2])
+    z1, z2 = torch.randn(4, 3), torch.randn(4, 3)
+    c = score_candidates(build_negatives("cross-view")(z1, z2, labels), CosineSimilarity(), oracle=True)
+    assert c.valid_negatives().tolist() == [2, 3, 2, 3]  # anchors 0 and 2 lose each other's second view
+    c = score_candidates(InBatchNegatives(same_view=False)(z1, z2, labels), CosineSimilarity(), oracle=True)
+    assert c.valid_negatives().tolist() == [2, 3, 2, 3] * 2
+    with pytest.raises(ConfigError, match="same_view and symmetric must be True or False"):
+        InBatchNegatives(same_view=0)

@@ -123,7 +123,11 @@ def test_cli_text_train_and_its_one_line_errors(
     flags += ["--device", "cpu", "--sentences", text_data["sentences"], "--sts", text_data["sts"]]
     assert main(["text-train", *flags, "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
-    capsys.readouterr()
+    lines = capsys.readouterr().out.splitlines()
+    head = max(i for i, line in enumerate(lines) if line.startswith("STS-B test Spearman x100"))
+    table = lines[head + 1 : head + 4]  # before / after / TF-IDF, the figures in one column
+    assert [line.split("  ")[1].rstrip() for line in table][2] == "TF-IDF bag of words"
+    assert len({len(line) for line in table}) == 1 and len({line.rindex(" ") for line in table}) == 1
     assert (
         main(["text-train", *flags, "--sentences", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r2")])
         == 2
@@ -152,7 +156,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     ("kw", "message"),
     [
         (dict(objective="supcon"), "objective .* must be one of: infonce"),
-        (dict(negatives="gather"), "negatives .* must be one of: in-batch, queue"),
+        (dict(negatives="gather"), "negatives .* must be one of: cross-view, in-batch, queue"),
         (dict(batch_size=1), "batch_size .* an integer >= 2"),
         (dict(dim=30, heads=4), "dim .* divisible by heads"),
         (dict(delete_rate=1.0), r"delete_rate .* in \[0, 1\)"),

@@ -2,8 +2,10 @@
 
 Wu, Xiong, Yu, Lin 2018, "Unsupervised Feature Learning via Non-Parametric Instance Discrimination",
 Sec. 3.4 ("weighted kNN"): with L2-normalised features, the k training samples most similar to a test
-feature vote for their class with weight ``exp(s_i / τ)``; defaults k = 200, τ = 0.1. Runs on the
-features' device in batches of test samples, so the full (test × train) similarity is never held.
+feature vote for their class with weight ``exp(s_i / τ)``; defaults k = 200 (the paper's) and τ = 0.1 (the
+paper chooses τ = 0.07, its training temperature; 0.1 is the usual value of kNN monitors of self-supervised
+training, whose temperatures are not 0.07: pass ``temperature=0.07`` for the paper's). Runs on the features'
+device in batches of test samples, so the full (test × train) similarity is never held.
 
 The class votes are a ``scatter_add_``, which CUDA computes with atomic additions in no fixed order; under
 ``torch.use_deterministic_algorithms`` (``contrastkit train --deterministic``) on CUDA they are a one-hot

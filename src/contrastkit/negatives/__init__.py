@@ -30,6 +30,7 @@ from contrastkit.negatives.union import UnionNegatives
 
 NEGATIVES: tuple[str, ...] = (
     "in-batch",
+    "cross-view",
     "queue",
     "gather",
     "mined",
@@ -38,8 +39,16 @@ NEGATIVES: tuple[str, ...] = (
     "mined+mochi",
     "in-batch+mined",
 )
-"""Source names for ``--negatives``; ``+mochi`` wraps the base source in :class:`HardNegativeMixing`, and
-``in-batch+mined`` is the :class:`UnionNegatives` of in-batch and mined negatives."""
+"""Source names for ``--negatives``; ``cross-view`` is SimCSE's one-directional B - 1 in-batch negatives
+(:class:`InBatchNegatives` with ``same_view=False, symmetric=False``), ``+mochi`` wraps the base source in
+:class:`HardNegativeMixing`, and ``in-batch+mined`` is the :class:`UnionNegatives` of in-batch and mined
+negatives."""
+
+
+def from_the_batch(name: str) -> bool:
+    """Whether source ``name`` takes (some of) its negatives from the other items of the batch, so that a
+    batch of one item has none."""
+    return name.startswith("in-batch") or name in ("cross-view", "gather")
 
 
 def build_negatives(
@@ -95,6 +104,8 @@ def build_negatives(
         )
         if mixing == "mined":
             source = UnionNegatives(InBatchNegatives(), source)
+    elif base == "cross-view":
+        source = InBatchNegatives(same_view=False, symmetric=False)
     else:
         source = InBatchNegatives()
     if mixing != "mochi":
@@ -125,6 +136,7 @@ __all__ = [
     "build_negatives",
     "check_labels",
     "cosine_momentum",
+    "from_the_batch",
     "gather_with_grad",
     "oracle_mask",
     "score_candidates",

@@ -36,7 +36,7 @@ from contrastkit.encoders import ContrastiveModel, ProjectionHead
 from contrastkit.encoders.audio import AudioCNN
 from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
-from contrastkit.negatives import build_negatives
+from contrastkit.negatives import build_negatives, from_the_batch
 from contrastkit.objectives import build_objective
 from contrastkit.scores import build_score
 from contrastkit.training.checkpoint import restore_rng_state, rng_state
@@ -212,7 +212,7 @@ class AudioTrainConfig:
             "one of: " + ", ".join(AUDIO_NEGATIVES),
             self.negatives,
         )
-        if self.batch_size < 2 and self.negatives.startswith("in-batch"):
+        if self.batch_size < 2 and from_the_batch(self.negatives):
             raise ConfigError(
                 f"option batch_size (--batch-size) must be at least 2 with --negatives {self.negatives}: "
                 "in-batch negatives need at least 2 items per batch (with 1 the loss is exactly 0 and "
@@ -220,7 +220,7 @@ class AudioTrainConfig:
             )
 
 
-AUDIO_NEGATIVES: tuple[str, ...] = ("in-batch", "queue", "in-batch+mochi", "queue+mochi")
+AUDIO_NEGATIVES: tuple[str, ...] = ("in-batch", "cross-view", "queue", "in-batch+mochi", "queue+mochi")
 """The ``--negatives`` sources ``audio-train`` supports (one process, no index of the training set)."""
 
 

@@ -82,7 +82,8 @@ class TrainConfig:
     score: str = _opt("cosine", "similarity score: cosine | dot")
     negatives: str = _opt(
         "in-batch",
-        "where negatives come from: in-batch (SimCLR) | queue (MoCo) | gather (the global batch of all "
+        "where negatives come from: in-batch (SimCLR: 2B - 2 an image) | cross-view (SimCSE: the other view's "
+        "B - 1, the first view's images as anchors) | queue (MoCo) | gather (the global batch of all "
         "processes, needs torchrun) | mined (ANCE: nearest neighbours in an index of the training set) "
         "| queue+mochi | in-batch+mochi | mined+mochi (MoCHi hard negative mixing) | in-batch+mined (both "
         "sets: the in-batch negatives keep a mined run from collapsing)",

