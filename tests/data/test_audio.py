@@ -88,7 +88,9 @@ def test_wrong_rate_names_file_and_rate(tmp_path: Path) -> None:
     z = small_fsdd(tmp_path / "f.zip")
     with zipfile.ZipFile(z, "a") as zf:
         zf.writestr("recordings/1_carl_9.wav", wav_bytes(tone(800, 1), rate=16000))
-    with pytest.raises(DataError, match=r"1_carl_9\.wav.*16000 Hz.*resample"):
+    with pytest.raises(
+        DataError, match=r"1_carl_9\.wav.*16000 Hz.*: --resample \(resample=True from Python\)$"
+    ):
         load_fsdd(z, clip_seconds=0.1)
     splits = load_fsdd(z, clip_seconds=0.1, resample=True)
     j = splits.train.names.index("recordings/1_carl_9.wav")
@@ -166,3 +168,22 @@ def test_a_folder_given_as_the_zip_is_named_as_a_folder(tmp_path: Path) -> None:
         load_fsdd(tmp_path)
     with pytest.raises(DataError, match=r"not found; pass the path to fsdd\.zip"):
         load_fsdd(tmp_path / "missing.zip")
+
+
+def test_files_beside_the_recordings_that_are_not_wav_are_named(tmp_path: Path) -> None:
+    """A .flac among the recordings was skipped without a word; FSDD's top-level README stays silent."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_fsdd(small_fsdd(tmp_path / "clean.zip"), clip_seconds=0.1)
+    z = small_fsdd(tmp_path / "f.zip")
+    with zipfile.ZipFile(z, "a") as zf:
+        zf.writestr("recordings/2_ann_9.flac", b"fLaC")
+        zf.writestr("recordings/notes.txt", b"x")
+        zf.writestr("recordings/.DS_Store", b"x")
+    with pytest.warns(
+        UserWarning, match=r"2 file\(s\) beside the \.wav recordings are not WAV \(\.flac, \.txt;"
+    ):
+        splits = load_fsdd(z, clip_seconds=0.1)
+    assert not any(n.endswith(".flac") for n in splits.train.names + splits.test.names)

@@ -13,7 +13,9 @@ shift/crop at random in training (:class:`contrastkit.views.AudioViews`); evalua
 from __future__ import annotations
 
 import io
+import posixpath
 import re
+import warnings
 import wave
 import zipfile
 from dataclasses import dataclass
@@ -123,8 +125,8 @@ def decode_wav(
     if rate != sample_rate:
         if not resample:
             raise DataError(
-                f"{name} is sampled at {rate} Hz, expected {sample_rate} Hz; convert it, or pass "
-                f"resample=True (--resample) to resample by linear interpolation"
+                f"{name} is sampled at {rate} Hz, expected {sample_rate} Hz; convert it, or resample it by "
+                "linear interpolation: --resample (resample=True from Python)"
             )
         x = resample_linear(x, rate, sample_rate)
     if x.size == 0:
@@ -154,6 +156,23 @@ def is_fsdd_zip(path: str | Path) -> bool:
             return any(n.lower().endswith(".wav") for n in zf.namelist())
     except zipfile.BadZipFile:
         return False
+
+
+def _warn_other_files(path: Path, names: list[str], members: list[str]) -> None:
+    """Warn about the files beside the recordings (in a folder holding .wav files) that are not WAV: other
+    audio formats are not read (a README at the zip's top, as FSDD's, is not beside them)."""
+    folders = {posixpath.dirname(n) for n in members}
+    wav = set(members)
+    others = [n for n in names if not n.endswith("/") and n not in wav and posixpath.dirname(n) in folders]
+    if others:
+        exts = sorted({posixpath.splitext(n)[1].lower() or "(none)" for n in others})
+        warnings.warn(
+            f"{path}: {len(others)} file(s) beside the .wav recordings are not WAV ({', '.join(exts[:6])}"
+            f"{', ...' if len(exts) > 6 else ''}; e.g. {others[0]!r}): they are not used; convert them to "
+            "16-bit PCM mono WAV to use them",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def load_fsdd(
@@ -186,11 +205,13 @@ def load_fsdd(
     clip = round(clip_seconds * sample_rate)
     parts: dict[str, list[tuple[str, int, str, np.ndarray, int]]] = {"train": [], "test": []}
     with zf:
-        members = sorted(n for n in zf.namelist() if n.lower().endswith(".wav") and "__MACOSX" not in n)
+        names = [n for n in zf.namelist() if "__MACOSX" not in n and not Path(n).name.startswith(".")]
+        members = sorted(n for n in names if n.lower().endswith(".wav"))
         if not members:
             raise DataError(
                 f"{p} holds no .wav files; expected recordings/{{digit}}_{{speaker}}_{{index}}.wav"
             )
+        _warn_other_files(p, names, members)
         for n in members:
             m = _NAME.search(n)
             if m is None:
