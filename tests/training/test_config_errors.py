@@ -236,6 +236,11 @@ def test_options_this_run_does_not_use_are_named() -> None:
         "(--negatives queue, or --key-momentum above 0)"
     ]
     assert unused_options(TrainConfig(shuffle_bn_groups=2, key_momentum=0.99)) == []
+    small = unused_options(TrainConfig(negatives="queue", queue_size=300, batch_size=256))
+    assert len(small) == 1 and small[0].startswith("--queue-size 300 is smaller than the 512 keys one step")
+    assert (
+        unused_options(TrainConfig(negatives="queue", queue_size=300, batch_size=256, key_momentum=0)) == []
+    )
     assert unused_options(TrainConfig(objective="triplet", temperature=0.1, margin=0.3)) == [
         "--temperature 0.1 has no effect in this run: --objective triplet does not use it (it takes --margin, "
         "--mining)"

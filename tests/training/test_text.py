@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -207,6 +208,14 @@ def test_options_a_text_run_does_not_use_are_named() -> None:
         "its own tokenizer, size and dropout)",
         "--epochs 5 has no effect in this run: it is used only by runs without --steps",
     ]
-    used = TextTrainConfig(encoder="scratch", dim=64, heads=4, negatives="queue", queue_size=8, crop_p=0.5,
+    used = TextTrainConfig(encoder="scratch", dim=64, heads=4, negatives="queue", queue_size=128, crop_p=0.5,
                            crop_min_ratio=0.5, objective="triplet", margin=0.2)  # fmt: skip
     assert text_unused_options(used) == []
+    # a queue below one step's 2 x 64 keys (the key encoder's symmetrised step) is accepted, and named
+    small = text_unused_options(dataclasses.replace(used, queue_size=100))
+    assert small == [
+        "--queue-size 100 is smaller than the 128 keys one step enqueues: the queue holds only the newest 100 "
+        "keys of the previous step and none older (fewer negatives than the in-batch ones); raise --queue-size "
+        "to a multiple of 128 (MoCo's: 65536)"
+    ]
+    assert text_unused_options(dataclasses.replace(used, queue_size=100, key_momentum=0.0)) == []

@@ -17,7 +17,13 @@ from typing import Any
 from contrastkit.errors import ConfigError
 from contrastkit.negatives import NEGATIVES
 from contrastkit.negatives.mined import INDEX_CHOICES
-from contrastkit.training.options import check_seed, objective_unused, unused_option_warnings, used_only_by
+from contrastkit.training.options import (
+    check_seed,
+    objective_unused,
+    small_queue_warnings,
+    unused_option_warnings,
+    used_only_by,
+)
 from contrastkit.training.precision import PRECISIONS
 from contrastkit.views.image import RECIPES
 
@@ -521,4 +527,7 @@ def unused_options(config: TrainConfig) -> list[str]:
             "a momentum key encoder (--negatives queue, or --key-momentum above 0)",
         ),
     ]
-    return unused_option_warnings(config, used_only_by(rules, objective_unused(config.objective)))
+    keys = config.batch_size * (2 if config.resolved_key_momentum() > 0 else 1)  # the global batch
+    return unused_option_warnings(
+        config, used_only_by(rules, objective_unused(config.objective))
+    ) + small_queue_warnings(negatives, config.queue_size, keys)

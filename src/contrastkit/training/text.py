@@ -75,6 +75,7 @@ from contrastkit.training.options import (
     flag_help,
     given_flags,
     objective_unused,
+    small_queue_warnings,
     unused_option_warnings,
     used_only_by,
 )
@@ -385,7 +386,15 @@ def text_unused_options(config: TextTrainConfig) -> list[str]:
         (("delete_rate",), config.delete_p == 0, "token deletion (--delete-p above 0)"),
         (("shuffle_window",), config.shuffle_p == 0, "word-order noise (--shuffle-p above 0)"),
     ]
-    return unused_option_warnings(config, used_only_by(rules, unused))
+    km = (
+        config.key_momentum
+        if config.key_momentum is not None
+        else (0.99 if config.negatives == "queue" else 0)
+    )
+    keys = config.batch_size * (2 if km > 0 else 1)  # the symmetrised step enqueues both views' keys
+    return unused_option_warnings(config, used_only_by(rules, unused)) + small_queue_warnings(
+        config.negatives, config.queue_size, keys
+    )
 
 
 def config_from_args(args: Namespace) -> TextTrainConfig:
