@@ -286,3 +286,29 @@ def test_hardness_is_ranked_in_float32_under_bf16_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the test can fail: bf16 ranking picks other sets
         bf16 = (q @ negs.T).topk(n, dim=1).indices.sort(dim=1).values
     assert not torch.equal(bf16, want)
+
+
+def test_pairs_mix_two_different_hardest_negatives_uniformly() -> None:
+    """n_i and n_j of Eq. (4) are two different negatives of the N hardest (i = j gave a copy of a real
+    negative); n_j is uniform over the other N - 1, and a query with one usable negative mixes it alone."""
+    torch.manual_seed(1)
+    m, n, d, n_hard, s = 3, 30, 8, 4, 4000
+    q, k, negs = unit(m, d), unit(m, d), unit(n, d)
+    mix = mixer(Fixed(negs), num_hardest=n_hard, num_mixed=s, num_query_mixed=0, layout="per-anchor")
+    mix(q, k)
+    r = mix.last_mix
+    assert not (r.mix_i == r.mix_j).any()
+    hardest = (q @ negs.T).topk(n_hard, dim=1).indices
+    for row in range(m):
+        assert set(r.mix_i[row].tolist()) == set(r.mix_j[row].tolist()) == set(hardest[row].tolist())
+        for i in hardest[row].tolist():  # given n_i, each of the 3 others about 1/3 of the time
+            js = r.mix_j[row][r.mix_i[row] == i]
+            shares = torch.stack([(js == j).float().mean() for j in hardest[row].tolist() if j != i])
+            assert (shares - 1 / 3).abs().max() < 0.06, shares
+    one = torch.ones(m, n, dtype=torch.bool)
+    one[:, 7] = False  # only negative 7 is usable
+    mix = mixer(
+        Fixed(negs, mask=one), num_hardest=n_hard, num_mixed=5, num_query_mixed=0, layout="per-anchor"
+    )
+    mix(q, k)
+    assert (mix.last_mix.mix_i == 7).all() and (mix.last_mix.mix_j == 7).all()

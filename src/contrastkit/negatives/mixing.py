@@ -6,7 +6,8 @@ N hardest, Q̃^N. Then
 
 * Sec. 4.1, Eq. (4), mixing the hardest negatives: s synthetic points
   ``h_k = h̃_k / ‖h̃_k‖₂``, ``h̃_k = α_k n_i + (1 − α_k) n_j`` with n_i, n_j drawn at random from Q̃^N
-  and α_k ∈ (0, 1) uniform;
+  (here two different ones: n_j uniform over the others, as a pair of a negative with itself would only
+  repeat it) and α_k ∈ (0, 1) uniform;
 * Sec. 4.2, Eq. (5), mixing for even harder negatives: s' points
   ``h'_k = h̃'_k / ‖h̃'_k‖₂``, ``h̃'_k = β_k q + (1 − β_k) n_j`` with n_j from Q̃^N and β_k ∈ (0, 0.5)
   uniform, so the query's contribution is always the smaller one;
@@ -241,9 +242,19 @@ class HardNegativeMixing(NegativeSource):
         count = (~invalid).sum(dim=1).clamp(max=n_hard)
         usable = count.clamp(min=1).unsqueeze(1)
 
+        def slots(k: int, among: Tensor) -> Tensor:  # uniform over [0, among) per row
+            return (self._rand(m, k, device=device) * among).long().clamp(max=among - 1)
+
         def pick(k: int) -> Tensor:
-            slot = (self._rand(m, k, device=device) * usable).long().clamp(max=usable - 1)
-            return hardest.gather(1, slot)
+            return hardest.gather(1, slots(k, usable))
+
+        def pick_pair(k: int) -> tuple[Tensor, Tensor]:
+            # n_j uniform over the hardest *other than* n_i (a pair of one negative with itself would be
+            # that negative again, not a synthetic one); with a single usable negative j = i
+            i = slots(k, usable)
+            j = (i + 1 + slots(k, (usable - 1).clamp(min=1))) % usable
+            j = torch.where(usable > 1, j, i)
+            return hardest.gather(1, i), hardest.gather(1, j)
 
         def rows(cols: Tensor) -> Tensor:
             if negs.ndim == 2:
@@ -251,7 +262,7 @@ class HardNegativeMixing(NegativeSource):
             return negs.gather(1, cols.unsqueeze(-1).expand(-1, -1, negs.shape[-1]))
 
         s, s2 = self.num_mixed, self.num_query_mixed
-        mix_i, mix_j, query_j = pick(s), pick(s), pick(s2)
+        (mix_i, mix_j), query_j = pick_pair(s), pick(s2)
         alpha = self._rand(m, s, device=device)
         beta = 0.5 * self._rand(m, s2, device=device)
         a = alpha.unsqueeze(-1).to(negs.dtype)
