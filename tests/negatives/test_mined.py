@@ -446,3 +446,21 @@ def test_forward_refuses_indices_that_are_not_dataset_positions(indices, match):
     with pytest.raises(ValueError, match=match):
         mined(x[:2], x[:2], indices=indices)
     assert mined(x[:2], x[:2], indices=torch.tensor([0, 49])).negatives.shape == (2, 4, 8)
+
+
+@pytest.mark.parametrize("kind", ["torch", pytest.param("flat", marks=needs_faiss)])
+def test_a_non_finite_snapshot_is_refused_naming_the_rows(kind):
+    """NaN rows ranked as every anchor's nearest (topk takes NaN as largest) and made the mined negatives
+    NaN; the refresh now stops with the count and the first item, keeping the previous index."""
+    from contrastkit.errors import DivergedError
+
+    x = corpus(30, 4)
+    mined = MinedNegatives(lambda: x, num_negatives=2, refresh_every=1, index=kind)
+    mined.refresh()
+    good = mined.neighbours(x[:3], torch.arange(3), 2)
+    bad = x.clone()
+    bad[7, 1] = float("nan")
+    bad[12] = float("inf")
+    with pytest.raises(DivergedError, match=r"NaN or infinite in 2 of 30 rows \(the first: item 7\)"):
+        mined.refresh(bad)
+    assert mined.num_refreshes == 1 and torch.equal(mined.neighbours(x[:3], torch.arange(3), 2), good)

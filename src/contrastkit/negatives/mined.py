@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError, ShapeError, is_integer_dtype
+from contrastkit.errors import ConfigError, DivergedError, ShapeError, is_integer_dtype
 from contrastkit.negatives.base import Candidates, NegativeSource, check_labels
 
 INDEX_KINDS = ("torch", "flat", "hnsw", "ivf")
@@ -269,6 +269,18 @@ class MinedNegatives(NegativeSource):
             raise ShapeError(
                 f"train_labels has {self.train_labels.shape[0]} entries but embed_all returned "
                 f"{emb.shape[0]} rows"
+            )
+        # one host synchronisation a refresh: NaN rows would rank as every anchor's nearest neighbours (topk
+        # takes NaN as the largest score) and make every mined negative NaN
+        bad = ~torch.isfinite(emb).all(dim=1)
+        n_bad = int(bad.sum())
+        if n_bad:
+            first = int(bad.nonzero()[0, 0])
+            raise DivergedError(
+                f"the embeddings of the training set for the mined index are NaN or infinite in {n_bad} of "
+                f"{emb.shape[0]} rows (the first: item {first}), so no index was built: the encoder's "
+                "outputs diverged (weights grown until they overflow, or non-finite inputs); start again with "
+                "a lower learning rate or fp32 precision, or check those items"
             )
         if self.index_kind in FAISS_KINDS:
             x = emb.numpy()
