@@ -67,6 +67,28 @@ def test_yaml_and_json_nan_in_a_config_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["train", "text-train"])
+def test_an_empty_yaml_value_is_refused_unless_the_option_takes_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """``batchnorm:`` (null) trained without BatchNorm and recorded null; ``data:`` and ``device:`` crashed
+    with tracebacks. Options that take None (``out``, ``key_momentum``) still do."""
+    from contrastkit.training.text import TextTrainConfig
+
+    cls = TrainConfig if command == "train" else TextTrainConfig
+    assert cls.from_dict({"out": None, "key_momentum": None}).out is None
+    with pytest.raises(
+        ConfigError, match=r"option device \(--device\) is empty \(null\).*default \('auto'\)"
+    ):
+        cls.from_dict({"device": None})
+    name = "batchnorm" if command == "train" else "save_model"
+    (tmp_path / "c.yaml").write_text(f"{name}:\n", encoding="utf-8")
+    assert main([command, "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"option {name} (--{name.replace('_', '-')}) is empty (null); give it a value (bool)" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "text-train"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_cli_non_finite_flags(capsys: pytest.CaptureFixture[str], command: str, value: str) -> None:
     with pytest.raises(SystemExit) as info:

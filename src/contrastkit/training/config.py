@@ -314,7 +314,7 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
             )
-        values = _coerce(norm, source)
+        values = _coerce(norm, source, allow_null=saved_run)
         if saved_run and "split_seed" not in values and "seed" in values:  # saved before --split-seed
             values["split_seed"] = values["seed"]
         config = cls(**values)
@@ -459,13 +459,26 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Type-check values read from a file against the field types (ints stay ints, etc.)."""
+def null_option_error(source: str, name: str, type_name: str, default: Any) -> ConfigError:
+    """The error for a null (an empty YAML value) given to an option whose type does not allow None (it was
+    taken as is: ``batchnorm:`` trained without BatchNorm, ``data:`` crashed)."""
+    return ConfigError(
+        f"{source}: option {name} (--{name.replace('_', '-')}) is empty (null); give it a value ({type_name}) "
+        f"or leave it out for the default ({default!r})"
+    )
+
+
+def _coerce(values: dict[str, Any], source: str, *, allow_null: bool = False) -> dict[str, Any]:
+    """Type-check values read from a file against the field types (ints stay ints, etc.). A null (an empty
+    YAML value) is taken only by the options whose type allows None, unless ``allow_null`` (a saved run's
+    configuration, read as it was written)."""
     out = {}
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    found = {f.name: f for f in fields(TrainConfig)}
     for name, v in values.items():
-        t = str(types[name])
+        t = str(found[name].type)
         if v is None:
+            if not (allow_null or "None" in t):
+                raise null_option_error(source, name, t, found[name].default)
             out[name] = v
             continue
         if t.startswith("bool"):

@@ -67,7 +67,14 @@ from contrastkit.training.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from contrastkit.training.config import _check, _number, _opt, _positive, load_config_file
+from contrastkit.training.config import (
+    _check,
+    _number,
+    _opt,
+    _positive,
+    load_config_file,
+    null_option_error,
+)
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import build_optimizer, warmup_cosine
 from contrastkit.training.options import (
@@ -305,9 +312,13 @@ class TextTrainConfig:
         return cls(**cls.typed_values(values, source=source))
 
     @classmethod
-    def typed_values(cls, values: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
-        """``values`` with ``_`` keys, floats as float; unknown keys and wrong types raise ConfigError."""
+    def typed_values(
+        cls, values: dict[str, Any], *, source: str = "config", allow_null: bool = False
+    ) -> dict[str, Any]:
+        """``values`` with ``_`` keys, floats as float; unknown keys and wrong types raise ConfigError, and
+        so does a null for an option whose type does not allow None, unless ``allow_null`` (a saved run's)."""
         known = {f.name: str(f.type) for f in fields(cls)}
+        defaults = {f.name: f.default for f in fields(cls)}
         norm = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(norm) - set(known))
         if unknown:
@@ -316,6 +327,8 @@ class TextTrainConfig:
             )
         for name, v in norm.items():
             t = known[name]
+            if v is None and not (allow_null or "None" in t):
+                raise null_option_error(source, name, t, defaults[name])
             ok = (
                 v is None
                 or (t.startswith("bool") and isinstance(v, bool))
@@ -610,7 +623,7 @@ def _open_resume(
             f"text-train run: contrastkit {COMMAND} --resume continues text-train runs only"
         ) from None
     run_dir = path.parent
-    saved = _absolute_paths(TextTrainConfig.typed_values(state["config"], source=str(path)))
+    saved = _absolute_paths(TextTrainConfig.typed_values(state["config"], source=str(path), allow_null=True))
     given = (  # from Python, the whole config; its unset options (None) take the run's
         dict(request.given)
         if request.given is not None
