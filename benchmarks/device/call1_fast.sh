@@ -17,25 +17,31 @@ COMPILE=${COMPILE---compile}   # COMPILE= (empty) for a quick CPU dry run: DATA=
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch,sys;print('torch',torch.__version__,'python',sys.version.split()[0])"
 TRAIN_SECONDS=${TRAIN_SECONDS:-300}
+cp .carry/COMMIT "$OUT/COMMIT" 2>/dev/null || git rev-parse --short HEAD > "$OUT/COMMIT" 2>/dev/null
+# whole-step caps (each test also has --timeout 120): a hang or slow compiles must leave the training its time
+TESTS_SECONDS=${TESTS_SECONDS:-180}; BENCH_SECONDS=${BENCH_SECONDS:-210}
 if [ -z "${SKIP_TESTS:-}" ]; then
   # every CUDA-only test (they skip on the CPU machine); kornia and faiss are absent there, so the tests
   # that use them as oracles skip or fail at import: those are listed, not fatal
   TIMEOUT=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 120")   # a hang must not eat the call
-  python3 -m pytest -rfEs -p no:cacheprovider $TIMEOUT --continue-on-collection-errors -k "cuda or CUDA or pinned or test_placement" \
-    tests/data tests/training tests/evaluation tests/negatives tests/clustering 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+  timeout -k 10 "$TESTS_SECONDS" python3 -m pytest -rfEs -p no:cacheprovider $TIMEOUT --continue-on-collection-errors \
+    -k "cuda or gpu or pinned or test_placement" \
+    tests/data tests/training tests/evaluation tests/negatives tests/clustering tests/views 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 BENCH_ARGS=${BENCH_ARGS:---steps 60 --warmup-steps 15}   # CPU dry run: '--encoder small_cnn --image-size 8 --steps 2 --warmup-steps 1'
 if [ -z "${IPS:-}" ]; then
-  python3 benchmarks/train_step.py $COMPILE ${COMPILE:+--compile-views} --data $DATA $BENCH_ARGS \
+  timeout -k 10 "$BENCH_SECONDS" python3 benchmarks/train_step.py $COMPILE ${COMPILE:+--compile-views} --data $DATA $BENCH_ARGS \
     --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
   IPS=$(python3 -c "import json;print(json.load(open('$OUT/bench.json'))['results']['full']['images_per_s'])" || echo 15000)
 fi
-# ~150 s of the budget go to compiling, decoding and the kNN points (every 5 epochs)
-EP=${EPOCHS:-$(python3 -c "print(max(20,min(400,int(($TRAIN_SECONDS-150)*float('$IPS')/50000))))")}
-echo "full-step images/s=$IPS -> epochs=$EP"
 RUN=/tmp/run5-$(date +%H%M%S)   # a new folder per call: a warm machine keeps /tmp between calls
 LEFT=$((DEADLINE - SECONDS - 30))   # 30 s: the SIGTERM checkpoint (killed after 25 s) and the copies below
 if [ "$LEFT" -lt 60 ]; then echo "only $LEFT s left: no training run in this call"; exit 1; fi   # timeout 0 = none
+# the epochs fit the time really left (slow tests or compiles must not cut the cosine schedule short);
+# ~150 s of it go to compiling, decoding and the kNN points (every 5 epochs)
+BUDGET=$(( TRAIN_SECONDS < LEFT ? TRAIN_SECONDS : LEFT ))
+EP=${EPOCHS:-$(python3 -c "print(max(20,min(400,int(($BUDGET-150)*float('$IPS')/50000))))")}
+echo "full-step images/s=$IPS, $BUDGET s of training -> epochs=$EP"
 echo "training gets at most $LEFT s of the call (SIGTERM then)"
 # --foreground: the signal goes to the trainer alone (its DataLoader workers must live to finish the checkpoint)
 timeout --foreground -s TERM -k 25 "$LEFT" python3 -m contrastkit train --data $DATA --epochs $EP --batch-size 512 $COMPILE --knn-every 5 --checkpoint-every 1000000 \

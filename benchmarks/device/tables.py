@@ -65,6 +65,19 @@ def _column(group: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in group if r.get(key) is not None]
 
 
+def _references(group: list[dict[str, Any]]) -> str:
+    """The SeLa rows' reference encoders (random init, raw pixels): kNN / k-means NMI, seeds averaged."""
+    names = sorted({k for r in group for k in (r.get("references") or {})})
+    parts = []
+    for name in names:
+        refs = [r["references"][name] for r in group if name in (r.get("references") or {})]
+        knn, nmi = _column(refs, "knn_top1"), _column(refs, "kmeans_nmi")
+        knn_s = f"{statistics.fmean(knn):.3f}" if knn else "-"
+        nmi_s = f"{statistics.fmean(nmi):.3f}" if nmi else "-"
+        parts.append(f"{name.replace('_', ' ')} {knn_s} / {nmi_s}")
+    return "; ".join(parts) or "-"
+
+
 def _flags(record: dict[str, Any]) -> tuple[str, ...]:
     """The record's command less ``--seed N`` and ``--out DIR`` (what a rerun of another seed shares)."""
     tokens = shlex.split(record.get("command") or "")
@@ -227,20 +240,22 @@ def table(records: list[dict[str, Any]], suite: str, smoke: bool | None = None) 
                 )
     elif suite == "sela":
         lines += [
-            "| row | seeds | heads NMI | heads ARI | kNN | linear | train s |" + extra_head,
-            "|---|---|---|---|---|---|---|" + extra_rule,
+            "| row | seeds | heads NMI | heads ARI | k-means NMI | kNN | linear | references: kNN / k-means NMI |"
+            " train s |" + extra_head,
+            "|---|---|---|---|---|---|---|---|---|" + extra_rule,
         ]
         for line, group in groups.items():
             lines.append(
                 f"| {names[line]} | {len(group)} | {_fmt(_column(group, 'heads_nmi'))} | "
-                f"{_fmt(_column(group, 'heads_ari'))} | {_fmt(_column(group, 'knn_top1'))} | "
-                f"{_fmt(_column(group, 'linear_top1'))} | {_fmt(_column(group, 'train_seconds'), 0)} |"
-                + tail(group)
+                f"{_fmt(_column(group, 'heads_ari'))} | {_fmt(_column(group, 'kmeans_nmi'))} | "
+                f"{_fmt(_column(group, 'knn_top1'))} | {_fmt(_column(group, 'linear_top1'))} | "
+                f"{_references(group)} | {_fmt(_column(group, 'train_seconds'), 0)} |" + tail(group)
             )
     else:
         everything = [r for g in groups.values() for r in g]
         mined = any(r.get("mined_index_refresh_seconds") is not None for r in everything)
         reencoded = any(r.get("mined_reencoded_mean") is not None for r in everything)
+        probed = any(r.get("linear_probe_seconds") is not None for r in everything)
         head = "| row | seeds | kNN top-1 | linear top-1 | images/s ¹ | images/s after the first step ¹ | train s |"
         rule = "|---|---|---|---|---|---|---|"
         if mined:
@@ -248,6 +263,9 @@ def table(records: list[dict[str, Any]], suite: str, smoke: bool | None = None) 
             rule += "---|"
         if reencoded:
             head += " re-encoded items a step ² |"
+            rule += "---|"
+        if probed:
+            head += " linear probe s |"
             rule += "---|"
         lines += [head + extra_head, rule + extra_rule]
         for line, group in groups.items():
@@ -261,6 +279,8 @@ def table(records: list[dict[str, Any]], suite: str, smoke: bool | None = None) 
                 text += f" {_fmt(_column(group, 'mined_index_refresh_seconds'), 1)} |"
             if reencoded:
                 text += f" {_fmt(_column(group, 'mined_reencoded_mean'), 0)} |"
+            if probed:
+                text += f" {_fmt(_column(group, 'linear_probe_seconds'), 1)} |"
             lines.append(text + tail(group))
         lines += [
             "",

@@ -351,3 +351,19 @@ def test_tables_a_rerun_replaces_a_failure_of_the_same_settings() -> None:
     del failed["knn_top1"], failed["epochs"]  # a killed row has no metrics: its epochs come from the command
     text = tables.table([failed, _rec("queue-4096", 0, 0.8)], "negatives")
     assert "| queue-4096 | 1 | 0.800 |" in text and "failed" not in text
+
+
+def test_sela_and_probe_columns_show_what_the_records_hold() -> None:
+    """The SeLa table dropped the k-means NMI and the random-init / raw-pixel references it records, and the
+    linear probe's seconds (issue 6's target) were shown nowhere."""
+    refs = {"random_init": {"knn_top1": 0.21, "kmeans_nmi": 0.05}, "raw_pixels": {"knn_top1": 0.3}}
+    sela = [
+        _rec("sela", s, 0.6 + s / 10, suite="sela", heads_nmi=0.4, heads_ari=0.2, kmeans_nmi=0.35 + s / 10,
+             references=refs, train_seconds=100.0)
+        for s in (0, 1)
+    ]  # fmt: skip
+    text = tables.table(sela, "sela")
+    assert "| k-means NMI |" in text and "0.400 (0.350, 0.450)" in text
+    assert "random init 0.210 / 0.050; raw pixels 0.300 / -" in text
+    probed = tables.table([_rec("in-batch", 0, 0.6, linear_probe_seconds=41.26)], "negatives")
+    assert "linear probe s |" in probed and "| 41.3 |" in probed
