@@ -285,3 +285,18 @@ def test_runs_of_two_seeds_are_probed_and_fine_tuned_on_the_same_labels(tmp_path
     for ev in runs:
         assert ev["linear_probe"]["protocol"]["seed"] == 0
         assert ev["few_label"]["0.1"]["protocol"]["subset"].startswith("class-balanced, seed 0,")
+
+
+def test_few_label_on_other_data_takes_that_datas_classes(tmp_path: Path) -> None:
+    """A 3-class run fine-tuned on the 10 digits classes failed after its kNN and probe ('num_classes is
+    3 but the labels go up to 9'), writing nothing: the head took the run's classes, not the data's."""
+    folder = gray_folder(tmp_path / "three", ("a", "b", "c"), per_class=24)
+    out = tmp_path / "run3"
+    train(
+        TrainConfig(data=str(folder), epochs=1, batch_size=16, knn_every=0, knn_k=5, progress=False,
+                    device="cpu", out=str(out)),
+        out=io.StringIO(),
+    )  # fmt: skip
+    evaluate_checkpoint(out, data="digits", limit=100, few_label=[0.5], device="cpu", out=io.StringIO())
+    other = json.loads((out / "metrics.json").read_text())["evaluation"]["other_data"]["digits"]
+    assert set(other) == {"knn", "few_label"} and 0 <= other["few_label"]["0.5"]["top1"] <= 1

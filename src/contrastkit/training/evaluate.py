@@ -500,7 +500,7 @@ def evaluate_checkpoint(
             splits.test.images,
             splits.test.labels,
             fractions=fractions,
-            num_classes=len(info.classes),
+            num_classes=len(splits.train.classes),  # the evaluated data's (--data may name other data)
             crop_scale=views.scale,
             flip_p=views.flip_p,
             mean=info.mean,
