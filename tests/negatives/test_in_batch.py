@@ -128,3 +128,24 @@ def test_cross_view_oracle_masks_same_class_second_views() -> None:
     assert c.valid_negatives().tolist() == [2, 3, 2, 3] * 2
     with pytest.raises(ConfigError, match="same_view and symmetric must be True or False"):
         InBatchNegatives(same_view=0)
+
+
+@pytest.mark.parametrize(
+    "positives, negatives, pattern",
+    [
+        ((1, 8), (5, 8), r"positives must have the anchors' shape \(4, 8\).*got \(1, 8\)"),
+        ((8,), (5, 8), r"positives must have the anchors' shape \(4, 8\).*got \(8,\)"),
+        ((4, 1), (5, 8), r"positives must have the anchors' shape"),
+        ((4, 8), (5,), r"negatives must have shape \(N, 8\) \(shared\) or \(4, N, 8\).*got \(5,\)"),
+        ((4, 8), (5, 7), r"negatives must have shape \(N, 8\)"),
+        ((4, 8), (3, 5, 8), r"\(4, N, 8\) \(per anchor\)"),
+    ],
+)
+def test_candidates_refuse_embeddings_that_would_broadcast(positives, negatives, pattern) -> None:
+    """A (1, D) positive was broadcast against all 4 anchors and gave a finite, wrong loss; 1-D or
+    mismatched negatives failed deep in a matmul or einsum."""
+    from contrastkit.errors import ShapeError
+    from contrastkit.negatives import Candidates
+
+    with pytest.raises(ShapeError, match=pattern):
+        Candidates(torch.randn(4, 8), torch.randn(*positives), torch.randn(*negatives))

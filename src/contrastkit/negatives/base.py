@@ -44,7 +44,31 @@ class Candidates:
     extra_negatives: Tensor | None = None
 
     def __post_init__(self) -> None:
-        """Label shapes (shape checks only: no device synchronisation), for any source, a user's too."""
+        """Embedding and label shapes (shape checks only: no device synchronisation), for any source, a
+        user's too: a (1, D) or (D,) positive was broadcast against every anchor, a silently wrong loss."""
+        a, p, neg = self.anchors, self.positives, self.negatives
+        if a.ndim != 2:
+            raise ShapeError(f"anchors must have shape (M, D), got {tuple(a.shape)}")
+        if tuple(p.shape) != tuple(a.shape):
+            raise ShapeError(
+                f"positives must have the anchors' shape {tuple(a.shape)}, one (D,) row per anchor; got "
+                f"{tuple(p.shape)}"
+            )
+        m, d = a.shape
+        if not (
+            (neg.ndim == 2 and neg.shape[1] == d)
+            or (neg.ndim == 3 and neg.shape[0] == m and neg.shape[2] == d)
+        ):
+            raise ShapeError(
+                f"negatives must have shape (N, {d}) (shared) or ({m}, N, {d}) (per anchor) for anchors of "
+                f"shape {tuple(a.shape)}; got {tuple(neg.shape)}"
+            )
+        extra = self.extra_negatives
+        if extra is not None and not (extra.ndim == 3 and extra.shape[0] == m and extra.shape[2] == d):
+            raise ShapeError(
+                f"extra_negatives must have shape ({m}, n, {d}) for anchors of shape {tuple(a.shape)}; got "
+                f"{tuple(extra.shape)}"
+            )
         m, n = self.anchors.shape[0], self.num_negatives
         if self.anchor_labels is not None and tuple(self.anchor_labels.shape) != (m,):
             raise ShapeError(
