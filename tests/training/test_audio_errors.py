@@ -140,7 +140,7 @@ def test_gather_and_mined_negatives_are_refused_naming_the_supported_ones(
         assert AudioTrainConfig(negatives=negatives).negatives == negatives
     assert main(["audio-train", "--negatives", "gather"]) == 2
     err = capsys.readouterr().err
-    assert "audio-train supports --negatives in-batch | queue" in err and "Traceback" not in err
+    assert "audio-train supports --negatives in-batch | cross-view | queue" in err and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------------- 11: SpecAugment masks
