@@ -18,6 +18,19 @@ class DataError(ContrastkitError):
     """A data set cannot be found, read or decoded."""
 
 
+class UndecodableImageError(DataError):
+    """One image of a streamed data set cannot be decoded: ``index`` is its position in the split and
+    ``name`` its name there (as :class:`~contrastkit.data.stream.ImageFileDataset` lists them), when known;
+    ``problem`` the message without its advice."""
+
+    def __init__(
+        self, message: str, *, problem: str | None = None, index: int | None = None, name: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problem = message if problem is None else problem
+        self.index, self.name = index, name
+
+
 class ConfigError(ContrastkitError, ValueError):
     """A configuration value or argument is invalid or the combination of values is impossible (also a
     ``ValueError``, as Python's own argument errors are)."""

@@ -3,6 +3,7 @@ others of the same names is refused; an unchanged resume, and a checkpoint kept 
 fingerprinted, still resume. A folder's record is the files' sizes (no read of the images)."""
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from contrastkit.data import load_dataset
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, UndecodableImageError
 from contrastkit.training import TrainConfig, train
 from contrastkit.training.checkpoint import load_checkpoint
 from contrastkit.training.resume import resume_config
@@ -182,3 +183,54 @@ def test_a_changed_test_split_is_refused(zip_run):
         resume(run)
     write_zip(data, members)
     assert resume(run).metrics["resumed_at_steps"] == [2]
+
+
+def _weights(run):
+    return load_checkpoint(run / "checkpoint.pt")["model"]
+
+
+def test_a_streamed_image_that_cannot_be_decoded_stops_resumably_once_replaced(tmp_path):
+    """A corrupt image met mid-run (streamed: not decoded up front) stops the run with a checkpoint of the
+    steps done and the image's record in undecodable.json; once it is replaced under the same name, the
+    resume is accepted (only that file changed) and ends exactly as an uninterrupted run on the fixed data."""
+    members = digit_members()
+    names = sorted(n for n in members if n.startswith("train/"))
+    bad = names[-1]  # after the probed first images, and (with knn_images=4) outside the kNN subsets
+    good = write_zip(tmp_path / "good.zip", members)
+
+    def config(data, out):
+        return TrainConfig(
+            data=str(data), data_placement="stream", image_size=8, workers=0, knn_images=4, epochs=2,
+            batch_size=8, knn_every=0, progress=False, device="cpu", seed=0, out=str(tmp_path / out),
+        )  # fmt: skip
+
+    reference = train(config(good, "reference"), out=io.StringIO()).run_dir
+    data = write_zip(tmp_path / "data.zip", {**members, bad: b"\x89PNG broken"})
+    with pytest.raises(UndecodableImageError) as err:
+        train(config(data, "run"), out=io.StringIO())
+    run = tmp_path / "run"
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert 0 < step < 10 and err.value.name == bad
+    assert f"at step {step + 1} of 10" in str(err.value) and f"holds the state after step {step}" in str(
+        err.value
+    )
+    assert "continue with: contrastkit train --resume" in str(err.value)
+    recorded = json.loads((run / "undecodable.json").read_text())
+    assert list(recorded) == [bad] and recorded[bad]["step"] == step + 1
+    with pytest.raises(UndecodableImageError, match=f"at step {step + 1} of 10"):  # not fixed yet
+        resume(run)
+    other = dict(members)
+    other[names[0]] = other_image(members[names[0]])  # another image changed as well: refused
+    write_zip(data, other)
+    with pytest.raises(ConfigError, match=r"besides the image.s. listed in .*undecodable.json"):
+        resume(run)
+    write_zip(data, members)  # the broken image replaced by a readable one, all else as it was
+    out = io.StringIO()
+    result = train(resume_config(run)[0], resume=run, out=out)
+    assert (
+        f"NOTE: resuming with 1 image(s) the run could not decode, replaced since: {bad!r}" in out.getvalue()
+    )
+    assert result.metrics["resumed_at_steps"] == [step]
+    final, expected = _weights(run), _weights(reference)
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in expected)

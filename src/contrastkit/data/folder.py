@@ -288,7 +288,8 @@ class _ZipReader:
     """Reads zip members; stored (uncompressed) members are sliced straight out of a memory map of the
     file, which is several times faster than ``ZipFile.read`` for many small images."""
 
-    def __init__(self, container: str) -> None:
+    def __init__(self, container: str, signature: tuple[int, ...]) -> None:
+        self.signature = signature  # the file it opened (see _zip_for)
         self.zf = zipfile.ZipFile(container)
         self._file = open(container, "rb")  # closed in close()
         self.mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -317,11 +318,20 @@ _ZIPS: dict[tuple[int, str], _ZipReader] = {}
 
 
 def _zip_for(container: str) -> _ZipReader:
-    """One open reader per process and zip (a file handle must not be shared with a forked process)."""
+    """One open reader per process and zip (a file handle must not be shared with a forked process),
+    opened again when the file was replaced or rewritten since (its inode, size or modification time
+    differ: a stale central directory would misread every member, and a memory map of a file truncated
+    since would crash the process with SIGBUS). One ``stat`` per read: 2.5 µs, against 71 µs to read and
+    decode one 32x32 JPEG of the CIFAR-10 zip (measured on the 2-core CI machine)."""
     key = (os.getpid(), container)
+    st = os.stat(container)
+    signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     reader = _ZIPS.get(key)
+    if reader is not None and reader.signature != signature:
+        _ZIPS.pop(key).close()
+        reader = None
     if reader is None:
-        reader = _ZIPS[key] = _ZipReader(container)
+        reader = _ZIPS[key] = _ZipReader(container, signature)
     return reader
 
 

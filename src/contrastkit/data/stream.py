@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from contrastkit.data.dataset import ImageDataset
 from contrastkit.data.folder import ImageFolderListing, _close_zips, _decode_chunk, _Split, list_image_folder
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.errors import ConfigError, DataError, UndecodableImageError
 
 PROBE_IMAGES = 32
+REPLACE_ADVICE = "replace this file with a readable image (or remove it)"
 
 
 class ImageFileDataset(Dataset):
@@ -60,11 +61,8 @@ class ImageFileDataset(Dataset):
         result = _decode_chunk(self.source.kind, self.source.container, [key], self.image_size)
         if result[0] == "error":
             _, bad, reason = result
-            raise DataError(
-                f"cannot decode image {self.source.display(bad)}: {reason}; remove or replace this file (a run "
-                "that streams this data stops here, and its checkpoint cannot resume on the changed data: "
-                "start the run again once the file is fixed)"
-            )
+            problem = f"cannot decode image {self.source.display(bad)}: {reason}"
+            raise UndecodableImageError(f"{problem}; {REPLACE_ADVICE}", problem=problem)
         return result[1][0]  # (S, S, C)
 
     def __len__(self) -> int:
@@ -221,6 +219,10 @@ def _clean_errors(
         except DataError as exc:  # re-raised by the DataLoader with the worker's traceback in the message
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             raise DataError(lines[-1].removeprefix(f"{DataError.__module__}.DataError: ")) from None
+        if isinstance(images, str):  # an undecodable item (see _collate_indexed): its index is ``converted``
+            raise UndecodableImageError(
+                f"{images}; {REPLACE_ADVICE}", problem=images, index=converted, name=dataset.names[converted]
+            )
         if converted >= 0:
             dataset.warn_colour(converted)
         yield images, labels, idx
@@ -235,13 +237,22 @@ class _Indexed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int, bool]:
-        image, label, converted = self.dataset.load(i)
+    def __getitem__(self, i: int) -> tuple[Tensor | str, Tensor | None, int, bool]:
+        try:
+            image, label, converted = self.dataset.load(i)
+        except UndecodableImageError as exc:  # passed on as data: a worker's exception loses its fields
+            return exc.problem, None, i, False
         return image, label, i, converted
 
 
-def _collate_indexed(items: list[tuple[Tensor, Tensor, int, bool]]) -> tuple[Tensor, Tensor, Tensor, int]:
-    """A batch, its indices, and the first colour-converted item's index (-1: none)."""
+def _collate_indexed(
+    items: list[tuple[Tensor | str, Tensor | None, int, bool]],
+) -> tuple[Tensor | str, Tensor | None, Tensor, int]:
+    """A batch, its indices, and the first colour-converted item's index (-1: none); for a batch with an
+    undecodable item, ``(message, None, indices, that item's index)`` instead."""
+    bad = next((item for item in items if isinstance(item[0], str)), None)
+    if bad is not None:
+        return bad[0], None, torch.tensor([item[2] for item in items], dtype=torch.int64), bad[2]
     images, labels, idx, converted = zip(*items, strict=True)
     first = next((i for i, c in zip(idx, converted, strict=True) if c), -1)
     return torch.stack(images), torch.stack(labels), torch.tensor(idx, dtype=torch.int64), first

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,31 +125,41 @@ class TrainingData:
             yield idx, self.resident.batch(source[i * batch_size : (i + 1) * batch_size][rows])
 
 
-def contents_fingerprint(source: str | os.PathLike[str], names: list[str]) -> dict[str, str]:
-    """``contents_sha256``, a SHA-256 over the sorted ``name, CRC-32, size`` records (a ``.zip``: from its
-    central directory) or ``name, size`` records (a folder: one ``stat`` per file, no read) of the images
-    ``names`` (relative to the data's root, as the loaders name them) in ``source``, and ``contents``, which
-    of the two it is. A same-size replacement in a folder is not detected; a file gone since it was listed
-    gets size -1."""
+def contents_records(source: str | os.PathLike[str], names: Iterable[str]) -> tuple[dict[str, str], str]:
+    """One record line per image of ``names`` in ``source``, ``name, CRC-32, size`` (a ``.zip``: from its
+    central directory) or ``name, size`` (a folder: one ``stat`` per file, no read), and which of the two
+    it is. A file gone since it was listed gets size -1."""
     path = Path(source)
-    lines: list[str] = []
+    records: dict[str, str] = {}
     if path.is_file() and path.suffix.lower() == ".zip":
         root, _ = _list_zip(path)
         with zipfile.ZipFile(path) as zf:
             infos = {info.filename: info for info in zf.infolist()}
-        basis = "zip: name, CRC-32, size"
-        for name in sorted(names):
+        for name in names:
             info = infos.get(root + name)
-            lines.append(f"{name}\t{info.CRC:08x}\t{info.file_size}" if info else f"{name}\t-\t-1")
-    else:
-        root = _dir_root(path)
-        basis = "folder: name, size (same-size replacements not detected)"
-        for name in sorted(names):
-            try:
-                size = os.stat(path / (root + name)).st_size
-            except OSError:
-                size = -1
-            lines.append(f"{name}\t{size}")
+            records[name] = f"{name}\t{info.CRC:08x}\t{info.file_size}" if info else f"{name}\t-\t-1"
+        return records, "zip: name, CRC-32, size"
+    root = _dir_root(path)
+    for name in names:
+        try:
+            size = os.stat(path / (root + name)).st_size
+        except OSError:
+            size = -1
+        records[name] = f"{name}\t{size}"
+    return records, "folder: name, size (same-size replacements not detected)"
+
+
+def contents_fingerprint(
+    source: str | os.PathLike[str], names: list[str], *, as_recorded: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``contents_sha256``, a SHA-256 over the sorted records of :func:`contents_records` of the images
+    ``names`` (relative to the data's root, as the loaders name them) in ``source``, and ``contents``, which
+    kind of record it is. A same-size replacement in a folder is not detected. ``as_recorded`` gives some
+    images' records as they were earlier (a resume after undecodable images were replaced: the hash the
+    run started with, if nothing else changed)."""
+    records, basis = contents_records(source, names)
+    records.update({k: v for k, v in (as_recorded or {}).items() if k in records})
+    lines = [records[name] for name in sorted(records)]
     digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape"))
     return {"contents_sha256": digest.hexdigest(), "contents": basis}
 

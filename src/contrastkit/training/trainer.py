@@ -64,8 +64,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contrastkit import __version__
 from contrastkit.data import DataSplits, load_dataset
+from contrastkit.data.stream import REPLACE_ADVICE
 from contrastkit.encoders import ContrastiveModel, ProjectionHead, build_encoder
-from contrastkit.errors import ConfigError, ContrastkitError, TrainingError
+from contrastkit.errors import ConfigError, ContrastkitError, TrainingError, UndecodableImageError
 from contrastkit.evaluation import extract_features, knn_accuracy, unseen_classes_warning
 from contrastkit.negatives import MomentumEncoder, build_negatives, from_the_batch
 from contrastkit.negatives.distributed import (
@@ -92,7 +93,13 @@ from contrastkit.training.checkpoint import (
     write_atomic,
 )
 from contrastkit.training.config import TrainConfig, check_option_combinations, unused_options
-from contrastkit.training.data import HELD_OUT_FRACTION, TrainingData, load_training_data
+from contrastkit.training.data import (
+    HELD_OUT_FRACTION,
+    TrainingData,
+    contents_fingerprint,
+    contents_records,
+    load_training_data,
+)
 from contrastkit.training.learner import ContrastiveLearner
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.options import check_seed
@@ -549,8 +556,9 @@ def _run(
     data = load_training_data(config, device)
     info = _data_info(config, data)
     fingerprint = data.fingerprint()
+    replaced_note = None
     if saved is not None:
-        _check_same_data(saved, fingerprint, config, run_dir)
+        replaced_note = _check_same_data(saved, fingerprint, config, run_dir, data)
     parts = _build(config, device, data, info)
     if saved is None:
         progress, step, history = _fresh_progress(parts, run_dir, device)
@@ -566,6 +574,8 @@ def _run(
         _banner(config, device, data, parts, run_dir, step, resumed=saved is not None), file=out, flush=True
     )
     if main:
+        if replaced_note is not None:
+            print(f"NOTE: {replaced_note}", file=out, flush=True)
         for warning in unused_options(config):  # config.yaml records them as if they had been used
             print(f"WARNING: {warning}", file=out, flush=True)
     loop = _Loop(
@@ -1044,8 +1054,11 @@ class _Loop:
         self.clock.start()
         while self.progress["epoch"] < self.config.epochs:
             epoch = self.progress["epoch"]
-            for idx, batch in self._batches():
-                self._step(idx, batch, epoch, stop)
+            try:
+                for idx, batch in self._batches():
+                    self._step(idx, batch, epoch, stop)
+            except UndecodableImageError as exc:
+                self._undecodable(exc, epoch)
             self._end_epoch(epoch)
         self.clock.stop()
         self.bar.close()
@@ -1119,6 +1132,34 @@ class _Loop:
             checkpoint=path,
             step=self.step,
         )
+
+    def _undecodable(self, exc: UndecodableImageError, epoch: int) -> NoReturn:
+        """A streamed training image cannot be decoded: its record (name, size, CRC-32) is added to the run
+        folder's ``undecodable.json``, so that a resume accepts that this file, and nothing else, changed;
+        the steps done since the last checkpoint are checkpointed (one process: with several, the others are
+        in the step's collectives); the run stops naming the file and how to go on."""
+        self.bar.close()
+        world, total = world_size(), self.parts.total_steps
+        where = f"at step {self.step + 1} of {total} (epoch {epoch + 1})"
+        problem = f"{exc.problem} {where}"
+        if exc.name is None or self.data.source is None:
+            raise UndecodableImageError(f"{problem}; {REPLACE_ADVICE}", problem=problem) from None
+        record_undecodable(self.run_dir, self.data.source, exc.name, self.step + 1)
+        if world == 1 and self.step > 0 and self.latest.step != self.step:
+            self.checkpoint()
+        if self.latest.step is None:
+            then = "no checkpoint was written before it: start the run again once the file is fixed"
+        else:
+            then = (
+                f"{self.latest.path} holds the state after step {self.latest.step}: replace the file with "
+                "a readable copy under the same name and continue with: "
+                f"{resume_command(self.run_dir, world)} (the resume accepts that this file changed, listed in "
+                f"{self.run_dir / UNDECODABLE_NAME}; removing or renaming a file changes the data set, which "
+                "needs a new run)"
+            )
+        raise UndecodableImageError(
+            f"{problem}; {then}", problem=problem, index=exc.index, name=exc.name
+        ) from None
 
     def _end_epoch(self, epoch: int) -> None:
         """The epoch's kNN point when due (every ``--knn-every`` epochs, and after the last), then on to the
@@ -1617,16 +1658,49 @@ def _state(
     }
 
 
+UNDECODABLE_NAME = "undecodable.json"
+
+
+def record_undecodable(run_dir: Path, source: str, name: str, step: int) -> None:
+    """Add the record of the streamed image ``name`` of ``source`` (which the run could not decode at step
+    ``step``) to ``run_dir/undecodable.json``: its name, size (and CRC-32 in a zip) as the data fingerprint
+    counts them, taken now, before it is replaced. Written atomically; a failed write is ignored (the resume
+    then refuses the changed file, as it would without the record)."""
+    records = undecodable_records(run_dir)
+    records[name] = {"record": contents_records(source, [name])[0][name], "step": step}
+    text = json.dumps(records, indent=1, sort_keys=True)
+    try:
+        write_atomic(run_dir / UNDECODABLE_NAME, lambda f: f.write(text), binary=False)
+    except ContrastkitError:
+        pass
+
+
+def undecodable_records(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The run's records of images it could not decode (:func:`record_undecodable`); {} when none (or the
+    file is unreadable)."""
+    try:
+        found = json.loads((run_dir / UNDECODABLE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): v for k, v in found.items() if isinstance(v, dict) and isinstance(v.get("record"), str)}
+
+
 def _check_same_data(
-    saved: dict[str, Any], fingerprint: dict[str, Any], config: TrainConfig, run_dir: Path
-) -> None:
+    saved: dict[str, Any], fingerprint: dict[str, Any], config: TrainConfig, run_dir: Path, data: TrainingData
+) -> str | None:
     """Refuse to resume on training data other than the run's (the saved epoch order, the mined negatives'
     index and the step count all index its items), naming what differs, old against new. A checkpoint
     written before fingerprints were kept has none and is not checked; only what both sides hold is
-    compared (a checkpoint from before ``contents_sha256`` was kept resumes without the contents check)."""
+    compared (a checkpoint from before ``contents_sha256`` was kept resumes without the contents check).
+    Images the run could not decode (``undecodable.json``) may have been replaced: when the contents
+    differ, they are compared with those images' records as they were; a match is accepted, and the note
+    naming them is returned."""
     old = saved.get("data_fingerprint")
     if not isinstance(old, dict):
-        return
+        return None
+    note = None
     changed = []
     if "train_items" in old and old["train_items"] != fingerprint["train_items"]:
         changed.append(f"training images: run had {old['train_items']}, now {fingerprint['train_items']}")
@@ -1648,11 +1722,33 @@ def _check_same_data(
         and old.get("contents", fingerprint.get("contents")) == fingerprint.get("contents")
         and old["contents_sha256"] != fingerprint["contents_sha256"]
     ):  # the same names (else said above), other contents: an image was replaced by another
-        changed.append(
-            "the training images' contents differ under the same file names (an image was replaced by "
-            f"another; {fingerprint.get('contents', 'contents')} hash {old['contents_sha256'][:12]} then, "
-            f"{fingerprint['contents_sha256'][:12]} now)"
-        )
+        replaced = undecodable_records(run_dir)
+        as_recorded = {name: r["record"] for name, r in replaced.items()}
+        if (
+            replaced
+            and data.source is not None
+            and data.names is not None
+            and contents_fingerprint(data.source, data.names, as_recorded=as_recorded)["contents_sha256"]
+            == old["contents_sha256"]
+        ):
+            shown = ", ".join(repr(n) for n in sorted(replaced)[:3]) + (
+                f" and {len(replaced) - 3} more" if len(replaced) > 3 else ""
+            )
+            note = (
+                f"resuming with {len(replaced)} image(s) the run could not decode, replaced since: {shown} "
+                f"(listed in {run_dir / UNDECODABLE_NAME}); every other training image is as it was"
+            )
+        else:
+            besides = (
+                f", besides the image(s) listed in {run_dir / UNDECODABLE_NAME} as undecodable"
+                if replaced
+                else ""
+            )
+            changed.append(
+                "the training images' contents differ under the same file names (an image was replaced by "
+                f"another{besides}; {fingerprint.get('contents', 'contents')} hash "
+                f"{old['contents_sha256'][:12]} then, {fingerprint['contents_sha256'][:12]} now)"
+            )
     if "eval_items" in old and old["eval_items"] != fingerprint.get("eval_items"):
         changed.append(f"eval images: run had {old['eval_items']}, now {fingerprint.get('eval_items', 0)}")
     elif old.get("eval_names_sha256") not in (
@@ -1668,6 +1764,7 @@ def _check_same_data(
             f"({'; '.join(changed)}). The saved epoch order and state index the old images: put the data back "
             "as it was, or start a new run (another --out)"
         )
+    return note
 
 
 def _load_states(saved: dict[str, Any], run_dir: Path, parts: _Parts) -> None:
