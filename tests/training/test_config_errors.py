@@ -3,6 +3,7 @@ each is a :class:`ConfigError` that names the problem and what to do."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,25 @@ def test_train_prints_the_unused_options(tmp_path: Path, capsys: pytest.CaptureF
             "0", "--no-progress", "--queue-size", "100", "--out", str(tmp_path / "r")]  # fmt: skip
     assert main(args) == 0
     assert "WARNING: --queue-size 100 has no effect in this run" in capsys.readouterr().out
+
+
+def test_a_run_saved_with_a_null_option_still_resumes(tmp_path: Path) -> None:
+    """A run whose config file had ``batchnorm:`` (null: accepted before nulls were refused; it trained
+    without BatchNorm) keeps that null in its checkpoint: its resume takes it as the run's (it was refused as
+    'command line: option batchnorm is empty'); a null given on resume is still refused."""
+    from contrastkit.training import train
+    from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
+    from contrastkit.training.resume import resume_config
+
+    config = TrainConfig(
+        data="digits", limit=256, encoder="mlp", batchnorm=False, epochs=1, batch_size=64, knn_every=0,
+        progress=False, device="cpu", out=str(tmp_path / "run"),
+    )  # fmt: skip
+    run = train(config, out=io.StringIO()).run_dir
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["config"]["batchnorm"], state["finished"] = None, False  # as such a run left it
+    save_checkpoint(state, run / "checkpoint.pt")
+    assert resume_config(run)[0].batchnorm is None
+    with pytest.raises(ConfigError, match=r"command line: option batchnorm \(--batchnorm\) is empty"):
+        resume_config(run, {"batchnorm": None})
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0

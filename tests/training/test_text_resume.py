@@ -550,3 +550,19 @@ def test_resume_flag_passes_only_the_options_given(tmp_path: Path) -> None:
     args = build_parser().parse_args(["text-train", "--resume", "runs/x", "--config", str(path)])
     with pytest.raises(ConfigError, match="option dim has the wrong type"):
         config_from_args(args)
+
+
+def test_a_run_saved_with_a_null_option_still_resumes(
+    tmp_path: Path, text_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose config file had ``progress:`` (null: accepted before nulls were refused, and falsy) keeps
+    that null in its checkpoint; its resume takes it as the run's (it was refused as 'command line: option
+    progress is empty'), while a null given on resume is still refused."""
+    run = interrupted_run(tmp_path, text_data, monkeypatch)
+    state = load_checkpoint(run / "checkpoint.pt", image_run=False)
+    state["config"]["progress"] = None
+    save_checkpoint(state, run / "checkpoint.pt")
+    assert main(["text-train", "--resume", str(run)]) == 0  # the command line gives no --progress
+    assert json.loads((run / "metrics.json").read_text())["resumed_at_steps"] == [4]
+    with pytest.raises(ConfigError, match=r"option save_model \(--save-model\) is empty \(null\)"):
+        TextTrainConfig.from_dict({"save_model": None}, nulls_from_run={"progress"})

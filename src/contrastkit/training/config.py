@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -299,9 +300,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(
-        cls, values: dict[str, Any], *, source: str = "config", saved_run: bool = False
+        cls,
+        values: dict[str, Any],
+        *,
+        source: str = "config",
+        saved_run: bool = False,
+        nulls_from_run: AbstractSet[str] = frozenset(),
     ) -> TrainConfig:
-        """Build from a mapping; unknown keys are an error that names them.
+        """Build from a mapping; unknown keys are an error that names them. ``nulls_from_run``: options whose
+        null comes from a saved run (a resume's merge of the run's options and the given ones), taken as a
+        saved run's are.
 
         ``saved_run``: ``values`` is the configuration a run saved (its checkpoint's), read as that run
         behaved: without ``split_seed`` (saved before the option existed) its data were split with its
@@ -314,7 +322,7 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
             )
-        values = _coerce(norm, source, allow_null=saved_run)
+        values = _coerce(norm, source, allow_null=True if saved_run else nulls_from_run)
         if saved_run and "split_seed" not in values and "seed" in values:  # saved before --split-seed
             values["split_seed"] = values["seed"]
         config = cls(**values)
@@ -459,6 +467,11 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def null_allowed(allow_null: bool | AbstractSet[str], name: str) -> bool:
+    """Whether option ``name`` may be null: ``allow_null`` is True, or a set of option names holding it."""
+    return allow_null if isinstance(allow_null, bool) else name in allow_null
+
+
 def null_option_error(source: str, name: str, type_name: str, default: Any) -> ConfigError:
     """The error for a null (an empty YAML value) given to an option whose type does not allow None (it was
     taken as is: ``batchnorm:`` trained without BatchNorm, ``data:`` crashed)."""
@@ -468,16 +481,18 @@ def null_option_error(source: str, name: str, type_name: str, default: Any) -> C
     )
 
 
-def _coerce(values: dict[str, Any], source: str, *, allow_null: bool = False) -> dict[str, Any]:
+def _coerce(
+    values: dict[str, Any], source: str, *, allow_null: bool | AbstractSet[str] = False
+) -> dict[str, Any]:
     """Type-check values read from a file against the field types (ints stay ints, etc.). A null (an empty
-    YAML value) is taken only by the options whose type allows None, unless ``allow_null`` (a saved run's
-    configuration, read as it was written)."""
+    YAML value) is taken only by the options whose type allows None, unless ``allow_null`` is True (a saved
+    run's configuration, read as it was written) or names the option."""
     out = {}
     found = {f.name: f for f in fields(TrainConfig)}
     for name, v in values.items():
         t = str(found[name].type)
         if v is None:
-            if not (allow_null or "None" in t):
+            if not (null_allowed(allow_null, name) or "None" in t):
                 raise null_option_error(source, name, t, found[name].default)
             out[name] = v
             continue

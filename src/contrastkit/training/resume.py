@@ -113,7 +113,10 @@ def resume_config(
     data = _resume_data(saved.data, overrides.get("data"), state, path.parent)
     if data is not None:  # the run's data, found: not a change
         overrides["data"] = saved.data
-    wanted = TrainConfig.from_dict({**saved.to_dict(), **overrides}, source="command line")
+    run_nulls = {k for k, v in saved.to_dict().items() if v is None and k not in overrides}
+    wanted = TrainConfig.from_dict(
+        {**saved.to_dict(), **overrides}, source="command line", nulls_from_run=run_nulls
+    )
     compared = wanted.to_dict()
     if "stream" not in (saved.data_placement, wanted.data_placement):
         compared["data_placement"] = saved.data_placement  # the same batches either way: no change

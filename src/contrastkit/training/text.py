@@ -34,6 +34,7 @@ import signal
 import sys
 import time
 from argparse import ArgumentParser, BooleanOptionalAction, Namespace
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +74,7 @@ from contrastkit.training.config import (
     _opt,
     _positive,
     load_config_file,
+    null_allowed,
     null_option_error,
 )
 from contrastkit.training.learner import ContrastiveLearner
@@ -307,16 +309,20 @@ class TextTrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TextTrainConfig:
-        """Build from a mapping (keys with ``-`` or ``_``); unknown keys and wrong types name themselves."""
-        return cls(**cls.typed_values(values, source=source))
+    def from_dict(
+        cls, values: dict[str, Any], *, source: str = "config", nulls_from_run: AbstractSet[str] = frozenset()
+    ) -> TextTrainConfig:
+        """Build from a mapping (keys with ``-`` or ``_``); unknown keys and wrong types name themselves.
+        ``nulls_from_run``: options whose null comes from a saved run (a resume's merge), taken as it is."""
+        return cls(**cls.typed_values(values, source=source, allow_null=nulls_from_run))
 
     @classmethod
     def typed_values(
-        cls, values: dict[str, Any], *, source: str = "config", allow_null: bool = False
+        cls, values: dict[str, Any], *, source: str = "config", allow_null: bool | AbstractSet[str] = False
     ) -> dict[str, Any]:
         """``values`` with ``_`` keys, floats as float; unknown keys and wrong types raise ConfigError, and
-        so does a null for an option whose type does not allow None, unless ``allow_null`` (a saved run's)."""
+        so does a null for an option whose type does not allow None, unless ``allow_null`` is True (a saved
+        run's) or names the option."""
         known = {f.name: str(f.type) for f in fields(cls)}
         defaults = {f.name: f.default for f in fields(cls)}
         norm = {str(k).replace("-", "_"): v for k, v in values.items()}
@@ -327,7 +333,7 @@ class TextTrainConfig:
             )
         for name, v in norm.items():
             t = known[name]
-            if v is None and not (allow_null or "None" in t):
+            if v is None and not (null_allowed(allow_null, name) or "None" in t):
                 raise null_option_error(source, name, t, defaults[name])
             ok = (
                 v is None
@@ -631,7 +637,10 @@ def _open_resume(
     )
     # checked and resolved as text-train resolves them (lr, warm-up, key momentum from their defaults; the
     # data's paths absolute), then compared with the run's
-    wanted = TextTrainConfig.from_dict({**saved, **_absolute_paths(given)}, source="command line").resolved()
+    run_nulls = {k for k, v in saved.items() if v is None and k not in given}
+    wanted = TextTrainConfig.from_dict(
+        {**saved, **_absolute_paths(given)}, source="command line", nulls_from_run=run_nulls
+    ).resolved()
     given = {k: getattr(wanted, k) if k != "out" else v for k, v in given.items()}
     resumed = resumed_config(
         TextTrainConfig,
