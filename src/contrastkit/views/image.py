@@ -1,7 +1,7 @@
 """SimCLR / MoCo v2 / BYOL image views on batched ``uint8`` tensors.
 
-Chen et al. 2020 (SimCLR, ICML 2020, arXiv 2002.05709), Appendix A (the appendix number as previously
-cited; not re-read, see the recipe sources below), as the torchvision pipeline
+Chen et al. 2020 (SimCLR, ICML 2020, arXiv 2002.05709), Appendix A (checked against the paper's text; see
+the recipe sources below), as the torchvision pipeline
 
     RandomResizedCrop(size, scale, ratio) -> RandomHorizontalFlip(flip_p)
     -> RandomApply([ColorJitter(b, c, s, h)], p=jitter_p) -> RandomGrayscale(grayscale_p)
@@ -456,9 +456,8 @@ class ImageViews(nn.Module):
 
 
 # Every recipe lists all its values (not just those that differ from ImageViews' defaults), as
-# (view 1, view 2). The sources (see docs/views.md). Checked against the authors' code: the values; not
-# re-read: the papers' appendix, section and table numbers (only the papers' openings were readable in the
-# reference store used for the check), which are as previously cited.
+# (view 1, view 2). The sources (see docs/views.md). Checked against the authors' code (the values) and the
+# papers' texts (the values and the appendix, section and table numbers), 2026-12-02.
 # - simclr: Chen et al. 2020, SimCLR (arXiv 2002.05709), Appendix B.9 (CIFAR-10), and the google-research/simclr
 #   README's CIFAR command (--color_jitter_strength=0.5 --use_blur=False, checked): Appendix A's pipeline
 #   with colour strength s = 0.5, i.e. ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) (the formula of its
@@ -466,7 +465,7 @@ class ImageViews(nn.Module):
 # - simclr_imagenet: SimCLR Appendix A (ImageNet): s = 1.0, blur with p 0.5, sigma U[0.1, 2.0], kernel 10% of
 #   the side.
 # - mocov2: Chen, Fan, Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning" (arXiv
-#   2003.04297), Section 2 / Table 1 ("aug+"), as in facebookresearch/moco main_moco.py --aug-plus (checked):
+#   2003.04297), Section 3 ("Augmentation") / Table 1 ("aug+"), as in facebookresearch/moco main_moco.py --aug-plus (checked):
 #   crop scale (0.2, 1), jitter p 0.8 (0.4, 0.4, 0.4, 0.1), grayscale 0.2, blur p 0.5 sigma U[0.1, 2.0],
 #   flip 0.5.
 # - byol: Grill et al. 2020, BYOL (arXiv 2006.07733), Appendix B, Table 6, as in google-deepmind/
