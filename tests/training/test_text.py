@@ -215,7 +215,7 @@ def test_options_a_text_run_does_not_use_are_named() -> None:
     small = text_unused_options(dataclasses.replace(used, queue_size=100))
     assert small == [
         "--queue-size 100 is smaller than the 128 keys one step enqueues: the queue holds only the newest 100 "
-        "keys of the previous step and none older (fewer negatives than the in-batch ones); raise --queue-size "
+        "keys of the previous step and none older (no more negatives than one batch gives); raise --queue-size "
         "to a multiple of 128 (MoCo's: 65536)"
     ]
     assert text_unused_options(dataclasses.replace(used, queue_size=100, key_momentum=0.0)) == []

@@ -82,13 +82,13 @@ def unused_option_warnings(config: Any, unused: list[tuple[str, str]]) -> list[s
 def small_queue_warnings(negatives: str, queue_size: int, keys_per_step: int) -> list[str]:
     """A warning when a queue source's ``queue_size`` is below the ``keys_per_step`` one step enqueues (the
     global batch, twice with a key encoder's symmetrised step): the queue then holds part of the last step's
-    keys and none older, so it has fewer negatives than the batch would give."""
+    keys and none older, and a MoCo queue is meant to reach back over many steps."""
     if "queue" not in negatives or queue_size >= keys_per_step:
         return []
     return [
         f"--queue-size {queue_size} is smaller than the {keys_per_step} keys one step enqueues: the queue holds "
-        f"only the newest {queue_size} keys of the previous step and none older (fewer negatives than the "
-        f"in-batch ones); raise --queue-size to a multiple of {keys_per_step} (MoCo's: 65536)"
+        f"only the newest {queue_size} keys of the previous step and none older (no more negatives than one "
+        f"batch gives); raise --queue-size to a multiple of {keys_per_step} (MoCo's: 65536)"
     ]
 
 
