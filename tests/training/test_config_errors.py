@@ -297,3 +297,23 @@ def test_a_run_saved_with_a_null_option_still_resumes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"command line: option batchnorm \(--batchnorm\) is empty"):
         resume_config(run, {"batchnorm": None})
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_in_batch_mochi_under_torchrun_is_checked_against_each_process_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-batch negatives come from each process's share of the global batch: --mix-hardest 62 fits a
+    batch of 32 on one process but not 16 a process on two (MoCHi took what there was, a silent cap)."""
+    import contrastkit.training.trainer as trainer
+
+    config = TrainConfig(negatives="in-batch+mochi", batch_size=32, mix_hardest=62)
+    check_combinations(config)
+    monkeypatch.setattr(trainer, "world_size", lambda: 2)
+    with pytest.raises(
+        ConfigError,
+        match=r"--batch-size 32 over 2 processes gives each query only 2 x 16 - 2 = 30: use "
+        r"--mix-hardest 30 or less",
+    ):
+        check_combinations(config)
+    check_combinations(config.replace(mix_hardest=30))
+    check_combinations(config.replace(negatives="queue+mochi", queue_size=4096))  # not from the batch

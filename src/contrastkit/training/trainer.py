@@ -2000,6 +2000,14 @@ def check_combinations(config: TrainConfig) -> None:
             f"--batch-size {least} or more, or --negatives queue (or mined), whose negatives do not come "
             "from the batch"
         )
+    in_batch = 2 * batch - 2  # each query's in-batch negatives on its process
+    if world > 1 and config.negatives == "in-batch+mochi" and config.mix_hardest > in_batch:
+        raise ConfigError(
+            f"--mix-hardest {config.mix_hardest} asks MoCHi for the {config.mix_hardest} hardest negatives of "
+            f"each query, but in-batch negatives come from each process's share of the batch: --batch-size "
+            f"{config.batch_size} over {world} processes gives each query only 2 x {batch} - 2 = {in_batch}: "
+            f"use --mix-hardest {max(in_batch, 1)} or less, or a larger --batch-size"
+        )
 
 
 def _negatives_note(
