@@ -13,7 +13,8 @@ problem. SeLa regularises it with the entropy term ``(1/λ) KL(Q || r c^T)``,
     min_{Q ∈ U(r, c)}  <Q, -log P> + (1/λ) KL(Q || r c^T),
 
 whose solution is ``Q = diag(α) P^λ diag(β)``, the scaling vectors found by Sinkhorn-Knopp iterations
-``α <- r / (P^λ β)``, ``β <- c / (α^T P^λ)`` (the "fast version" of Cuturi 2013 in the paper). Larger λ
+``α <- r / (P^λ β)``, ``β <- c / (α^T P^λ)`` ("a fast variant of the Sinkhorn-Knopp algorithm", the paper's abstract; the link to Cuturi 2013 is
+not verified). Larger λ
 is closer to the unregularised problem; the reference code (github.com/yukimasano/self-label) uses
 λ = 25 (``main.py``, ImageNet) and 10 (``cifar.py``). Pseudo-labels are ``argmax_y Q_yi``.
 
@@ -37,8 +38,9 @@ counterpart, so ``P^λ`` is never formed and a large λ (ε = 1/λ = 0.01) neith
 This is the exp-form update taken in logs, term for term (``log(r / (P^λ β)) = log r - log Σ_i
 exp(λ log P_ki + log β_i)``), so it has the same iterates and fixed point; the ε-scaling (``anneal``) only
 changes the starting point of the final stage. The layout is items x clusters, ``(N, K)``, the transpose
-of the paper's ``K x N``. The stopping rule differs from the reference code's (which stops when the
-per-item vector changes by less than 0.1 in summed relative terms): here the column sums must match ``r``
+of the paper's ``K x N``. The stopping rule differs from the reference code's (which stops when
+``Σ |c / c_new - 1| < 0.1`` in ``sinkhornknopp.py``, 0.01 in ``cifar.py``; SeLaVi's ``sk_utils.py`` also
+caps the iterations at 2000): here the column sums must match ``r``
 to a relative ``tol``. A solve that does not reach ``tol`` within ``max_iter`` iterations still returns its
 plan (``converged`` False) and emits a :class:`SinkhornConvergenceWarning`.
 """

@@ -1,11 +1,11 @@
 """Negatives mined from a nearest-neighbour index of the whole training set (ANCE).
 
 Xiong, Xiong, Li, Tang, Liu, Bennett, Ahmed, Overwijk 2021 (ICLR 2021; arXiv 2007.00808), "Approximate
-Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval", the ANCE method section (its
-number in the arXiv v1 and in the ICLR version was not verified: only the paper's opening was readable in
-this check, so the "Sec. 3 / Sec. 4" cited here before is dropped): the training negatives of a query are
-its top-ranked items retrieved by an ANN index over the *whole corpus*, minus its positives, and the index
-is refreshed
+Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval", Sec. 4 ("Approximate Nearest
+Neighbor Noise Contrastive Estimation"), Eq. (13), ``θ* = argmin_θ Σ_q Σ_{d+ ∈ D+} Σ_{d- ∈ D-_ANCE}
+l(f(q, d+), f(q, d-))`` with ``D-_ANCE = ANN_{f(q,d)} minus D+`` (the numbering read in a full translation of
+arXiv v2 that keeps the original's, 2026-12-02): the training negatives of a query are its top-ranked items
+retrieved by an ANN index over the *whole corpus*, minus its positives, and the index is refreshed
 asynchronously ("Asynchronous Index Refresh"): an inferencer re-encodes the corpus with a recent
 checkpoint of the model every few training steps and rebuilds the index, so the negatives are found with
 a slightly stale model.
@@ -31,7 +31,9 @@ current model, so their gradients flow; pass ``encode_items`` (dataset ids (K,) 
 the step is encoded once. The mined dataset indices are in :attr:`MinedNegatives.last_indices` (M, n).
 Two further differences from ANCE remain either way: the query of the search is the anchor's *current*
 embedding (ANCE searches with the stale checkpoint's query embedding), and the negatives are the n
-nearest items (ANCE samples its negatives among the top-ranked ones).
+nearest items (ANCE samples its negatives among the top-ranked ones: Sec. 5, one negative sampled
+uniformly from the ANN top 200 per positive; the official code, microsoft/ANCE
+``drivers/run_ann_data_gen.py``, samples 5 from the top 500).
 
 Index kinds. ``"torch"`` (the default) is an exact inner-product search written in torch: the snapshot
 embeddings stay on the anchors' device (the GPU when training there), each step scores the anchors

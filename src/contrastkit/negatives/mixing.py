@@ -4,11 +4,13 @@ Kalantidis, Sariyildiz, Pion, Weinzaepfel, Larlus 2020, "Hard Negative Mixing fo
 (NeurIPS 2020; arXiv 2010.01028). For a query q with negatives Q, order Q by similarity to q and keep the
 N hardest, Q̃^N. Then
 
-* Sec. 4.1, Eq. (4), mixing the hardest negatives: s synthetic points
+* pair mixing (cited as Sec. 4.1, Eq. (4); unverified, see below), mixing the hardest negatives:
+  s synthetic points
   ``h_k = h̃_k / ‖h̃_k‖₂``, ``h̃_k = α_k n_i + (1 − α_k) n_j`` with n_i, n_j drawn at random from Q̃^N
   (here two different ones: n_j uniform over the others, as a pair of a negative with itself would only
   repeat it) and α_k ∈ (0, 1) uniform;
-* Sec. 4.2, Eq. (5), mixing for even harder negatives: s' points
+* query mixing (cited as Sec. 4.2, Eq. (5); unverified), mixing for even harder negatives:
+  s' points
   ``h'_k = h̃'_k / ‖h̃'_k‖₂``, ``h̃'_k = β_k q + (1 − β_k) n_j`` with n_j from Q̃^N and β_k ∈ (0, 0.5)
   uniform, so the query's contribution is always the smaller one;
 
@@ -66,9 +68,9 @@ class MixRecord:
         hardest: (M, N') indices of the candidate columns ranked hardest first (N' = min(N, num_hardest));
             only the first ``num_hardest[m]`` entries of row m are valid negatives.
         num_hardest: (M,) how many valid hardest negatives each anchor had.
-        mix_i, mix_j: (M, s) candidate columns mixed by Eq. (4), with weights ``alpha`` (M, s).
-        query_j: (M, s') candidate columns mixed with the query by Eq. (5), with weights ``beta`` (M, s').
-        synthetic: (M, s + s', D) the synthetic negatives, Eq. (4) ones first.
+        mix_i, mix_j: (M, s) candidate columns of the pair mixing, with weights ``alpha`` (M, s).
+        query_j: (M, s') candidate columns of the query mixing, with weights ``beta`` (M, s').
+        synthetic: (M, s + s', D) the synthetic negatives, the pair mixing's first.
         synthetic_mask: (M, s + s') True where an anchor had no valid negative to mix (points unused).
     """
 
@@ -89,12 +91,12 @@ class HardNegativeMixing(NegativeSource):
     Args:
         source: the wrapped source (queue, in-batch, ...); its ``update`` is called by :meth:`update`.
         num_hardest: N, how many of the hardest valid negatives are mixed.
-        num_mixed: s, synthetic negatives from pairs of hard negatives (Eq. 4).
-        num_query_mixed: s', synthetic negatives mixing the query in (Eq. 5).
+        num_mixed: s, synthetic negatives from pairs of hard negatives (pair mixing).
+        num_query_mixed: s', synthetic negatives mixing the query in (query mixing).
         start_step: no mixing before this many :meth:`update` calls (a warm-up; the paper's warm-up length was
             not checked).
         layout: "auto", "per-anchor" or "block" (module docstring).
-        normalize: L2-normalise the synthetic points (as in the formulas of Eq. (4)/(5) above; right for the
+        normalize: L2-normalise the synthetic points (as in the two mixing formulas above; right for the
             cosine score, whose prepared embeddings are unit vectors). With the unnormalised dot score pass False to keep mixtures.
         exclude_same_label: when the candidates carry labels (oracle / supervised runs), same-label
             candidates are never chosen as hard negatives (they are false negatives).
@@ -267,8 +269,8 @@ class HardNegativeMixing(NegativeSource):
         beta = 0.5 * self._rand(m, s2, device=device)
         a = alpha.unsqueeze(-1).to(negs.dtype)
         b = beta.unsqueeze(-1).to(negs.dtype)
-        h = a * rows(mix_i) + (1 - a) * rows(mix_j)  # Eq. (4)
-        h2 = b * q.to(negs.dtype).unsqueeze(1) + (1 - b) * rows(query_j)  # Eq. (5)
+        h = a * rows(mix_i) + (1 - a) * rows(mix_j)  # pair mixing
+        h2 = b * q.to(negs.dtype).unsqueeze(1) + (1 - b) * rows(query_j)  # query mixing
         synthetic = torch.cat([h, h2], dim=1)
         if self.normalize:
             synthetic = F.normalize(synthetic, dim=-1)

@@ -4,8 +4,9 @@ He, Fan, Wu, Xie, Girshick 2020, "Momentum Contrast for Unsupervised Visual Repr
 (CVPR 2020, arXiv 1911.05722), Sec. 3.2 ("Dictionary as a queue"), with the InfoNCE loss of Eq. (1) (Sec. 3.1) over
 the positive key and the K queued keys: the keys of the current mini-batch are enqueued and the oldest
 are dequeued, so the number of negatives K is decoupled from the batch size; MoCo v2 (Chen, Fan,
-Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning", arXiv 2003.04297) keeps the
-same queue (K = 65536 on ImageNet). Keys come from a slowly evolving momentum encoder
+Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning", arXiv 2003.04297) uses MoCo's
+hyper-parameters and codebase unless noted, so its queue stays K = 65536 (MoCo Sec. 4.1, "We set
+K = 65536 and m = 0.999", and the official default; the v2 note does not restate K). Keys come from a slowly evolving momentum encoder
 (:class:`contrastkit.negatives.momentum.MomentumEncoder`) so that the queue stays consistent.
 
 Citation check: the behaviour was verified against the official code (facebookresearch/moco

@@ -14,7 +14,7 @@ every one of the 2B views is an anchor (:mod:`contrastkit.negatives.in_batch`), 
 
 Equation numbers, as printed: CPC's L_N is its Eq. (4), Sec. 2.3; NT-Xent is SimCLR's Eq. (1), Sec. 2.1
 (read in text transcriptions of the two papers kept in public repositories: "The loss in Equation 4 is
-the categorical cross-entropy of classifying the positive sample correctly", CPC p. 3).
+the categorical cross-entropy of classifying the positive sample correctly", CPC p. 4).
 
 Mutual information. CPC's bound, the unnumbered display at the end of its Sec. 2.3 (derived in its
 Appendix A.1, Eqs. (6)-(11)), is I(x; c) >= log(N) - L_N with N the size of the candidate set, i.e. one

@@ -21,7 +21,7 @@ Weighting. Each anchor contributes one similar pair and its N unmasked negatives
 
     L_i = ½ d(x_i, x_i+)²  +  ½ (1/N) Σ_j max(0, m - d(x_i, x_j-))²
 
-so the two terms of Eq. 4 get equal weight per anchor (the negatives' term is averaged, not summed, and
+so the two terms of the loss above get equal weight per anchor (the negatives' term is averaged, not summed, and
 does not grow with N). An anchor with no unmasked negative has only the first term. The loss is the mean
 of L_i over anchors. At d = 0 exactly (a negative identical to the anchor) the push term's gradient is
 taken as 0 (the derivative of the square root is unbounded there).
