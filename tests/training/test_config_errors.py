@@ -316,4 +316,5 @@ def test_in_batch_mochi_under_torchrun_is_checked_against_each_process_share(
     ):
         check_combinations(config)
     check_combinations(config.replace(mix_hardest=30))
+    check_combinations(config, new_run=False)  # a run started before the check resumes as it ran
     check_combinations(config.replace(negatives="queue+mochi", queue_size=4096))  # not from the batch

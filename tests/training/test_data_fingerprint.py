@@ -234,3 +234,107 @@ def test_a_streamed_image_that_cannot_be_decoded_stops_resumably_once_replaced(t
     final, expected = _weights(run), _weights(reference)
     assert final.keys() == expected.keys()
     assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def _stream_config(tmp_path, data, out, **kw):
+    return TrainConfig(
+        data=str(data), data_placement="stream", image_size=8, workers=0, knn_images=4, batch_size=8,
+        knn_every=0, progress=False, device="cpu", seed=0, out=str(tmp_path / out), **kw,
+    )  # fmt: skip
+
+
+def test_two_undecodable_images_and_a_second_broken_copy_still_resume_exactly(tmp_path):
+    """Each resume applies only the records made after its checkpoint: a first image fixed and resumed past
+    does not spoil the second one's resume (its stale record did), and a replacement that is broken again
+    keeps the record that the checkpoint counted (it was overwritten, and the run was lost)."""
+    members = digit_members()
+    names = sorted(n for n in members if n.startswith("train/"))
+    broken = {names[-1]: b"\x89PNG broken", names[-2]: b"\x89PNG broken"}
+    kw = dict(epochs=3, checkpoint_every=100)
+    reference = train(_stream_config(tmp_path, write_zip(tmp_path / "good.zip", members), "ref", **kw),
+                      out=io.StringIO()).run_dir  # fmt: skip
+    data = write_zip(tmp_path / "data.zip", {**members, **broken})
+    run = tmp_path / "run"
+    with pytest.raises(UndecodableImageError) as err:
+        train(_stream_config(tmp_path, data, "run", **kw), out=io.StringIO())
+    first, second = err.value.name, next(n for n in broken if n != err.value.name)
+    stop = load_checkpoint(run / "checkpoint.pt")["step"]
+    write_zip(data, {**members, first: b"\x89PNG broken again, longer", second: broken[second]})
+    with pytest.raises(UndecodableImageError, match=f"at step {stop + 1} of "):  # broken again, same step
+        resume(run)
+    write_zip(data, {**members, second: broken[second]})  # the first one fixed
+    with pytest.raises(UndecodableImageError) as err:
+        resume(run)
+    assert err.value.name == second and load_checkpoint(run / "checkpoint.pt")["step"] > stop
+    write_zip(data, members)  # both fixed
+    assert resume(run).metrics["resumed_at_steps"][0] == stop
+    final, expected = _weights(run), _weights(reference)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_a_record_older_than_the_checkpoint_is_not_applied(tmp_path):
+    """A record is the file as the run met it; once a checkpoint has counted the file since, the record no
+    longer applies. In a folder (records: name and size) a file broken in place at its own size and then
+    fixed has a record equal to the good file's: applied to a later checkpoint, it accepted a resume after
+    that file changed size."""
+    members = digit_members()
+    bad = sorted(n for n in members if n.startswith("train/"))[-1]
+    root = tmp_path / "folder"
+    for name, blob in members.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(blob)
+    (root / bad).write_bytes(b"\0" * len(members[bad]))  # broken in place, same size
+    run = tmp_path / "run"
+    with pytest.raises(UndecodableImageError):
+        train(_stream_config(tmp_path, root, "run", epochs=3, checkpoint_every=1), out=io.StringIO())
+    (root / bad).write_bytes(members[bad])
+    assert resume(run).metrics["resumed_at_steps"]
+    unfinished(run)  # its last checkpoint counted the fixed file
+    (root / bad).write_bytes(png(np.zeros((8, 8), dtype=np.uint8)) + b"\0" * 7)  # readable, another size
+    with pytest.raises(ConfigError, match="contents differ under the same file names"):
+        resume(run)
+
+
+def test_data_gone_mid_run_keeps_the_steps_done_and_says_to_put_it_back(tmp_path, monkeypatch):
+    import contrastkit.training.trainer as trainer
+
+    data = write_zip(tmp_path / "d.zip", digit_members())
+    real = trainer._Loop._step
+
+    def step(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.step == 3:
+            data.rename(tmp_path / "moved.zip")
+
+    monkeypatch.setattr(trainer._Loop, "_step", step)
+    with pytest.raises(UndecodableImageError, match=r"No such file.* holds the state after step 3: put the "
+                       r"data back and continue with: contrastkit train --resume .*add --data NEW_PATH"):  # fmt: skip
+        train(_stream_config(tmp_path, data, "run", epochs=2, checkpoint_every=2), out=io.StringIO())
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    assert not (tmp_path / "run" / "undecodable.json").exists()  # nothing to record: no file was replaced
+
+
+def test_contents_records_keep_one_line_per_listed_name(tmp_path):
+    """A zip listing a member twice (zipfile's append mode) hashes one record line per listed name, as the
+    fingerprint always did: a dict of records by name had made a checkpoint of such a zip unresumable."""
+    import hashlib
+    import warnings
+
+    from contrastkit.data.folder import list_image_folder
+    from contrastkit.training.data import contents_fingerprint
+
+    members = digit_members()
+    first = sorted(n for n in members if n.startswith("train/"))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile: "Duplicate name"
+        with zipfile.ZipFile(tmp_path / "dup.zip", "w") as zf:
+            for name, blob in {**members}.items():
+                zf.writestr(name, blob)
+            zf.writestr(first, members[first])
+    names = list_image_folder(tmp_path / "dup.zip").splits["train"].names
+    assert len(names) == len(set(names)) + 1
+    with zipfile.ZipFile(tmp_path / "dup.zip") as zf:
+        infos = {i.filename: i for i in zf.infolist()}  # the last of a repeated name, as the reader reads
+    lines = [f"{n}\t{infos[n].CRC:08x}\t{infos[n].file_size}" for n in sorted(names)]
+    expected = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    assert contents_fingerprint(tmp_path / "dup.zip", names)["contents_sha256"] == expected

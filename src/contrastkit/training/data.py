@@ -158,8 +158,8 @@ def contents_fingerprint(
     images' records as they were earlier (a resume after undecodable images were replaced: the hash the
     run started with, if nothing else changed)."""
     records, basis = contents_records(source, names)
-    records.update({k: v for k, v in (as_recorded or {}).items() if k in records})
-    lines = [records[name] for name in sorted(records)]
+    replaced = as_recorded or {}
+    lines = [replaced.get(name, records[name]) for name in sorted(names)]  # one per listed name
     digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape"))
     return {"contents_sha256": digest.hexdigest(), "contents": basis}
 

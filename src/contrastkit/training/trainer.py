@@ -665,7 +665,7 @@ def _open_run(
             lock_run_dir(run_dir)  # a second resume of this run, started at the same time, is refused
         saved = load_checkpoint(ckpt_path)
         _refuse_other_world_size(saved, run_dir)
-        check_combinations(config)
+        check_combinations(config, new_run=False)
         if rank() == 0:
             remove_stale_temporaries(ckpt_path)
     else:
@@ -1144,11 +1144,19 @@ class _Loop:
         problem = f"{exc.problem} {where}"
         if exc.name is None or self.data.source is None:
             raise UndecodableImageError(f"{problem}; {REPLACE_ADVICE}", problem=problem) from None
-        record_undecodable(self.run_dir, self.data.source, exc.name, self.step + 1)
+        record_undecodable(self.run_dir, self.data.source, exc.name, self.step + 1, self.latest.step)
         if world == 1 and self.step > 0 and self.latest.step != self.step:
             self.checkpoint()
-        if self.latest.step is None:
-            then = "no checkpoint was written before it: start the run again once the file is fixed"
+        if self.latest.step is not None and not Path(self.data.source).exists():  # the data itself is gone
+            then = (
+                f"{self.latest.path} holds the state after step {self.latest.step}: put the data back and "
+                f"continue with: {resume_command(self.run_dir, world)} (or, if it was moved, add --data NEW_PATH)"
+            )
+        elif self.latest.step is None:
+            then = (
+                "no checkpoint was written before it: once the file is fixed, start the run again with "
+                f"another --out (or remove {self.run_dir} first)"
+            )
         else:
             then = (
                 f"{self.latest.path} holds the state after step {self.latest.step}: replace the file with "
@@ -1661,13 +1669,23 @@ def _state(
 UNDECODABLE_NAME = "undecodable.json"
 
 
-def record_undecodable(run_dir: Path, source: str, name: str, step: int) -> None:
+def record_undecodable(run_dir: Path, source: str, name: str, step: int, checkpoint_step: int | None) -> None:
     """Add the record of the streamed image ``name`` of ``source`` (which the run could not decode at step
     ``step``) to ``run_dir/undecodable.json``: its name, size (and CRC-32 in a zip) as the data fingerprint
-    counts them, taken now, before it is replaced. Written atomically; a failed write is ignored (the resume
-    then refuses the changed file, as it would without the record)."""
+    counts them, taken now, before it is replaced. A resume applies only the records made after its
+    checkpoint (``step`` > the checkpoint's step), so a record already made since the run's latest checkpoint
+    (``checkpoint_step``; the file was replaced by another unreadable one, and failed again) is kept: it is
+    the one that checkpoint's fingerprint counted. Written atomically; a failed write or a source that cannot
+    be listed any more is ignored (the resume then refuses the changed file, as it would without the record)."""
     records = undecodable_records(run_dir)
-    records[name] = {"record": contents_records(source, [name])[0][name], "step": step}
+    earlier = records.get(name)
+    if earlier is not None and checkpoint_step is not None and earlier["step"] > checkpoint_step:
+        return
+    try:
+        record = contents_records(source, [name])[0][name]
+    except (ContrastkitError, OSError):  # the folder or zip itself is gone
+        return
+    records[name] = {"record": record, "step": step}
     text = json.dumps(records, indent=1, sort_keys=True)
     try:
         write_atomic(run_dir / UNDECODABLE_NAME, lambda f: f.write(text), binary=False)
@@ -1676,15 +1694,19 @@ def record_undecodable(run_dir: Path, source: str, name: str, step: int) -> None
 
 
 def undecodable_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The run's records of images it could not decode (:func:`record_undecodable`); {} when none (or the
-    file is unreadable)."""
+    """The run's records of images it could not decode (:func:`record_undecodable`), by name; {} when none
+    (or the file is unreadable)."""
     try:
         found = json.loads((run_dir / UNDECODABLE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(found, dict):
         return {}
-    return {str(k): v for k, v in found.items() if isinstance(v, dict) and isinstance(v.get("record"), str)}
+    return {
+        str(k): v
+        for k, v in found.items()
+        if isinstance(v, dict) and isinstance(v.get("record"), str) and isinstance(v.get("step"), int)
+    }
 
 
 def _check_same_data(
@@ -1722,7 +1744,9 @@ def _check_same_data(
         and old.get("contents", fingerprint.get("contents")) == fingerprint.get("contents")
         and old["contents_sha256"] != fingerprint["contents_sha256"]
     ):  # the same names (else said above), other contents: an image was replaced by another
-        replaced = undecodable_records(run_dir)
+        # only the records made after this checkpoint: an earlier one's file was counted, replaced, by it
+        after = int(saved.get("step", 0))
+        replaced = {n: r for n, r in undecodable_records(run_dir).items() if r["step"] > after}
         as_recorded = {name: r["record"] for name, r in replaced.items()}
         if (
             replaced
@@ -1969,8 +1993,10 @@ def _drain(
     return rows
 
 
-def check_combinations(config: TrainConfig) -> None:
-    """Refuse option combinations that cannot work, naming the options (the config checks single values)."""
+def check_combinations(config: TrainConfig, *, new_run: bool = True) -> None:
+    """Refuse option combinations that cannot work, naming the options (the config checks single values).
+    ``new_run`` False (a resume): checks added after a run may have started are skipped, so that such a run
+    resumes as it ran."""
     check_option_combinations(config)
     if config.negatives == "gather" and not is_distributed():
         raise ConfigError(
@@ -2001,7 +2027,8 @@ def check_combinations(config: TrainConfig) -> None:
             "from the batch"
         )
     in_batch = 2 * batch - 2  # each query's in-batch negatives on its process
-    if world > 1 and config.negatives == "in-batch+mochi" and config.mix_hardest > in_batch:
+    # (new runs only: a run started before this check took what there was, and resumes doing so)
+    if new_run and world > 1 and config.negatives == "in-batch+mochi" and config.mix_hardest > in_batch:
         raise ConfigError(
             f"--mix-hardest {config.mix_hardest} asks MoCHi for the {config.mix_hardest} hardest negatives of "
             f"each query, but in-batch negatives come from each process's share of the batch: --batch-size "
