@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from contrastkit.errors import ConfigError
 from contrastkit.negatives import (
     HardNegativeMixing,
     InBatchNegatives,
@@ -16,7 +17,7 @@ from contrastkit.negatives import (
     build_negatives,
 )
 from contrastkit.objectives import InfoNCE, SupervisedContrastive
-from contrastkit.scores import CosineSimilarity
+from contrastkit.scores import CosineSimilarity, DotProduct
 from contrastkit.training.checkpoint import load_checkpoint, save_checkpoint
 from contrastkit.training.learner import ContrastiveLearner
 
@@ -377,8 +378,49 @@ def test_momentum_learner_masks_queued_keys_of_each_images_own_index():
 
 
 def test_a_supervised_learner_keeps_own_keys_as_positives():
-    """Under SupCon the queued keys of an anchor's own image share its label: positives, not masked."""
-    learner, _, _ = moco_learner(QueueNegatives(size=2 * B), objective=SupervisedContrastive())
-    assert learner.negatives.exclude_own is False
-    unsupervised, _, _ = moco_learner(QueueNegatives(size=2 * B))
-    assert unsupervised.negatives.exclude_own is True
+    """Under SupCon the queued keys of an anchor's own image share its label: positives, not masked; the
+    queue is not changed for it (building a SupCon learner turned its exclude_own off for good, so an
+    InfoNCE learner sharing that queue then took the own keys as negatives)."""
+    queue = QueueNegatives(size=2 * B)
+    learner, _, _ = moco_learner(queue, objective=SupervisedContrastive())
+    unsupervised, _, _ = moco_learner(queue)  # the same queue
+    assert queue.exclude_own is True
+    idx, labels = torch.arange(B), torch.arange(B) % 3
+    learner(*views(), labels=labels, indices=idx)  # 2B labelled keys of images 0..B-1
+    seen = []
+    forward = queue.forward
+    queue.forward = lambda *a, **k: seen.append(forward(*a, **k)) or seen[-1]
+    learner(*views(2), labels=labels, indices=idx)
+    assert len(seen) == 2 and not any(c.neg_mask.any() for c in seen)  # own keys kept: SupCon's positives
+    seen.clear()
+    unsupervised.eval()(*views(2), indices=idx)  # no labels: the own keys are masked
+    own = queue.queue.indices.unsqueeze(0) == idx.unsqueeze(1)
+    assert len(seen) == 2 and all(torch.equal(c.neg_mask, own) for c in seen) and int(own.sum()) == 2 * B
+
+
+@pytest.mark.parametrize("negatives", ["in-batch", "queue"])
+def test_float_labels_or_indices_are_refused_before_the_loss(negatives):
+    """The same mistake gave a silent pass with in-batch negatives (the labels unused) and an error from the
+    queue only after the loss was computed: now one error, from the learner, whatever the source."""
+    source = InBatchNegatives() if negatives == "in-batch" else QueueNegatives(size=40)
+    learner = ContrastiveLearner(small_model(), source, CosineSimilarity(), InfoNCE()).train()
+    with pytest.raises(ConfigError, match=r"labels must be integers .*got dtype torch.float32; convert them"):
+        learner(*views(), labels=torch.zeros(B))
+    with pytest.raises(ConfigError, match=r"indices must be integers \(dataset indices"):
+        learner(*views(), indices=torch.arange(B).float())
+    learner(*views(), labels=torch.zeros(B, dtype=torch.long), indices=torch.arange(B))
+
+
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+def test_mochi_whose_normalisation_does_not_fit_the_score_is_refused(score):
+    """Normalised mixtures under the dot score scored like the easiest negatives (the hardest-8 real scores
+    138, the synthetic ones 10: none among the hardest), silently; unnormalised ones under cosine are
+    shorter than the negatives they mix."""
+    s = CosineSimilarity() if score == "cosine" else DotProduct()
+    for normalize in (True, False):
+        mixing = HardNegativeMixing(QueueNegatives(size=40), num_hardest=8, num_mixed=4, normalize=normalize)
+        if normalize == s.unit_norm:
+            ContrastiveLearner(small_model(), mixing, s, InfoNCE())
+        else:
+            with pytest.raises(ConfigError, match=rf"normalize={normalize}\).*pass normalize={s.unit_norm}"):
+                ContrastiveLearner(small_model(), mixing, s, InfoNCE())

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, is_integer_dtype
 from contrastkit.negatives import (
     Contrast,
     MomentumEncoder,
@@ -65,6 +65,26 @@ class StepOutput:
     extra: dict[str, Tensor] = field(default_factory=dict)
 
 
+def _check_pieces(negatives: NegativeSource, score: Score) -> None:
+    """Refuse pieces that run together but compute the wrong thing, naming the fix (the source is never
+    changed behind the caller's back: it may be shared with another learner)."""
+    from contrastkit.negatives.mixing import HardNegativeMixing
+
+    for module in negatives.modules():
+        if isinstance(module, HardNegativeMixing) and module.normalize != score.unit_norm:
+            what = (
+                "normalises its mixtures to unit vectors, but the score's embeddings are not unit vectors: "
+                "the synthetic points would score like the easiest negatives, not the hardest"
+                if module.normalize
+                else "keeps its mixtures unnormalised, but the score's embeddings are unit vectors: a mixture "
+                "of two is shorter, so it would score lower than the negatives it mixes"
+            )
+            raise ConfigError(
+                f"HardNegativeMixing(normalize={module.normalize}) {what}; pass "
+                f"normalize={score.unit_norm} (the score's unit_norm) for {type(score).__name__}"
+            )
+
+
 class ContrastiveLearner(nn.Module):
     """``model`` maps a batch of views to embeddings; the rest turns two views into a loss."""
 
@@ -86,15 +106,7 @@ class ContrastiveLearner(nn.Module):
                 f"{type(objective).__name__} already makes same-class samples positives, and the oracle would "
                 "remove them; drop oracle=True"
             )
-        if getattr(objective, "needs_labels", False):
-            # a supervised objective takes same-label keys as positives, and the queued keys of an anchor's own
-            # image are the surest of them: the queue must not mask them (they are false negatives only for
-            # an unsupervised objective)
-            from contrastkit.negatives.queue import QueueNegatives
-
-            for module in negatives.modules():
-                if isinstance(module, QueueNegatives):
-                    module.exclude_own = False
+        _check_pieces(negatives, score)
         self.model = model
         self.negatives = negatives
         self.score = score
@@ -164,7 +176,8 @@ class ContrastiveLearner(nn.Module):
     def _check_batch(
         self, view1: Tensor, view2: Tensor, labels: Tensor | None, indices: Tensor | None
     ) -> None:
-        """Shapes only (no device synchronisation): two views of B images, labels and indices (B,)."""
+        """Shapes and dtypes only (no device synchronisation): two views of B images, integer labels and
+        indices (B,)."""
         b = view1.shape[0]
         if view2.shape[0] != b:
             raise ShapeError(
@@ -176,6 +189,11 @@ class ContrastiveLearner(nn.Module):
                 raise ShapeError(
                     f"{name} must have shape ({b},), one per image of the batch of {b}, got "
                     f"{tuple(t.shape)}" + ("; flatten them" if t.numel() == b else "")
+                )
+            if t is not None and not is_integer_dtype(t.dtype):  # before the loss: the queue stores them
+                raise ConfigError(
+                    f"{name} must be integers ({'class indices' if name == 'labels' else 'dataset indices'}, "
+                    f"-1: unknown), got dtype {t.dtype}; convert them with {name}.long()"
                 )
 
     @staticmethod
