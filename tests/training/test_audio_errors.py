@@ -216,3 +216,14 @@ def test_a_limit_smaller_than_the_batch_says_to_raise_the_limit(
     )
     err = capsys.readouterr().err
     assert "use --batch-size 2 or more with at least 2 clips, or a larger --limit (it is 1)" in err, err
+
+
+def test_an_objective_that_assumes_cosine_scores_is_refused_with_the_dot_score(
+    tmp_path: Path, fsdd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    args = ["audio-train", "--data", str(fsdd), *TINY, "--score", "dot", "--objective", "debiased"]
+    assert main([*args, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "Debiased assumes cosine scores of unit vectors, but the score is --score dot" in err, err
+    assert "use --score cosine, or another --objective" in err and not run.exists()

@@ -318,3 +318,35 @@ def test_in_batch_mochi_under_torchrun_is_checked_against_each_process_share(
     check_combinations(config.replace(mix_hardest=30))
     check_combinations(config, new_run=False)  # a run started before the check resumes as it ran
     check_combinations(config.replace(negatives="queue+mochi", queue_size=4096))  # not from the batch
+
+
+@pytest.mark.parametrize("objective", ["margin", "debiased", "hard-negative"])
+def test_objectives_that_assume_cosine_scores_are_refused_with_the_dot_score(objective: str) -> None:
+    """Margin's sqrt(2 - 2s) and Debiased/HCL's floor e^{-1/t} hold for cosine scores only: with dot scores
+    above 1 Margin's pull stopped (loss 0.125, gradient 0), below -1 Debiased gave loss 0, silently."""
+    config = TrainConfig(objective=objective, score="dot")
+    with pytest.raises(
+        ConfigError, match=r"assumes cosine scores of unit vectors, but the score is --score dot"
+    ):
+        check_combinations(config)
+    check_combinations(config, new_run=False)  # a run saved with it still resumes (the learner warns)
+    check_combinations(config.replace(score="cosine"))
+    check_combinations(config.replace(objective="triplet"))  # a margin in score units: any score
+
+
+def test_the_learner_warns_about_an_objective_that_assumes_cosine_scores() -> None:
+    import warnings
+
+    from torch import nn
+
+    from contrastkit.negatives import InBatchNegatives
+    from contrastkit.objectives import InfoNCE, Margin
+    from contrastkit.scores import CosineSimilarity, DotProduct
+    from contrastkit.training.learner import ContrastiveLearner
+
+    with pytest.warns(UserWarning, match=r"Margin assumes cosine scores .* score is DotProduct"):
+        ContrastiveLearner(nn.Linear(4, 4), InBatchNegatives(), DotProduct(), Margin())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ContrastiveLearner(nn.Linear(4, 4), InBatchNegatives(), CosineSimilarity(), Margin())
+        ContrastiveLearner(nn.Linear(4, 4), InBatchNegatives(), DotProduct(), InfoNCE())

@@ -90,6 +90,9 @@ class Objective(nn.Module):
 
     #: Whether the training step must build ``pos_mask`` from class labels for this objective.
     needs_labels: ClassVar[bool] = False
+    #: Whether the objective's formula holds only for cosine scores of unit vectors (in [-1, 1]): a
+    #: distance on the sphere, or a bound such as Debiased's floor e^{-1/t}; the learner warns otherwise.
+    assumes_unit_scores: ClassVar[bool] = False
     _takes_pos_mask: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

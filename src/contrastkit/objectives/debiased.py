@@ -57,6 +57,8 @@ class Debiased(Objective):
 
     ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``; τ+ = 0 is InfoNCE."""
 
+    assumes_unit_scores = True  # the floor e^{-1/t} is the minimum of e^{s/t} for scores s >= -1
+
     def __init__(self, temperature: float = 0.1, tau_plus: float = 0.1) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)

@@ -49,6 +49,8 @@ class Margin(Objective):
 
     ``loss = obj(pos (B,), neg (B, N), neg_mask=None)``."""
 
+    assumes_unit_scores = True  # d = sqrt(2 - 2s) is a distance on the unit sphere only
+
     def __init__(self, margin: float = 0.5) -> None:
         super().__init__()
         self.margin = check_positive("margin", margin)

@@ -84,7 +84,11 @@ class TrainConfig:
     temperature: float = _opt(0.2, "temperature of the objective")
     tau_plus: float = _opt(0.1, "class prior τ+ of the debiased and hard-negative objectives")
     beta: float = _opt(1.0, "hardness β of the hard-negative objective")
-    margin: float = _opt(0.5, "margin of the triplet and margin objectives")
+    margin: float = _opt(
+        0.5,
+        "margin of the triplet objective (in score units: s(x,x-) - s(x,x+) + m) and of the margin "
+        "objective (a distance on the unit sphere, sqrt(2 - 2s))",
+    )
     mining: str = _opt("semi-hard", "negative selection of the triplet objective: all | hardest | semi-hard")
     score: str = _opt("cosine", "similarity score: cosine | dot")
     negatives: str = _opt(

@@ -28,6 +28,7 @@ symmetrised step use the same indices.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,10 +66,30 @@ class StepOutput:
     extra: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _check_pieces(negatives: NegativeSource, score: Score) -> None:
+def unit_score_problem(objective: type | Objective, score_name: str) -> str | None:
+    """Why ``objective`` (a class or an instance) needs cosine scores, when the score is not one (None when
+    it is, or the objective works on any scores)."""
+    if not getattr(objective, "assumes_unit_scores", False):
+        return None
+    name = objective.__name__ if isinstance(objective, type) else type(objective).__name__
+    why = (
+        "its distance sqrt(2 - 2s) is a distance on the unit sphere only (scores above 1 stop the pull)"
+        if name == "Margin"
+        else "its estimator is clamped at e^{-1/t}, the minimum for scores >= -1 only (lower dot scores "
+        "give a loss of 0 and no gradient)"
+    )
+    return f"the objective {name} assumes cosine scores of unit vectors, but the score is {score_name}: {why}"
+
+
+def _check_pieces(negatives: NegativeSource, score: Score, objective: Objective) -> None:
     """Refuse pieces that run together but compute the wrong thing, naming the fix (the source is never
-    changed behind the caller's back: it may be shared with another learner)."""
+    changed behind the caller's back: it may be shared with another learner); warn about an objective that
+    assumes cosine scores under another score (a warning: runs saved with one still resume)."""
     from contrastkit.negatives.mixing import HardNegativeMixing
+
+    problem = None if score.unit_norm else unit_score_problem(objective, type(score).__name__)
+    if problem is not None:
+        warnings.warn(f"{problem}; use CosineSimilarity()", UserWarning, stacklevel=3)
 
     for module in negatives.modules():
         if isinstance(module, HardNegativeMixing) and module.normalize != score.unit_norm:
@@ -106,7 +127,7 @@ class ContrastiveLearner(nn.Module):
                 f"{type(objective).__name__} already makes same-class samples positives, and the oracle would "
                 "remove them; drop oracle=True"
             )
-        _check_pieces(negatives, score)
+        _check_pieces(negatives, score, objective)
         self.model = model
         self.negatives = negatives
         self.score = score

@@ -171,7 +171,11 @@ class TextTrainConfig:
     temperature: float = _opt(0.05, "temperature of the objective (SimCSE: 0.05)")
     tau_plus: float = _opt(0.1, "class prior of the debiased and hard-negative objectives")
     beta: float = _opt(1.0, "hardness of the hard-negative objective")
-    margin: float = _opt(0.5, "margin of the triplet and margin objectives")
+    margin: float = _opt(
+        0.5,
+        "margin of the triplet objective (in score units: s(x,x-) - s(x,x+) + m) and of the margin "
+        "objective (a distance on the unit sphere, sqrt(2 - 2s))",
+    )
     negatives: str = _opt(
         "cross-view",
         "cross-view (SimCSE Eq. 4: each first view against the batch's second views, B - 1 negatives) | "

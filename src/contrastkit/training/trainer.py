@@ -100,7 +100,7 @@ from contrastkit.training.data import (
     contents_records,
     load_training_data,
 )
-from contrastkit.training.learner import ContrastiveLearner
+from contrastkit.training.learner import ContrastiveLearner, unit_score_problem
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.options import check_seed
 from contrastkit.training.precision import autocast_dtype
@@ -2027,6 +2027,9 @@ def check_combinations(config: TrainConfig, *, new_run: bool = True) -> None:
             "from the batch"
         )
     in_batch = 2 * batch - 2  # each query's in-batch negatives on its process
+    problem = unit_score_problem(OBJECTIVES[config.objective], f"--score {config.score}")
+    if new_run and config.score != "cosine" and problem is not None:  # (a saved run resumes, with a warning)
+        raise ConfigError(f"{problem}; use --score cosine, or another --objective")
     # (new runs only: a run started before this check took what there was, and resumes doing so)
     if new_run and world > 1 and config.negatives == "in-batch+mochi" and config.mix_hardest > in_batch:
         raise ConfigError(
