@@ -259,3 +259,15 @@ def test_sela_marginal_order_flag(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([*base, "--marginal-std", "0.3", "--marginal-order", "reference", "--out", str(run)]) == 0
     assert "gaussian sd 0.3 (reference)" in capsys.readouterr().out
     assert json.loads((run / "metrics.json").read_text())["config"]["marginal_order"] == "reference"
+
+
+def test_forward_refuses_float_or_shaped_indices_naming_them() -> None:
+    model = SelfLabelling(MLP(4, hidden=(), batchnorm=False), num_clusters=3, num_heads=2)
+    model.init_labels(10)
+    x = torch.randn(4, 4)
+    assert torch.isfinite(model(x, None, torch.arange(4)))
+    with pytest.raises(ConfigError, match=r"index must be the batch's integer dataset indices, shape \(B,\), "
+                       r"got \(4,\) torch.float32; pass index.long\(\)"):  # fmt: skip
+        model(x, None, torch.arange(4).float())  # was torch's "tensors used as indices must be long ..."
+    with pytest.raises(ConfigError, match=r"got \(4, 1\) torch.int64"):
+        model(x, None, torch.arange(4)[:, None])

@@ -275,3 +275,15 @@ def test_numpy_scalars_are_accepted() -> None:
         lp, np.float64(10.0), max_iter=np.int64(500), check_every=np.int32(5), tol=np.float32(1e-8)
     )
     assert torch.equal(got.plan, ref.plan) and got.iterations == ref.iterations
+
+
+def test_the_papers_k_by_n_layout_is_warned_about() -> None:
+    """sinkhorn takes (N items, K clusters); the paper's K x N passed as is solved another problem silently."""
+    log_p = torch.log_softmax(torch.randn(300, 10, generator=torch.Generator().manual_seed(0)), dim=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sinkhorn(log_p, lam=10.0, tol=1e-3)  # (N, K): no warning
+    with pytest.warns(
+        UserWarning, match=r"more clusters \(K = 300 columns\) than items \(N = 10 rows\).*log_p\.T"
+    ):
+        sinkhorn(log_p.T, lam=10.0, tol=1e-3, max_iter=50)

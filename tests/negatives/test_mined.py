@@ -464,3 +464,14 @@ def test_a_non_finite_snapshot_is_refused_naming_the_rows(kind):
     with pytest.raises(DivergedError, match=r"NaN or infinite in 2 of 30 rows \(the first: item 7\)"):
         mined.refresh(bad)
     assert mined.num_refreshes == 1 and torch.equal(mined.neighbours(x[:3], torch.arange(3), 2), good)
+
+
+def test_labels_without_train_labels_say_to_pass_them():
+    """The oracle (or SupCon) through MinedNegatives built without train_labels failed in the mask with 'the
+    oracle mask needs anchor_labels and negative_labels on the candidates', which names nothing to do."""
+    x = corpus(20, 4)
+    idx = torch.tensor([1, 2])
+    mined = MinedNegatives(lambda: x, num_negatives=3)
+    c = mined(x[idx], x[idx], torch.tensor([0, 1]), indices=idx)
+    with pytest.raises(ConfigError, match=r"gave no labels for its negatives.*MinedNegatives: train_labels="):
+        oracle_mask(c)

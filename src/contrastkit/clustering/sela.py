@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.clustering.sinkhorn import MARGINAL_ORDERS, gaussian_marginal, sinkhorn, sorted_marginal
-from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.errors import ConfigError, TrainingError, is_integer_dtype
 
 __all__ = ["ClusteringHeads", "SelaHistory", "SelfLabelling", "random_equipartition", "train_self_labelling"]
 
@@ -203,6 +203,12 @@ class SelfLabelling(nn.Module):
         """Cross-entropy of every head (and both branches) to the pseudo-labels of items ``index``."""
         if self.labels.shape[1] == 0:
             raise TrainingError("no pseudo-labels yet: call init_labels(n) or refresh the assignment first")
+        if not isinstance(index, Tensor) or index.ndim != 1 or not is_integer_dtype(index.dtype):
+            got = f"{tuple(index.shape)} {index.dtype}" if isinstance(index, Tensor) else type(index).__name__
+            raise ConfigError(
+                f"index must be the batch's integer dataset indices, shape (B,), got {got}; pass "
+                "index.long() (the positions of the items in the set the labels cover)"
+            )
         target = self.labels[:, index]  # (H, B)
         losses = [F.cross_entropy(self.logits(x_a, "a").float().flatten(0, 1), target.flatten())]
         if x_b is not None:

@@ -144,6 +144,14 @@ def sinkhorn(
             "log_p holds NaN or inf; check the model's outputs (use log_softmax, not log(softmax))"
         )
     n, k = log_p.shape
+    if k > n:  # the paper writes P as K x N: a transposed input solves another problem, silently
+        warnings.warn(
+            f"log_p has more clusters (K = {k} columns) than items (N = {n} rows): sinkhorn takes the items x "
+            "clusters layout (N, K), the transpose of the paper's K x N; if you passed P as K x N, pass "
+            "log_p.T",
+            UserWarning,
+            stacklevel=2,
+        )
     lp = log_p.to(dtype)
     log_r = _marginal("cluster", cluster_marginal, k, lp)
     log_c = _marginal("item", item_marginal, n, lp)

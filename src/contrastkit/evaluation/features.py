@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError, is_integer_dtype
 
@@ -35,6 +36,23 @@ def check_integer_labels(name: str, labels: Tensor, note: str = "") -> None:
         )
 
 
+def warn_if_training(fn: object) -> None:
+    """Warn when ``fn`` is a module in training mode with BatchNorm or dropout: its features would use batch
+    statistics (and move the running ones) or drop units, silently."""
+    if not isinstance(fn, nn.Module) or not fn.training:
+        return
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    layers = sorted({type(m).__name__ for m in fn.modules() if isinstance(m, kinds) and m.training})
+    if layers:
+        warnings.warn(
+            f"the feature network is in training mode with {', '.join(layers)}: BatchNorm would use each batch's "
+            "statistics and update its running ones, dropout would drop units; call .eval() on it first "
+            "(and .train() after)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 @torch.no_grad()
 def extract_features(
     fn: Callable[[Tensor], Tensor],
@@ -47,8 +65,10 @@ def extract_features(
 ) -> Tensor:
     """Apply ``fn(transform(batch))`` to ``images`` (N, C, H, W) uint8 in batches; returns float32 (N, D).
 
-    The caller puts the network in eval mode; results stay on ``device``.
+    The caller puts the network in eval mode (a module in training mode with BatchNorm or dropout is warned
+    about); results stay on ``device``.
     """
+    warn_if_training(fn)
     batch_size = check_batch_size("batch_size", batch_size)
     if images.shape[0] == 0:  # torch.cat of no batches: a raw error naming nothing
         raise ConfigError(
@@ -80,6 +100,8 @@ def extract_features_from_batches(
     Returns float32 ``(N, D_i)`` features per function and the ``(N,)`` labels, on ``device``. Only the
     features are kept, never the images: for data sets too large to decode into memory.
     """
+    for fn in fns:
+        warn_if_training(fn)
     device = torch.device(device)
     out: list[list[Tensor]] = [[] for _ in fns]
     labels = []
