@@ -158,9 +158,10 @@ def sinkhorn(
     r = log_r.exp()
     # ε-scaling (Schmitzer 2019): for λ > 1 solve first at λ_0 = 1, then λ x 4 per stage up to λ, warm-starting
     # the dual potentials u / λ; only the last stage runs to the tolerance. Same fixed point; the gain is at
-    # large λ (measured on 300 x 10 random problems: λ = 1000 converged in 320 iterations, not in 20,000
-    # without), while at SeLa's λ = 10-25 it costs ~5-15% more (360 vs 310, 1320 vs 1260). λ <= 1 is one
-    # stage at λ itself.
+    # large λ. Measured (2026-12-02, log_softmax of N(0, 1) logits, 300 x 10, seeds 0-2, iterations with /
+    # without): λ = 1000 at tol 1e-3: 980-1620 / 4410-4700; at tol 1e-6 (the default) neither reaches the
+    # tolerance within 20,000 iterations on 2 of the 3 (annealed: once, in 16,680). At SeLa's λ = 10-25 it
+    # costs up to ~20% more (tol 1e-6: 90-340 / 80-340). λ <= 1 is one stage at λ itself.
     stages = [float(lam)]
     if anneal:
         while stages[-1] > 1.0:

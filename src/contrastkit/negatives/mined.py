@@ -132,7 +132,9 @@ class MinedNegatives(NegativeSource):
             to eval mode, run under ``torch.no_grad()`` and restore the mode itself. May be set later
             (attribute ``embed_all``) or replaced by calling :meth:`refresh` with embeddings.
         num_negatives: n, mined negatives per anchor.
-        refresh_every: R, rebuild the index once R :meth:`update` calls have passed since the last build.
+        refresh_every: R, rebuild the index once R :meth:`update` calls have passed since the last build
+            (steps are counted by :meth:`update` only, as for every source: a hand-written loop that never
+            calls it never refreshes the index, and reports it fresh; :class:`ContrastiveLearner` calls it).
         index: "torch" (exact inner product in torch on the anchors' device, the default), or a faiss
             index on the CPU: "flat" (exact, ``IndexFlatIP``), "hnsw" (``IndexHNSWFlat``) or "ivf"
             (``IndexIVFFlat``); the approximate kinds trade recall for speed on large sets.
