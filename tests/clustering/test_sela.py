@@ -271,3 +271,6 @@ def test_forward_refuses_float_or_shaped_indices_naming_them() -> None:
         model(x, None, torch.arange(4).float())  # was torch's "tensors used as indices must be long ..."
     with pytest.raises(ConfigError, match=r"got \(4, 1\) torch.int64"):
         model(x, None, torch.arange(4)[:, None])
+    loss = model(x, None, torch.arange(4))
+    for dtype in (torch.uint8, torch.int32):  # uint8 was read as a boolean mask (an IndexError)
+        assert torch.equal(model(x, None, torch.arange(4, dtype=dtype)), loss)

@@ -24,6 +24,12 @@ def test_a_network_in_training_mode_is_warned_about_and_eval_mode_is_not() -> No
         extract_features_from_batches(
             [net], [(images, torch.zeros(6, dtype=torch.long))], transform=lambda x: x.float()
         )
+    with warnings.catch_warnings(record=True) as caught:  # a bound method (model.features) is its module
+        warnings.simplefilter("always")
+        extract_features(net.forward, images, transform=lambda x: x.float())
+    assert [w.filename for w in caught if "training mode" in str(w.message)] == [
+        __file__
+    ]  # the caller's line
     net.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

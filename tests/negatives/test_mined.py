@@ -473,5 +473,7 @@ def test_labels_without_train_labels_say_to_pass_them():
     idx = torch.tensor([1, 2])
     mined = MinedNegatives(lambda: x, num_negatives=3)
     c = mined(x[idx], x[idx], torch.tensor([0, 1]), indices=idx)
-    with pytest.raises(ConfigError, match=r"gave no labels for its negatives.*MinedNegatives: train_labels="):
+    with pytest.raises(ConfigError, match=r"needs the negatives' labels.*MinedNegatives: train_labels="):
         oracle_mask(c)
+    with pytest.raises(ConfigError, match=r"needs the anchors' labels, but the step was given none: pass"):
+        oracle_mask(mined(x[idx], x[idx], indices=idx))

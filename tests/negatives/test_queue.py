@@ -221,6 +221,26 @@ def test_queued_keys_of_the_anchors_own_image_are_masked():
     assert keep(q, k, indices=torch.tensor([3, 9, -1])).neg_mask.tolist() == [unwritten] * 3
 
 
+def test_with_labels_an_own_key_of_the_anchors_known_label_is_left_to_the_label_masks():
+    """The oracle masks such a key as same-class and SupCon takes it as a positive; an own key whose label
+    is unknown on either side stays masked (nothing else would keep it out of the negatives)."""
+    src = QueueNegatives(size=4, dim=2)
+    src.update(None, torch.randn(4, 2), torch.tensor([1, -1, 2, 1]), indices=torch.tensor([3, 3, 5, 8]))
+    q, k = torch.randn(3, 2), torch.randn(3, 2)
+    idx = torch.tensor([3, 5, 8])
+    c = src(q, k, torch.tensor([1, -1, 0]), indices=idx)
+    assert c.neg_mask.tolist() == [
+        [False, True, False, False],  # image 3, label 1: its labelled key left, its unlabelled one masked
+        [False, False, True, False],  # image 5, label unknown: its key masked
+        [False, False, False, True],  # image 8, label 0, its key stored as 1 (labels disagree): masked
+    ]
+    assert src(q, k, indices=idx).neg_mask.tolist() == [  # no labels: every own key masked
+        [True, True, False, False],
+        [False, False, True, False],
+        [False, False, False, True],
+    ]
+
+
 def test_own_key_masked_loss_equals_the_loss_without_that_key():
     """The masked column drops out of InfoNCE exactly: the loss equals the paper's formula over the other
     queued keys (independent logsumexp)."""

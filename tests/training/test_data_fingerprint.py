@@ -48,13 +48,16 @@ def other_image(data):
     return png(255 - np.asarray(Image.open(io.BytesIO(data))))
 
 
-def unfinished(run, drop_contents=False):
+def unfinished(run, drop_contents=False, drop_eval=False):
     """The run's checkpoint made resumable again (its loop is done: a resume finishes it at once)."""
     state = load_checkpoint(run / "checkpoint.pt")
     state["finished"] = False
     if drop_contents:  # what a contrastkit that fingerprinted only the names kept
         state["data_fingerprint"].pop("contents_sha256", None)
         state["data_fingerprint"].pop("contents", None)
+    if drop_eval:  # what a contrastkit before the eval images' fingerprint kept
+        state["data_fingerprint"].pop("eval_items", None)
+        state["data_fingerprint"].pop("eval_names_sha256", None)
     torch.save(state, run / "checkpoint.pt")
 
 
@@ -103,6 +106,14 @@ def test_a_checkpoint_without_contents_still_resumes(zip_run):
     name = next(n for n in members if n.startswith("train/"))
     write_zip(data, {**members, name: other_image(members[name])})
     unfinished(run, drop_contents=True)  # compared only when both sides have it
+    resume(run)
+    assert load_checkpoint(run / "checkpoint.pt")["finished"]
+
+
+def test_a_checkpoint_without_the_eval_fingerprint_still_resumes(zip_run):
+    """Kept before the eval images were fingerprinted: no eval_items, no eval_names_sha256 (a KeyError)."""
+    run, _, _ = zip_run
+    unfinished(run, drop_eval=True)
     resume(run)
     assert load_checkpoint(run / "checkpoint.pt")["finished"]
 

@@ -209,7 +209,7 @@ class SelfLabelling(nn.Module):
                 f"index must be the batch's integer dataset indices, shape (B,), got {got}; pass "
                 "index.long() (the positions of the items in the set the labels cover)"
             )
-        target = self.labels[:, index]  # (H, B)
+        target = self.labels[:, index.long()]  # (H, B); a uint8 index would be read as a boolean mask
         losses = [F.cross_entropy(self.logits(x_a, "a").float().flatten(0, 1), target.flatten())]
         if x_b is not None:
             losses.append(F.cross_entropy(self.logits(x_b, "b").float().flatten(0, 1), target.flatten()))

@@ -39,6 +39,7 @@ def check_integer_labels(name: str, labels: Tensor, note: str = "") -> None:
 def warn_if_training(fn: object) -> None:
     """Warn when ``fn`` is a module in training mode with BatchNorm or dropout: its features would use batch
     statistics (and move the running ones) or drop units, silently."""
+    fn = getattr(fn, "__self__", fn)  # a bound method (model.features): its module
     if not isinstance(fn, nn.Module) or not fn.training:
         return
     kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
@@ -49,7 +50,7 @@ def warn_if_training(fn: object) -> None:
             "statistics and update its running ones, dropout would drop units; call .eval() on it first "
             "(and .train() after)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # past extract_features and torch.no_grad's wrapper: the caller's line
         )
 
 

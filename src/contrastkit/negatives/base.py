@@ -133,12 +133,15 @@ def oracle_mask(candidates: Candidates) -> Tensor:
     same-class, even against an anchor whose label is also ``-1``.
     """
     if candidates.anchor_labels is None or candidates.negative_labels is None:
-        missing = "the step's labels" if candidates.anchor_labels is None else "labels for its negatives"
+        if candidates.anchor_labels is None:
+            raise ConfigError(
+                "the oracle mask (and a supervised objective) needs the anchors' labels, but the step was "
+                "given none: pass the batch's labels (labels=) to the learner or the source"
+            )
         raise ConfigError(
-            f"the oracle mask (and a supervised objective) needs the anchors' and the negatives' labels, but "
-            f"the negative source gave no {missing}: pass labels= with the batch, and build a source that "
-            "knows its negatives' labels (MinedNegatives: train_labels=, one per item of embed_all; a queue "
-            "stores the labels given with each batch)"
+            "the oracle mask (and a supervised objective) needs the negatives' labels, but the negative "
+            "source gave none: build one that knows them (MinedNegatives: train_labels=, one per item of "
+            "embed_all; a queue stores the labels given with each batch)"
         )
     neg_labels = candidates.negative_labels
     if neg_labels.ndim == 1:

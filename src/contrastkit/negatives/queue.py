@@ -28,8 +28,9 @@ negatives -- the hardest of all, so MoCHi would mix them first. Given the batch'
 :class:`QueueNegatives` masks them (``exclude_own=True``, the default; measured on the digits data set at
 its defaults, 1,347 images, batch 256, K = 4096: at the first step of the second epoch 239 of 256 anchors
 had their own image among the queued keys, 1.9 keys each). When the step's labels are given (the oracle
-mask, a supervised objective) a key stored with its label is left to the label masks: the oracle masks it
-as same-class, and a supervised objective (SupCon) takes it as a positive, which masking it would undo.
+mask, a supervised objective) a key stored with the anchor's own known label is left to the label masks:
+the oracle masks it as same-class, and a supervised objective (SupCon) takes it as a positive, which
+masking it would undo; an own key of unknown label (-1, either side) stays masked.
 
 :class:`QueueNegatives` is the negative source: each anchor (query) is contrasted with its positive (its
 key) and with every key in the queue; :meth:`QueueNegatives.update` enqueues the current keys *after* the
@@ -196,8 +197,9 @@ class QueueNegatives(NegativeSource):
 
     ``forward(..., indices=...)`` with the batch's dataset indices (the learner passes them when it has them)
     also masks, per anchor, the queued keys of the anchor's own image (``exclude_own=True``; the module
-    docstring says when that happens), but for keys stored with a label when the step's ``labels`` are
-    given: those are left to the label masks (same-class for the oracle, positives for SupCon). Without
+    docstring says when that happens), but for keys stored with the anchor's own known label when the
+    step's ``labels`` are given: those are left to the label masks (same-class for the oracle, positives
+    for SupCon). Without
     indices, or with ``exclude_own=False`` (MoCo's own behaviour), the mask is the shared (M, K) view of the
     unwritten slots.
 
@@ -242,8 +244,9 @@ class QueueNegatives(NegativeSource):
             if self.exclude_own:
                 own = indices.to(device=q.indices.device, dtype=torch.long).unsqueeze(1)
                 same_image = (q.indices.unsqueeze(0) == own) & (own >= 0)
-                if labels is not None:  # a labelled key is left to the label masks (see the docstring)
-                    same_image = same_image & (q.labels.unsqueeze(0) < 0)
+                if labels is not None:  # a key of the anchor's known label is left to the label masks
+                    known = labels.to(device=q.labels.device, dtype=torch.long).unsqueeze(1)
+                    same_image = same_image & ~((q.labels.unsqueeze(0) == known) & (known >= 0))
                 neg_mask = neg_mask | same_image
         return Candidates(
             anchors=z1,

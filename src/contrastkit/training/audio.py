@@ -469,7 +469,7 @@ def _train_audio(
         backbone, ProjectionHead(backbone.feature_dim, config.proj_hidden_dim, config.proj_dim)
     ).to(device)
     score = build_score(config.score)
-    problem = unit_score_problem(OBJECTIVES[config.objective], f"--score {config.score}")
+    problem = unit_score_problem(OBJECTIVES.get(config.objective), f"--score {config.score}")
     if saved is None and not score.unit_norm and problem is not None:  # a saved run resumes, with a warning
         raise ConfigError(f"{problem}; use --score cosine, or another --objective")
     learner = ContrastiveLearner(

@@ -66,10 +66,10 @@ class StepOutput:
     extra: dict[str, Tensor] = field(default_factory=dict)
 
 
-def unit_score_problem(objective: type | Objective, score_name: str) -> str | None:
+def unit_score_problem(objective: type | Objective | None, score_name: str) -> str | None:
     """Why ``objective`` (a class or an instance) needs cosine scores, when the score is not one (None when
-    it is, or the objective works on any scores)."""
-    if not getattr(objective, "assumes_unit_scores", False):
+    it is, or the objective works on any scores, or is None: unknown)."""
+    if objective is None or not getattr(objective, "assumes_unit_scores", False):
         return None
     name = objective.__name__ if isinstance(objective, type) else type(objective).__name__
     why = (

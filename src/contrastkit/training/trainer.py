@@ -1777,7 +1777,7 @@ def _check_same_data(
         changed.append(f"eval images: run had {old['eval_items']}, now {fingerprint.get('eval_items', 0)}")
     elif old.get("eval_names_sha256") not in (
         None,
-        fingerprint.get("eval_names_sha256", old["eval_names_sha256"]),
+        fingerprint.get("eval_names_sha256", old.get("eval_names_sha256")),
     ):
         changed.append(
             "the eval images' file names differ (files added, removed or renamed in the test split)"
@@ -2027,7 +2027,8 @@ def check_combinations(config: TrainConfig, *, new_run: bool = True) -> None:
             "from the batch"
         )
     in_batch = 2 * batch - 2  # each query's in-batch negatives on its process
-    problem = unit_score_problem(OBJECTIVES[config.objective], f"--score {config.score}")
+    # (an unknown --objective is refused by the config's own check, with the valid names)
+    problem = unit_score_problem(OBJECTIVES.get(config.objective), f"--score {config.score}")
     if new_run and config.score != "cosine" and problem is not None:  # (a saved run resumes, with a warning)
         raise ConfigError(f"{problem}; use --score cosine, or another --objective")
     # (new runs only: a run started before this check took what there was, and resumes doing so)
