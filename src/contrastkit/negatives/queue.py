@@ -6,8 +6,9 @@ the positive key and the K queued keys: the keys of the current mini-batch are e
 are dequeued, so the number of negatives K is decoupled from the batch size; MoCo v2 (Chen, Fan,
 Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning", arXiv 2003.04297) uses MoCo's
 hyper-parameters and codebase unless noted, so its queue stays K = 65536 (MoCo Sec. 4.1, "We set
-K = 65536 and m = 0.999", and the official default; the v2 note does not restate K). Keys come from a slowly evolving momentum encoder
-(:class:`contrastkit.negatives.momentum.MomentumEncoder`) so that the queue stays consistent.
+K = 65536 and m = 0.999", and the official default; the v2 note does not restate K). Keys come from a
+slowly evolving momentum encoder (:class:`contrastkit.negatives.momentum.MomentumEncoder`) so that the
+queue stays consistent.
 
 Citation check: the behaviour was verified against the official code (facebookresearch/moco
 ``moco/builder.py``: ``K = 65536`` default; logits ``[q·k+, q·queue]`` with the queue detached; keys
@@ -199,9 +200,8 @@ class QueueNegatives(NegativeSource):
     also masks, per anchor, the queued keys of the anchor's own image (``exclude_own=True``; the module
     docstring says when that happens), but for keys stored with the anchor's own known label when the
     step's ``labels`` are given: those are left to the label masks (same-class for the oracle, positives
-    for SupCon). Without
-    indices, or with ``exclude_own=False`` (MoCo's own behaviour), the mask is the shared (M, K) view of the
-    unwritten slots.
+    for SupCon). Without indices, or with ``exclude_own=False`` (MoCo's own behaviour), the mask is the
+    shared (M, K) view of the unwritten slots.
 
     ``dim=None`` (the default) takes D from the first batch; see :class:`KeyQueue` for checkpoints. On the
     very first step the queue is empty, every negative is masked, and InfoNCE's loss is 0 for that step.
