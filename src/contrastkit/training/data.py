@@ -21,6 +21,7 @@ batch on, so an interrupted run resumes with exactly the batches it would have s
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +36,8 @@ from contrastkit.data import DataSplits, balanced_indices, channel_stats
 from contrastkit.data.folder import _dir_root, _list_zip
 from contrastkit.data.placement import ResidentImages
 from contrastkit.data.stream import ImageFileDataset, batch_loader, default_workers, stream_image_folder
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.training.checkpoint import write_atomic
 from contrastkit.training.config import TrainConfig
 
 HELD_OUT_FRACTION = 0.2
@@ -162,6 +164,49 @@ def contents_fingerprint(
     lines = [replaced.get(name, records[name]) for name in sorted(names)]  # one per listed name
     digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape"))
     return {"contents_sha256": digest.hexdigest(), "contents": basis}
+
+
+UNDECODABLE_NAME = "undecodable.json"
+
+
+def record_undecodable(run_dir: Path, source: str, name: str, step: int, checkpoint_step: int | None) -> None:
+    """Add the record of the streamed image ``name`` of ``source`` (which the run could not decode at step
+    ``step``) to ``run_dir/undecodable.json``: its name, size (and CRC-32 in a zip) as the data fingerprint
+    counts them, taken now, before it is replaced. A resume applies only the records made after its
+    checkpoint (``step`` > the checkpoint's step), so a record already made since the run's latest checkpoint
+    (``checkpoint_step``; the file was replaced by another unreadable one, and failed again) is kept: it is
+    the one that checkpoint's fingerprint counted. Written atomically; a failed write or a source that cannot
+    be listed any more is ignored (the resume then refuses the changed file, as it would without the record)."""
+    records = undecodable_records(run_dir)
+    earlier = records.get(name)
+    if earlier is not None and checkpoint_step is not None and earlier["step"] > checkpoint_step:
+        return
+    try:
+        record = contents_records(source, [name])[0][name]
+    except (ContrastkitError, OSError):  # the folder or zip itself is gone
+        return
+    records[name] = {"record": record, "step": step}
+    text = json.dumps(records, indent=1, sort_keys=True)
+    try:
+        write_atomic(run_dir / UNDECODABLE_NAME, lambda f: f.write(text), binary=False)
+    except ContrastkitError:
+        pass
+
+
+def undecodable_records(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The run's records of images it could not decode (:func:`record_undecodable`), by name; {} when none
+    (or the file is unreadable)."""
+    try:
+        found = json.loads((run_dir / UNDECODABLE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {
+        str(k): v
+        for k, v in found.items()
+        if isinstance(v, dict) and isinstance(v.get("record"), str) and isinstance(v.get("step"), int)
+    }
 
 
 def load_training_data(config: TrainConfig, device: torch.device) -> TrainingData:

@@ -95,10 +95,12 @@ from contrastkit.training.checkpoint import (
 from contrastkit.training.config import TrainConfig, check_option_combinations, unused_options
 from contrastkit.training.data import (
     HELD_OUT_FRACTION,
+    UNDECODABLE_NAME,
     TrainingData,
     contents_fingerprint,
-    contents_records,
     load_training_data,
+    record_undecodable,
+    undecodable_records,
 )
 from contrastkit.training.learner import ContrastiveLearner, unit_score_problem
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
@@ -1663,49 +1665,6 @@ def _state(
             "global_rng": global_rng,
             **own,
         },
-    }
-
-
-UNDECODABLE_NAME = "undecodable.json"
-
-
-def record_undecodable(run_dir: Path, source: str, name: str, step: int, checkpoint_step: int | None) -> None:
-    """Add the record of the streamed image ``name`` of ``source`` (which the run could not decode at step
-    ``step``) to ``run_dir/undecodable.json``: its name, size (and CRC-32 in a zip) as the data fingerprint
-    counts them, taken now, before it is replaced. A resume applies only the records made after its
-    checkpoint (``step`` > the checkpoint's step), so a record already made since the run's latest checkpoint
-    (``checkpoint_step``; the file was replaced by another unreadable one, and failed again) is kept: it is
-    the one that checkpoint's fingerprint counted. Written atomically; a failed write or a source that cannot
-    be listed any more is ignored (the resume then refuses the changed file, as it would without the record)."""
-    records = undecodable_records(run_dir)
-    earlier = records.get(name)
-    if earlier is not None and checkpoint_step is not None and earlier["step"] > checkpoint_step:
-        return
-    try:
-        record = contents_records(source, [name])[0][name]
-    except (ContrastkitError, OSError):  # the folder or zip itself is gone
-        return
-    records[name] = {"record": record, "step": step}
-    text = json.dumps(records, indent=1, sort_keys=True)
-    try:
-        write_atomic(run_dir / UNDECODABLE_NAME, lambda f: f.write(text), binary=False)
-    except ContrastkitError:
-        pass
-
-
-def undecodable_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The run's records of images it could not decode (:func:`record_undecodable`), by name; {} when none
-    (or the file is unreadable)."""
-    try:
-        found = json.loads((run_dir / UNDECODABLE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(found, dict):
-        return {}
-    return {
-        str(k): v
-        for k, v in found.items()
-        if isinstance(v, dict) and isinstance(v.get("record"), str) and isinstance(v.get("step"), int)
     }
 
 
