@@ -37,10 +37,10 @@ from contrastkit.encoders.audio import AudioCNN
 from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.evaluation import extract_features, knn_accuracy
 from contrastkit.negatives import build_negatives, from_the_batch
-from contrastkit.objectives import OBJECTIVES, build_objective
+from contrastkit.objectives import build_objective
 from contrastkit.scores import build_score
 from contrastkit.training.checkpoint import restore_rng_state, rng_state
-from contrastkit.training.learner import ContrastiveLearner, unit_score_problem
+from contrastkit.training.learner import ContrastiveLearner, refuse_unit_score_objective
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.options import (
     batch_larger_than_data,
@@ -469,9 +469,8 @@ def _train_audio(
         backbone, ProjectionHead(backbone.feature_dim, config.proj_hidden_dim, config.proj_dim)
     ).to(device)
     score = build_score(config.score)
-    problem = unit_score_problem(OBJECTIVES.get(config.objective), f"--score {config.score}")
-    if saved is None and not score.unit_norm and problem is not None:  # a saved run resumes, with a warning
-        raise ConfigError(f"{problem}; use --score cosine, or another --objective")
+    if saved is None:  # a run saved with such a pair resumes (the learner warns)
+        refuse_unit_score_objective(config.objective, config.score)
     learner = ContrastiveLearner(
         model,
         build_negatives(config.negatives, mix_normalize=score.unit_norm),

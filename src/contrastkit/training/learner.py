@@ -44,7 +44,7 @@ from contrastkit.negatives import (
     score_candidates,
     source_kwargs,
 )
-from contrastkit.objectives import InfoNCE, Objective, ShapeError, mutual_information_bound
+from contrastkit.objectives import OBJECTIVES, InfoNCE, Objective, ShapeError, mutual_information_bound
 from contrastkit.scores import Score, score_dtype
 
 
@@ -79,6 +79,15 @@ def unit_score_problem(objective: type | Objective | None, score_name: str) -> s
         "give a loss of 0 and no gradient)"
     )
     return f"the objective {name} assumes cosine scores of unit vectors, but the score is {score_name}: {why}"
+
+
+def refuse_unit_score_objective(objective: str, score: str) -> None:
+    """The command lines' check of a new run (``--objective``, ``--score`` names): an objective that assumes
+    cosine scores is refused with another score. An unknown objective passes here: the config's own check
+    refuses it, naming the valid ones. (Runs saved with such a pair still resume: the learner warns.)"""
+    problem = unit_score_problem(OBJECTIVES.get(objective), f"--score {score}")
+    if score != "cosine" and problem is not None:
+        raise ConfigError(f"{problem}; use --score cosine, or another --objective")
 
 
 def _check_pieces(negatives: NegativeSource, score: Score, objective: Objective) -> None:

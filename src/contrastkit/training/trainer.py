@@ -102,7 +102,7 @@ from contrastkit.training.data import (
     record_undecodable,
     undecodable_records,
 )
-from contrastkit.training.learner import ContrastiveLearner, unit_score_problem
+from contrastkit.training.learner import ContrastiveLearner, refuse_unit_score_objective
 from contrastkit.training.optim import BASE_LR, WEIGHT_DECAY, build_optimizer, warmup_cosine
 from contrastkit.training.options import check_seed
 from contrastkit.training.precision import autocast_dtype
@@ -1986,10 +1986,8 @@ def check_combinations(config: TrainConfig, *, new_run: bool = True) -> None:
             "from the batch"
         )
     in_batch = 2 * batch - 2  # each query's in-batch negatives on its process
-    # (an unknown --objective is refused by the config's own check, with the valid names)
-    problem = unit_score_problem(OBJECTIVES.get(config.objective), f"--score {config.score}")
-    if new_run and config.score != "cosine" and problem is not None:  # (a saved run resumes, with a warning)
-        raise ConfigError(f"{problem}; use --score cosine, or another --objective")
+    if new_run:
+        refuse_unit_score_objective(config.objective, config.score)
     # (new runs only: a run started before this check took what there was, and resumes doing so)
     if new_run and world > 1 and config.negatives == "in-batch+mochi" and config.mix_hardest > in_batch:
         raise ConfigError(
