@@ -2,7 +2,10 @@
 
 Every error raised for bad input derives from :class:`ContrastkitError`; the command line prints its
 message (which names the problem and what to do) and exits with status 2, never a traceback. The
-library's argument and shape errors (:class:`ConfigError`, :class:`ShapeError`) are ``ValueError`` s too.
+library's data, argument and shape errors (:class:`DataError`, :class:`ConfigError`, :class:`ShapeError`)
+are ``ValueError`` s too, as Python's own decoding and argument errors are: a caller who catches
+``ValueError`` around a call into the library catches them all (float labels, for example, are a
+``DataError`` in the evaluation functions and a ``ConfigError`` in the negative sources).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ class ContrastkitError(Exception):
     """Base class for errors caused by input the user can fix."""
 
 
-class DataError(ContrastkitError):
-    """A data set cannot be found, read or decoded."""
+class DataError(ContrastkitError, ValueError):
+    """A data set cannot be found, read or decoded, or the tensors given as data (features, labels) are
+    not usable (also a ``ValueError``)."""
 
 
 class UndecodableImageError(DataError):
