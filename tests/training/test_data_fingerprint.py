@@ -349,3 +349,43 @@ def test_contents_records_keep_one_line_per_listed_name(tmp_path):
     lines = [f"{n}\t{infos[n].CRC:08x}\t{infos[n].file_size}" for n in sorted(names)]
     expected = hashlib.sha256("\n".join(lines).encode()).hexdigest()
     assert contents_fingerprint(tmp_path / "dup.zip", names)["contents_sha256"] == expected
+
+
+def _record_many(args):
+    run_dir, source, names, barrier = args
+    from contrastkit.training.data import record_undecodable
+
+    barrier.wait()
+    for step, name in enumerate(names, start=1):
+        record_undecodable(run_dir, source, name, step, None)
+
+
+def test_records_from_processes_writing_at_once_are_all_kept(tmp_path):
+    """Under torchrun two ranks may meet undecodable images at the same moment: each one's record survives
+    (the read-modify-write of undecodable.json is serialised), so the resume can apply them all."""
+    import multiprocessing as mp
+
+    from contrastkit.training.data import undecodable_records
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    procs, per_proc = 4, 25
+    names = [[f"train/0/p{p}_{i:02d}.png" for i in range(per_proc)] for p in range(procs)]
+    (src / "train" / "0").mkdir(parents=True)
+    for group in names:
+        for n in group:
+            (src / n).write_bytes(b"x" * 7)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(procs)
+    workers = [ctx.Process(target=_record_many, args=((run_dir, str(src), g, barrier),)) for g in names]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0] * procs
+    records = undecodable_records(run_dir)
+    assert sorted(records) == sorted(n for g in names for n in g)
+    assert records["train/0/p0_00.png"] == {"record": "train/0/p0_00.png\t7", "step": 1}
+    assert not [p.name for p in run_dir.iterdir() if p.name != "undecodable.json"]  # no lock file left

@@ -20,6 +20,7 @@ batch on, so an interrupted run resumes with exactly the batches it would have s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -176,21 +177,60 @@ def record_undecodable(run_dir: Path, source: str, name: str, step: int, checkpo
     checkpoint (``step`` > the checkpoint's step), so a record already made since the run's latest checkpoint
     (``checkpoint_step``; the file was replaced by another unreadable one, and failed again) is kept: it is
     the one that checkpoint's fingerprint counted. Written atomically; a failed write or a source that cannot
-    be listed any more is ignored (the resume then refuses the changed file, as it would without the record)."""
-    records = undecodable_records(run_dir)
-    earlier = records.get(name)
-    if earlier is not None and checkpoint_step is not None and earlier["step"] > checkpoint_step:
-        return
+    be listed any more is ignored (the resume then refuses the changed file, as it would without the record).
+    Processes that record at once (torchrun ranks) take turns (:func:`_records_locked`): none loses another's
+    record."""
+    with _records_locked(run_dir / UNDECODABLE_NAME):
+        records = undecodable_records(run_dir)
+        earlier = records.get(name)
+        if earlier is not None and checkpoint_step is not None and earlier["step"] > checkpoint_step:
+            return
+        try:
+            record = contents_records(source, [name])[0][name]
+        except (ContrastkitError, OSError):  # the folder or zip itself is gone
+            return
+        records[name] = {"record": record, "step": step}
+        text = json.dumps(records, indent=1, sort_keys=True)
+        try:
+            write_atomic(run_dir / UNDECODABLE_NAME, lambda f: f.write(text), binary=False)
+        except ContrastkitError:
+            pass
+
+
+@contextlib.contextmanager
+def _records_locked(path: Path) -> Iterator[None]:
+    """Hold the kernel's ``flock`` on the records file ``path`` (created empty when missing, and removed
+    again when the block wrote nothing) for the read-modify-write of the block. The write
+    renames a new file over ``path``, so a lock taken on the file it replaced is dropped and taken again on
+    the current one: the lock always belongs to the file the path names, and no lock file is left beside it.
+    Without ``fcntl`` (Windows), or when the file cannot be opened, the block runs unlocked."""
     try:
-        record = contents_records(source, [name])[0][name]
-    except (ContrastkitError, OSError):  # the folder or zip itself is gone
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
         return
-    records[name] = {"record": record, "step": step}
-    text = json.dumps(records, indent=1, sort_keys=True)
+    fd = None
+    for _ in range(100):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            break
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break  # the file the path names now: locked
+        except OSError:
+            pass  # renamed away meanwhile
+        os.close(fd)
+        fd = None
     try:
-        write_atomic(run_dir / UNDECODABLE_NAME, lambda f: f.write(text), binary=False)
-    except ContrastkitError:
-        pass
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):  # created here and nothing written: not left behind
+                if os.fstat(fd).st_size == 0 and os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    os.unlink(path)
+            os.close(fd)
 
 
 def undecodable_records(run_dir: Path) -> dict[str, dict[str, Any]]:
