@@ -634,3 +634,23 @@ def test_half_precision_images_are_augmented_in_float32(dtype: torch.dtype) -> N
     assert crop.dtype == dtype
     reference = VF.crop_flip_resize(x.float(), boxes, params.flip, 64)
     assert (crop.float() - reference).abs().max() <= 2**-7  # rounding of the output only
+
+
+def test_float_images_already_normalised_are_refused() -> None:
+    """Images normalised before the views (negative values) were clamped at 0 by colour jitter, but only
+    when jitter was on: an unjittered view kept them (review of 2026-12-02)."""
+    x = (_images(4, 3, 16).float() / 255 - 0.5) / 0.25
+    negative = r"float images must be on the \[0, 1\] scale, but the smallest value of this batch is -2.*before any normalisation"
+    for call in (
+        lambda: ImageViews(16, jitter_p=0, grayscale_p=0)(x),
+        lambda: ImageViews(16)(x, _gen(0)),
+        lambda: eval_transform(x, CIFAR_MEAN, CIFAR_STD),
+    ):
+        with pytest.raises(ConfigError, match=negative):
+            call()
+    assert eval_transform(torch.zeros(2, 3, 8, 8) - 5e-4).shape == (
+        2,
+        3,
+        8,
+        8,
+    )  # rounding below 0 is tolerated

@@ -168,22 +168,31 @@ def _as_float(images: Tensor) -> Tensor:
     raise ConfigError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}; convert them")
 
 
-#: How far above 1 a float image may go (rounding) before it is taken for a 0..255 image.
+#: How far above 1 (or below 0) a float image may go (rounding) before it is taken for a 0..255 (or an
+#: already normalised) image.
 _SCALE_TOLERANCE = 1e-3
 
 
 def _check_unit_scale(images: Tensor) -> None:
     """Float images must be on the ``[0, 1]`` scale: a float tensor of 0..255 values (``x.float()`` of uint8
-    images) would be clamped to white by the colour operations. One host synchronisation; uint8 images and
-    empty batches are not looked at."""
+    images) would be clamped to white by the colour operations, and one already normalised with a mean and
+    std (negative values) would be clamped at 0 by colour jitter, but only when jitter is on. One host
+    synchronisation; uint8 images and empty batches are not looked at."""
     if not images.is_floating_point() or images.numel() == 0:
         return
-    top = float(images.detach().amax())
+    bottom, top = torch.stack(torch.aminmax(images.detach())).float().tolist()
+    where = f"(shape {tuple(images.shape)}, {images.dtype})"
+    if bottom < -_SCALE_TOLERANCE:
+        raise ConfigError(
+            f"float images must be on the [0, 1] scale, but the smallest value of this batch is "
+            f"{bottom:.4g} {where}; pass the images before any normalisation (uint8 0..255 or float 0..1) "
+            "and give the mean and std to mean/std, which are applied after the augmentation"
+        )
     if top > 1.0 + _SCALE_TOLERANCE:
         raise ConfigError(
             f"float images must be on the [0, 1] scale, but the largest value of this batch is {top:.4g} "
-            f"(shape {tuple(images.shape)}, {images.dtype}); pass uint8 images (0..255) or divide float ones "
-            "by 255, and leave the normalisation to mean/std"
+            f"{where}; pass uint8 images (0..255) or divide float ones by 255, and leave the normalisation "
+            "to mean/std"
         )
 
 
@@ -225,7 +234,8 @@ def eval_transform(
     images in ``[0, 1]`` are kept, float16 and bfloat16 as float32).
 
     Float images must already be in ``[0, 1]``: in eager mode a float batch whose largest value is above 1
-    is a ConfigError (pass uint8 or divide by 255), at the cost of one host synchronisation per float batch.
+    (pass uint8 or divide by 255) or whose smallest is below 0 (already normalised: give mean/std here
+    instead) is a ConfigError, at the cost of one host synchronisation per float batch.
     """
     _check_images(images)
     if not torch.compiler.is_compiling():
